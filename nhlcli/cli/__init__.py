@@ -1,0 +1,50 @@
+"""The ``nhl`` command: a thin layer over the library, one sub-command group per concern."""
+
+from __future__ import annotations
+
+import typer
+
+from nhlcli import __version__
+from nhlcli.cli.common import err_console
+from nhlcli.cli.hierarchy import hierarchy_app
+
+app = typer.Typer(
+    name="nhl",
+    help=(
+        "Hierarchical image classification with extractable experts.\n\n"
+        "Build a category tree (nhl hierarchy build), train a nested network on any timm backbone, "
+        "then cut out an expert for just the classes a task needs."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(hierarchy_app, name="hierarchy")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nhl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_version, is_eager=True
+    ),
+) -> None:
+    """Hierarchical image classification with extractable experts."""
+
+
+def main() -> None:
+    """Console-script entry point (``nhl``)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise SystemExit(130) from None
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,216 @@
+"""``nhl hierarchy``: build, show, validate and summarise category trees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from nhlcli.atomic import atomic_write_text
+from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.errors import NhlError
+
+hierarchy_app = typer.Typer(
+    help=(
+        "Category trees: build one from WordNet, imagenet-superclass, BREEDS, an LLM or flat; "
+        "show, validate and summarise it. TREE arguments take a file or a shipped tree's name "
+        "(see 'nhl hierarchy list')."
+    ),
+    no_args_is_help=True,
+)
+
+TREE_ARG = typer.Argument(..., help="A tree file (.json) or the name of a shipped tree.")
+
+
+def _stats_table(stats: dict) -> Table:
+    table = Table(title=f"{stats['name'] or 'tree'}: {stats['classes']} classes, {stats['levels']} levels")
+    for col in ("level", "nodes", "fan-out min/mean/max", "classes per node min/mean/max", "size CV", "chains"):
+        table.add_column(col, justify="right")
+    for row in stats["per_level"]:
+        table.add_row(
+            str(row["level"]),
+            str(row["nodes"]),
+            f"{row['fanout_min']} / {row['fanout_mean']} / {row['fanout_max']}",
+            f"{row['classes_per_node_min']} / {row['classes_per_node_mean']} / {row['classes_per_node_max']}",
+            f"{row['size_cv']:.2f}",
+            str(row["single_child_parents"]),
+        )
+    table.caption = "size CV: spread of group sizes (0 = balanced); chains: nodes with a single child"
+    return table
+
+
+@hierarchy_app.command("build")
+@friendly_errors
+def build(
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the tree (JSON)."),
+    source: str = typer.Option(
+        "wordnet",
+        "--source",
+        "-s",
+        help="wordnet | superclass (imagenet-superclass, CIFAR-100's 20) | breeds | llm | hybrid | flat.",
+    ),
+    classes: str = typer.Option(
+        "fashion-mnist",
+        "--classes",
+        "-c",
+        help="A preset (imagenet-1k, fashion-mnist, cifar-100), a text/JSON file of class ids or "
+        "names, or an ImageFolder directory.",
+    ),
+    levels: int | None = typer.Option(
+        None, "--levels", "-l", help="Levels of the tree (1-4); default 3 (superclass 2, flat 1)."
+    ),
+    groups: str | None = typer.Option(
+        None,
+        "--groups",
+        help="Groups per level above the classes, e.g. 10,100 for 3 levels (wordnet, breeds, "
+        "hybrid); default grows geometrically. See the result with 'nhl hierarchy stats'.",
+    ),
+    name: str | None = typer.Option(None, "--name", help="Name stored in the tree (default from the inputs)."),
+    model: str = typer.Option("gpt-4o-mini", "--model", help="LLM model name (llm, hybrid)."),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="OpenAI-compatible server URL (llm, hybrid); key from OPENAI_API_KEY."
+    ),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="JSON cache of LLM answers; a warm cache rebuilds offline, byte-identical."
+    ),
+    max_retries: int = typer.Option(3, "--max-retries", help="Times an invalid LLM answer is sent back."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for each LLM answer."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of tables."),
+) -> None:
+    """Build a category tree for a class list and write it as JSON."""
+    from nhlcli.taxonomy import build_tree, load_class_list
+
+    entries = load_class_list(classes)
+    label = Path(classes).stem if Path(classes).exists() else classes
+    settings = None
+    if source in ("llm", "hybrid"):
+        from nhlcli.taxonomy.llm import LLMSettings
+
+        settings = LLMSettings(
+            model=model, base_url=base_url, cache=cache, max_retries=max_retries, timeout=timeout
+        )
+    tree = build_tree(source, entries, levels=levels, groups=groups, name="", llm=settings)
+    tree.name = name or f"{label}-{source}-l{tree.levels}"
+    tree.save(output)
+    stats = tree.stats()
+    if as_json:
+        print_json({"output": str(output), **stats})
+        return
+    console.print(f"wrote [bold]{output}[/]: {tree.num_classes} classes, {tree.levels} levels ({source})")
+    console.print(_stats_table(stats))
+
+
+@hierarchy_app.command("show")
+@friendly_errors
+def show(
+    tree_file: str = TREE_ARG,
+    depth: int | None = typer.Option(
+        None, "--depth", "-d", help="Deepest level to draw (default: all for up to 100 classes)."
+    ),
+    fmt: str = typer.Option("rich", "--format", "-f", help="rich (terminal) | dot | mermaid | json."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write dot/mermaid/json here."),
+) -> None:
+    """Draw a tree in the terminal, or export it as Graphviz dot, Mermaid or JSON."""
+    from nhlcli.taxonomy import resolve_tree
+    from nhlcli.taxonomy.render import FORMATS, render_text, to_rich
+
+    if fmt not in FORMATS:
+        raise NhlError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    tree = resolve_tree(tree_file)
+    if fmt == "rich":
+        if output:
+            raise NhlError("--output needs --format dot, mermaid or json")
+        console.print(to_rich(tree, depth))
+        return
+    text = render_text(tree, fmt, depth)
+    if output:
+        atomic_write_text(output, text)
+        console.print(f"wrote {output}")
+    else:
+        typer.echo(text, nl=False)
+
+
+@hierarchy_app.command("validate")
+@friendly_errors
+def validate(
+    tree_file: str = TREE_ARG,
+    classes: str | None = typer.Option(
+        None,
+        "--classes",
+        "-c",
+        help="Also check the tree's classes against a preset, class-list file or ImageFolder dataset.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Check a tree file (and optionally that it fits a dataset); exit 1 with the reason if not."""
+    from nhlcli.taxonomy import load_class_list, resolve_tree
+    from nhlcli.taxonomy.match import match_classes
+
+    tree = resolve_tree(tree_file)
+    if classes:
+        match_classes(tree, load_class_list(classes))
+    result = {"valid": True, "name": tree.name, "classes": tree.num_classes, "levels": tree.levels}
+    if as_json:
+        print_json(result)
+    else:
+        fits = f", matches {classes}" if classes else ""
+        console.print(f"[green]valid[/]: {tree.num_classes} classes, {tree.levels} levels{fits}")
+
+
+@hierarchy_app.command("stats")
+@friendly_errors
+def stats(
+    tree_file: str = TREE_ARG,
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+) -> None:
+    """Nodes, fan-out and group sizes per level: how deep and how balanced a tree is."""
+    from nhlcli.taxonomy import resolve_tree
+
+    data = resolve_tree(tree_file).stats()
+    if as_json:
+        print_json(data)
+    else:
+        console.print(_stats_table(data))
+
+
+@hierarchy_app.command("list")
+@friendly_errors
+def list_trees(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+    """The trees that ship with nhl; pass a name wherever a TREE is asked for."""
+    from nhlcli.taxonomy import shipped_tree, shipped_tree_names
+
+    rows = []
+    for tree_name in shipped_tree_names():
+        tree = shipped_tree(tree_name)
+        rows.append(
+            {"name": tree_name, "classes": tree.num_classes, "levels": tree.levels, "source": tree.source.get("kind")}
+        )
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="shipped trees")
+    for col in ("name", "classes", "levels", "source"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["name"], str(row["classes"]), str(row["levels"]), str(row["source"]))
+    console.print(table)
+
+
+@hierarchy_app.command("setup-wordnet")
+@friendly_errors
+def setup_wordnet_cmd(
+    source: Path = typer.Option(
+        Path("/usr/share/wordnet"),
+        "--from",
+        help="A WordNet 3.0 dict directory (Debian: apt-get install wordnet-base wordnet-sense-index).",
+    ),
+    target: Path | None = typer.Option(
+        None, "--to", help="nltk data directory to install into (default: the first nltk searches)."
+    ),
+) -> None:
+    """Make WordNet 3.0 usable by nltk without a download (adds the missing lexnames file)."""
+    from nhlcli.taxonomy.wordnet import setup_wordnet
+
+    dest = setup_wordnet(source, target)
+    console.print(f"WordNet 3.0 ready for nltk in {dest}")

@@ -1,0 +1,66 @@
+"""One entry point for every tree source, so the CLI and notebooks build trees the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nhlcli.errors import NhlError
+from nhlcli.taxonomy.classes import ClassEntry
+from nhlcli.taxonomy.compress import check_levels
+from nhlcli.taxonomy.tree import Tree
+
+SOURCES = ("wordnet", "superclass", "breeds", "llm", "hybrid", "flat")
+DEFAULT_LEVELS = {"wordnet": 3, "superclass": 2, "breeds": 3, "llm": 3, "hybrid": 3, "flat": 1}
+FIXED_LEVELS = {"superclass": 2, "flat": 1}
+
+
+def build_tree(
+    source: str,
+    entries: Sequence[ClassEntry],
+    levels: int | None = None,
+    groups: str | None = None,
+    name: str = "",
+    llm: object | None = None,
+) -> Tree:
+    """Build a tree for ``entries`` from ``source`` (one of :data:`SOURCES`).
+
+    ``levels`` defaults per source; ``groups`` (``"10,100"``) sets the number of groups per
+    inner level for the sources that compress a hierarchy (wordnet, breeds, hybrid); ``llm`` is
+    an :class:`nhlcli.taxonomy.llm.LLMSettings` for the llm and hybrid sources.
+    """
+    if source not in SOURCES:
+        raise NhlError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    if not entries:
+        raise NhlError("the class list is empty")
+    levels = DEFAULT_LEVELS[source] if levels is None else levels
+    check_levels(levels)
+    if source in FIXED_LEVELS and levels != FIXED_LEVELS[source]:
+        raise NhlError(f"the {source} source gives {FIXED_LEVELS[source]} level(s), not {levels}")
+    if groups and source not in ("wordnet", "breeds", "hybrid"):
+        raise NhlError(f"--groups applies to the wordnet, breeds and hybrid sources, not {source}")
+    if source == "wordnet":
+        from nhlcli.taxonomy.wordnet import build_wordnet_tree
+
+        return build_wordnet_tree(entries, levels, groups, name=name)
+    if source == "superclass":
+        from nhlcli.taxonomy.sources import build_superclass_tree
+
+        return build_superclass_tree(entries, name=name)
+    if source == "breeds":
+        from nhlcli.taxonomy.sources import build_breeds_tree
+
+        return build_breeds_tree(entries, levels, groups, name=name)
+    if source == "flat":
+        from nhlcli.taxonomy.sources import build_flat_tree
+
+        return build_flat_tree(entries, name=name)
+    from nhlcli.taxonomy.llm import LLMSettings
+
+    settings = llm if isinstance(llm, LLMSettings) else LLMSettings()
+    if source == "llm":
+        from nhlcli.taxonomy.llm import build_llm_tree
+
+        return build_llm_tree(entries, levels, settings, name=name)
+    from nhlcli.taxonomy.hybrid import build_hybrid_tree
+
+    return build_hybrid_tree(entries, levels, settings, groups=groups, name=name)

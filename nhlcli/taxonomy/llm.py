@@ -1,0 +1,487 @@
+"""LLM-assisted category trees: one chat request groups the classes, every answer is checked and cached.
+
+Any OpenAI-compatible server works (``base_url``). The answer must be JSON of a fixed shape; an
+answer with problems (a class missing, invented or repeated, classes at the wrong depth, bad
+JSON) goes back to the model in the same conversation with the problems listed, a few times at
+most. Only answers that pass are cached, in a JSON file keyed by the first request, so a rebuild
+with a warm cache makes no request, needs no API key and writes a byte-identical tree.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nhlcli.atomic import atomic_write_text
+from nhlcli.errors import NhlError
+from nhlcli.taxonomy.classes import WNID_RE, ClassEntry
+from nhlcli.taxonomy.compress import check_levels, default_group_counts
+from nhlcli.taxonomy.tree import ROOT_ID, Tree, normalize_label, tool_stamp
+
+CACHE_FORMAT = "nhl-llm-cache"
+CACHE_VERSION = 1
+# Bump when the prompts change: recorded in the tree's source so a tree says which prompt made it.
+PROMPT_VERSION = 1
+MAX_PROBLEMS = 20
+SYSTEM_PROMPT = (
+    "You organise the classes of an image classifier into a semantic hierarchy of named groups. "
+    "You answer with JSON only, no prose."
+)
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """How to reach the LLM and where to cache its answers."""
+
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None  # any OpenAI-compatible server; None = the openai client's default
+    cache: Path | None = None  # JSON cache file of request/answer pairs
+    max_retries: int = 3  # how many times an invalid answer is sent back with its problems
+    timeout: float = 120.0  # seconds per HTTP request
+    api_key_env: str = "OPENAI_API_KEY"
+
+
+# ---------------------------------------------------------------------------------------- labels
+def class_labels(entries: Sequence[ClassEntry]) -> list[str]:
+    """The name each class goes by in prompts: its display name, with its id where names clash.
+
+    ImageNet has two "crane" classes; the LLM sees ``crane [n02012849]`` and ``crane [n03126707]``.
+    """
+    counts = Counter(normalize_label(e.name) for e in entries)
+    labels = [e.name if counts[normalize_label(e.name)] == 1 else f"{e.name} [{e.id}]" for e in entries]
+    if len({normalize_label(x) for x in labels}) != len(labels):  # a name that looks like "x [id]"
+        labels = [e.id for e in entries]
+    return labels
+
+
+class LabelMatcher:
+    """Resolves names in an answer to class positions, forgiving case, spaces and hyphens."""
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = list(labels)
+        self._index = {normalize_label(x): i for i, x in enumerate(labels)}
+        self._bare: dict[str, list[str]] = {}
+        for label in labels:
+            bare = re.sub(r"\s*\[[^\]]*\]$", "", label)
+            if bare != label:
+                self._bare.setdefault(normalize_label(bare), []).append(label)
+
+    def find(self, name: str) -> int | None:
+        return self._index.get(normalize_label(name))
+
+    def unknown(self, name: str, what: str = "one of the classes") -> str:
+        """The problem text for a name that is not a known class, with a hint where one helps."""
+        options = self._bare.get(normalize_label(name))
+        if options:
+            return f"{name!r} is ambiguous: write one of {', '.join(repr(o) for o in options)}"
+        close = difflib.get_close_matches(name, self.labels, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{name!r} is not {what}{hint}"
+
+
+def count_problems(matcher: LabelMatcher, mentions: Sequence[str], wanted: Sequence[int],
+                   what: str = "one of the classes") -> tuple[list[str], dict[int, int]]:
+    """Problems of a list of class mentions that should name each of ``wanted`` exactly once."""
+    problems: list[str] = []
+    counts: Counter[int] = Counter()
+    reported: set[str] = set()
+    for name in mentions:
+        idx = matcher.find(name)
+        if idx is None or idx not in wanted:
+            if name not in reported:
+                problems.append(matcher.unknown(name, what))
+                reported.add(name)
+            continue
+        counts[idx] += 1
+    for idx in wanted:
+        if counts[idx] == 0:
+            problems.append(f"class {matcher.labels[idx]!r} is missing")
+        elif counts[idx] > 1:
+            problems.append(f"class {matcher.labels[idx]!r} appears {counts[idx]} times")
+    return problems, dict(counts)
+
+
+# ---------------------------------------------------------------------------------------- JSON
+class JsonObject(dict):  # type: ignore[type-arg]
+    """A parsed JSON object that remembers keys it saw more than once (json keeps only the last)."""
+
+    repeated: Counter[str]
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> JsonObject:
+    obj = JsonObject(pairs)
+    obj.repeated = Counter(k for k, _ in pairs)
+    return obj
+
+
+def parse_answer(text: str | None) -> tuple[Any, list[str]]:
+    """The JSON value of an answer and the problems reading it; ```json fences and prose around it are ok."""
+    if text is None or not text.strip():
+        return None, ["the answer was empty; answer with the JSON object only"]
+    body = text.strip()
+    fenced = re.search(r"```(?:json|JSON)?\s*\n?(.*?)```", body, re.DOTALL)
+    if fenced:
+        body = fenced.group(1).strip()
+    try:
+        return json.loads(body, object_pairs_hook=_object_pairs), []
+    except json.JSONDecodeError as exc:
+        first, last = body.find("{"), body.rfind("}")
+        if 0 <= first < last:
+            try:
+                return json.loads(body[first : last + 1], object_pairs_hook=_object_pairs), []
+            except json.JSONDecodeError:
+                pass
+        return None, [
+            f"the answer is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "answer with the JSON object only"
+        ]
+
+
+def cap_problems(problems: list[str]) -> list[str]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more problems"]
+
+
+# ---------------------------------------------------------------------------------------- cache
+def cache_key(model: str, messages: Sequence[dict[str, str]]) -> str:
+    """sha256 of the canonical JSON of the first request: equal requests share one answer."""
+    canon = json.dumps({"model": model, "messages": list(messages)}, sort_keys=True,
+                       separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+class AnswerCache:
+    """The JSON file of validated answers; missing file = empty cache."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.entries: dict[str, Any] = {}
+        if self.path is not None and self.path.exists():
+            self.entries = self._read(self.path)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any]:
+        fix = "delete it or pass another cache file"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
+            reason = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise NhlError(f"LLM cache {path} is not a valid JSON file ({reason}); {fix}") from exc
+        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+            raise NhlError(f"{path} is not an nhl LLM cache (no 'format': '{CACHE_FORMAT}'); {fix}")
+        version = data.get("version")
+        if not isinstance(version, int) or version > CACHE_VERSION:
+            raise NhlError(f"LLM cache {path} has version {version!r}; this nhl reads version "
+                           f"{CACHE_VERSION}: upgrade nhlcli or {fix}")
+        entries = data.get("entries")
+        if not isinstance(entries, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("answer"), str) for v in entries.values()
+        ):
+            raise NhlError(f"LLM cache {path}: 'entries' must map keys to objects with an 'answer'; {fix}")
+        return entries
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        """Store a validated answer and rewrite the file atomically, keys sorted (a stable file)."""
+        self.entries[key] = entry
+        if self.path is None:
+            return
+        data = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "entries": self.entries}
+        atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------------- client
+def _api_message(exc: Any) -> str:
+    """The server's own error message, without the client's "Error code: N - {...}" wrapping."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return re.sub(r"^Error code: \d+ - ", "", str(getattr(exc, "message", exc)))
+
+
+def _one_line(text: str, secret: str | None = None) -> str:
+    if secret:
+        text = text.replace(secret, "***")
+    return " ".join(str(text).split())
+
+
+class _Chat:
+    """The openai client, made on the first request only (a warm cache needs no key)."""
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self.settings = settings
+        self._client: Any = None
+        self._key: str | None = None
+
+    def _make(self) -> Any:
+        key = os.environ.get(self.settings.api_key_env, "").strip()
+        if not key:
+            raise NhlError(
+                f"no API key: set {self.settings.api_key_env} for the LLM server "
+                f"({self.settings.base_url or 'the OpenAI API'}), or use a cache file that already "
+                "holds these answers"
+            )
+        import openai
+
+        self._key = key
+        return openai.OpenAI(api_key=key, base_url=self.settings.base_url,
+                             timeout=self.settings.timeout, max_retries=0)
+
+    def complete(self, messages: list[dict[str, str]]) -> str | None:
+        """One chat completion; every HTTP failure becomes a one-line :class:`NhlError`."""
+        import openai
+
+        if self._client is None:
+            self._client = self._make()
+        s = self.settings
+        where = str(self._client.base_url).rstrip("/")
+        try:
+            response = self._client.chat.completions.create(model=s.model, messages=messages, temperature=0)
+        except openai.APITimeoutError as exc:
+            raise NhlError(f"the LLM server at {where} did not answer within {s.timeout:g} s; raise "
+                           "--timeout or check that the server is up") from exc
+        except openai.APIConnectionError as exc:
+            cause = _one_line(str(exc.__cause__ or exc), self._key)
+            raise NhlError(f"could not reach the LLM server at {where} ({cause}); check --base-url and "
+                           "that the server is running") from exc
+        except openai.AuthenticationError as exc:
+            raise NhlError(f"the LLM server at {where} rejected the API key in {s.api_key_env} "
+                           f"(HTTP {exc.status_code}); set a valid key") from exc
+        except openai.NotFoundError as exc:
+            raise NhlError(f"model {s.model!r} was not found at {where} (HTTP 404: "
+                           f"{_one_line(_api_message(exc), self._key)}); pick a model the server offers "
+                           "with --model") from exc
+        except openai.APIStatusError as exc:
+            raise NhlError(f"the LLM server at {where} answered HTTP {exc.status_code}: "
+                           f"{_one_line(_api_message(exc), self._key)}") from exc
+        except openai.APIError as exc:
+            raise NhlError(f"the LLM server at {where} sent an unusable response: "
+                           f"{_one_line(str(exc), self._key)}") from exc
+        if not response.choices:
+            return None
+        return response.choices[0].message.content
+
+
+def ask_checked(
+    settings: LLMSettings,
+    messages: list[dict[str, str]],
+    check: Callable[[Any], tuple[Any, list[str]]],
+    what: str,
+) -> tuple[Any, int]:
+    """Ask until ``check`` finds no problems; the checked value and how many attempts it took.
+
+    ``check`` takes the parsed JSON and returns ``(value, problems)``. Answers come from the cache
+    when it holds this request; only answers without problems are stored there.
+    """
+    cache = AnswerCache(settings.cache)
+    key = cache_key(settings.model, messages)
+    hit = cache.get(key)
+    if hit is not None:
+        value, problems = _check_text(hit["answer"], check)
+        if problems:
+            raise NhlError(f"LLM cache {settings.cache}: the answer for this request has problems "
+                           f"({_one_line(problems[0])}); delete entry {key[:12]}... or the file to ask again")
+        return value, int(hit.get("attempts", 1))
+    chat = _Chat(settings)
+    conversation = list(messages)
+    attempts = 1 + max(0, settings.max_retries)
+    problems: list[str] = []
+    for attempt in range(1, attempts + 1):
+        text = chat.complete(conversation)
+        value, problems = _check_text(text, check)
+        if not problems:
+            cache.put(key, {"model": settings.model, "messages": messages, "answer": text,
+                            "attempts": attempt})
+            return value, attempt
+        conversation += [
+            {"role": "assistant", "content": text or ""},
+            {"role": "user", "content": "Your answer has these problems:\n"
+             + "\n".join(f"- {p}" for p in cap_problems(problems))
+             + "\nAnswer again with the corrected, complete JSON only."},
+        ]
+    shown = "; ".join(_one_line(p) for p in problems[:3]) + ("; ..." if len(problems) > 3 else "")
+    tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+    raise NhlError(f"the LLM gave no valid {what} after {tries}: {shown}; try another "
+                   "--model or allow more retries")
+
+
+def _check_text(text: str | None, check: Callable[[Any], tuple[Any, list[str]]]) -> tuple[Any, list[str]]:
+    data, problems = parse_answer(text)
+    if problems:
+        return None, problems
+    value, problems = check(data)
+    return value, cap_problems(problems)
+
+
+# ---------------------------------------------------------------------------------------- grouping
+@dataclass
+class _Group:
+    name: str
+    groups: list[_Group]
+    classes: list[int]
+
+
+def _groups_example(levels: int) -> str:
+    inner: Any = {"name": "...", "classes": ["...", "..."]}
+    for _ in range(levels - 2):
+        inner = {"name": "...", "groups": [inner, "..."]}
+    return json.dumps({"groups": [inner, "..."]}).replace('"..."', "...")
+
+
+def grouping_messages(labels: Sequence[str], levels: int) -> list[dict[str, str]]:
+    """The request for a nested grouping of ``labels`` with classes at depth ``levels``."""
+    counts = default_group_counts(len(labels), levels)
+    suggestion = ", ".join(f"about {c} group{'s' if c != 1 else ''} at level {k} in all"
+                           for k, c in enumerate(counts, start=1))
+    depth = levels - 1
+    user = (
+        f"Group these {len(labels)} image classes into {depth} level{'s' if depth > 1 else ''} of "
+        "named groups, from general to specific, so that classes that look alike or mean related "
+        f"things share a group. Suggested sizes: {suggestion}.\n"
+        "Rules:\n"
+        "- Every class appears exactly once, spelled exactly as listed.\n"
+        f"- Only the groups at level {depth} hold classes (in \"classes\"); "
+        + ("every group above them holds subgroups (in \"groups\").\n" if depth > 1 else "\n")
+        + "- Every group has a short descriptive \"name\"; groups under the same parent have "
+        "different names.\n"
+        "- A group may hold a single class or a single subgroup when nothing else fits.\n"
+        f"Answer with JSON only, shaped like this:\n{_groups_example(levels)}\n"
+        "Classes:\n" + "\n".join(labels)
+    )
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def grouping_problems(data: Any, matcher: LabelMatcher, levels: int) -> tuple[list[_Group], list[str]]:
+    """The groups of an answer and its problems (empty when the answer is a valid grouping)."""
+    if not isinstance(data, dict) or not isinstance(data.get("groups"), list) or not data["groups"]:
+        return [], ['the answer must be a JSON object {"groups": [...]} with a non-empty "groups" list']
+    problems: list[str] = []
+    mentions: list[str] = []
+
+    def walk(items: list[Any], depth: int, parent: str | None) -> list[_Group]:
+        where = f"under {parent!r}" if parent else "at the top level"
+        out: list[_Group] = []
+        seen: Counter[str] = Counter()
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                problems.append(f"item {i + 1} {where} is not a group object")
+                continue
+            name = item.get("name")
+            if not isinstance(name, str) or not name.strip():
+                problems.append(f"group {i + 1} {where} has no name")
+                name = f"#{i + 1}"
+            else:
+                name = name.strip()
+                seen[normalize_label(name)] += 1
+                if seen[normalize_label(name)] == 2:
+                    problems.append(f"two groups {where} are both named {name!r}")
+            subgroups, classes = item.get("groups"), item.get("classes")
+            group = _Group(name, [], [])
+            if classes is not None:
+                if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+                    problems.append(f"group {name!r}: 'classes' must be a list of class names")
+                else:
+                    mentions.extend(classes)
+                    if classes and depth != levels - 1:
+                        problems.append(f"group {name!r} holds classes at depth {depth + 1} but classes "
+                                        f"belong at depth {levels}")
+                    group.classes = [idx for c in classes if (idx := matcher.find(c)) is not None]
+            if subgroups is not None:
+                if not isinstance(subgroups, list):
+                    problems.append(f"group {name!r}: 'groups' must be a list of groups")
+                else:
+                    if subgroups and depth >= levels - 1:
+                        problems.append(f"group {name!r} has subgroups at depth {depth + 1} but classes "
+                                        f"belong at depth {levels}; list them in its 'classes'")
+                    group.groups = walk(subgroups, depth + 1, name)
+            if not group.classes and not group.groups and not (subgroups or classes):
+                problems.append(f"group {name!r} is empty")
+            out.append(group)
+        return out
+
+    groups = walk(data["groups"], 1, None)
+    counted, _ = count_problems(matcher, mentions, range(len(matcher.labels)))
+    return groups, problems + counted
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^\w]+", "-", name.lower(), flags=re.UNICODE).strip("-_") or "group"
+
+
+def leaf_node(entry: ClassEntry) -> dict[str, Any]:
+    """A class's leaf in a nested tree dict: id, display name, WordNet id, aliases."""
+    out: dict[str, Any] = {"id": entry.id, "name": entry.name}
+    if entry.wordnet and WNID_RE.match(entry.wordnet):
+        out["wnid"] = entry.wordnet
+    if entry.aliases:
+        out["aliases"] = list(entry.aliases)
+    return out
+
+
+def _nested_from_groups(groups: list[_Group], entries: Sequence[ClassEntry]) -> dict[str, Any]:
+    used = {e.id for e in entries} | {ROOT_ID}
+
+    def node(group: _Group, path: str) -> dict[str, Any]:
+        base = f"{path}/{_slug(group.name)}"
+        node_id, k = base, 1
+        while node_id in used:
+            k += 1
+            node_id = f"{base}-{k}"
+        used.add(node_id)
+        out: dict[str, Any] = {"id": node_id, "name": group.name}
+        if group.groups:
+            out["children"] = [node(g, node_id) for g in group.groups]
+        else:
+            out["children"] = [leaf_node(entries[i]) for i in group.classes]
+        return out
+
+    return {"id": ROOT_ID, "name": "all classes", "children": [node(g, "llm") for g in groups]}
+
+
+def flat_nested(entries: Sequence[ClassEntry]) -> dict[str, Any]:
+    """A one-level tree: the root and the classes."""
+    return {"id": ROOT_ID, "name": "all classes", "children": [leaf_node(e) for e in entries]}
+
+
+def llm_grouping(entries: Sequence[ClassEntry], levels: int, settings: LLMSettings) -> dict[str, Any]:
+    """The nested tree dict of ``entries`` grouped by the LLM (or the cache) into ``levels`` levels."""
+    labels = class_labels(entries)
+    matcher = LabelMatcher(labels)
+
+    def check(data: Any) -> tuple[Any, list[str]]:
+        groups, problems = grouping_problems(data, matcher, levels)
+        return (None, problems) if problems else (groups, [])
+
+    groups, _ = ask_checked(settings, grouping_messages(labels, levels), check, "grouping")
+    return _nested_from_groups(groups, entries)
+
+
+def build_llm_tree(
+    entries: Sequence[ClassEntry], levels: int, settings: LLMSettings, name: str = ""
+) -> Tree:
+    """A tree of exactly ``levels`` levels whose groups an LLM chose (one request, cached).
+
+    Raises :class:`NhlError` when the server fails or gives no valid grouping within
+    ``settings.max_retries`` corrections.
+    """
+    check_levels(levels)
+    if not entries:
+        raise NhlError("no classes to group; give a class list with at least one class")
+    nested = flat_nested(entries) if levels == 1 else llm_grouping(entries, levels, settings)
+    source = {
+        "kind": "llm",
+        "params": {"levels": levels, "model": settings.model, "prompt_version": PROMPT_VERSION},
+        "tool": tool_stamp(),
+    }
+    return Tree.from_nested(nested, [e.id for e in entries], name=name, source=source)

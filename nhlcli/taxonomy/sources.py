@@ -1,0 +1,162 @@
+"""Tree sources that need no network: flat, imagenet-superclass, BREEDS, and the shipped trees."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from nhlcli.errors import NhlError
+from nhlcli.taxonomy.classes import CIFAR100_SUPERCLASSES, ClassEntry
+from nhlcli.taxonomy.compress import check_levels, compress_hierarchy, parse_group_counts
+from nhlcli.taxonomy.tree import ROOT_ID, Tree, tool_stamp
+
+
+def taxonomies_dir() -> Path:
+    """The installed ``taxonomies`` folder (shipped trees and the reference data they come from)."""
+    return Path(str(resources.files("nhlcli.taxonomies")))
+
+
+def shipped_tree_names() -> list[str]:
+    """Names of the trees that ship with nhl (``nhl hierarchy list``)."""
+    return sorted(p.stem for p in taxonomies_dir().glob("*.json"))
+
+
+def shipped_tree(name: str) -> Tree:
+    """Load a shipped tree by name, e.g. ``imagenet-1k-wordnet-l3``."""
+    path = taxonomies_dir() / f"{name}.json"
+    if not path.is_file():
+        raise NhlError(f"no shipped tree {name!r}; shipped: {', '.join(shipped_tree_names())}")
+    return Tree.load(path)
+
+
+def resolve_tree(spec: str | Path) -> Tree:
+    """A tree from a file path or the name of a shipped tree."""
+    path = Path(spec)
+    if path.suffix == ".json" or path.exists():
+        return Tree.load(path)
+    return shipped_tree(str(spec))
+
+
+def _leaf(entry: ClassEntry) -> dict[str, Any]:
+    node: dict[str, Any] = {"id": entry.id, "name": entry.name}
+    if entry.wordnet and entry.wordnet.startswith("n") and entry.wordnet[1:].isdigit():
+        node["wnid"] = entry.wordnet
+    if entry.aliases:
+        node["aliases"] = list(entry.aliases)
+    return node
+
+
+def _source(kind: str, **params: Any) -> dict[str, Any]:
+    return {"kind": kind, "params": params, "tool": tool_stamp()}
+
+
+def build_flat_tree(entries: Sequence[ClassEntry], name: str = "") -> Tree:
+    """One level: every class hangs from the root (the paper's PHL)."""
+    root = {"id": ROOT_ID, "name": "all classes", "children": [_leaf(e) for e in entries]}
+    return Tree.from_nested(root, [e.id for e in entries], name=name, source=_source("flat", levels=1))
+
+
+def _imagenet_indices(entries: Sequence[ClassEntry], source: str) -> dict[str, int]:
+    from nhlcli.taxonomy.classes import imagenet_classes
+
+    index = {e.id: i for i, e in enumerate(imagenet_classes())}
+    missing = [e.id for e in entries if e.id not in index]
+    if missing:
+        raise NhlError(
+            f"the {source} source covers ImageNet-1k classes (WordNet ids such as n01440764)"
+            f"{' and CIFAR-100' if source == 'superclass' else ''} only; "
+            f"not ImageNet-1k: {', '.join(missing[:5])}"
+        )
+    return index
+
+
+def build_superclass_tree(entries: Sequence[ClassEntry], name: str = "") -> Tree:
+    """Two levels from a dataset's published superclasses.
+
+    CIFAR-100 classes get CIFAR-100's official 20 superclasses; ImageNet-1k classes get
+    imagenet-superclass (each class below its direct WordNet parent, 558 groups in all).
+    """
+    cifar = {fine: coarse for coarse, fines in CIFAR100_SUPERCLASSES.items() for fine in fines}
+    if all(e.id in cifar for e in entries):
+        groups: dict[str, dict[str, Any]] = {}
+        for entry in entries:
+            coarse = cifar[entry.id]
+            group = groups.setdefault(
+                coarse, {"id": coarse, "name": coarse.replace("_", " "), "children": []}
+            )
+            group["children"].append(_leaf(entry))
+        root = {"id": ROOT_ID, "name": "CIFAR-100", "children": list(groups.values())}
+        return Tree.from_nested(
+            root, [e.id for e in entries], name=name, source=_source("superclass", levels=2, map="cifar-100")
+        )
+    index = _imagenet_indices(entries, "superclass")
+    folder = taxonomies_dir() / "sources" / "imagenet-superclass"
+    ids = (folder / "superclass.txt").read_text(encoding="utf-8").split()
+    names = (folder / "superclass_names.txt").read_text(encoding="utf-8").splitlines()
+    groups: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        i = index[entry.id]
+        gid = f"superclass-{int(ids[i]):03d}"
+        group = groups.setdefault(gid, {"id": gid, "name": names[i].split(",")[0].strip(), "children": []})
+        group["children"].append(_leaf(entry))
+    root = {"id": ROOT_ID, "name": "entity", "children": list(groups.values())}
+    return Tree.from_nested(
+        root,
+        [e.id for e in entries],
+        name=name,
+        source=_source("superclass", levels=2, map="imagenet-superclass"),
+    )
+
+
+@lru_cache(maxsize=1)
+def breeds_graph() -> tuple[nx.DiGraph, str]:
+    """BREEDS' curated ImageNet hierarchy (the 'modified' version) as a graph, and its root."""
+    folder = taxonomies_dir() / "sources" / "breeds-modified"
+    graph = nx.DiGraph()
+    for line in (folder / "node_names.txt").read_text(encoding="utf-8").splitlines():
+        node, _, label = line.partition("\t")
+        wnid = node if node.startswith("n") and node[1:].isdigit() else None
+        graph.add_node(node, name=label.split(",")[0].strip() or node, wnid=wnid)
+    for line in (folder / "class_hierarchy.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            parent, child = line.split()
+            graph.add_edge(parent, child)
+    roots = [n for n in graph if graph.in_degree(n) == 0 and graph.out_degree(n) > 0]
+    return graph, roots[0]
+
+
+def build_breeds_tree(
+    entries: Sequence[ClassEntry], levels: int, groups: str | None = None, name: str = ""
+) -> Tree:
+    """A tree of ``levels`` levels from BREEDS' hierarchy, compressed like the WordNet source."""
+    check_levels(levels)
+    _imagenet_indices(entries, "breeds")
+    graph, root = breeds_graph()
+    in_breeds = nx.descendants(graph, root)
+    concept_of = {e.id: e.id for e in entries if e.id in in_breeds}
+    left_out = [e for e in entries if e.id not in concept_of]
+    if left_out:
+        concept_of.update(_breeds_ancestors(left_out, in_breeds | {root}, root))
+    counts = parse_group_counts(groups, len(entries), levels)
+    nested = compress_hierarchy(graph, root, entries, concept_of, levels, counts)
+    source = _source(
+        "breeds", levels=levels, groups=counts, placed_by_wordnet=sorted(e.id for e in left_out)
+    )
+    return Tree.from_nested(nested, [e.id for e in entries], name=name, source=source)
+
+
+def _breeds_ancestors(entries: Sequence[ClassEntry], nodes: set[str], root: str) -> dict[str, str]:
+    """For classes BREEDS leaves out (110 of ImageNet-1k), their nearest WordNet ancestor in BREEDS."""
+    from nhlcli.taxonomy.wordnet import hypernym_graph, place_class, synset_id
+
+    placed = {}
+    for entry in entries:
+        graph, top = hypernym_graph([place_class(entry).synset])
+        path = nx.shortest_path(graph, top, entry.id)
+        placed[entry.id] = next((n for n in reversed(path[:-1]) if n in nodes), root)
+    return placed

@@ -1,0 +1,250 @@
+"""WordNet 3.0 through nltk: class lookup, the hypernym tree, and installing the data offline.
+
+ImageNet class ids are WordNet 3.0 noun offsets (``n01440764`` is offset 1440764, pos n), so an
+ImageNet class list needs no name matching at all.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from nhlcli.errors import NhlError
+from nhlcli.taxonomy.classes import SYNSET_NAME_RE, WNID_RE, ClassEntry
+from nhlcli.taxonomy.compress import check_levels, compress_hierarchy, parse_group_counts
+from nhlcli.taxonomy.tree import Tree, tool_stamp
+
+MISSING_WORDNET = (
+    "WordNet data for nltk was not found: run 'python -m nltk.downloader wordnet' (online), or "
+    "'nhl hierarchy setup-wordnet --from /usr/share/wordnet' to use a WordNet 3.0 dict directory "
+    "such as Debian's wordnet-base package"
+)
+
+# The 45 lexicographer files of WordNet 3.0 (lexnames(5WN)); nltk's reader needs this file and
+# Debian's packages do not ship it.
+LEXNAMES = [
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
+]
+_SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+REQUIRED_DICT_FILES = ("data.noun", "index.noun", "noun.exc", "index.sense")
+
+
+def lexnames_text() -> str:
+    """The ``lexnames`` file: ``NN<TAB>name<TAB>category`` for each lexicographer file."""
+    return "".join(
+        f"{i:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES)
+    )
+
+
+def default_nltk_data_dir() -> Path:
+    """The first directory nltk searches (normally ``~/nltk_data``)."""
+    import nltk
+
+    return Path(nltk.data.path[0])
+
+
+def setup_wordnet(source: str | Path, target: str | Path | None = None) -> Path:
+    """Lay out a WordNet 3.0 dict directory the way nltk expects, adding ``lexnames``.
+
+    ``target`` is an nltk data directory (default: the first one nltk searches); the files go to
+    ``target/corpora/wordnet``. Returns that directory.
+    """
+    src = Path(source)
+    missing = [f for f in REQUIRED_DICT_FILES if not (src / f).is_file()]
+    if not src.is_dir() or missing:
+        raise NhlError(
+            f"{src} is not a WordNet 3.0 dict directory (missing {', '.join(missing) or 'directory'}); "
+            "on Debian: apt-get install wordnet-base wordnet-sense-index, then use /usr/share/wordnet"
+        )
+    root = Path(target) if target else default_nltk_data_dir()
+    dest = root / "corpora" / "wordnet"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file():
+            shutil.copyfile(f, dest / f.name)
+    (dest / "lexnames").write_text(lexnames_text(), encoding="utf-8")
+    wordnet_reader.cache_clear()
+    return dest
+
+
+@lru_cache(maxsize=1)
+def wordnet_reader() -> Any:
+    """nltk's WordNet 3.0 reader, loaded once; a clear :class:`NhlError` when the data is missing.
+
+    nltk's default loader also maps WordNet onto the Open Multilingual Wordnet, which reads
+    ``index.sense`` twice and doubles the load time; nhl needs WordNet 3.0 itself only, so it
+    opens the reader without that mapping.
+    """
+    import nltk
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    class WordNet30Reader(WordNetCorpusReader):  # type: ignore[misc]
+        def map_wn(self, version: str = "wordnet") -> None:
+            return None
+
+    try:
+        root = nltk.data.find("corpora/wordnet")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "multilingual functions are not available"
+            wordnet = WordNet30Reader(root, None)
+    except (LookupError, OSError) as exc:
+        raise NhlError(MISSING_WORDNET) from exc
+    version = wordnet.get_version()
+    if version != "3.0":
+        raise NhlError(f"nhl needs WordNet 3.0 (ImageNet's ids are its offsets); nltk found {version}")
+    return wordnet
+
+
+def synset_id(synset: Any) -> str:
+    """ImageNet-style id of a noun synset: ``n`` and the 8-digit offset."""
+    return f"{synset.pos()}{synset.offset():08d}"
+
+
+def synset_name(synset: Any) -> str:
+    return synset.lemma_names()[0].replace("_", " ")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where WordNet puts one class: its synset, or ``None``, and whether the match is ambiguous."""
+
+    synset: Any
+    ambiguous: bool
+
+
+def place_class(entry: ClassEntry) -> Placement:
+    """Find a class's noun synset: by WordNet id, synset name, or (last resort) name and aliases.
+
+    A name with several noun senses takes the most frequent one and is marked ambiguous; the
+    hybrid source hands those to an LLM.
+    """
+    wn = wordnet_reader()
+    ref = entry.wordnet
+    if ref and WNID_RE.match(ref):
+        try:
+            return Placement(wn.synset_from_pos_and_offset("n", int(ref[1:])), False)
+        except Exception as exc:  # nltk raises WordNetError or a bare Exception on a bad offset
+            raise NhlError(f"class {entry.id!r}: {ref} is not a WordNet 3.0 noun id") from exc
+    if ref and SYNSET_NAME_RE.match(ref):
+        try:
+            return Placement(wn.synset(ref), False)
+        except Exception as exc:
+            raise NhlError(f"class {entry.id!r}: {ref} is not a WordNet 3.0 synset") from exc
+    for label in (entry.name, entry.id, *entry.aliases):
+        senses = wn.synsets(label.strip().replace(" ", "_"), pos="n")
+        if senses:
+            return Placement(senses[0], len(senses) > 1)
+    return Placement(None, True)
+
+
+def _parent(synset: Any) -> Any | None:
+    """The one hypernym a synset hangs below: the deepest, so taxonomic chains win over roles."""
+    parents = synset.hypernyms() + synset.instance_hypernyms()
+    if not parents:
+        return None
+    return max(parents, key=lambda p: (p.max_depth(), p.name()))
+
+
+def hypernym_graph(synsets: Sequence[Any]) -> tuple[nx.DiGraph, str]:
+    """The tree of chosen hypernyms above ``synsets``, keyed by WordNet id, and its root."""
+    graph = nx.DiGraph()
+    for synset in synsets:
+        node = synset
+        graph.add_node(synset_id(node), name=synset_name(node), wnid=synset_id(node))
+        while (up := _parent(node)) is not None:
+            graph.add_node(synset_id(up), name=synset_name(up), wnid=synset_id(up))
+            if graph.has_edge(synset_id(up), synset_id(node)):
+                break
+            graph.add_edge(synset_id(up), synset_id(node))
+            node = up
+    roots = [n for n in graph if graph.in_degree(n) == 0]
+    if len(roots) != 1:
+        raise NhlError(f"WordNet hypernyms of these classes end in {len(roots)} roots: {roots[:3]}")
+    return graph, roots[0]
+
+
+def place_classes(entries: Sequence[ClassEntry]) -> dict[str, Placement]:
+    return {e.id: place_class(e) for e in entries}
+
+
+def wordnet_nested(
+    entries: Sequence[ClassEntry], levels: int, groups: str | None = None
+) -> tuple[dict[str, Any], list[int]]:
+    """The nested tree dict of ``entries`` from WordNet hypernyms, and the group counts used."""
+    placements = place_classes(entries)
+    unplaced = [e.id for e in entries if placements[e.id].synset is None]
+    if unplaced:
+        shown = ", ".join(repr(u) for u in unplaced[:5])
+        raise NhlError(
+            f"WordNet has no noun for {len(unplaced)} class(es): {shown}; give their WordNet ids "
+            "(nNNNNNNNN or name.n.NN) in the class list, or use --source hybrid"
+        )
+    graph, root = hypernym_graph([placements[e.id].synset for e in entries])
+    concept_of = {e.id: synset_id(placements[e.id].synset) for e in entries}
+    counts = parse_group_counts(groups, len(entries), levels)
+    return compress_hierarchy(graph, root, entries, concept_of, levels, counts), counts
+
+
+def build_wordnet_tree(
+    entries: Sequence[ClassEntry], levels: int, groups: str | None = None, name: str = ""
+) -> Tree:
+    """A tree of exactly ``levels`` levels from WordNet 3.0's hypernyms (nltk)."""
+    check_levels(levels)
+    nested, counts = wordnet_nested(entries, levels, groups)
+    source = {
+        "kind": "wordnet",
+        "params": {"levels": levels, "groups": counts, "wordnet": "3.0"},
+        "tool": tool_stamp(),
+    }
+    return Tree.from_nested(nested, [e.id for e in entries], name=name, source=source)

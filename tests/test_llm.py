@@ -1,0 +1,370 @@
+"""LLM and hybrid tree sources, through the real openai client against a scripted local server."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nhlcli.errors import NhlError
+from nhlcli.taxonomy.classes import FASHION_MNIST, ClassEntry
+from nhlcli.taxonomy.hybrid import build_hybrid_tree
+from nhlcli.taxonomy.llm import CACHE_FORMAT, LLMSettings, build_llm_tree
+from nhlcli.taxonomy.tree import Tree
+from nhlcli.taxonomy.wordnet import build_wordnet_tree
+
+try:  # tests/ is on sys.path while it is not a package
+    from llm_server import ScriptedLLMServer
+except ImportError:  # pragma: no cover - tests/ turned into a package
+    from tests.llm_server import ScriptedLLMServer
+
+SECRET = "sk-test-SECRET-0123456789abcdef"
+IDS = [e.id for e in FASHION_MNIST]
+
+TOPS = ["T-shirt/top", "Pullover", "Shirt", "Coat"]
+BOTTOMS = ["Trouser", "Dress"]
+SHOES = ["Sandal", "Sneaker"]
+BOOTS = ["Ankle boot"]
+BAGS = ["Bag"]
+
+
+def grouping(levels: int, drop: str | None = None, extra: str | None = None, twice: str | None = None) -> str:
+    """A good answer for Fashion-MNIST, optionally spoiled: a class dropped, invented or repeated."""
+    def names(xs: list[str]) -> list[str]:
+        return [x for x in xs if x != drop]
+
+    shoes = names(SHOES) + ([extra] if extra else []) + ([twice] if twice else [])
+    if levels == 2:
+        groups: list[dict[str, Any]] = [
+            {"name": "Tops", "classes": names(TOPS)},
+            {"name": "Bottoms and dresses", "classes": names(BOTTOMS)},
+            {"name": "Footwear", "classes": shoes + names(BOOTS)},
+            {"name": "Accessories", "classes": names(BAGS)},
+        ]
+    else:
+        groups = [
+            {"name": "Clothing", "groups": [{"name": "Tops", "classes": names(TOPS)},
+                                            {"name": "Bottoms and dresses", "classes": names(BOTTOMS)}]},
+            {"name": "Footwear", "groups": [{"name": "Shoes", "classes": shoes},
+                                            {"name": "Boots", "classes": names(BOOTS)}]},
+            {"name": "Accessories", "groups": [{"name": "Bags", "classes": names(BAGS)}]},
+        ]
+    return json.dumps({"groups": groups})
+
+
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+@pytest.fixture
+def llm_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedLLMServer]:
+    """A scripted OpenAI-compatible server on 127.0.0.1 (no proxy in the way), closed afterwards."""
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    with ScriptedLLMServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    return SECRET
+
+
+def make_settings(server: Any, tmp_path: Path, **kw: Any) -> LLMSettings:
+    defaults: dict[str, Any] = {"model": "test-model", "base_url": server.base_url,
+                                "cache": tmp_path / "llm-cache.json", "timeout": 10.0}
+    defaults.update(kw)
+    return LLMSettings(**defaults)
+
+
+def last_user_message(request: dict[str, Any]) -> str:
+    return request["messages"][-1]["content"]
+
+
+def dead_url() -> str:
+    """A local URL where nothing listens (a port that was just free)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+# -------------------------------------------------------------------------------- good answers
+@pytest.mark.parametrize("levels", [2, 3])
+@pytest.mark.parametrize("fenced", [False, True])
+def test_good_answer_builds_tree(llm_server: Any, tmp_path: Path, levels: int, fenced: bool) -> None:
+    answer = grouping(levels)
+    llm_server.answer(f"Here you go:\n```json\n{answer}\n```" if fenced else answer)
+    tree = build_llm_tree(FASHION_MNIST, levels, make_settings(llm_server, tmp_path), name="fm-llm")
+
+    assert tree.levels == levels
+    assert tree.classes == IDS
+    footwear = tree.lowest_common_ancestor(["sandal", "sneaker", "ankle-boot"])
+    assert tree.node(footwear).name == "Footwear" and footwear == "llm/footwear"
+    assert tree.leaves(footwear) == ["sandal", "sneaker", "ankle-boot"]
+    assert tree.node("ankle-boot").aliases == ("boot", "ankle boot")
+    assert tree.node("ankle-boot").wnid == "n02872752"
+    if levels == 3:
+        assert tree.parent("sandal") == "llm/footwear/shoes"
+        assert tree.node("llm/footwear/shoes").name == "Shoes"
+    assert tree.source["kind"] == "llm"
+    assert tree.source["params"]["levels"] == levels
+
+    assert len(llm_server.requests) == 1
+    request = llm_server.requests[0]
+    assert request["model"] == "test-model" and request["temperature"] == 0
+    prompt = last_user_message(request)
+    assert all(e.name in prompt for e in FASHION_MNIST)
+    assert llm_server.headers[0]["authorization"] == f"Bearer {SECRET}"
+
+    saved = tree.save(tmp_path / "tree.json")
+    assert Tree.load(saved) == tree
+
+
+def test_levels_one_needs_no_llm(llm_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    tree = build_llm_tree(FASHION_MNIST, 1, make_settings(llm_server, tmp_path))
+    assert tree.levels == 1 and tree.classes == IDS
+    assert tree.children(tree.root) == IDS
+    assert llm_server.requests == []
+
+
+@pytest.mark.parametrize("levels", [0, 5])
+def test_levels_out_of_range(llm_server: Any, tmp_path: Path, levels: int) -> None:
+    with pytest.raises(NhlError, match="1 to 4 levels"):
+        build_llm_tree(FASHION_MNIST, levels, make_settings(llm_server, tmp_path))
+    assert llm_server.requests == []
+
+
+# -------------------------------------------------------------------------------- corrections
+@pytest.mark.parametrize("levels", [2, 3])
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        (lambda lv: grouping(lv, drop="Sandal"), "class 'Sandal' is missing"),
+        (lambda lv: grouping(lv, extra="Flip-flop"), "'Flip-flop' is not one of the classes"),
+        (lambda lv: grouping(lv, twice="Coat"), "class 'Coat' appears 2 times"),
+        (lambda lv: grouping(lv)[:-3], "not valid JSON"),
+    ],
+    ids=["missing", "invented", "repeated", "malformed"],
+)
+def test_invalid_answer_is_sent_back(llm_server: Any, tmp_path: Path, levels: int, bad: Any,
+                                     problem: str) -> None:
+    first = bad(levels)
+    llm_server.answer(first, grouping(levels))
+    settings = make_settings(llm_server, tmp_path)
+    tree = build_llm_tree(FASHION_MNIST, levels, settings)
+
+    assert tree.classes == IDS and tree.levels == levels
+    assert len(llm_server.requests) == 2
+    retry = llm_server.messages[1]
+    assert retry[:2] == llm_server.messages[0]  # the same conversation, continued
+    assert retry[2] == {"role": "assistant", "content": first}
+    assert retry[3]["role"] == "user" and problem in retry[3]["content"]
+    cache = json.loads(settings.cache.read_text())
+    (entry,) = cache["entries"].values()
+    assert entry["attempts"] == 2 and entry["answer"] == grouping(levels)
+
+
+def test_wrong_depth_is_sent_back(llm_server: Any, tmp_path: Path) -> None:
+    nested = json.loads(grouping(3))
+    nested["groups"][2] = {"name": "Accessories", "classes": ["Bag"]}  # classes one level too high
+    llm_server.answer(json.dumps(nested), grouping(3))
+    tree = build_llm_tree(FASHION_MNIST, 3, make_settings(llm_server, tmp_path))
+    assert tree.levels == 3 and tree.classes == IDS
+    assert ("group 'Accessories' holds classes at depth 2 but classes belong at depth 3"
+            in last_user_message(llm_server.requests[1]))
+
+
+def test_all_attempts_bad_raises_and_caches_nothing(llm_server: Any, tmp_path: Path) -> None:
+    settings = make_settings(llm_server, tmp_path, max_retries=2)
+    llm_server.answer(grouping(2, drop="Bag"), "not json at all", grouping(2, extra="Sock"))
+    with pytest.raises(NhlError, match=r"no valid grouping after 3 attempts: 'Sock' is not one of"):
+        build_llm_tree(FASHION_MNIST, 2, settings)
+    assert len(llm_server.requests) == 3
+    assert not settings.cache.exists()
+
+
+def test_duplicate_names_are_disambiguated(llm_server: Any, tmp_path: Path) -> None:
+    entries = [ClassEntry("n02012849", "crane", "n02012849"), ClassEntry("n03126707", "crane", "n03126707"),
+               ClassEntry("n01440764", "tench", "n01440764")]
+    bare = {"groups": [{"name": "Birds", "classes": ["crane"]}, {"name": "Machines", "classes": ["crane"]},
+                       {"name": "Fish", "classes": ["tench"]}]}
+    good = {"groups": [{"name": "Birds", "classes": ["crane [n02012849]"]},
+                       {"name": "Machines", "classes": ["crane [n03126707]"]},
+                       {"name": "Fish", "classes": ["tench"]}]}
+    llm_server.answer(json.dumps(bare), json.dumps(good))
+    tree = build_llm_tree(entries, 2, make_settings(llm_server, tmp_path))
+    assert "crane [n02012849]" in last_user_message(llm_server.requests[0])
+    assert "'crane' is ambiguous" in last_user_message(llm_server.requests[1])
+    assert tree.node(tree.parent("n02012849")).name == "Birds"
+    assert tree.node(tree.parent("n03126707")).name == "Machines"
+
+
+# -------------------------------------------------------------------------------- failures
+def test_timeout(llm_server: Any, tmp_path: Path) -> None:
+    llm_server.stall(5.0, grouping(2))
+    with pytest.raises(NhlError, match=r"did not answer within 0.5 s; raise --timeout"):
+        build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path, timeout=0.5))
+    assert not (tmp_path / "llm-cache.json").exists()
+
+
+def test_missing_key(llm_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(NhlError, match="set OPENAI_API_KEY"):
+        build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path))
+    assert llm_server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(401, "rejected the API key in OPENAI_API_KEY"), (404, "model 'test-model' was not found"),
+     (500, "answered HTTP 500: overloaded")],
+)
+def test_http_errors(llm_server: Any, tmp_path: Path, status: int, expected: str) -> None:
+    llm_server.fail(status, f"overloaded (key {SECRET})")
+    with pytest.raises(NhlError, match=expected) as info:
+        build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path))
+    message = str(info.value)
+    assert SECRET not in message and "\n" not in message
+
+
+def test_unreachable_server(tmp_path: Path, llm_server: Any) -> None:
+    url = dead_url()
+    with pytest.raises(NhlError, match=f"could not reach the LLM server at {url}"):
+        build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path, base_url=url))
+
+
+# -------------------------------------------------------------------------------- cache
+def test_cache_round_trip_is_offline_and_byte_identical(llm_server: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_settings(llm_server, tmp_path)
+    llm_server.answer(grouping(3))
+    first = build_llm_tree(FASHION_MNIST, 3, settings, name="fm")
+    first_bytes = first.save(tmp_path / "a.json").read_bytes()
+
+    cache_text = settings.cache.read_text()
+    cache = json.loads(cache_text)
+    assert cache["format"] == CACHE_FORMAT and cache["version"] == 1
+    (entry,) = cache["entries"].values()
+    assert entry["model"] == "test-model" and entry["attempts"] == 1
+    assert entry["answer"] == grouping(3) and entry["messages"] == llm_server.messages[0]
+    assert SECRET not in cache_text and SECRET not in first_bytes.decode()
+
+    monkeypatch.delenv("OPENAI_API_KEY")  # a warm cache needs no key and no server
+    offline = make_settings(llm_server, tmp_path, base_url=dead_url())
+    second = build_llm_tree(FASHION_MNIST, 3, offline, name="fm")
+    assert second.save(tmp_path / "b.json").read_bytes() == first_bytes
+    assert len(llm_server.requests) == 1
+    assert settings.cache.read_text() == cache_text
+
+
+def test_cache_keeps_answers_per_request(llm_server: Any, tmp_path: Path) -> None:
+    settings = make_settings(llm_server, tmp_path)
+    llm_server.answer(grouping(2), grouping(3))
+    build_llm_tree(FASHION_MNIST, 2, settings)
+    build_llm_tree(FASHION_MNIST, 3, settings)
+    build_llm_tree(FASHION_MNIST, 2, settings)  # from the cache
+    assert len(llm_server.requests) == 2
+    assert len(json.loads(settings.cache.read_text())["entries"]) == 2
+
+
+@pytest.mark.parametrize(("content", "expected"), [("{not json", "is not a valid JSON file"),
+                                                    ('{"format": "other"}', "is not an nhl LLM cache")])
+def test_bad_cache_file(llm_server: Any, tmp_path: Path, content: str, expected: str) -> None:
+    settings = make_settings(llm_server, tmp_path)
+    settings.cache.write_text(content)
+    with pytest.raises(NhlError, match=expected) as info:
+        build_llm_tree(FASHION_MNIST, 2, settings)
+    assert str(settings.cache) in str(info.value)
+    assert llm_server.requests == []
+
+
+def test_edited_cache_answer_is_checked(llm_server: Any, tmp_path: Path) -> None:
+    settings = make_settings(llm_server, tmp_path)
+    llm_server.answer(grouping(2))
+    build_llm_tree(FASHION_MNIST, 2, settings)
+    cache = json.loads(settings.cache.read_text())
+    (entry,) = cache["entries"].values()
+    entry["answer"] = grouping(2, drop="Coat")  # a person edits the cached answer by hand
+    settings.cache.write_text(json.dumps(cache))
+    with pytest.raises(NhlError, match=r"class 'Coat' is missing.*delete entry"):
+        build_llm_tree(FASHION_MNIST, 2, settings)
+    assert len(llm_server.requests) == 1
+
+
+# -------------------------------------------------------------------------------- hybrid
+ZORBLAX = ClassEntry("flip-flop-x", "zorblax")  # WordNet has no such noun
+CRANE = ClassEntry("mystery-crane", "crane")  # WordNet has several senses
+
+
+@pytest.mark.parametrize("levels", [2, 3])
+def test_hybrid_llm_places_what_wordnet_cannot(llm_server: Any, tmp_path: Path, levels: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [*FASHION_MNIST[:3], ZORBLAX, *FASHION_MNIST[3:], CRANE]
+    wordnet = build_wordnet_tree(FASHION_MNIST, levels)
+    shoe_group, bag_group = wordnet.parent("sandal"), wordnet.parent("bag")
+    bad = {"assignments": {"zorblax": "no-such-group"}}
+    good = {"assignments": {"zorblax": shoe_group, "crane": bag_group}}
+    llm_server.answer(json.dumps(bad), json.dumps(good))
+    settings = make_settings(llm_server, tmp_path)
+    tree = build_hybrid_tree(entries, levels, settings)
+
+    assert tree.levels == levels
+    assert tree.classes == [e.id for e in entries]
+    assert tree.parent("flip-flop-x") == shoe_group
+    assert tree.parent("mystery-crane") == bag_group
+    assert tree.parent("sneaker") == wordnet.parent("sneaker")  # WordNet's places are kept
+    assert tree.source["kind"] == "hybrid"
+    assert tree.source["params"]["llm_placed"] == ["flip-flop-x", "mystery-crane"]
+
+    prompt = last_user_message(llm_server.requests[0])
+    new_classes = prompt.split("New classes:\n", 1)[1].splitlines()
+    assert new_classes == ["zorblax", "crane"]
+    assert f"{shoe_group}: " in prompt and f"{bag_group}: " in prompt
+    problems = last_user_message(llm_server.requests[1])
+    assert "class 'crane' is missing" in problems
+    assert "class 'zorblax' is assigned to 'no-such-group', which is not one of the group ids" in problems
+
+    monkeypatch.delenv("OPENAI_API_KEY")  # the rebuild comes from the cache
+    again = build_hybrid_tree(entries, levels, settings)
+    assert again == tree and len(llm_server.requests) == 2
+
+
+def test_hybrid_rejects_placed_and_invented_classes(llm_server: Any, tmp_path: Path) -> None:
+    entries = [*FASHION_MNIST, ZORBLAX]
+    group = build_wordnet_tree(FASHION_MNIST, 2).parent("sandal")
+    llm_server.answer(json.dumps({"assignments": {"zorblax": group, "Sandal": group, "Sock": group}}),
+                      json.dumps({"assignments": {"zorblax": group}}))
+    tree = build_hybrid_tree(entries, 2, make_settings(llm_server, tmp_path))
+    problems = last_user_message(llm_server.requests[1])
+    assert "'Sandal' is not one of the new classes" in problems
+    assert "'Sock' is not one of the new classes" in problems
+    assert tree.parent("flip-flop-x") == group
+
+
+def test_hybrid_all_placed_makes_no_request(llm_server: Any, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    tree = build_hybrid_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path))
+    assert llm_server.requests == []
+    assert tree.to_dict()["tree"] == build_wordnet_tree(FASHION_MNIST, 2).to_dict()["tree"]
+    assert tree.source["params"]["llm_placed"] == []
+    assert not (tmp_path / "llm-cache.json").exists()
+
+
+def test_hybrid_none_placed_falls_back_to_llm_grouping(llm_server: Any, tmp_path: Path) -> None:
+    entries = [ZORBLAX, ClassEntry("glorp", "glorpfish"), ClassEntry("quux", "quuxbeast")]
+    answer = {"groups": [{"name": "Made up", "classes": ["zorblax"]},
+                         {"name": "Creatures", "classes": ["glorpfish", "quuxbeast"]}]}
+    llm_server.answer(json.dumps(answer))
+    tree = build_hybrid_tree(entries, 2, make_settings(llm_server, tmp_path))
+    assert tree.classes == ["flip-flop-x", "glorp", "quux"]
+    assert tree.node(tree.parent("glorp")).name == "Creatures"
+    assert tree.source["kind"] == "hybrid"
+    assert tree.source["params"]["llm_placed"] == ["flip-flop-x", "glorp", "quux"]
+    assert len(llm_server.requests) == 1

@@ -1,0 +1,181 @@
+"""The shipped trees and the offline sources: WordNet facts, reproducibility, subsets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nhlcli.errors import NhlError
+from nhlcli.taxonomy import build_tree, load_class_list, shipped_tree, shipped_tree_names
+from nhlcli.taxonomy.classes import FASHION_MNIST, cifar100_classes, imagenet_classes
+from nhlcli.taxonomy.compress import default_group_counts, parse_group_counts
+from nhlcli.taxonomy.sources import taxonomies_dir
+
+SHARKS = ["great white shark", "tiger shark", "hammerhead"]
+DOMESTIC_CATS = ["tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"]
+EXPECTED_SHIPPED = {
+    "imagenet-1k-wordnet-l2", "imagenet-1k-wordnet-l3", "imagenet-1k-wordnet-l4",
+    "imagenet-1k-superclass-l2", "imagenet-1k-breeds-l3",
+    "fashion-mnist-wordnet-l2", "fashion-mnist-wordnet-l3", "cifar-100-superclass-l2",
+}
+
+
+def names(tree, node_ids):
+    return {tree.node(n).name for n in node_ids}
+
+
+@pytest.mark.parametrize("levels", [3, 4])
+def test_wordnet_groups_sharks_and_domestic_cats_tightly(levels):
+    tree = shipped_tree(f"imagenet-1k-wordnet-l{levels}")
+    sharks = tree.leaves(tree.lowest_common_ancestor(SHARKS))
+    assert len(sharks) < 20
+    assert not {"tench", "goldfish"} & names(tree, sharks)
+    cats = tree.leaves(tree.lowest_common_ancestor(DOMESTIC_CATS))
+    assert len(cats) < 20
+    dogs = tree.classes[151:269]  # ImageNet-1k's dog breeds, Chihuahua to Mexican hairless
+    assert tree.node(dogs[0]).name == "Chihuahua" and tree.node(dogs[-1]).name == "Mexican hairless"
+    assert not set(dogs) & set(cats)
+
+
+def test_every_shipped_tree_validates_and_holds_each_class_once():
+    assert EXPECTED_SHIPPED <= set(shipped_tree_names())
+    imagenet = [e.id for e in imagenet_classes()]
+    for tree_name in shipped_tree_names():
+        tree = shipped_tree(tree_name)
+        assert tree.leaves(tree.root) == tree.classes
+        assert len(set(tree.classes)) == len(tree.classes)
+        if tree_name.startswith("imagenet-1k"):
+            assert tree.classes == imagenet
+        assert tree.name == tree_name
+    assert shipped_tree("fashion-mnist-wordnet-l2").classes == [e.id for e in FASHION_MNIST]
+    assert shipped_tree("cifar-100-superclass-l2").classes == [e.id for e in cifar100_classes()]
+
+
+def test_credits_ship_beside_the_reference_data():
+    readme = (taxonomies_dir() / "README.md").read_text()
+    assert "s-kumano/imagenet-superclass" in readme and "BREEDS" in readme
+    assert (taxonomies_dir() / "sources" / "imagenet-superclass" / "LICENSE").is_file()
+
+
+@pytest.mark.parametrize(
+    "tree_name, source, classes, levels",
+    [
+        ("imagenet-1k-wordnet-l3", "wordnet", "imagenet-1k", 3),
+        ("imagenet-1k-wordnet-l2", "wordnet", "imagenet-1k", 2),
+        ("imagenet-1k-breeds-l3", "breeds", "imagenet-1k", 3),
+        ("imagenet-1k-superclass-l2", "superclass", "imagenet-1k", 2),
+        ("fashion-mnist-wordnet-l3", "wordnet", "fashion-mnist", 3),
+        ("cifar-100-superclass-l2", "superclass", "cifar-100", 2),
+    ],
+)
+def test_shipped_trees_are_reproduced_by_a_fresh_build(tree_name, source, classes, levels):
+    fresh = build_tree(source, load_class_list(classes), levels=levels, name=tree_name).to_dict()
+    shipped = json.loads((taxonomies_dir() / f"{tree_name}.json").read_text())
+    fresh["source"].pop("tool"), shipped["source"].pop("tool")
+    assert fresh == shipped
+
+
+def test_fashion_mnist_wordnet_tree_groups_footwear_and_garments():
+    tree = shipped_tree("fashion-mnist-wordnet-l2")
+    footwear = tree.lowest_common_ancestor(["sandal", "sneaker", "ankle boot"])
+    assert tree.node(footwear).name == "footwear"
+    assert tree.leaves(footwear) == ["sandal", "sneaker", "ankle-boot"]
+    assert tree.parent("shirt") == tree.parent("coat")
+
+
+def test_cifar100_superclasses_are_the_official_twenty():
+    tree = shipped_tree("cifar-100-superclass-l2")
+    assert len(tree.level(1)) == 20
+    assert tree.leaves("large_carnivores") == ["bear", "leopard", "lion", "tiger", "wolf"]
+
+
+def test_superclass_and_breeds_work_on_subsets():
+    subset = [e for e in imagenet_classes() if e.name in {"tabby", "Persian cat", "beagle", "hammerhead"}]
+    tree = build_tree("superclass", subset)
+    assert tree.classes == [e.id for e in subset]
+    assert tree.lowest_common_ancestor(["tabby", "Persian cat"]) != tree.root
+    breeds = build_tree("breeds", subset, levels=2)
+    assert breeds.levels == 2 and breeds.num_classes == 4
+    with pytest.raises(NhlError, match="ImageNet-1k"):
+        build_tree("breeds", FASHION_MNIST)
+
+
+def test_breeds_places_the_classes_it_leaves_out_by_wordnet():
+    tree = shipped_tree("imagenet-1k-breeds-l3")
+    placed = tree.source["params"]["placed_by_wordnet"]
+    assert "n01871265" in placed  # tusker: not in BREEDS' hierarchy
+    path_names = [tree.node(n).name for n in tree.path("n01871265")]
+    assert "tusker" in path_names[-1]
+
+
+def test_wordnet_build_from_names_and_folders(tmp_path):
+    listing = tmp_path / "classes.txt"
+    listing.write_text("# my classes\nsandal.n.01\tSandal\nn03472535\tSneaker\tgym shoe\nboot.n.01\n\n")
+    entries = load_class_list(listing)
+    assert [e.id for e in entries] == ["sandal.n.01", "n03472535", "boot.n.01"]
+    tree = build_tree("wordnet", entries, levels=2)
+    assert tree.node(tree.lowest_common_ancestor(tree.classes)).name == "footwear"
+    for folder in ("n01440764", "n01443537", "n01484850"):
+        (tmp_path / "data" / "train" / folder).mkdir(parents=True)
+    folder_entries = load_class_list(tmp_path / "data")
+    assert [e.name for e in folder_entries] == ["tench", "goldfish", "great white shark"]
+
+
+def test_unknown_wordnet_names_say_how_to_fix():
+    from nhlcli.taxonomy.classes import ClassEntry
+
+    with pytest.raises(NhlError, match="WordNet has no noun for 1 class.*--source hybrid"):
+        build_tree("wordnet", [ClassEntry("zorblax", "zorblax"), *FASHION_MNIST[:3]], levels=2)
+
+
+def test_group_counts_default_and_validation():
+    assert default_group_counts(1000, 3) == [10, 100]
+    assert default_group_counts(1000, 1) == []
+    assert parse_group_counts("5,50", 1000, 3) == [5, 50]
+    for bad in ("5", "50,5", "a,b", "0,10"):
+        with pytest.raises(NhlError, match="--groups"):
+            parse_group_counts(bad, 1000, 3)
+
+
+def test_group_counts_steer_the_wordnet_build():
+    entries = list(imagenet_classes())
+    coarse = build_tree("wordnet", entries, levels=2, groups="8")
+    fine = build_tree("wordnet", entries, levels=2, groups="60")
+    assert len(coarse.level(1)) < len(fine.level(1))
+    assert coarse.stats()["per_level"][0]["classes_per_node_mean"] > 40
+
+
+def test_setup_wordnet_lays_out_nltk_files(tmp_path):
+    from nhlcli.taxonomy.wordnet import lexnames_text, setup_wordnet
+
+    source = tmp_path / "dict"
+    source.mkdir()
+    for name in ("data.noun", "index.noun", "noun.exc", "index.sense"):
+        (source / name).write_text("x")
+    dest = setup_wordnet(source, tmp_path / "nltk_data")
+    assert dest == tmp_path / "nltk_data" / "corpora" / "wordnet"
+    assert (dest / "data.noun").is_file()
+    lines = (dest / "lexnames").read_text().splitlines()
+    assert len(lines) == 45 and lines[0] == "00\tadj.all\t3" and lines[44] == "44\tadj.ppl\t3"
+    assert lines[5] == "05\tnoun.animal\t1" and lexnames_text().count("\n") == 45
+    with pytest.raises(NhlError, match="not a WordNet 3.0 dict directory"):
+        setup_wordnet(tmp_path / "empty", tmp_path / "x")
+
+
+def test_missing_wordnet_gives_both_routes(monkeypatch):
+    import nltk
+
+    from nhlcli.taxonomy import wordnet
+
+    monkeypatch.setattr(nltk.data, "path", [])
+    monkeypatch.delenv("NLTK_DATA", raising=False)
+    wordnet.wordnet_reader.cache_clear()
+    try:
+        with pytest.raises(NhlError) as info:
+            wordnet.wordnet_reader()
+    finally:
+        wordnet.wordnet_reader.cache_clear()
+    assert "python -m nltk.downloader wordnet" in str(info.value)
+    assert "nhl hierarchy setup-wordnet" in str(info.value)
+    assert "\n" not in str(info.value)

@@ -1,0 +1,167 @@
+"""The tree file format: round trips, validation errors that name the node, queries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nhlcli.errors import NhlError
+from nhlcli.taxonomy import Tree
+from nhlcli.taxonomy.classes import FASHION_MNIST
+from nhlcli.taxonomy.match import match_classes
+from nhlcli.taxonomy.sources import build_flat_tree
+
+
+def small_tree_dict() -> dict:
+    return {
+        "format": "nhl-tree",
+        "version": 1,
+        "name": "pets",
+        "levels": 2,
+        "source": {"kind": "hand", "params": {}},
+        "classes": ["tabby", "siamese", "beagle", "pug", "goldfish"],
+        "tree": {
+            "id": "root",
+            "name": "animal",
+            "children": [
+                {"id": "dogs", "name": "dog", "children": [
+                    {"id": "pug", "name": "Pug"},
+                    {"id": "beagle", "name": "Beagle", "aliases": ["snoopy"]},
+                ]},
+                {"id": "cats", "name": "cat", "wnid": "n02121620", "children": [
+                    {"id": "tabby", "name": "Tabby cat"},
+                    {"id": "siamese", "name": "Siamese cat"},
+                ]},
+                {"id": "fish", "name": "fish", "children": [{"id": "goldfish", "name": "Goldfish"}]},
+            ],
+        },
+    }
+
+
+def test_round_trip_keeps_class_order_and_is_byte_stable(tmp_path):
+    tree = Tree.from_dict(small_tree_dict())
+    assert tree.classes == ["tabby", "siamese", "beagle", "pug", "goldfish"]
+    assert tree.levels == 2
+    # children are ordered by their first class, so the cats come before the dogs
+    assert tree.level(1) == ["cats", "dogs", "fish"]
+    assert tree.level(2) == ["tabby", "siamese", "beagle", "pug", "goldfish"]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    tree.save(first)
+    Tree.load(first).save(second)
+    assert first.read_bytes() == second.read_bytes()
+    assert Tree.load(second) == tree
+
+
+def test_nodes_list_form_loads_like_the_nested_form():
+    nested = Tree.from_dict(small_tree_dict())
+    nodes = [{"id": "root", "name": "animal"}]
+    for node_id in nested.iter_nodes():
+        if node_id != "root":
+            node = nested.node(node_id)
+            nodes.append({"id": node_id, "name": node.name, "parent": nested.parent(node_id),
+                          "wnid": node.wnid, "aliases": list(node.aliases)})
+    data = dict(small_tree_dict())
+    del data["tree"]
+    data["nodes"] = nodes
+    assert Tree.from_dict(data).to_dict()["tree"] == nested.to_dict()["tree"]
+
+
+def _nodes_form(edges):
+    return {
+        "format": "nhl-tree", "version": 1, "classes": ["a", "b"],
+        "nodes": [{"id": c, "parent": p} for p, c in edges],
+    }
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["tree"]["children"][0]["children"].append({"id": "tabby"}), "duplicate class 'tabby'"),
+        (lambda d: d["classes"].append("tabby"), "duplicate class 'tabby'"),
+        (lambda d: d["classes"].append("hamster"), "missing class 'hamster'"),
+        (lambda d: d["classes"].remove("goldfish"), "leaf 'goldfish' is not in 'classes'"),
+        (lambda d: d.update(version=99), "newer than this nhl supports"),
+        (lambda d: d.update(format="something-else"), "not an nhl tree file"),
+        (lambda d: d.update(levels=3), "'levels' says 3"),
+        (lambda d: d["tree"]["children"][0].update(children=[]), "'children' is empty"),
+        (lambda d: d["tree"]["children"][1].pop("id"), "'id' must be a non-empty string"),
+    ],
+)
+def test_invalid_trees_are_rejected_naming_the_problem(mutate, message):
+    data = small_tree_dict()
+    mutate(data)
+    with pytest.raises(NhlError, match=message.replace("(", r"\(")):
+        Tree.from_dict(data)
+
+
+def test_uneven_depth_names_the_shallow_leaf():
+    data = small_tree_dict()
+    fish = data["tree"]["children"][2]
+    data["tree"]["children"][2] = fish["children"][0]  # goldfish directly under the root
+    with pytest.raises(NhlError, match="leaf 'goldfish' is at depth 1"):
+        Tree.from_dict(data)
+
+
+def test_cycle_and_unknown_parent_in_the_nodes_form():
+    cyclic = _nodes_form([(None, "r"), ("r", "x"), ("y", "a"), ("a", "y"), ("x", "b")])
+    with pytest.raises(NhlError, match="cycle in the tree: .*a -> y|cycle in the tree: .*y -> a"):
+        Tree.from_dict(cyclic)
+    orphan = _nodes_form([(None, "r"), ("r", "a"), ("ghost", "b")])
+    with pytest.raises(NhlError, match="node 'b' names unknown parent 'ghost'"):
+        Tree.from_dict(orphan)
+    two_roots = _nodes_form([(None, "r"), (None, "s"), ("r", "a"), ("s", "b")])
+    with pytest.raises(NhlError, match="exactly one root, found 2"):
+        Tree.from_dict(two_roots)
+
+
+def test_load_reports_bad_files_in_one_line(tmp_path):
+    truncated = tmp_path / "t.json"
+    truncated.write_text(json.dumps(small_tree_dict())[:200])
+    with pytest.raises(NhlError, match="is not valid JSON"):
+        Tree.load(truncated)
+    binary = tmp_path / "b.json"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(NhlError, match="not a text file|not valid JSON"):
+        Tree.load(binary)
+    with pytest.raises(NhlError, match="does not exist"):
+        Tree.load(tmp_path / "missing.json")
+
+
+def test_queries_resolve_names_aliases_and_suggest():
+    tree = Tree.from_dict(small_tree_dict())
+    assert tree.resolve("Tabby Cat") == "tabby"
+    assert tree.resolve("snoopy") == "beagle"
+    assert tree.resolve("n02121620") == "cats"
+    assert tree.leaves("dogs") == ["beagle", "pug"]
+    assert tree.path("pug") == ["root", "dogs", "pug"]
+    assert tree.lowest_common_ancestor(["tabby", "siamese"]) == "cats"
+    assert tree.lowest_common_ancestor(["tabby", "pug"]) == "root"
+    with pytest.raises(NhlError, match="closest: beagle"):
+        tree.resolve("beagel")
+
+
+def test_subtree_keeps_paths_and_class_order():
+    tree = Tree.from_dict(small_tree_dict())
+    sub = tree.subtree(["goldfish", "cats"])
+    assert sub.classes == ["tabby", "siamese", "goldfish"]
+    assert sub.level(1) == ["cats", "fish"]
+    assert sub.levels == 2
+
+
+def test_stats_count_nodes_and_balance():
+    stats = Tree.from_dict(small_tree_dict()).stats()
+    level1, level2 = stats["per_level"]
+    assert (level1["nodes"], level2["nodes"]) == (3, 5)
+    assert (level1["classes_per_node_min"], level1["classes_per_node_max"]) == (1, 2)
+    assert level2["single_child_parents"] == 1
+
+
+def test_flat_tree_and_class_matching():
+    tree = build_flat_tree(FASHION_MNIST, name="fm")
+    assert tree.levels == 1 and tree.num_classes == 10
+    reordered = list(reversed(FASHION_MNIST))
+    assert match_classes(tree, reordered) == [e.id for e in reordered]
+    with pytest.raises(NhlError, match="in the tree but not in the data: t-shirt"):
+        match_classes(tree, FASHION_MNIST[1:])
+    assert match_classes(tree, FASHION_MNIST[1:], exact=False)[0] == "trouser"
