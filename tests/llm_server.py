@@ -38,8 +38,9 @@ class ScriptedLLMServer:
         self._stopping = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="llm-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="llm-server", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -106,8 +107,17 @@ class ScriptedLLMServer:
                     pass
 
             def _error(self, status: int, message: str) -> None:
-                self._send(status, {"error": {"message": message, "type": "invalid_request_error",
-                                              "param": None, "code": None}})
+                self._send(
+                    status,
+                    {
+                        "error": {
+                            "message": message,
+                            "type": "invalid_request_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    },
+                )
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -129,22 +139,27 @@ class ScriptedLLMServer:
                 n = len(server.requests)
                 content = reply.content or ""
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-                self._send(200, {
-                    "id": f"chatcmpl-scripted-{n}",
-                    "object": "chat.completion",
-                    "created": CREATED,
-                    "model": body.get("model", ""),
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": reply.content},
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }],
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": len(content.split()),
-                        "total_tokens": prompt_tokens + len(content.split()),
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-scripted-{n}",
+                        "object": "chat.completion",
+                        "created": CREATED,
+                        "model": body.get("model", ""),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": reply.content},
+                                "finish_reason": "stop",
+                                "logprobs": None,
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": len(content.split()),
+                            "total_tokens": prompt_tokens + len(content.split()),
+                        },
                     },
-                })
+                )
 
         return Handler

@@ -5,15 +5,26 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import assert_one_line_error, run_nhl
+
 from nhlcli.taxonomy import Tree
 
 
 def test_build_show_validate_stats_round_trip(tmp_path):
     out = tmp_path / "fm.json"
-    built = run_nhl("hierarchy", "build", "--source", "wordnet", "--classes", "fashion-mnist",
-                    "--levels", "2", "-o", out, "--json")
+    built = run_nhl(
+        "hierarchy",
+        "build",
+        "--source",
+        "wordnet",
+        "--classes",
+        "fashion-mnist",
+        "--levels",
+        "2",
+        "-o",
+        out,
+        "--json",
+    )
     assert built.code == 0, built.err
     summary = json.loads(built.out)
     assert summary["classes"] == 10 and summary["levels"] == 2 and summary["source"] == "wordnet"

@@ -34,6 +34,7 @@ BAGS = ["Bag"]
 
 def grouping(levels: int, drop: str | None = None, extra: str | None = None, twice: str | None = None) -> str:
     """A good answer for Fashion-MNIST, optionally spoiled: a class dropped, invented or repeated."""
+
     def names(xs: list[str]) -> list[str]:
         return [x for x in xs if x != drop]
 
@@ -47,10 +48,17 @@ def grouping(levels: int, drop: str | None = None, extra: str | None = None, twi
         ]
     else:
         groups = [
-            {"name": "Clothing", "groups": [{"name": "Tops", "classes": names(TOPS)},
-                                            {"name": "Bottoms and dresses", "classes": names(BOTTOMS)}]},
-            {"name": "Footwear", "groups": [{"name": "Shoes", "classes": shoes},
-                                            {"name": "Boots", "classes": names(BOOTS)}]},
+            {
+                "name": "Clothing",
+                "groups": [
+                    {"name": "Tops", "classes": names(TOPS)},
+                    {"name": "Bottoms and dresses", "classes": names(BOTTOMS)},
+                ],
+            },
+            {
+                "name": "Footwear",
+                "groups": [{"name": "Shoes", "classes": shoes}, {"name": "Boots", "classes": names(BOOTS)}],
+            },
             {"name": "Accessories", "groups": [{"name": "Bags", "classes": names(BAGS)}]},
         ]
     return json.dumps({"groups": groups})
@@ -75,8 +83,12 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def make_settings(server: Any, tmp_path: Path, **kw: Any) -> LLMSettings:
-    defaults: dict[str, Any] = {"model": "test-model", "base_url": server.base_url,
-                                "cache": tmp_path / "llm-cache.json", "timeout": 10.0}
+    defaults: dict[str, Any] = {
+        "model": "test-model",
+        "base_url": server.base_url,
+        "cache": tmp_path / "llm-cache.json",
+        "timeout": 10.0,
+    }
     defaults.update(kw)
     return LLMSettings(**defaults)
 
@@ -152,8 +164,9 @@ def test_levels_out_of_range(llm_server: Any, tmp_path: Path, levels: int) -> No
     ],
     ids=["missing", "invented", "repeated", "malformed"],
 )
-def test_invalid_answer_is_sent_back(llm_server: Any, tmp_path: Path, levels: int, bad: Any,
-                                     problem: str) -> None:
+def test_invalid_answer_is_sent_back(
+    llm_server: Any, tmp_path: Path, levels: int, bad: Any, problem: str
+) -> None:
     first = bad(levels)
     llm_server.answer(first, grouping(levels))
     settings = make_settings(llm_server, tmp_path)
@@ -176,8 +189,9 @@ def test_wrong_depth_is_sent_back(llm_server: Any, tmp_path: Path) -> None:
     llm_server.answer(json.dumps(nested), grouping(3))
     tree = build_llm_tree(FASHION_MNIST, 3, make_settings(llm_server, tmp_path))
     assert tree.levels == 3 and tree.classes == IDS
-    assert ("group 'Accessories' holds classes at depth 2 but classes belong at depth 3"
-            in last_user_message(llm_server.requests[1]))
+    assert "group 'Accessories' holds classes at depth 2 but classes belong at depth 3" in last_user_message(
+        llm_server.requests[1]
+    )
 
 
 def test_all_attempts_bad_raises_and_caches_nothing(llm_server: Any, tmp_path: Path) -> None:
@@ -190,13 +204,25 @@ def test_all_attempts_bad_raises_and_caches_nothing(llm_server: Any, tmp_path: P
 
 
 def test_duplicate_names_are_disambiguated(llm_server: Any, tmp_path: Path) -> None:
-    entries = [ClassEntry("n02012849", "crane", "n02012849"), ClassEntry("n03126707", "crane", "n03126707"),
-               ClassEntry("n01440764", "tench", "n01440764")]
-    bare = {"groups": [{"name": "Birds", "classes": ["crane"]}, {"name": "Machines", "classes": ["crane"]},
-                       {"name": "Fish", "classes": ["tench"]}]}
-    good = {"groups": [{"name": "Birds", "classes": ["crane [n02012849]"]},
-                       {"name": "Machines", "classes": ["crane [n03126707]"]},
-                       {"name": "Fish", "classes": ["tench"]}]}
+    entries = [
+        ClassEntry("n02012849", "crane", "n02012849"),
+        ClassEntry("n03126707", "crane", "n03126707"),
+        ClassEntry("n01440764", "tench", "n01440764"),
+    ]
+    bare = {
+        "groups": [
+            {"name": "Birds", "classes": ["crane"]},
+            {"name": "Machines", "classes": ["crane"]},
+            {"name": "Fish", "classes": ["tench"]},
+        ]
+    }
+    good = {
+        "groups": [
+            {"name": "Birds", "classes": ["crane [n02012849]"]},
+            {"name": "Machines", "classes": ["crane [n03126707]"]},
+            {"name": "Fish", "classes": ["tench"]},
+        ]
+    }
     llm_server.answer(json.dumps(bare), json.dumps(good))
     tree = build_llm_tree(entries, 2, make_settings(llm_server, tmp_path))
     assert "crane [n02012849]" in last_user_message(llm_server.requests[0])
@@ -222,8 +248,11 @@ def test_missing_key(llm_server: Any, tmp_path: Path, monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize(
     ("status", "expected"),
-    [(401, "rejected the API key in OPENAI_API_KEY"), (404, "model 'test-model' was not found"),
-     (500, "answered HTTP 500: overloaded")],
+    [
+        (401, "rejected the API key in OPENAI_API_KEY"),
+        (404, "model 'test-model' was not found"),
+        (500, "answered HTTP 500: overloaded"),
+    ],
 )
 def test_http_errors(llm_server: Any, tmp_path: Path, status: int, expected: str) -> None:
     llm_server.fail(status, f"overloaded (key {SECRET})")
@@ -240,8 +269,9 @@ def test_unreachable_server(tmp_path: Path, llm_server: Any) -> None:
 
 
 # -------------------------------------------------------------------------------- cache
-def test_cache_round_trip_is_offline_and_byte_identical(llm_server: Any, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_round_trip_is_offline_and_byte_identical(
+    llm_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = make_settings(llm_server, tmp_path)
     llm_server.answer(grouping(3))
     first = build_llm_tree(FASHION_MNIST, 3, settings, name="fm")
@@ -273,8 +303,10 @@ def test_cache_keeps_answers_per_request(llm_server: Any, tmp_path: Path) -> Non
     assert len(json.loads(settings.cache.read_text())["entries"]) == 2
 
 
-@pytest.mark.parametrize(("content", "expected"), [("{not json", "is not a valid JSON file"),
-                                                    ('{"format": "other"}', "is not an nhl LLM cache")])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("{not json", "is not a valid JSON file"), ('{"format": "other"}', "is not an nhl LLM cache")],
+)
 def test_bad_cache_file(llm_server: Any, tmp_path: Path, content: str, expected: str) -> None:
     settings = make_settings(llm_server, tmp_path)
     settings.cache.write_text(content)
@@ -303,8 +335,9 @@ CRANE = ClassEntry("mystery-crane", "crane")  # WordNet has several senses
 
 
 @pytest.mark.parametrize("levels", [2, 3])
-def test_hybrid_llm_places_what_wordnet_cannot(llm_server: Any, tmp_path: Path, levels: int,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hybrid_llm_places_what_wordnet_cannot(
+    llm_server: Any, tmp_path: Path, levels: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     entries = [*FASHION_MNIST[:3], ZORBLAX, *FASHION_MNIST[3:], CRANE]
     wordnet = build_wordnet_tree(FASHION_MNIST, levels)
     shoe_group, bag_group = wordnet.parent("sandal"), wordnet.parent("bag")
@@ -338,8 +371,10 @@ def test_hybrid_llm_places_what_wordnet_cannot(llm_server: Any, tmp_path: Path, 
 def test_hybrid_rejects_placed_and_invented_classes(llm_server: Any, tmp_path: Path) -> None:
     entries = [*FASHION_MNIST, ZORBLAX]
     group = build_wordnet_tree(FASHION_MNIST, 2).parent("sandal")
-    llm_server.answer(json.dumps({"assignments": {"zorblax": group, "Sandal": group, "Sock": group}}),
-                      json.dumps({"assignments": {"zorblax": group}}))
+    llm_server.answer(
+        json.dumps({"assignments": {"zorblax": group, "Sandal": group, "Sock": group}}),
+        json.dumps({"assignments": {"zorblax": group}}),
+    )
     tree = build_hybrid_tree(entries, 2, make_settings(llm_server, tmp_path))
     problems = last_user_message(llm_server.requests[1])
     assert "'Sandal' is not one of the new classes" in problems
@@ -347,8 +382,9 @@ def test_hybrid_rejects_placed_and_invented_classes(llm_server: Any, tmp_path: P
     assert tree.parent("flip-flop-x") == group
 
 
-def test_hybrid_all_placed_makes_no_request(llm_server: Any, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hybrid_all_placed_makes_no_request(
+    llm_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
     tree = build_hybrid_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path))
     assert llm_server.requests == []
@@ -359,8 +395,12 @@ def test_hybrid_all_placed_makes_no_request(llm_server: Any, tmp_path: Path,
 
 def test_hybrid_none_placed_falls_back_to_llm_grouping(llm_server: Any, tmp_path: Path) -> None:
     entries = [ZORBLAX, ClassEntry("glorp", "glorpfish"), ClassEntry("quux", "quuxbeast")]
-    answer = {"groups": [{"name": "Made up", "classes": ["zorblax"]},
-                         {"name": "Creatures", "classes": ["glorpfish", "quuxbeast"]}]}
+    answer = {
+        "groups": [
+            {"name": "Made up", "classes": ["zorblax"]},
+            {"name": "Creatures", "classes": ["glorpfish", "quuxbeast"]},
+        ]
+    }
     llm_server.answer(json.dumps(answer))
     tree = build_hybrid_tree(entries, 2, make_settings(llm_server, tmp_path))
     assert tree.classes == ["flip-flop-x", "glorp", "quux"]

@@ -25,14 +25,23 @@ def small_tree_dict() -> dict:
             "id": "root",
             "name": "animal",
             "children": [
-                {"id": "dogs", "name": "dog", "children": [
-                    {"id": "pug", "name": "Pug"},
-                    {"id": "beagle", "name": "Beagle", "aliases": ["snoopy"]},
-                ]},
-                {"id": "cats", "name": "cat", "wnid": "n02121620", "children": [
-                    {"id": "tabby", "name": "Tabby cat"},
-                    {"id": "siamese", "name": "Siamese cat"},
-                ]},
+                {
+                    "id": "dogs",
+                    "name": "dog",
+                    "children": [
+                        {"id": "pug", "name": "Pug"},
+                        {"id": "beagle", "name": "Beagle", "aliases": ["snoopy"]},
+                    ],
+                },
+                {
+                    "id": "cats",
+                    "name": "cat",
+                    "wnid": "n02121620",
+                    "children": [
+                        {"id": "tabby", "name": "Tabby cat"},
+                        {"id": "siamese", "name": "Siamese cat"},
+                    ],
+                },
                 {"id": "fish", "name": "fish", "children": [{"id": "goldfish", "name": "Goldfish"}]},
             ],
         },
@@ -59,8 +68,15 @@ def test_nodes_list_form_loads_like_the_nested_form():
     for node_id in nested.iter_nodes():
         if node_id != "root":
             node = nested.node(node_id)
-            nodes.append({"id": node_id, "name": node.name, "parent": nested.parent(node_id),
-                          "wnid": node.wnid, "aliases": list(node.aliases)})
+            nodes.append(
+                {
+                    "id": node_id,
+                    "name": node.name,
+                    "parent": nested.parent(node_id),
+                    "wnid": node.wnid,
+                    "aliases": list(node.aliases),
+                }
+            )
     data = dict(small_tree_dict())
     del data["tree"]
     data["nodes"] = nodes
@@ -69,7 +85,9 @@ def test_nodes_list_form_loads_like_the_nested_form():
 
 def _nodes_form(edges):
     return {
-        "format": "nhl-tree", "version": 1, "classes": ["a", "b"],
+        "format": "nhl-tree",
+        "version": 1,
+        "classes": ["a", "b"],
         "nodes": [{"id": c, "parent": p} for p, c in edges],
     }
 

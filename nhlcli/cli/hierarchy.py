@@ -25,7 +25,14 @@ TREE_ARG = typer.Argument(..., help="A tree file (.json) or the name of a shippe
 
 def _stats_table(stats: dict) -> Table:
     table = Table(title=f"{stats['name'] or 'tree'}: {stats['classes']} classes, {stats['levels']} levels")
-    for col in ("level", "nodes", "fan-out min/mean/max", "classes per node min/mean/max", "size CV", "chains"):
+    for col in (
+        "level",
+        "nodes",
+        "fan-out min/mean/max",
+        "classes per node min/mean/max",
+        "size CV",
+        "chains",
+    ):
         table.add_column(col, justify="right")
     for row in stats["per_level"]:
         table.add_row(
@@ -66,7 +73,9 @@ def build(
         help="Groups per level above the classes, e.g. 10,100 for 3 levels (wordnet, breeds, "
         "hybrid); default grows geometrically. See the result with 'nhl hierarchy stats'.",
     ),
-    name: str | None = typer.Option(None, "--name", help="Name stored in the tree (default from the inputs)."),
+    name: str | None = typer.Option(
+        None, "--name", help="Name stored in the tree (default from the inputs)."
+    ),
     model: str = typer.Option("gpt-4o-mini", "--model", help="LLM model name (llm, hybrid)."),
     base_url: str | None = typer.Option(
         None, "--base-url", help="OpenAI-compatible server URL (llm, hybrid); key from OPENAI_API_KEY."
@@ -184,7 +193,12 @@ def list_trees(as_json: bool = typer.Option(False, "--json", help="Print the lis
     for tree_name in shipped_tree_names():
         tree = shipped_tree(tree_name)
         rows.append(
-            {"name": tree_name, "classes": tree.num_classes, "levels": tree.levels, "source": tree.source.get("kind")}
+            {
+                "name": tree_name,
+                "classes": tree.num_classes,
+                "levels": tree.levels,
+                "source": tree.source.get("kind"),
+            }
         )
     if as_json:
         print_json(rows)

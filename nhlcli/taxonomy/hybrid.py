@@ -80,8 +80,9 @@ def assignment_problems(
         if idx is None or idx not in unplaced:
             continue
         if not isinstance(group, str) or group not in known:
-            problems.append(f"class {matcher.labels[idx]!r} is assigned to {group!r}, which is not one "
-                            "of the group ids")
+            problems.append(
+                f"class {matcher.labels[idx]!r} is assigned to {group!r}, which is not one of the group ids"
+            )
         else:
             out[idx] = group
     return out, problems
@@ -105,15 +106,22 @@ def build_hybrid_tree(
     ids = [e.id for e in entries]
 
     def source(counts: list[int] | None, llm_placed: list[str]) -> dict[str, Any]:
-        params = {"levels": levels, "groups": counts, "model": settings.model,
-                  "prompt_version": PROMPT_VERSION, "wordnet": "3.0", "llm_placed": llm_placed}
+        params = {
+            "levels": levels,
+            "groups": counts,
+            "model": settings.model,
+            "prompt_version": PROMPT_VERSION,
+            "wordnet": "3.0",
+            "llm_placed": llm_placed,
+        }
         return {"kind": "hybrid", "params": params, "tool": tool_stamp()}
 
     if levels == 1:
         return Tree.from_nested(flat_nested(entries), ids, name=name, source=source(None, []))
     placements = place_classes(entries)
-    unplaced = [i for i, e in enumerate(entries)
-                if placements[e.id].synset is None or placements[e.id].ambiguous]
+    unplaced = [
+        i for i, e in enumerate(entries) if placements[e.id].synset is None or placements[e.id].ambiguous
+    ]
     unplaced_set = set(unplaced)
     placed = [e for i, e in enumerate(entries) if i not in unplaced_set]
     if not placed:

@@ -87,8 +87,9 @@ class LabelMatcher:
         return f"{name!r} is not {what}{hint}"
 
 
-def count_problems(matcher: LabelMatcher, mentions: Sequence[str], wanted: Sequence[int],
-                   what: str = "one of the classes") -> tuple[list[str], dict[int, int]]:
+def count_problems(
+    matcher: LabelMatcher, mentions: Sequence[str], wanted: Sequence[int], what: str = "one of the classes"
+) -> tuple[list[str], dict[int, int]]:
     """Problems of a list of class mentions that should name each of ``wanted`` exactly once."""
     problems: list[str] = []
     counts: Counter[int] = Counter()
@@ -154,8 +155,12 @@ def cap_problems(problems: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------- cache
 def cache_key(model: str, messages: Sequence[dict[str, str]]) -> str:
     """sha256 of the canonical JSON of the first request: equal requests share one answer."""
-    canon = json.dumps({"model": model, "messages": list(messages)}, sort_keys=True,
-                       separators=(",", ":"), ensure_ascii=False)
+    canon = json.dumps(
+        {"model": model, "messages": list(messages)},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
@@ -180,8 +185,10 @@ class AnswerCache:
             raise NhlError(f"{path} is not an nhl LLM cache (no 'format': '{CACHE_FORMAT}'); {fix}")
         version = data.get("version")
         if not isinstance(version, int) or version > CACHE_VERSION:
-            raise NhlError(f"LLM cache {path} has version {version!r}; this nhl reads version "
-                           f"{CACHE_VERSION}: upgrade nhlcli or {fix}")
+            raise NhlError(
+                f"LLM cache {path} has version {version!r}; this nhl reads version "
+                f"{CACHE_VERSION}: upgrade nhlcli or {fix}"
+            )
         entries = data.get("entries")
         if not isinstance(entries, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("answer"), str) for v in entries.values()
@@ -235,8 +242,9 @@ class _Chat:
         import openai
 
         self._key = key
-        return openai.OpenAI(api_key=key, base_url=self.settings.base_url,
-                             timeout=self.settings.timeout, max_retries=0)
+        return openai.OpenAI(
+            api_key=key, base_url=self.settings.base_url, timeout=self.settings.timeout, max_retries=0
+        )
 
     def complete(self, messages: list[dict[str, str]]) -> str | None:
         """One chat completion; every HTTP failure becomes a one-line :class:`NhlError`."""
@@ -249,25 +257,36 @@ class _Chat:
         try:
             response = self._client.chat.completions.create(model=s.model, messages=messages, temperature=0)
         except openai.APITimeoutError as exc:
-            raise NhlError(f"the LLM server at {where} did not answer within {s.timeout:g} s; raise "
-                           "--timeout or check that the server is up") from exc
+            raise NhlError(
+                f"the LLM server at {where} did not answer within {s.timeout:g} s; raise "
+                "--timeout or check that the server is up"
+            ) from exc
         except openai.APIConnectionError as exc:
             cause = _one_line(str(exc.__cause__ or exc), self._key)
-            raise NhlError(f"could not reach the LLM server at {where} ({cause}); check --base-url and "
-                           "that the server is running") from exc
+            raise NhlError(
+                f"could not reach the LLM server at {where} ({cause}); check --base-url and "
+                "that the server is running"
+            ) from exc
         except openai.AuthenticationError as exc:
-            raise NhlError(f"the LLM server at {where} rejected the API key in {s.api_key_env} "
-                           f"(HTTP {exc.status_code}); set a valid key") from exc
+            raise NhlError(
+                f"the LLM server at {where} rejected the API key in {s.api_key_env} "
+                f"(HTTP {exc.status_code}); set a valid key"
+            ) from exc
         except openai.NotFoundError as exc:
-            raise NhlError(f"model {s.model!r} was not found at {where} (HTTP 404: "
-                           f"{_one_line(_api_message(exc), self._key)}); pick a model the server offers "
-                           "with --model") from exc
+            raise NhlError(
+                f"model {s.model!r} was not found at {where} (HTTP 404: "
+                f"{_one_line(_api_message(exc), self._key)}); pick a model the server offers "
+                "with --model"
+            ) from exc
         except openai.APIStatusError as exc:
-            raise NhlError(f"the LLM server at {where} answered HTTP {exc.status_code}: "
-                           f"{_one_line(_api_message(exc), self._key)}") from exc
+            raise NhlError(
+                f"the LLM server at {where} answered HTTP {exc.status_code}: "
+                f"{_one_line(_api_message(exc), self._key)}"
+            ) from exc
         except openai.APIError as exc:
-            raise NhlError(f"the LLM server at {where} sent an unusable response: "
-                           f"{_one_line(str(exc), self._key)}") from exc
+            raise NhlError(
+                f"the LLM server at {where} sent an unusable response: {_one_line(str(exc), self._key)}"
+            ) from exc
         if not response.choices:
             return None
         return response.choices[0].message.content
@@ -290,8 +309,10 @@ def ask_checked(
     if hit is not None:
         value, problems = _check_text(hit["answer"], check)
         if problems:
-            raise NhlError(f"LLM cache {settings.cache}: the answer for this request has problems "
-                           f"({_one_line(problems[0])}); delete entry {key[:12]}... or the file to ask again")
+            raise NhlError(
+                f"LLM cache {settings.cache}: the answer for this request has problems "
+                f"({_one_line(problems[0])}); delete entry {key[:12]}... or the file to ask again"
+            )
         return value, int(hit.get("attempts", 1))
     chat = _Chat(settings)
     conversation = list(messages)
@@ -301,19 +322,24 @@ def ask_checked(
         text = chat.complete(conversation)
         value, problems = _check_text(text, check)
         if not problems:
-            cache.put(key, {"model": settings.model, "messages": messages, "answer": text,
-                            "attempts": attempt})
+            cache.put(
+                key, {"model": settings.model, "messages": messages, "answer": text, "attempts": attempt}
+            )
             return value, attempt
         conversation += [
             {"role": "assistant", "content": text or ""},
-            {"role": "user", "content": "Your answer has these problems:\n"
-             + "\n".join(f"- {p}" for p in cap_problems(problems))
-             + "\nAnswer again with the corrected, complete JSON only."},
+            {
+                "role": "user",
+                "content": "Your answer has these problems:\n"
+                + "\n".join(f"- {p}" for p in cap_problems(problems))
+                + "\nAnswer again with the corrected, complete JSON only.",
+            },
         ]
     shown = "; ".join(_one_line(p) for p in problems[:3]) + ("; ..." if len(problems) > 3 else "")
     tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-    raise NhlError(f"the LLM gave no valid {what} after {tries}: {shown}; try another "
-                   "--model or allow more retries")
+    raise NhlError(
+        f"the LLM gave no valid {what} after {tries}: {shown}; try another --model or raise --max-retries"
+    )
 
 
 def _check_text(text: str | None, check: Callable[[Any], tuple[Any, list[str]]]) -> tuple[Any, list[str]]:
@@ -342,8 +368,9 @@ def _groups_example(levels: int) -> str:
 def grouping_messages(labels: Sequence[str], levels: int) -> list[dict[str, str]]:
     """The request for a nested grouping of ``labels`` with classes at depth ``levels``."""
     counts = default_group_counts(len(labels), levels)
-    suggestion = ", ".join(f"about {c} group{'s' if c != 1 else ''} at level {k} in all"
-                           for k, c in enumerate(counts, start=1))
+    suggestion = ", ".join(
+        f"about {c} group{'s' if c != 1 else ''} at level {k} in all" for k, c in enumerate(counts, start=1)
+    )
     depth = levels - 1
     user = (
         f"Group these {len(labels)} image classes into {depth} level{'s' if depth > 1 else ''} of "
@@ -351,9 +378,9 @@ def grouping_messages(labels: Sequence[str], levels: int) -> list[dict[str, str]
         f"things share a group. Suggested sizes: {suggestion}.\n"
         "Rules:\n"
         "- Every class appears exactly once, spelled exactly as listed.\n"
-        f"- Only the groups at level {depth} hold classes (in \"classes\"); "
-        + ("every group above them holds subgroups (in \"groups\").\n" if depth > 1 else "\n")
-        + "- Every group has a short descriptive \"name\"; groups under the same parent have "
+        f'- Only the groups at level {depth} hold classes (in "classes"); '
+        + ('every group above them holds subgroups (in "groups").\n' if depth > 1 else "\n")
+        + '- Every group has a short descriptive "name"; groups under the same parent have '
         "different names.\n"
         "- A group may hold a single class or a single subgroup when nothing else fits.\n"
         f"Answer with JSON only, shaped like this:\n{_groups_example(levels)}\n"
@@ -394,16 +421,20 @@ def grouping_problems(data: Any, matcher: LabelMatcher, levels: int) -> tuple[li
                 else:
                     mentions.extend(classes)
                     if classes and depth != levels - 1:
-                        problems.append(f"group {name!r} holds classes at depth {depth + 1} but classes "
-                                        f"belong at depth {levels}")
+                        problems.append(
+                            f"group {name!r} holds classes at depth {depth + 1} but classes "
+                            f"belong at depth {levels}"
+                        )
                     group.classes = [idx for c in classes if (idx := matcher.find(c)) is not None]
             if subgroups is not None:
                 if not isinstance(subgroups, list):
                     problems.append(f"group {name!r}: 'groups' must be a list of groups")
                 else:
                     if subgroups and depth >= levels - 1:
-                        problems.append(f"group {name!r} has subgroups at depth {depth + 1} but classes "
-                                        f"belong at depth {levels}; list them in its 'classes'")
+                        problems.append(
+                            f"group {name!r} has subgroups at depth {depth + 1} but classes "
+                            f"belong at depth {levels}; list them in its 'classes'"
+                        )
                     group.groups = walk(subgroups, depth + 1, name)
             if not group.classes and not group.groups and not (subgroups or classes):
                 problems.append(f"group {name!r} is empty")
@@ -467,9 +498,7 @@ def llm_grouping(entries: Sequence[ClassEntry], levels: int, settings: LLMSettin
     return _nested_from_groups(groups, entries)
 
 
-def build_llm_tree(
-    entries: Sequence[ClassEntry], levels: int, settings: LLMSettings, name: str = ""
-) -> Tree:
+def build_llm_tree(entries: Sequence[ClassEntry], levels: int, settings: LLMSettings, name: str = "") -> Tree:
     """A tree of exactly ``levels`` levels whose groups an LLM chose (one request, cached).
 
     Raises :class:`NhlError` when the server fails or gives no valid grouping within

@@ -31,9 +31,9 @@ def match_classes(tree: Tree, entries: Sequence[ClassEntry], exact: bool = True)
     :class:`NhlError` that lists what is missing on each side.
     """
     matched = [_leaf_for(tree, e) for e in entries]
-    unmatched = [e.id for e, m in zip(entries, matched) if m is None]
+    unmatched = [e.id for e, m in zip(entries, matched, strict=True) if m is None]
     seen: dict[str, str] = {}
-    for e, m in zip(entries, matched):
+    for e, m in zip(entries, matched, strict=True):
         if m is None:
             continue
         if m in seen:

@@ -60,7 +60,7 @@ def to_dot(tree: Tree, depth: int | None = None) -> str:
     for n in nodes:
         node = tree.node(n)
         size = "" if node.is_leaf else f"\\n{len(tree.leaves(n))} classes"
-        lines.append(f"  {quote(n)} [label={quote(node.name)[:-1]}{size}\"];")
+        lines.append(f'  {quote(n)} [label={quote(node.name)[:-1]}{size}"];')
     for n in nodes:
         lines.extend(f"  {quote(n)} -> {quote(k)};" for k in tree.children(n) if k in keep)
     lines.append("}")

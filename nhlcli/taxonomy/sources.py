@@ -144,15 +144,13 @@ def build_breeds_tree(
         concept_of.update(_breeds_ancestors(left_out, in_breeds | {root}, root))
     counts = parse_group_counts(groups, len(entries), levels)
     nested = compress_hierarchy(graph, root, entries, concept_of, levels, counts)
-    source = _source(
-        "breeds", levels=levels, groups=counts, placed_by_wordnet=sorted(e.id for e in left_out)
-    )
+    source = _source("breeds", levels=levels, groups=counts, placed_by_wordnet=sorted(e.id for e in left_out))
     return Tree.from_nested(nested, [e.id for e in entries], name=name, source=source)
 
 
 def _breeds_ancestors(entries: Sequence[ClassEntry], nodes: set[str], root: str) -> dict[str, str]:
     """For classes BREEDS leaves out (110 of ImageNet-1k), their nearest WordNet ancestor in BREEDS."""
-    from nhlcli.taxonomy.wordnet import hypernym_graph, place_class, synset_id
+    from nhlcli.taxonomy.wordnet import hypernym_graph, place_class
 
     placed = {}
     for entry in entries:
