@@ -7,6 +7,7 @@ import typer
 from nhlcli import __version__
 from nhlcli.cli.common import err_console
 from nhlcli.cli.hierarchy import hierarchy_app
+from nhlcli.cli.train import register as register_training
 
 app = typer.Typer(
     name="nhl",
@@ -21,6 +22,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(hierarchy_app, name="hierarchy")
+register_training(app)
 
 
 def _version(value: bool) -> None:

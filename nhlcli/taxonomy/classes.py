@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from nhlcli.errors import NhlError
+from nhlcli.taxonomy.tree import ROOT_ID
 
 WNID_RE = re.compile(r"^n\d{8}$")
 SYNSET_NAME_RE = re.compile(r"^[\w.'\-]+\.n\.\d\d$")
@@ -28,6 +30,21 @@ class ClassEntry:
     name: str
     wordnet: str | None = None
     aliases: tuple[str, ...] = ()
+
+
+def leaf_node(entry: ClassEntry) -> dict[str, Any]:
+    """A class's leaf in a nested tree dict (see ``Tree.from_nested``): id, name, WordNet id, aliases."""
+    out: dict[str, Any] = {"id": entry.id, "name": entry.name}
+    if entry.wordnet and WNID_RE.match(entry.wordnet):
+        out["wnid"] = entry.wordnet
+    if entry.aliases:
+        out["aliases"] = list(entry.aliases)
+    return out
+
+
+def flat_nested(entries: Sequence[ClassEntry]) -> dict[str, Any]:
+    """A one-level nested tree dict: the root and the classes (the paper's PHL)."""
+    return {"id": ROOT_ID, "name": "all classes", "children": [leaf_node(e) for e in entries]}
 
 
 # Fashion-MNIST's ten classes in label order, with the WordNet noun each one is.

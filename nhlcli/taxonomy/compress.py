@@ -20,7 +20,7 @@ from typing import Any
 import networkx as nx
 
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.classes import ClassEntry
+from nhlcli.taxonomy.classes import ClassEntry, leaf_node
 from nhlcli.taxonomy.tree import ROOT_ID
 
 CLASS_KEY = "class"
@@ -231,20 +231,10 @@ def compress_hierarchy(
             out["wnid"] = wnid
         return out
 
-    def leaf(key: Any) -> dict[str, Any]:
-        entry = by_id[key[1]]
-        out: dict[str, Any] = {"id": entry.id, "name": entry.name}
-        wn = entry.wordnet
-        if wn and wn.startswith("n") and wn[1:].isdigit():
-            out["wnid"] = wn
-        if entry.aliases:
-            out["aliases"] = list(entry.aliases)
-        return out
-
     def build(group: _Group, depth: int) -> list[dict[str, Any]]:
         """Children of a node at ``depth`` holding ``group``."""
         if depth == levels - 1:
-            return [leaf(k) for k in ct.classes(group.members)]
+            return [leaf_node(by_id[k[1]]) for k in ct.classes(group.members)]
         share = max(1, round(group.size * counts[depth] / n))
         share = min(share, group.size)
         parts = _partition(ct, group, share)

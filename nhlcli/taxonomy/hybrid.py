@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.classes import ClassEntry
+from nhlcli.taxonomy.classes import ClassEntry, flat_nested, leaf_node
 from nhlcli.taxonomy.compress import check_levels, compress_hierarchy, parse_group_counts
 from nhlcli.taxonomy.llm import (
     PROMPT_VERSION,
@@ -23,8 +23,6 @@ from nhlcli.taxonomy.llm import (
     build_llm_tree,
     class_labels,
     count_problems,
-    flat_nested,
-    leaf_node,
 )
 from nhlcli.taxonomy.tree import Tree, tool_stamp
 from nhlcli.taxonomy.wordnet import hypernym_graph, place_classes, synset_id

@@ -22,7 +22,7 @@ from typing import Any
 
 from nhlcli.atomic import atomic_write_text
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.classes import WNID_RE, ClassEntry
+from nhlcli.taxonomy.classes import ClassEntry, flat_nested, leaf_node
 from nhlcli.taxonomy.compress import check_levels, default_group_counts
 from nhlcli.taxonomy.tree import ROOT_ID, Tree, normalize_label, tool_stamp
 
@@ -450,16 +450,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^\w]+", "-", name.lower(), flags=re.UNICODE).strip("-_") or "group"
 
 
-def leaf_node(entry: ClassEntry) -> dict[str, Any]:
-    """A class's leaf in a nested tree dict: id, display name, WordNet id, aliases."""
-    out: dict[str, Any] = {"id": entry.id, "name": entry.name}
-    if entry.wordnet and WNID_RE.match(entry.wordnet):
-        out["wnid"] = entry.wordnet
-    if entry.aliases:
-        out["aliases"] = list(entry.aliases)
-    return out
-
-
 def _nested_from_groups(groups: list[_Group], entries: Sequence[ClassEntry]) -> dict[str, Any]:
     used = {e.id for e in entries} | {ROOT_ID}
 
@@ -478,11 +468,6 @@ def _nested_from_groups(groups: list[_Group], entries: Sequence[ClassEntry]) -> 
         return out
 
     return {"id": ROOT_ID, "name": "all classes", "children": [node(g, "llm") for g in groups]}
-
-
-def flat_nested(entries: Sequence[ClassEntry]) -> dict[str, Any]:
-    """A one-level tree: the root and the classes."""
-    return {"id": ROOT_ID, "name": "all classes", "children": [leaf_node(e) for e in entries]}
 
 
 def llm_grouping(entries: Sequence[ClassEntry], levels: int, settings: LLMSettings) -> dict[str, Any]:

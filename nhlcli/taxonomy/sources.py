@@ -11,7 +11,7 @@ from typing import Any
 import networkx as nx
 
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.classes import CIFAR100_SUPERCLASSES, ClassEntry
+from nhlcli.taxonomy.classes import CIFAR100_SUPERCLASSES, ClassEntry, flat_nested, leaf_node
 from nhlcli.taxonomy.compress import check_levels, compress_hierarchy, parse_group_counts
 from nhlcli.taxonomy.tree import ROOT_ID, Tree, tool_stamp
 
@@ -42,23 +42,15 @@ def resolve_tree(spec: str | Path) -> Tree:
     return shipped_tree(str(spec))
 
 
-def _leaf(entry: ClassEntry) -> dict[str, Any]:
-    node: dict[str, Any] = {"id": entry.id, "name": entry.name}
-    if entry.wordnet and entry.wordnet.startswith("n") and entry.wordnet[1:].isdigit():
-        node["wnid"] = entry.wordnet
-    if entry.aliases:
-        node["aliases"] = list(entry.aliases)
-    return node
-
-
 def _source(kind: str, **params: Any) -> dict[str, Any]:
     return {"kind": kind, "params": params, "tool": tool_stamp()}
 
 
 def build_flat_tree(entries: Sequence[ClassEntry], name: str = "") -> Tree:
     """One level: every class hangs from the root (the paper's PHL)."""
-    root = {"id": ROOT_ID, "name": "all classes", "children": [_leaf(e) for e in entries]}
-    return Tree.from_nested(root, [e.id for e in entries], name=name, source=_source("flat", levels=1))
+    return Tree.from_nested(
+        flat_nested(entries), [e.id for e in entries], name=name, source=_source("flat", levels=1)
+    )
 
 
 def _imagenet_indices(entries: Sequence[ClassEntry], source: str) -> dict[str, int]:
@@ -89,7 +81,7 @@ def build_superclass_tree(entries: Sequence[ClassEntry], name: str = "") -> Tree
             group = groups.setdefault(
                 coarse, {"id": coarse, "name": coarse.replace("_", " "), "children": []}
             )
-            group["children"].append(_leaf(entry))
+            group["children"].append(leaf_node(entry))
         root = {"id": ROOT_ID, "name": "CIFAR-100", "children": list(groups.values())}
         return Tree.from_nested(
             root, [e.id for e in entries], name=name, source=_source("superclass", levels=2, map="cifar-100")
@@ -103,7 +95,7 @@ def build_superclass_tree(entries: Sequence[ClassEntry], name: str = "") -> Tree
         i = index[entry.id]
         gid = f"superclass-{int(ids[i]):03d}"
         group = groups.setdefault(gid, {"id": gid, "name": names[i].split(",")[0].strip(), "children": []})
-        group["children"].append(_leaf(entry))
+        group["children"].append(leaf_node(entry))
     root = {"id": ROOT_ID, "name": "entity", "children": list(groups.values())}
     return Tree.from_nested(
         root,

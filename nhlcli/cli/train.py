@@ -1,0 +1,174 @@
+"""``nhl train`` and ``nhl eval``: fit a nested (or flat) model and measure it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.errors import NhlError
+
+BUILTIN_DEFAULT_TREE = {"fashion-mnist": "fashion-mnist-wordnet-l2"}
+
+
+def _parse_ints(text: str | None, what: str) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise NhlError(f"{what} {text!r}: give whole numbers separated by commas") from exc
+
+
+def _tree_for(hierarchy: str | None, data: str, flat: bool):
+    from nhlcli.data import open_dataset
+    from nhlcli.taxonomy import resolve_tree
+    from nhlcli.taxonomy.sources import build_flat_tree
+
+    if hierarchy:
+        return resolve_tree(hierarchy)
+    if data in BUILTIN_DEFAULT_TREE:
+        return resolve_tree(BUILTIN_DEFAULT_TREE[data])
+    if flat:
+        return build_flat_tree(open_dataset(data, "train").classes, name=f"{Path(data).name}-flat")
+    raise NhlError(
+        "give --hierarchy TREE (build one with 'nhl hierarchy build --classes DATA'), or --flat for a plain model"
+    )
+
+
+def train_command(
+    data: str = typer.Option(
+        "fashion-mnist", "--data", "-d", help="An ImageFolder directory (train/ and val/ inside) or fashion-mnist."
+    ),
+    hierarchy: str | None = typer.Option(
+        None, "--hierarchy", "-t", help="Tree file or shipped tree name (default for fashion-mnist: its WordNet tree)."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the model (.safetensors)."),
+    backbone: str = typer.Option("resnet18", "--backbone", "-b", help="Any timm CNN with stages, e.g. resnet50."),
+    variant: str = typer.Option(
+        "nhl", "--variant", help="nhl | phl-small | phl-big | phl-latesp | flat (see docs/model.md)."
+    ),
+    flat: bool = typer.Option(False, "--flat", help="Train the plain timm classifier (baseline), same file format."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Start the trunk from timm's pretrained weights."),
+    pretrained_file: Path | None = typer.Option(
+        None, "--pretrained-file", help="Start the trunk from a local .safetensors file of timm weights."
+    ),
+    freeze_trunk: bool = typer.Option(False, "--freeze-trunk", help="Keep the trunk fixed; train the branches only."),
+    split: int | None = typer.Option(None, "--split", help="Trunk stage to branch after (default: before the last)."),
+    widths: str | None = typer.Option(None, "--widths", help="Branch width per level, e.g. 128,64,32."),
+    blocks: int = typer.Option(1, "--blocks", help="Bottleneck blocks per branch node."),
+    input_size: int | None = typer.Option(None, "--input-size", help="Image side in pixels (default: backbone's)."),
+    in_chans: int | None = typer.Option(None, "--in-chans", help="Input channels (default 1 for fashion-mnist, else 3)."),
+    epochs: int = typer.Option(10, "--epochs", "-e", help="Passes over the training data."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per step (per process under torchrun)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (cosine schedule after warmup)."),
+    weight_decay: float = typer.Option(0.05, "--weight-decay", help="Weight decay."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | sgd (any timm optimizer name)."),
+    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warmup length in epochs."),
+    augment: str = typer.Option(
+        "rand-m9-mstd0.5", "--augment", help="timm RandAugment config, or 'none' (paper: RandAugment)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed (weights, data order, augmentation)."),
+    workers: int = typer.Option(2, "--workers", help="Data loading processes."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    no_amp: bool = typer.Option(False, "--no-amp", help="Train in float32 on GPU (mixed precision is the default)."),
+    checkpoint_dir: Path | None = typer.Option(
+        None, "--checkpoint-dir", help="Where epoch checkpoints go (default: OUTPUT.ckpt)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    max_steps: int | None = typer.Option(None, "--max-steps-per-epoch", help="Cut epochs short (smoke tests)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
+) -> None:
+    """Train an NHL model (or a flat baseline) on a dataset and a category tree."""
+    from nhlcli.model.nhl import BranchConfig, with_input_size
+    from nhlcli.model.registry import create_model
+    from nhlcli.model.trunk import TrunkConfig
+    from nhlcli.training.loop import TrainConfig, train
+
+    if flat:
+        variant = "flat"
+    tree = _tree_for(hierarchy, data, variant == "flat")
+    chans = in_chans or (1 if data == "fashion-mnist" else 3)
+    model = create_model(
+        tree,
+        variant,
+        TrunkConfig(backbone, split, chans),
+        BranchConfig(_parse_ints(widths, "--widths"), blocks) if variant != "flat" else None,
+        pretrained=pretrained,
+        pretrained_file=pretrained_file,
+    )
+    if input_size:
+        model.input_config = with_input_size(model.input_config, input_size)
+    if freeze_trunk:
+        if variant == "flat":
+            raise NhlError("--freeze-trunk needs an NHL model; a flat model would have nothing left to train")
+        model.trunk.freeze()
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        optimizer=optimizer,
+        warmup_epochs=warmup_epochs,
+        seed=seed,
+        workers=workers,
+        augment=None if augment == "none" else augment,
+        amp=not no_amp,
+        device=device,
+        max_steps_per_epoch=max_steps,
+    )
+    result = train(model, data, output, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=not as_json)
+    if result.interrupted:
+        console.print(
+            f"interrupted after {result.epochs_done} epoch(s); checkpoint in {result.checkpoint_dir}; "
+            "continue with the same command and --resume"
+        )
+        raise typer.Exit(130)
+    if as_json:
+        print_json(result.summary())
+    else:
+        last = result.history[-1]
+        console.print(
+            f"wrote [bold]{output}[/]: val top-1 {last.val_top1:.2%}, top-5 {last.val_top5:.2%} after "
+            f"{result.epochs_done} epochs"
+        )
+
+
+def eval_command(
+    model_file: Path = typer.Argument(..., help="An nhl model file (.safetensors)."),
+    data: str = typer.Option("fashion-mnist", "--data", "-d", help="ImageFolder directory or fashion-mnist."),
+    split: str = typer.Option("val", "--split", help="val (or test data) | train."),
+    classes: str | None = typer.Option(
+        None, "--classes", "-c", help="Only these classes (names, ids or groups, comma-separated): softmax over them."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
+    workers: int = typer.Option(2, "--workers", help="Data loading processes."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Top-1, top-5 and per-class accuracy of a model file on a dataset."""
+    from nhlcli.evaluation import evaluate_file
+
+    report = evaluate_file(
+        model_file, data, split=split, classes=classes, batch_size=batch_size, workers=workers, device=device
+    )
+    if as_json:
+        print_json(report)
+        return
+    table = Table(title=f"{model_file.name} on {data} ({split}, {report['images']} images)")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for name, acc in report["per_class"].items():
+        table.add_row(name, "-" if acc is None else f"{acc:.2%}")
+    console.print(table)
+    console.print(
+        f"top-1 [bold]{report['top1']:.2%}[/]  top-{report['top5_k']} {report['top5']:.2%}  "
+        f"loss {report['loss']:.4f}  over {report['num_classes']} classes"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(friendly_errors(train_command))
+    app.command("eval")(friendly_errors(eval_command))

@@ -1,0 +1,148 @@
+"""Open a data set by name or folder, and relabel it into a category tree's class order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from nhlcli.data.base import LabeledDataset, check_split
+from nhlcli.data.errors import DataError
+from nhlcli.data.fashion_mnist import NAME as FASHION_MNIST_NAME
+from nhlcli.data.fashion_mnist import FashionMNISTDataset
+from nhlcli.data.folder import VAL_FRACTION, ImageFolderDataset
+from nhlcli.errors import NhlError
+from nhlcli.taxonomy.classes import ClassEntry
+from nhlcli.taxonomy.match import match_classes
+from nhlcli.taxonomy.tree import Tree
+
+BUILTIN = (FASHION_MNIST_NAME,)
+
+
+def open_dataset(
+    spec: str | Path,
+    split: str,
+    transform: Callable[[Any], Any] | None = None,
+    *,
+    mode: str | None = None,
+    val_fraction: float = VAL_FRACTION,
+    split_seed: int = 0,
+) -> LabeledDataset:
+    """One split (``"train"`` or ``"val"``) of a built-in data set or an ImageFolder directory.
+
+    ``mode`` is the PIL mode handed to ``transform``: ``None`` keeps the data's own ("L" for
+    Fashion-MNIST, "RGB" for folders); ``"L"`` or ``"RGB"`` convert. ``val_fraction`` and
+    ``split_seed`` only matter for folders without a val folder (see :mod:`nhlcli.data.folder`).
+    """
+    split = check_split(split)
+    if mode not in (None, "L", "RGB"):
+        raise DataError(f"image mode {mode!r} is not supported; use 'L' (grey) or 'RGB'")
+    if str(spec) == FASHION_MNIST_NAME:
+        return FashionMNISTDataset(split, transform=transform, mode=mode or "L")
+    path = Path(spec)
+    if not path.is_dir():
+        what = "is a file, not a directory" if path.is_file() else "does not exist"
+        raise DataError(
+            f"data {str(spec)!r} {what}; pass {' or '.join(repr(b) for b in BUILTIN)} or an ImageFolder "
+            "directory (one folder of images per class)"
+        )
+    return ImageFolderDataset(
+        path, split, transform=transform, mode=mode or "RGB", val_fraction=val_fraction, split_seed=split_seed
+    )
+
+
+def tree_leaves(tree: Tree, entries: Sequence[ClassEntry], subset: bool = False) -> list[str | None]:
+    """The tree class matched to each data class, ``None`` for data classes left out (``subset``).
+
+    Exact matching (the default) demands a one-to-one match. With ``subset`` data classes that
+    are not in the tree are dropped, but every tree class must still be in the data.
+    """
+    if not subset:
+        return list(match_classes(tree, entries, exact=True))
+    leaves: list[str | None] = []
+    for entry in entries:
+        try:
+            leaves.append(match_classes(tree, [entry], exact=False)[0])
+        except NhlError:
+            leaves.append(None)
+    kept = [e for e, leaf in zip(entries, leaves, strict=True) if leaf is not None]
+    if not kept:
+        shown = ", ".join(e.id for e in entries[:8])
+        raise DataError(
+            f"none of the data's classes ({shown}) is in the tree; use the tree or expert built for this data"
+        )
+    match_classes(tree, kept, exact=True)  # every tree class present, no two data classes per leaf
+    return leaves
+
+
+class TreeDataset(Dataset):
+    """A labelled data set whose labels are a tree's class indices (``tree.classes`` order).
+
+    Samples of data classes outside the tree (``subset``) are left out. ``classes`` lists the
+    data's class entry for each tree class, in tree order.
+    """
+
+    def __init__(self, base: LabeledDataset, tree: Tree, subset: bool = False) -> None:
+        self.base = base
+        self.tree = tree
+        leaves = tree_leaves(tree, base.classes, subset=subset)
+        label_map = np.full(len(base.classes), -1, np.int64)
+        by_leaf: dict[str, ClassEntry] = {}
+        for k, leaf in enumerate(leaves):
+            if leaf is not None:
+                label_map[k] = tree.class_index(leaf)
+                by_leaf[leaf] = base.classes[k]
+        self.classes: list[ClassEntry] = [by_leaf[c] for c in tree.classes]
+        mapped = label_map[np.asarray(base.targets, np.int64)]
+        self.indices = np.flatnonzero(mapped >= 0)
+        self.targets: list[int] = mapped[self.indices].tolist()
+        if not self.targets:
+            raise DataError(
+                f"the {base.split} split of {base.name} has no images of the tree's classes; "
+                "check that the data and the tree belong together"
+            )
+
+    @property
+    def transform(self) -> Callable[[Any], Any] | None:
+        return self.base.transform
+
+    @transform.setter
+    def transform(self, value: Callable[[Any], Any] | None) -> None:
+        self.base.transform = value
+
+    @property
+    def split(self) -> str:
+        return self.base.split
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img, _ = self.base[int(self.indices[index])]
+        return img, self.targets[index]
+
+    def sample_name(self, index: int) -> str:
+        return self.base.sample_name(int(self.indices[index]))
+
+    def __repr__(self) -> str:
+        return f"TreeDataset({self.base!r}, tree={self.tree.name!r}, samples={len(self)})"
+
+
+def dataset_for_tree(
+    spec: str | Path,
+    split: str,
+    tree: Tree,
+    transform: Callable[[Any], Any] | None = None,
+    subset: bool = False,
+    **open_kwargs: Any,
+) -> TreeDataset:
+    """A split labelled by ``tree``'s class indices, ready for a model with the tree's logits.
+
+    ``subset=True`` is for an expert that covers only some classes: data classes outside the
+    tree are dropped, and tree classes the data lacks are an error. ``open_kwargs`` go to
+    :func:`open_dataset` (``mode``, ``val_fraction``, ``split_seed``).
+    """
+    return TreeDataset(open_dataset(spec, split, transform, **open_kwargs), tree, subset=subset)

@@ -1,0 +1,64 @@
+"""Data errors that stay one line even when they cross a DataLoader worker boundary.
+
+A DataLoader worker cannot send an exception object to the main process: torch formats the
+traceback as text and rebuilds the exception there as ``type(msg)`` with a multi-line ``msg``
+("Caught X in DataLoader worker process 0. Original Traceback ... X: <message>").
+:class:`DataError` recognises that text in its constructor and keeps only the original one-line
+message, so the main process sees a clean :class:`~nhlcli.errors.NhlError` without any help from
+the caller. :func:`unwrap_worker_error` does the same for any other exception.
+"""
+
+from __future__ import annotations
+
+import re
+
+from nhlcli.errors import NhlError
+
+_WORKER_MARK = "Original Traceback"
+_TYPE_PREFIX = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception): ")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _original_message(text: str) -> str | None:
+    """The last line of a traceback text that torch's worker wrapper produced, without its type."""
+    if _WORKER_MARK not in text:
+        return None
+    lines = [line for line in text.splitlines() if line.strip()]
+    return _TYPE_PREFIX.sub("", lines[-1].strip(), count=1) if lines else None
+
+
+class DataError(NhlError):
+    """A problem with the data (missing, unreadable or mislabelled files); message is one line.
+
+    Raised inside DataLoader workers too: when torch rebuilds it from the worker's traceback text
+    the constructor extracts the original message again.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        text = str(message)
+        original = _original_message(text)
+        super().__init__(_one_line(original if original is not None else text))
+
+
+def unwrap_worker_error(exc: BaseException) -> NhlError:
+    """A one-line :class:`NhlError` for an exception re-raised from a DataLoader worker.
+
+    :class:`NhlError` subclasses come back as they are once their message is cleaned; other
+    exceptions keep their type name, since they are bugs rather than data problems.
+    """
+    text = str(exc)
+    original = _original_message(text)
+    if isinstance(exc, NhlError):
+        if original is None and "\n" not in text:
+            return exc
+        try:
+            return type(exc)(_one_line(original or text))
+        except Exception:  # a subclass with another constructor
+            return NhlError(_one_line(original or text))
+    if original is not None:
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        return NhlError(f"loading data failed in a worker: {_one_line(last)}")
+    return NhlError(f"loading data failed: {type(exc).__name__}: {_one_line(text)}")

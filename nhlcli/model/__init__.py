@@ -1,0 +1,1 @@
+"""The NHL model: timm trunk, batched branch levels, leaf heads, experts."""

@@ -1,0 +1,645 @@
+"""Batched branch levels: every node of one tree level runs as a handful of tensor operations.
+
+An NHL level holds one small residual bottleneck stack per tree node, each fed by its parent's
+output (level 1: the trunk output). Hundreds of tiny ``nn.Module`` calls in a Python loop would
+waste the CPU, so a :class:`BranchLevel` stores the weights of all its nodes stacked along a
+leading node dimension and runs them together:
+
+* Layout: activations stay channels-last ``[B, n*C, H, W]`` (memory ``[B, H, W, n, C]``), so a
+  node's channels are contiguous and every node-wise view below is free.
+* First 1x1 convolution and projection shortcut: children read their parent's features, so
+  both are computed once per *parent* as a grouped 1x1 convolution (``groups`` = parents), each
+  group producing all of that parent's children at once: large GEMMs (level 1 is one dense
+  convolution, as all level-1 nodes share the trunk output). Parents are bucketed by fan-out
+  (grouped convolutions need equal groups): a tree whose nodes are sorted by parent with equal
+  fan-out is one bucket and needs no copies at all; irregular trees cost one scatter per level.
+* 3x3 convolution: grouped convolution, ``groups`` = nodes (oneDNN/cuDNN channels-last).
+* Inference (no autograd, eval mode): BatchNorm is folded into the convolution weights (cached
+  until a parameter changes), and the last 1x1 convolution is a batched matmul accumulated in
+  place into the projection output, followed by an in-place ReLU: two fewer full-size passes.
+* Training: the same convolutions with per-node BatchNorm (``F.batch_norm`` over the
+  ``[B, n*C, H, W]`` tensor: exactly ``BatchNorm2d`` per node) and autograd.
+
+Contract relied on by expert cutouts: every parameter and buffer has the node dimension first,
+so ``select`` is ``index_select(0)`` on every state tensor. :func:`per_node_modules` and
+:class:`ReferenceStack` build ordinary per-node ``nn.Conv2d``/``nn.BatchNorm2d`` modules with
+the same weights: the test oracle and the benchmark baseline.
+
+Initialisation follows torchvision's ResNet (Kaiming normal, fan-out, for convolutions; BN
+weight 1, bias 0) and, like timm's ResNet, zero-initialises the last BN weight of every
+bottleneck (``zero_init_last``) so that each block starts as its shortcut.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BranchLevel",
+    "LeafHeads",
+    "ReferenceStack",
+    "loop_forward",
+    "per_leaf_linears",
+    "per_node_modules",
+]
+
+_CL = torch.channels_last
+
+
+# --------------------------------------------------------------------------- state containers
+class NodeConv(nn.Module):
+    """Weights of one convolution for ``n`` nodes: ``[n, out, in]`` (1x1) or ``[n, out, in, k, k]``."""
+
+    def __init__(self, num_nodes: int, out_channels: int, in_channels: int, kernel_size: int = 1) -> None:
+        super().__init__()
+        shape = (num_nodes, out_channels, in_channels) + ((kernel_size, kernel_size) if kernel_size > 1 else ())
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # torchvision ResNet: kaiming_normal_(mode="fan_out", nonlinearity="relu"), per node.
+        fan_out = self.weight.shape[1] * self.kernel_size * self.kernel_size
+        with torch.no_grad():
+            self.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
+
+    def as_conv(self, weight: Tensor | None = None) -> Tensor:
+        """The stacked weights as one grouped ``conv2d`` weight ``[n*out, in, k, k]``."""
+        w = self.weight if weight is None else weight
+        n, o, i = w.shape[:3]
+        return w.reshape(n * o, i, self.kernel_size, self.kernel_size)
+
+
+class NodeBatchNorm(nn.Module):
+    """``BatchNorm2d`` for ``n`` nodes of ``C`` channels each; all state shaped ``[n, C]``.
+
+    No ``num_batches_tracked`` (it would break the node-first contract); the momentum is fixed,
+    as in ``BatchNorm2d``'s default.
+    """
+
+    def __init__(self, num_nodes: int, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(num_nodes, channels))
+        self.bias = nn.Parameter(torch.zeros(num_nodes, channels))
+        self.register_buffer("running_mean", torch.zeros(num_nodes, channels))
+        self.register_buffer("running_var", torch.ones(num_nodes, channels))
+
+    def fold(self, nodes: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Eval-mode BN as ``y = x * scale + shift``, both ``[n_sel, C]``."""
+        w, b, rm, rv = (_take(t, nodes) for t in (self.weight, self.bias, self.running_mean, self.running_var))
+        scale = w * torch.rsqrt(rv + self.eps)
+        return scale, b - rm * scale
+
+    def normalize(self, x: Tensor, nodes: Tensor | None, training: bool) -> Tensor:
+        """Per-node BN of ``x`` ``[B, n_sel*C, H, W]``; updates the running stats when training."""
+        if nodes is None:
+            return F.batch_norm(
+                x,
+                self.running_mean.view(-1),
+                self.running_var.view(-1),
+                self.weight.view(-1),
+                self.bias.view(-1),
+                training,
+                self.momentum,
+                self.eps,
+            )
+        rm, rv = self.running_mean.index_select(0, nodes), self.running_var.index_select(0, nodes)
+        out = F.batch_norm(
+            x,
+            rm.view(-1),
+            rv.view(-1),
+            self.weight.index_select(0, nodes).view(-1),
+            self.bias.index_select(0, nodes).view(-1),
+            training,
+            self.momentum,
+            self.eps,
+        )
+        if training:  # the statistics were updated on copies: write them back
+            with torch.no_grad():
+                self.running_mean.index_copy_(0, nodes, rm)
+                self.running_var.index_copy_(0, nodes, rv)
+        return out
+
+
+class NodeBottleneck(nn.Module):
+    """State of one ResNet bottleneck (1x1, 3x3, 1x1 [+ projection]) for every node of a level."""
+
+    def __init__(self, num_nodes: int, in_channels: int, width: int, expansion: int) -> None:
+        super().__init__()
+        out_channels = width * expansion
+        self.in_channels, self.width, self.out_channels = in_channels, width, out_channels
+        self.conv1 = NodeConv(num_nodes, width, in_channels)
+        self.bn1 = NodeBatchNorm(num_nodes, width)
+        self.conv2 = NodeConv(num_nodes, width, width, 3)
+        self.bn2 = NodeBatchNorm(num_nodes, width)
+        self.conv3 = NodeConv(num_nodes, out_channels, width)
+        self.bn3 = NodeBatchNorm(num_nodes, out_channels)
+        self.downsample: nn.ModuleDict | None = None
+        if in_channels != out_channels:
+            self.downsample = nn.ModuleDict(
+                {"conv": NodeConv(num_nodes, out_channels, in_channels), "bn": NodeBatchNorm(num_nodes, out_channels)}
+            )
+
+
+def _take(t: Tensor, nodes: Tensor | None) -> Tensor:
+    return t if nodes is None else t.index_select(0, nodes)
+
+
+def _state_key(module: nn.Module, device: torch.device, dtype: torch.dtype) -> tuple | None:
+    """Identity + version of every state tensor: a cache key that changes with any update."""
+    try:
+        state = [*module.parameters(), *module.buffers()]
+        return (device, dtype, tuple((t.data_ptr(), t._version) for t in state))
+    except RuntimeError:  # inference tensors have no version counter: do not cache
+        return None
+
+
+# --------------------------------------------------------------------------- layout helpers
+def _cl(x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=_CL)
+
+
+def _node_view(x: Tensor, n: int) -> Tensor:
+    """``[B, n*C, H, W]`` channels-last as a ``[B*H*W, n, C]`` view (never a copy)."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).view(b * h * w, n, c // n)
+
+
+def _select_groups(x: Tensor, groups: int, index: Tensor) -> Tensor:
+    """Channel groups ``index`` of ``x`` (``groups`` groups), channels-last in and out."""
+    b, c, h, w = x.shape
+    v = x.permute(0, 2, 3, 1).reshape(b, h, w, groups, c // groups).index_select(3, index)
+    return v.flatten(3).permute(0, 3, 1, 2)
+
+
+def _repeat_groups(x: Tensor, groups: int, repeats: int) -> Tensor:
+    """Each channel group of ``x`` repeated ``repeats`` times (identity shortcut of children)."""
+    b, c, h, w = x.shape
+    v = x.permute(0, 2, 3, 1).reshape(b, h, w, groups, 1, c // groups).expand(-1, -1, -1, -1, repeats, -1)
+    return v.reshape(b, h, w, c * repeats).permute(0, 3, 1, 2)
+
+
+def _use_onednn(x: Tensor) -> bool:
+    """Whether oneDNN's fused convolution ops (conv + bias + ReLU, conv + add + ReLU) apply."""
+    return (
+        _ONEDNN_FUSED[0]
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
+# torch.ops.mkldnn._convolution_pointwise* are what torch.compile's CPU backend emits for fused
+# convolutions; if this torch lacks them we fall back to plain ops (set once, on first failure).
+_ONEDNN_FUSED = [hasattr(torch.ops.mkldnn, "_convolution_pointwise") and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")]
+
+
+def _conv(x: Tensor, w: Tensor, bias: Tensor, groups: int, padding: int, relu: bool, fused: bool) -> Tensor:
+    if fused:
+        try:
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, w, bias, [padding] * 2, [1, 1], [1, 1], groups, "relu" if relu else "none", [], ""
+            )
+        except (RuntimeError, AttributeError):
+            _ONEDNN_FUSED[0] = False
+    y = F.conv2d(x, w, bias, padding=padding, groups=groups)
+    return y.relu_() if relu else y
+
+
+def _conv_add_relu_(s: Tensor, u: Tensor, w: Tensor, groups: int, fused: bool) -> Tensor:
+    """``s = relu(s + grouped_conv1x1(u, w))`` in place: the bottleneck's last 1x1 + residual."""
+    if fused:
+        try:  # oneDNN: one pass over s
+            return torch.ops.mkldnn._convolution_pointwise_.binary(
+                s, u, w, None, [0, 0], [1, 1], [1, 1], groups, "add", 1.0, "relu", [], None
+            )
+        except (RuntimeError, AttributeError):
+            _ONEDNN_FUSED[0] = False
+    # s[node] += u[node] @ w[node]^T for all nodes at once (one strided batched GEMM).
+    wt = w.view(groups, -1, w.shape[1]).transpose(1, 2)
+    _node_view(s, groups).transpose(0, 1).baddbmm_(_node_view(u, groups).transpose(0, 1), wt)
+    return s.relu_()
+
+
+# --------------------------------------------------------------------------- execution plan
+@dataclass(frozen=True)
+class _Bucket:
+    """Parents with one fan-out and their children: one grouped convolution per 1x1 layer."""
+
+    parents: tuple[int, ...]  # into the previous level (empty for level 1: the shared trunk input)
+    nodes: tuple[int, ...]  # this level's nodes, grouped by parent in ``parents`` order
+    fanout: int
+
+    @property
+    def groups(self) -> int:
+        return max(1, len(self.parents))
+
+
+def _plan(num_nodes: int, parent_index: Sequence[int] | None) -> tuple[_Bucket, ...]:
+    if parent_index is None:
+        return (_Bucket((), tuple(range(num_nodes)), num_nodes),)
+    children: dict[int, list[int]] = {}
+    for node, parent in enumerate(parent_index):
+        children.setdefault(int(parent), []).append(node)
+    by_fanout: dict[int, list[int]] = {}
+    for parent in sorted(children):
+        by_fanout.setdefault(len(children[parent]), []).append(parent)
+    return tuple(
+        _Bucket(tuple(parents), tuple(n for p in parents for n in children[p]), fanout)
+        for fanout, parents in sorted(by_fanout.items())
+    )
+
+
+# --------------------------------------------------------------------------- the level
+class BranchLevel(nn.Module):
+    """All nodes of one tree level as batched tensor ops.
+
+    ``parent_index[i]`` is the index (into the previous level's nodes) of node ``i``'s parent;
+    ``None`` for level 1, whose nodes all read the shared trunk output. Each node is ``blocks``
+    bottlenecks (``in -> width -> width -> width * expansion``, stride 1, projection shortcut
+    where the channel count changes). Output: ``[B, num_nodes * out_channels, H, W]``,
+    channels-last, node ``i`` in channels ``i*out : (i+1)*out``.
+    """
+
+    def __init__(
+        self,
+        num_nodes: int,
+        parent_index: Sequence[int] | None,
+        in_channels: int,
+        width: int,
+        blocks: int = 1,
+        expansion: int = 4,
+        zero_init_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_nodes < 1 or in_channels < 1 or width < 1 or blocks < 1 or expansion < 1:
+            raise ValueError("num_nodes, in_channels, width, blocks and expansion must be positive")
+        if parent_index is not None:
+            parent_index = [int(p) for p in parent_index]
+            if len(parent_index) != num_nodes:
+                raise ValueError(f"parent_index has {len(parent_index)} entries for {num_nodes} nodes")
+            if any(p < 0 for p in parent_index):
+                raise ValueError("parent_index entries must be >= 0")
+        self.num_nodes = num_nodes
+        self.parent_index: list[int] | None = parent_index
+        self.in_channels = in_channels
+        self.width = width
+        self.blocks_per_node = blocks
+        self.expansion = expansion
+        self.out_channels = width * expansion
+        self.blocks = nn.ModuleList(
+            NodeBottleneck(num_nodes, in_channels if b == 0 else self.out_channels, width, expansion)
+            for b in range(blocks)
+        )
+        if zero_init_last:
+            for blk in self.blocks:
+                nn.init.zeros_(blk.bn3.weight)
+        self._buckets = _plan(num_nodes, parent_index)
+        self._index_cache: dict[tuple[torch.device, tuple[int, ...]], Tensor] = {}
+        self._folded: tuple[tuple, list] | None = None
+
+    def extra_repr(self) -> str:
+        return (
+            f"nodes={self.num_nodes}, in={self.in_channels}, width={self.width}, out={self.out_channels}, "
+            f"blocks={self.blocks_per_node}, buckets={len(self._buckets)}"
+        )
+
+    @property
+    def num_parents(self) -> int:
+        """Parents this level needs in its input (1 for level 1: the trunk output)."""
+        return 1 if self.parent_index is None else max(self.parent_index) + 1
+
+    # ----------------------------------------------------------------- helpers
+    def _index(self, values: tuple[int, ...], device: torch.device) -> Tensor:
+        key = (device, values)
+        t = self._index_cache.get(key)
+        if t is None:
+            t = self._index_cache[key] = torch.tensor(values, dtype=torch.long, device=device)
+        return t
+
+    def _is_identity(self, bucket: _Bucket) -> bool:
+        return len(self._buckets) == 1 and bucket.nodes == tuple(range(self.num_nodes))
+
+    def _bucket_input(self, x: Tensor, bucket: _Bucket, groups_in: int) -> Tensor:
+        if not bucket.parents:
+            return x
+        if bucket.parents == tuple(range(groups_in)):
+            return x
+        return _select_groups(x, groups_in, self._index(bucket.parents, x.device))
+
+    def _check_input(self, x: Tensor) -> int:
+        if x.dim() != 4:
+            raise ValueError(f"expected a [B, C, H, W] input, got shape {tuple(x.shape)}")
+        c = x.shape[1]
+        if self.parent_index is None:
+            if c != self.in_channels:
+                raise ValueError(f"level 1 expects {self.in_channels} input channels, got {c}")
+            return 1
+        if c % self.in_channels or c // self.in_channels < self.num_parents:
+            raise ValueError(
+                f"expected the previous level's output ({self.num_parents}+ nodes x {self.in_channels} "
+                f"channels), got {c} channels"
+            )
+        return c // self.in_channels
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
+        """Run every node; ``scale`` (``[num_nodes]``) multiplies each node's output maps."""
+        groups_in = self._check_input(x)
+        x = _cl(x)
+        infer = not (self.training or torch.is_grad_enabled())
+        folded = self._folded_params(x.device, x.dtype) if infer else None
+        outs = []
+        for k, bucket in enumerate(self._buckets):
+            xb = self._bucket_input(x, bucket, groups_in)
+            nodes = None if self._is_identity(bucket) else self._index(bucket.nodes, x.device)
+            if folded is not None:
+                outs.append(self._run_infer(xb, bucket, folded[k]))
+            else:
+                outs.append(self._run_train(xb, bucket, nodes))
+        if len(outs) == 1 and self._is_identity(self._buckets[0]):
+            y = outs[0]
+        else:
+            b, _, h, w = x.shape
+            # Scatter each bucket's nodes to their places (in-place index_copy_ is autograd-safe).
+            y = x.new_empty((b, h, w, self.num_nodes, self.out_channels))
+            for bucket, out in zip(self._buckets, outs):
+                part = out.permute(0, 2, 3, 1).unflatten(3, (len(bucket.nodes), self.out_channels))
+                y.index_copy_(3, self._index(bucket.nodes, x.device), part)
+            y = y.flatten(3).permute(0, 3, 1, 2)
+        if scale is not None:
+            scale = torch.as_tensor(scale, dtype=y.dtype, device=y.device)
+            if scale.shape != (self.num_nodes,):
+                raise ValueError(f"scale must have shape [{self.num_nodes}], got {tuple(scale.shape)}")
+            factor = scale.repeat_interleave(self.out_channels).view(1, -1, 1, 1)
+            y = y.mul_(factor) if infer else y * factor
+        return y
+
+    def _run_train(self, x: Tensor, bucket: _Bucket, nodes: Tensor | None) -> Tensor:
+        """Autograd path: grouped convolutions and per-node BatchNorm (batch stats in training)."""
+        n, training = len(bucket.nodes), self.training
+        for b, blk in enumerate(self.blocks):
+            groups_in = bucket.groups if b == 0 else n
+            u = F.conv2d(x, blk.conv1.as_conv(_take(blk.conv1.weight, nodes)), groups=groups_in)
+            u = F.relu(blk.bn1.normalize(u, nodes, training), inplace=True)
+            u = F.conv2d(u, blk.conv2.as_conv(_take(blk.conv2.weight, nodes)), padding=1, groups=n)
+            u = F.relu(blk.bn2.normalize(u, nodes, training), inplace=True)
+            u = F.conv2d(u, blk.conv3.as_conv(_take(blk.conv3.weight, nodes)), groups=n)
+            u = blk.bn3.normalize(u, nodes, training)
+            if blk.downsample is not None:
+                ds = blk.downsample
+                s = F.conv2d(x, ds["conv"].as_conv(_take(ds["conv"].weight, nodes)), groups=groups_in)
+                s = ds["bn"].normalize(s, nodes, training)
+            elif b == 0 and bucket.fanout > 1:
+                s = _repeat_groups(x, bucket.groups, bucket.fanout)
+            else:
+                s = x
+            x = F.relu(u + s, inplace=True)
+        return x
+
+    def _run_infer(self, x: Tensor, bucket: _Bucket, params: list[dict[str, Tensor]]) -> Tensor:
+        """No-grad eval path: folded BN; the last 1x1 adds into the shortcut in place, then ReLU."""
+        n = len(bucket.nodes)
+        fused = _use_onednn(x)
+        for b, p in enumerate(params):
+            groups_in = bucket.groups if b == 0 else n
+            u = _conv(x, p["w1"], p["b1"], groups_in, 0, relu=True, fused=fused)
+            u = _cl(_conv(u, p["w2"], p["b2"], n, 1, relu=True, fused=fused))
+            if "wp" in p:
+                s = _cl(_conv(x, p["wp"], p["bp"], groups_in, 0, relu=False, fused=fused))
+            else:
+                s = _repeat_groups(x, bucket.groups, bucket.fanout) if b == 0 and bucket.fanout > 1 else x
+                s = _cl(s + p["bp"].view(1, -1, 1, 1))
+            x = _conv_add_relu_(s, u, p["w3"], n, fused)
+        return x
+
+    def _folded_params(self, device: torch.device, dtype: torch.dtype) -> list[list[dict[str, Tensor]]]:
+        """BN folded into the conv weights, per bucket and block; cached until any state changes."""
+        key = _state_key(self, device, dtype)
+        if key is not None and self._folded is not None and self._folded[0] == key:
+            return self._folded[1]
+        with torch.no_grad():
+            result = []
+            for bucket in self._buckets:
+                nodes = None if self._is_identity(bucket) else self._index(bucket.nodes, self.blocks[0].bn1.weight.device)
+                per_block = []
+                for blk in self.blocks:
+                    s1, t1 = blk.bn1.fold(nodes)
+                    s2, t2 = blk.bn2.fold(nodes)
+                    s3, t3 = blk.bn3.fold(nodes)
+                    w1 = _take(blk.conv1.weight, nodes) * s1[:, :, None]
+                    w2 = _take(blk.conv2.weight, nodes) * s2[:, :, None, None, None]
+                    w3 = _take(blk.conv3.weight, nodes) * s3[:, :, None]
+                    p = {
+                        "w1": blk.conv1.as_conv(w1),
+                        "b1": t1.reshape(-1),
+                        "w2": _cl(blk.conv2.as_conv(w2)),
+                        "b2": t2.reshape(-1),
+                        "w3": blk.conv3.as_conv(w3),
+                    }
+                    if blk.downsample is not None:
+                        sp, tp = blk.downsample["bn"].fold(nodes)
+                        wp = _take(blk.downsample["conv"].weight, nodes) * sp[:, :, None]
+                        p["wp"] = blk.downsample["conv"].as_conv(wp)
+                        p["bp"] = (tp + t3).reshape(-1)
+                    else:
+                        p["bp"] = t3.reshape(-1)
+                    per_block.append({k: v.to(device=device, dtype=dtype) for k, v in p.items()})
+                result.append(per_block)
+        self._folded = (key, result) if key is not None else None
+        return result
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        # Moving or casting the module invalidates cached index tensors and folded weights.
+        self._index_cache = {}
+        self._folded = None
+        return super()._apply(fn, recurse)
+
+    # ----------------------------------------------------------------- cutouts
+    def select(self, keep: Sequence[int], parent_index: Sequence[int] | None) -> BranchLevel:
+        """A level with only the nodes ``keep`` (in that order), computing exactly their outputs.
+
+        ``parent_index`` indexes the (also reduced) previous level; ``None`` for level 1.
+        """
+        keep = [int(k) for k in keep]
+        if not keep or any(not 0 <= k < self.num_nodes for k in keep):
+            raise ValueError(f"keep must be a non-empty list of node indices in [0, {self.num_nodes})")
+        if (parent_index is None) != (self.parent_index is None):
+            raise ValueError("parent_index must be None exactly for a level-1 (trunk-fed) level")
+        new = BranchLevel(
+            len(keep), parent_index, self.in_channels, self.width, self.blocks_per_node, self.expansion
+        )
+        ref = next(iter(self.parameters()))
+        index = torch.tensor(keep, dtype=torch.long, device=ref.device)
+        with torch.no_grad():
+            state = {k: v.index_select(0, index).clone() for k, v in self.state_dict().items()}
+        new.load_state_dict(state, assign=True)
+        for mod_new, mod_old in zip(new.modules(), self.modules()):
+            if isinstance(mod_new, NodeBatchNorm):
+                mod_new.eps, mod_new.momentum = mod_old.eps, mod_old.momentum
+        new.train(self.training)
+        for p_new, p_old in zip(new.parameters(), self.parameters()):
+            p_new.requires_grad_(p_old.requires_grad)
+        return new
+
+
+class LeafHeads(nn.Module):
+    """Global average pooling + one linear unit per leaf: logits ``[B, num_leaves]``."""
+
+    def __init__(self, num_leaves: int, in_channels: int) -> None:
+        super().__init__()
+        self.num_leaves, self.in_channels = num_leaves, in_channels
+        self.weight = nn.Parameter(torch.empty(num_leaves, in_channels))
+        self.bias = nn.Parameter(torch.empty(num_leaves))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear(in_channels, 1)'s default, per leaf.
+        bound = 1.0 / math.sqrt(self.in_channels)
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            self.bias.uniform_(-bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c = x.shape[:2]
+        if c != self.num_leaves * self.in_channels:
+            raise ValueError(f"expected {self.num_leaves} x {self.in_channels} channels, got {c}")
+        pooled = x.mean(dim=(2, 3)).view(b, self.num_leaves, self.in_channels)
+        return torch.einsum("blc,lc->bl", pooled, self.weight) + self.bias
+
+    def select(self, keep: Sequence[int]) -> LeafHeads:
+        """Heads for the leaves ``keep`` only, in that order."""
+        keep = [int(k) for k in keep]
+        if not keep or any(not 0 <= k < self.num_leaves for k in keep):
+            raise ValueError(f"keep must be a non-empty list of leaf indices in [0, {self.num_leaves})")
+        new = LeafHeads(len(keep), self.in_channels)
+        index = torch.tensor(keep, dtype=torch.long, device=self.weight.device)
+        with torch.no_grad():
+            state = {k: v.index_select(0, index).clone() for k, v in self.state_dict().items()}
+        new.load_state_dict(state, assign=True)
+        new.train(self.training)
+        return new
+
+
+# --------------------------------------------------------------------------- reference (oracle)
+class _RefBottleneck(nn.Module):
+    """torchvision's ``Bottleneck`` (stride 1) written out, for one node."""
+
+    def __init__(self, in_channels: int, width: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Sequential | None = None
+        if in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+def _copy_bn(dst: nn.BatchNorm2d, src: NodeBatchNorm, i: int) -> None:
+    dst.eps, dst.momentum = src.eps, src.momentum
+    dst.weight.copy_(src.weight[i])
+    dst.bias.copy_(src.bias[i])
+    dst.running_mean.copy_(src.running_mean[i])
+    dst.running_var.copy_(src.running_var[i])
+
+
+def per_node_modules(level: BranchLevel) -> nn.ModuleList:
+    """One ordinary ``nn.Sequential`` of bottlenecks per node, carrying the level's weights."""
+    nodes = []
+    with torch.no_grad():
+        for i in range(level.num_nodes):
+            seq = []
+            for blk in level.blocks:
+                ref = _RefBottleneck(blk.in_channels, blk.width, blk.out_channels)
+                ref.conv1.weight.copy_(blk.conv1.weight[i].view_as(ref.conv1.weight))
+                ref.conv2.weight.copy_(blk.conv2.weight[i])
+                ref.conv3.weight.copy_(blk.conv3.weight[i].view_as(ref.conv3.weight))
+                _copy_bn(ref.bn1, blk.bn1, i)
+                _copy_bn(ref.bn2, blk.bn2, i)
+                _copy_bn(ref.bn3, blk.bn3, i)
+                if blk.downsample is not None and ref.downsample is not None:
+                    ref.downsample[0].weight.copy_(blk.downsample["conv"].weight[i].view_as(ref.downsample[0].weight))
+                    _copy_bn(ref.downsample[1], blk.downsample["bn"], i)
+                seq.append(ref)
+            nodes.append(nn.Sequential(*seq))
+    ref_param = next(iter(level.parameters()))
+    return nn.ModuleList(nodes).to(device=ref_param.device, dtype=ref_param.dtype).train(level.training)
+
+
+def per_leaf_linears(heads: LeafHeads) -> nn.ModuleList:
+    """One ``nn.Linear(C, 1)`` per leaf, carrying the heads' weights."""
+    linears = []
+    with torch.no_grad():
+        for i in range(heads.num_leaves):
+            lin = nn.Linear(heads.in_channels, 1)
+            lin.weight.copy_(heads.weight[i].view(1, -1))
+            lin.bias.copy_(heads.bias[i].view(1))
+            linears.append(lin)
+    return nn.ModuleList(linears).to(device=heads.weight.device, dtype=heads.weight.dtype)
+
+
+def loop_forward(
+    node_modules: Sequence[nn.ModuleList],
+    parent_indices: Sequence[Sequence[int] | None],
+    x: Tensor,
+    leaf_linears: nn.ModuleList | None = None,
+    scales: Sequence[Tensor | None] | None = None,
+) -> tuple[list[list[Tensor]], Tensor | None]:
+    """The plain way: a Python loop over every node of every level (the oracle and baseline).
+
+    Returns the per-level lists of node outputs and, with ``leaf_linears``, the leaf logits.
+    """
+    prev: list[Tensor] | None = None
+    outputs: list[list[Tensor]] = []
+    for depth, (mods, parents) in enumerate(zip(node_modules, parent_indices)):
+        scale = scales[depth] if scales is not None else None
+        level_out = []
+        for i, mod in enumerate(mods):
+            inp = x if parents is None or prev is None else prev[parents[i]]
+            out = mod(inp)
+            if scale is not None:
+                out = out * scale[i]
+            level_out.append(out)
+        outputs.append(level_out)
+        prev = level_out
+    logits = None
+    if leaf_linears is not None and prev is not None:
+        logits = torch.cat([lin(out.mean(dim=(2, 3))) for lin, out in zip(leaf_linears, prev)], dim=1)
+    return outputs, logits
+
+
+class ReferenceStack(nn.Module):
+    """Per-node module copies of a stack of levels (+ heads), run by :func:`loop_forward`."""
+
+    def __init__(self, levels: Sequence[BranchLevel], heads: LeafHeads | None = None) -> None:
+        super().__init__()
+        self.nodes = nn.ModuleList(per_node_modules(level) for level in levels)
+        self.parent_indices = [level.parent_index for level in levels]
+        self.leaves = per_leaf_linears(heads) if heads is not None else None
+
+    def forward(
+        self, x: Tensor, scales: Sequence[Tensor | None] | None = None
+    ) -> tuple[list[list[Tensor]], Tensor | None]:
+        return loop_forward(list(self.nodes), self.parent_indices, x, self.leaves, scales)

@@ -1,0 +1,228 @@
+"""The nested high-level features network (NHL) and the plain timm baseline, one interface.
+
+``NHLModel``: a timm trunk cut at the split point, then one :class:`BranchLevel` per tree level
+(each node a residual bottleneck stack fed by its parent), and one logit per leaf. All leaf
+logits, in the tree's class order, go into one softmax. ``FlatModel``: the same trunk family as
+an ordinary timm classifier (the papers' baselines), saved in the same file format so every
+comparison is like for like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nhlcli.errors import NhlError
+from nhlcli.model.branches import BranchLevel, LeafHeads
+from nhlcli.model.trunk import Trunk, TrunkConfig
+from nhlcli.taxonomy.tree import Tree
+
+# Branch widths by depth: the last ``levels`` of these (paper: 128, 64, 32 for three levels).
+WIDTH_LADDER = (256, 128, 64, 32)
+
+
+def default_widths(levels: int) -> tuple[int, ...]:
+    return WIDTH_LADDER[-levels:]
+
+
+@dataclass(frozen=True)
+class BranchConfig:
+    """Branch widths per level (bottleneck width; outputs are ``width * expansion``) and depth."""
+
+    widths: tuple[int, ...] = ()
+    blocks: int = 1
+    expansion: int = 4
+
+    def resolved(self, levels: int) -> BranchConfig:
+        widths = tuple(self.widths) or default_widths(levels)
+        if len(widths) != levels:
+            raise NhlError(f"--widths gives {len(widths)} values but the tree has {levels} levels")
+        if any(w < 1 for w in widths) or self.blocks < 1:
+            raise NhlError("branch widths and blocks must be positive")
+        return BranchConfig(widths, self.blocks, self.expansion)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "widths": list(self.widths)}
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What the model expects: input size (C, H, W) and normalisation, from timm's config."""
+
+    size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InputConfig:
+        return cls(
+            size=tuple(data["size"]),
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            interpolation=data.get("interpolation", "bilinear"),
+            crop_pct=float(data.get("crop_pct", 0.875)),
+        )
+
+
+def tree_parent_index(tree: Tree, depth: int) -> list[int] | None:
+    """For each node at ``depth``, the position of its parent in level ``depth - 1``."""
+    if depth == 1:
+        return None
+    position = {n: i for i, n in enumerate(tree.level(depth - 1))}
+    return [position[tree.parent(n)] for n in tree.level(depth)]
+
+
+class NHLModel(nn.Module):
+    """Trunk + nested branches; ``forward`` returns one logit per class in ``tree.classes`` order."""
+
+    kind = "nhl"
+
+    def __init__(
+        self,
+        tree: Tree,
+        trunk: TrunkConfig | None = None,
+        branches: BranchConfig | None = None,
+        input_config: InputConfig | None = None,
+        pretrained: bool = False,
+        pretrained_file: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.tree = tree
+        self.trunk = Trunk(trunk or TrunkConfig(), pretrained=pretrained, pretrained_file=pretrained_file)
+        self.branch_config = (branches or BranchConfig()).resolved(tree.levels)
+        self.input_config = input_config or input_from_timm(self.trunk, self.trunk.config.in_chans)
+        cfg = self.branch_config
+        levels = []
+        in_channels = self.trunk.out_channels
+        for depth, width in enumerate(cfg.widths, start=1):
+            nodes = tree.level(depth)
+            levels.append(
+                BranchLevel(len(nodes), tree_parent_index(tree, depth), in_channels, width, cfg.blocks, cfg.expansion)
+            )
+            in_channels = width * cfg.expansion
+        self.levels = nn.ModuleList(levels)
+        self.heads = LeafHeads(tree.num_classes, in_channels)
+        leaf_position = {c: i for i, c in enumerate(tree.level(tree.levels))}
+        self.register_buffer(
+            "class_to_leaf", torch.tensor([leaf_position[c] for c in tree.classes], dtype=torch.long), persistent=False
+        )
+
+    @property
+    def classes(self) -> list[str]:
+        return self.tree.classes
+
+    def forward(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits ``[B, num_classes]``; ``attention`` maps a level (1-based) to per-node scales."""
+        features = self.trunk(x)
+        for depth, level in enumerate(self.levels, start=1):
+            scale = attention.get(depth) if attention else None
+            features = level(features, scale=scale)
+        return self.heads(features).index_select(1, self.class_to_leaf)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "trunk": self.trunk.config.to_dict(),
+            "branches": self.branch_config.to_dict(),
+            "tree": self.tree.to_dict(),
+            "input": self.input_config.to_dict(),
+        }
+
+    @classmethod
+    def from_config(cls, meta: Mapping[str, Any]) -> NHLModel:
+        branches = meta["branches"]
+        return cls(
+            Tree.from_dict(meta["tree"]),
+            TrunkConfig(**meta["trunk"]),
+            BranchConfig(tuple(branches["widths"]), int(branches["blocks"]), int(branches["expansion"])),
+            InputConfig.from_dict(meta["input"]),
+        )
+
+    def parameter_groups(self) -> dict[str, int]:
+        """Parameter counts: total, trunk, branches (levels and leaf heads)."""
+        trunk = sum(p.numel() for p in self.trunk.parameters())
+        branches = sum(p.numel() for p in self.levels.parameters()) + sum(p.numel() for p in self.heads.parameters())
+        return {"total": trunk + branches, "trunk": trunk, "branches": branches}
+
+
+class FlatModel(nn.Module):
+    """A plain timm classifier over the tree's classes (the papers' baselines), same file format."""
+
+    kind = "flat"
+
+    def __init__(
+        self,
+        tree: Tree,
+        trunk: TrunkConfig | None = None,
+        input_config: InputConfig | None = None,
+        pretrained: bool = False,
+        pretrained_file: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        from nhlcli.model.trunk import _create_timm_model
+
+        cfg = trunk or TrunkConfig()
+        self.tree = tree
+        self.trunk_config = TrunkConfig(cfg.backbone, None, cfg.in_chans)
+        self.model = _create_timm_model(cfg.backbone, cfg.in_chans, pretrained, pretrained_file)
+        self.model.reset_classifier(tree.num_classes)
+        self.input_config = input_config or input_from_timm(self.model, cfg.in_chans)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.tree.classes
+
+    def forward(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+        if attention:
+            raise NhlError("top-down attention needs an NHL model; a flat model has no class branches")
+        return self.model(x)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "trunk": self.trunk_config.to_dict(),
+            "tree": self.tree.to_dict(),
+            "input": self.input_config.to_dict(),
+        }
+
+    @classmethod
+    def from_config(cls, meta: Mapping[str, Any]) -> FlatModel:
+        return cls(Tree.from_dict(meta["tree"]), TrunkConfig(**meta["trunk"]), InputConfig.from_dict(meta["input"]))
+
+    def parameter_groups(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.model.parameters())
+        head = sum(p.numel() for p in self.model.get_classifier().parameters())
+        return {"total": total, "trunk": total - head, "branches": head}
+
+
+def input_from_timm(model: nn.Module, in_chans: int) -> InputConfig:
+    """The input size and normalisation timm records for a backbone (its pretrained config)."""
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    size = tuple(cfg.get("input_size", (3, 224, 224)))
+    mean = tuple(cfg.get("mean", InputConfig.mean))
+    std = tuple(cfg.get("std", InputConfig.std))
+    if in_chans != len(mean):  # e.g. grey images: one channel with the average statistics
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+    return InputConfig(
+        size=(in_chans, int(size[1]), int(size[2])),
+        mean=mean,
+        std=std,
+        interpolation=cfg.get("interpolation", "bilinear"),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+    )
+
+
+def with_input_size(config: InputConfig, size: int | Sequence[int]) -> InputConfig:
+    """The same normalisation at another input resolution (``--input-size``)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return InputConfig((config.size[0], int(h), int(w)), config.mean, config.std, config.interpolation, config.crop_pct)

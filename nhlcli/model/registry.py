@@ -1,0 +1,73 @@
+"""Models by name: the kinds a file can hold, and the paper's variants as presets (like timm's registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import nn
+
+from nhlcli.errors import NhlError
+from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel
+from nhlcli.model.trunk import TrunkConfig
+from nhlcli.taxonomy.tree import Tree
+
+MODEL_KINDS: dict[str, type[nn.Module]] = {"nhl": NHLModel, "flat": FlatModel}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named architecture of paper 003: tree depth it needs, branch widths, split point."""
+
+    description: str
+    levels: int | None = None  # required tree depth; None = any
+    widths: tuple[int, ...] = ()
+    later_split: bool = False
+    flat: bool = False
+
+
+VARIANTS: dict[str, Variant] = {
+    "nhl": Variant("nested branches, one level per tree level (N2HL-N4HL; widths 128/64/32 for 3 levels)"),
+    "phl-small": Variant("one level of parallel branches, width 32 (PHL small)", levels=1, widths=(32,)),
+    "phl-big": Variant("one level of parallel branches, width 128 (PHL big)", levels=1, widths=(128,)),
+    "phl-latesp": Variant(
+        "PHL small with the split point one stage later (PHL lateSP)", levels=1, widths=(32,), later_split=True
+    ),
+    "flat": Variant("the plain timm classifier (baseline)", flat=True),
+}
+
+
+def model_from_config(meta: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a model from file metadata (weights are loaded by the caller)."""
+    kind = meta.get("kind")
+    if kind not in MODEL_KINDS:
+        raise NhlError(f"unknown model kind {kind!r} in the file; this nhl knows {', '.join(MODEL_KINDS)}")
+    return MODEL_KINDS[kind].from_config(meta)
+
+
+def create_model(
+    tree: Tree,
+    variant: str = "nhl",
+    trunk: TrunkConfig | None = None,
+    branches: BranchConfig | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a model for ``tree`` from a variant name; explicit configs override the preset."""
+    if variant not in VARIANTS:
+        raise NhlError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    spec = VARIANTS[variant]
+    trunk = trunk or TrunkConfig()
+    if spec.flat:
+        return FlatModel(tree, trunk, **kwargs)
+    if spec.levels is not None and tree.levels != spec.levels:
+        raise NhlError(
+            f"variant {variant} needs a {spec.levels}-level tree but this tree has {tree.levels}; "
+            "build one with 'nhl hierarchy build --source flat'"
+        )
+    if spec.later_split and trunk.split is None:
+        trunk = replace(trunk, split=-1)  # after the last stage instead of before it
+    branches = branches or BranchConfig(widths=spec.widths)
+    if not branches.widths and spec.widths:
+        branches = replace(branches, widths=spec.widths)
+    return NHLModel(tree, trunk, branches, **kwargs)

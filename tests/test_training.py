@@ -1,0 +1,306 @@
+"""Models, training, resume, model files and DDP, on tiny generated data (CPU, no network)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, assert_one_line_error, run_nhl
+from safetensors.torch import save_file
+
+from nhlcli.errors import NhlError
+from nhlcli.model.files import load_model, read_metadata, save_model
+from nhlcli.model.nhl import BranchConfig, NHLModel, with_input_size
+from nhlcli.model.registry import create_model
+from nhlcli.model.trunk import TrunkConfig
+from nhlcli.taxonomy import Tree
+from nhlcli.taxonomy.classes import ClassEntry
+from nhlcli.taxonomy.sources import build_flat_tree
+from nhlcli.training import TrainConfig, train
+from nhlcli.training.checkpoint import load_checkpoint
+
+_spec = importlib.util.spec_from_file_location(
+    "make_tiny_data", REPO / "tests" / "data" / "make_tiny_data.py"
+)
+make_tiny_data = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_tiny_data)
+
+CLASSES = ["apple", "banana", "cherry", "daisy", "elm", "fig"]
+
+
+def nested_tree(levels: int) -> Tree:
+    """A hand-made tree with uneven fan-out whose leaf order differs from the class order."""
+    if levels == 1:
+        return build_flat_tree([ClassEntry(c, c) for c in CLASSES], name="flat")
+    fruit = [{"id": c, "name": c} for c in ("cherry", "apple", "banana", "fig")]
+    plant = [{"id": c, "name": c} for c in ("daisy", "elm")]
+    root = {
+        "id": "root",
+        "name": "all",
+        "children": [
+            {"id": "fruit", "name": "fruit", "children": fruit},
+            {"id": "plant", "name": "plant", "children": plant},
+        ],
+    }
+    return Tree.from_nested(_pad(root, levels), CLASSES, name=f"toy-l{levels}")
+
+
+def _pad(node: dict, levels: int, depth: int = 0) -> dict:
+    """Insert single-child chains so every class sits at depth ``levels``."""
+    kids = node.get("children")
+    if not kids:
+        for d in range(levels - depth):
+            node = {"id": f"{node['id']}~{d}", "name": node["name"], "children": [node]}
+        return node
+    return {**node, "children": [_pad(k, levels, depth + 1) for k in kids]}
+
+
+def tiny_model(tree: Tree, backbone: str = "resnet18", size: int = 32) -> NHLModel:
+    model = NHLModel(tree, TrunkConfig(backbone), BranchConfig(widths=tuple([8] * tree.levels)))
+    model.input_config = with_input_size(model.input_config, size)
+    return model
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "convnextv2_atto"])
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+def test_forward_shapes_and_class_order(backbone, levels):
+    torch.manual_seed(0)
+    tree = nested_tree(levels)
+    assert tree.levels == levels
+    model = tiny_model(tree, backbone).eval()
+    x = torch.randn(2, 3, 32, 32)
+    logits = model(x)
+    assert logits.shape == (2, len(CLASSES))
+    # the logit of class i comes from the leaf of class i, whatever the leaf order in the tree
+    leaf_logits = model.heads(_last_features(model, x))
+    leaf_order = tree.level(tree.levels)
+    for i, c in enumerate(tree.classes):
+        assert torch.equal(logits[:, i], leaf_logits[:, leaf_order.index(c)])
+
+
+def _last_features(model: NHLModel, x: torch.Tensor) -> torch.Tensor:
+    features = model.trunk(x)
+    for level in model.levels:
+        features = level(features)
+    return features
+
+
+def test_paper_size_resnet50_nhl_over_100_imagenet_classes():
+    from nhlcli.taxonomy import build_tree, load_class_list
+
+    entries = load_class_list("imagenet-1k")[::10]
+    tree = build_tree("wordnet", entries, levels=3)
+    model = NHLModel(tree, TrunkConfig("resnet50"))
+    params = model.parameter_groups()
+    assert params["trunk"] == pytest.approx(8.54e6, rel=0.01)
+    # paper 000, Table 1: 25M parameters for ResNet50-NHL on ImageNet100
+    assert 18e6 < params["total"] < 32e6
+
+
+def test_training_lowers_loss_and_files_round_trip(tmp_path):
+    data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=6, size=32)
+    tree = nested_tree(2)
+    model = tiny_model(tree)
+    config = TrainConfig(epochs=3, batch_size=12, lr=3e-3, warmup_epochs=0, workers=0, augment=None, seed=1)
+    out = tmp_path / "model.safetensors"
+    result = train(model, data, out, config, progress=False)
+    losses = [h.train_loss for h in result.history]
+    assert losses[-1] < losses[0]
+    loaded = load_model(out)
+    x = torch.randn(3, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), loaded(x))
+    meta = read_metadata(out)
+    assert meta["kind"] == "nhl" and meta["tree"]["classes"] == CLASSES
+    assert meta["input"]["size"] == [3, 32, 32] and len(meta["training"]["history"]) == 3
+
+
+def test_resume_continues_from_the_saved_epoch_and_optimizer(tmp_path):
+    data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=4, size=32)
+    tree = nested_tree(2)
+    config = TrainConfig(epochs=2, batch_size=8, lr=1e-3, warmup_epochs=0, workers=0, augment=None, seed=3)
+    ckdir = tmp_path / "ck"
+    torch.manual_seed(0)
+    first = train(
+        tiny_model(tree),
+        data,
+        None,
+        TrainConfig(**{**config.__dict__, "epochs": 1}),
+        checkpoint_dir=ckdir,
+        progress=False,
+    )
+    assert first.epochs_done == 1
+    saved = load_checkpoint(ckdir)
+    assert saved.epoch == 1 and any(k.startswith("optim/") and k.endswith("exp_avg") for k in saved.tensors)
+    step_after_one = saved.step
+    torch.manual_seed(123)  # a different fresh init: resume must overwrite it
+    resumed = train(
+        tiny_model(tree),
+        data,
+        tmp_path / "m.safetensors",
+        config,
+        checkpoint_dir=ckdir,
+        resume=True,
+        progress=False,
+    )
+    assert resumed.epochs_done == 2 and len(resumed.history) == 2
+    assert resumed.history[0] == first.history[0]
+    again = load_checkpoint(ckdir)
+    assert again.epoch == 2 and again.step == 2 * step_after_one
+    # the optimizer's step counter continued from the saved state instead of restarting at 0
+    steps = [v for k, v in again.tensors.items() if k.endswith("/step")]
+    assert steps and all(int(s) == again.step for s in steps)
+
+
+def test_flat_model_uses_the_same_loop_and_file_format(tmp_path):
+    data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=4, size=32)
+    tree = nested_tree(1)
+    model = create_model(tree, "flat", TrunkConfig("resnet18"))
+    model.input_config = with_input_size(model.input_config, 32)
+    out = tmp_path / "flat.safetensors"
+    train(model, data, out, TrainConfig(epochs=1, batch_size=8, workers=0, augment=None), progress=False)
+    loaded = load_model(out)
+    assert read_metadata(out)["kind"] == "flat"
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.eval()(x), loaded(x))
+
+
+def test_bad_model_files_give_clear_errors(tmp_path):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(NhlError, match="without nhl metadata"):
+        load_model(foreign)
+    model = tiny_model(nested_tree(2))
+    good = save_model(model, tmp_path / "good.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(NhlError, match="truncated"):
+        load_model(truncated)
+    pickle_like = tmp_path / "model.safetensors.pth"
+    pickle_like.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
+    with pytest.raises(NhlError, match="not a readable safetensors file"):
+        load_model(pickle_like)
+
+
+def test_cli_train_bad_inputs(tmp_path):
+    data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=2, size=16)
+    out = tmp_path / "m.safetensors"
+    wrong_tree = run_nhl("train", "--data", data, "--hierarchy", "fashion-mnist-wordnet-l2", "-o", out)
+    assert_one_line_error(wrong_tree, "not in the tree", "in the tree but not in the data")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(run_nhl("train", "--data", empty, "--flat", "-o", out), "no class folders")
+    bad_image = data / "train" / "apple" / "broken.jpg"
+    bad_image.write_bytes(b"not really a jpeg")
+    broken = run_nhl(
+        "train", "--data", data, "--flat", "--input-size", "16", "--epochs", "1", "--workers", "2", "-o", out
+    )
+    assert_one_line_error(broken, "broken.jpg")
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    assert_one_line_error(run_nhl("eval", foreign, "--data", data), "without nhl metadata")
+    assert not out.exists()
+
+
+def test_ddp_two_processes_on_cpu_write_one_valid_file(tmp_path):
+    data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=4, size=16)
+    tree_file = tmp_path / "tree.json"
+    nested_tree(2).save(tree_file)
+    out = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            "-m",
+            "nhlcli",
+            "train",
+            "--data",
+            str(data),
+            "--hierarchy",
+            str(tree_file),
+            "--backbone",
+            "resnet18",
+            "--widths",
+            "8,8",
+            "--input-size",
+            "16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "-o",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = [json.loads(chunk) for chunk in _json_objects(proc.stdout)]
+    assert len(summaries) == 2  # each rank reports; only rank 0 wrote the file
+    assert out.is_file() and not list(tmp_path.glob(".ddp.safetensors.*"))
+    assert load_model(out).tree.classes == CLASSES
+    assert summaries[0]["val_top1"] == summaries[1]["val_top1"]  # metrics reduced over ranks
+
+
+def _json_objects(text: str) -> list[str]:
+    objects, depth, start = [], 0, None
+    for i, ch in enumerate(text):
+        if ch == "{":
+            depth += 1
+            start = i if depth == 1 else start
+        elif ch == "}":
+            depth -= 1
+            if depth == 0 and start is not None:
+                objects.append(text[start : i + 1])
+    return objects
+
+
+def test_fashion_mnist_short_real_run_reaches_stated_accuracy(tmp_path):
+    """A short real run on Fashion-MNIST: 1 epoch on 6000 images reaches at least 75% top-1."""
+    out = tmp_path / "fm.safetensors"
+    run = run_nhl(
+        "train",
+        "--data",
+        "fashion-mnist",
+        "--backbone",
+        "resnet18",
+        "--input-size",
+        "28",
+        "--widths",
+        "16,8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--lr",
+        "3e-3",
+        "--augment",
+        "none",
+        "--max-steps-per-epoch",
+        "94",
+        "--workers",
+        "2",
+        "-o",
+        out,
+        "--json",
+        timeout=600,
+    )
+    assert run.code == 0, run.err[-2000:]
+    summary = json.loads(run.out)
+    assert summary["val_top1"] >= 0.75, summary
