@@ -15,9 +15,11 @@ freed memory for reuse (``mallopt``: no mmap, no trimming). Both apply to the wh
 so the trunk, the loop and the batched levels all get them. ``--alloc default`` measures the
 stock allocator.
 
-    python benchmarks/bench_branches.py              # default, a few minutes on 2 cores
-    python benchmarks/bench_branches.py --quick      # fewer runs, smaller trees too
-    python benchmarks/bench_branches.py --size 7 --batch 32 --json
+    python benchmarks/bench_branches.py              # default: about a minute on 2 cores
+    python benchmarks/bench_branches.py --quick      # fewer runs
+    python benchmarks/bench_branches.py --irregular  # also uneven fan-outs (scatter cost)
+    python benchmarks/bench_branches.py --train      # forward + backward in train mode
+    python benchmarks/bench_branches.py --size 7 --batch 32 --alloc default --json
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ if "thp" in _alloc_mode(sys.argv):  # must happen before torch's first allocatio
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import argparse  # noqa: E402
-import ctypes  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
@@ -50,17 +51,7 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from nhlcli.model.branches import BranchLevel, LeafHeads, ReferenceStack  # noqa: E402
-
-
-def keep_freed_memory() -> bool:
-    """glibc: serve large allocations from the heap and never trim it, so freed pages are reused."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 62))
+from nhlcli.model.branches import BranchLevel, LeafHeads, ReferenceStack, keep_freed_cpu_memory  # noqa: E402
 
 
 def level_sizes(leaves: int, levels: int) -> list[int]:
@@ -93,7 +84,7 @@ def build(
     rng = random.Random(seed)
     sizes = level_sizes(leaves, len(widths))
     levels, cin = [], in_channels
-    for k, (n, width) in enumerate(zip(sizes, widths)):
+    for k, (n, width) in enumerate(zip(sizes, widths, strict=True)):
         parents = None
         if k > 0:
             parents = (irregular_parents if irregular else even_parents)(
@@ -121,7 +112,7 @@ def count_macs(fn: Callable[[], Any]) -> float:
     return counter.get_total_flops() / 2
 
 
-def trunk_rate(batch: int, image: int, warmup: int, runs: int) -> dict[str, Any]:
+def trunk_rate(batch: int, image: int, warmup: int, runs: int, train: bool = False) -> dict[str, Any]:
     """timm resnet50 cut after layer3, both memory formats; the faster one is the reference."""
     import timm
 
@@ -132,23 +123,31 @@ def trunk_rate(batch: int, image: int, warmup: int, runs: int) -> dict[str, Any]
     def run() -> torch.Tensor:
         return model.forward_intermediates(x, indices=[3], intermediates_only=True)[0]
 
+    def train_step() -> None:
+        run().mean().backward()
+
     with torch.inference_mode():
         out_shape = tuple(run().shape)
         macs = count_macs(run)
-        result: dict[str, Any] = {"macs": macs, "output": out_shape}
-        for fmt_name, fmt in (("channels_last", torch.channels_last), ("nchw", torch.contiguous_format)):
-            model = model.to(memory_format=fmt)
-            x = x.contiguous(memory_format=fmt)
-            times = timed(run, warmup, runs)
-            result[fmt_name] = statistics.median(times)
+    result: dict[str, Any] = {"macs": macs, "output": out_shape}
+    if train:
+        model.train()
+        macs *= 3
+    for fmt_name, fmt in (("channels_last", torch.channels_last), ("nchw", torch.contiguous_format)):
+        model = model.to(memory_format=fmt)
+        x = x.contiguous(memory_format=fmt)
+        if train:
+            times = timed(train_step, warmup, runs)
+        else:
+            with torch.inference_mode():
+                times = timed(run, warmup, runs)
+        result[fmt_name] = statistics.median(times)
     best = min(("channels_last", "nchw"), key=lambda k: result[k])
     result.update(format=best, seconds=result[best], gmacs=macs / result[best] / 1e9)
     return result
 
 
-def bench_tree(
-    leaves: int, args: argparse.Namespace, irregular: bool = False
-) -> dict[str, Any]:
+def bench_tree(leaves: int, args: argparse.Namespace, irregular: bool = False) -> dict[str, Any]:
     levels, heads, sizes = build(leaves, args.widths, args.in_channels, irregular)
     x = torch.randn(args.batch, args.in_channels, args.size, args.size)
     x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -160,16 +159,41 @@ def bench_tree(
             y = level(y)
         return heads(y)
 
+    loop_x = {"nchw": x, "channels_last": x_cl}
+    loop_fmt = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+    fmt = "nchw"
+
     def loop() -> torch.Tensor:
-        return ref(x)[1]
+        return ref(loop_x[fmt])[1]
 
     with torch.inference_mode():
         diff = (batched() - loop()).abs().max().item()
         # The architecture's MACs, counted on ordinary modules (the batched inference path uses
-        # in-place baddbmm_, which FlopCounterMode does not count).
+        # oneDNN's fused ops / in-place baddbmm_, which FlopCounterMode does not count).
         macs = count_macs(loop)
-        t_batched = timed(batched, args.warmup, args.runs)
-        t_loop = timed(loop, args.warmup, max(1, args.loop_runs))
+    run_batched, run_loop = batched, loop
+    if args.train:  # one SGD step's forward + backward, train mode (batch statistics)
+        target = torch.randint(0, leaves, (args.batch,))
+        for m in (*levels, heads, ref):
+            m.train()
+
+        def step(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+            def run() -> None:
+                torch.nn.functional.cross_entropy(fn(), target).backward()
+
+            return run
+
+        macs *= 3  # forward + backward (input and weight gradients)
+        run_batched, run_loop = step(batched), step(loop)
+    # The loop runs in both memory formats; the faster one is the baseline.
+    with torch.inference_mode(not args.train):
+        t_batched = timed(run_batched, args.warmup, args.runs)
+        t_loops = {}
+        for fmt in ("nchw", "channels_last"):
+            ref.to(memory_format=loop_fmt[fmt])
+            t_loops[fmt] = timed(run_loop, args.warmup, max(1, args.loop_runs))
+    fmt = min(t_loops, key=lambda k: statistics.median(t_loops[k]))
+    t_loop = t_loops[fmt]
     buckets = [len(level._buckets) for level in levels]
     med_b, med_l = statistics.median(t_batched), statistics.median(t_loop)
     return {
@@ -183,6 +207,8 @@ def bench_tree(
         "batched_min_s": min(t_batched),
         "loop_s": med_l,
         "loop_min_s": min(t_loop),
+        "loop_format": fmt,
+        "loop_s_by_format": {k: statistics.median(v) for k, v in t_loops.items()},
         "batched_gmacs": macs / med_b / 1e9,
         "loop_gmacs": macs / med_l / 1e9,
         "speedup": med_l / med_b,
@@ -190,7 +216,9 @@ def bench_tree(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--leaves", default="10,100,1000", help="comma-separated leaf counts")
     parser.add_argument("--irregular", action="store_true", help="also time uneven fan-out trees")
     parser.add_argument("--batch", type=int, default=8)
@@ -199,8 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--widths", default="128,64,32", help="bottleneck width per level")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--loop-runs", type=int, default=None, help="runs of the per-node loop (default --runs)")
+    parser.add_argument(
+        "--loop-runs", type=int, default=None, help="runs of the per-node loop (default --runs)"
+    )
     parser.add_argument("--quick", action="store_true", help="1 warm-up, 3 runs (2 for the loop)")
+    parser.add_argument(
+        "--train", action="store_true", help="time a training step (forward + backward) instead"
+    )
     parser.add_argument(
         "--alloc",
         choices=["thp+heap", "thp", "heap", "default"],
@@ -214,10 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.warmup, args.runs, args.loop_runs = 1, 3, 2
     args.loop_runs = args.loop_runs or args.runs
     leaves = [int(v) for v in args.leaves.split(",")]
-    heap = "heap" in args.alloc and keep_freed_memory()
+    heap = "heap" in args.alloc and keep_freed_cpu_memory()
     image = args.size * 16  # ResNet50 layer3 has stride 16
 
-    trunk = trunk_rate(args.batch, image, args.warmup, args.runs)
+    trunk = trunk_rate(args.batch, image, args.warmup, args.runs, args.train)
     rows = [bench_tree(n, args) for n in leaves]
     if args.irregular:
         rows += [bench_tree(n, args, irregular=True) for n in leaves if n >= 10]
@@ -236,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": args.runs,
         "loop_runs": args.loop_runs,
         "trunk": {k: v for k, v in trunk.items() if k != "output"},
+        "mode": "train step (forward + backward)" if args.train else "inference forward",
         "rows": rows,
     }
     if args.json:
@@ -244,27 +278,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 150))
+    console = Console(width=max(Console().width, 180))
     console.print(
-        f"threads={report['threads']}  torch {report['torch']}  THP_MEM_ALLOC_ENABLE={report['thp_mem_alloc']}  "
-        f"glibc keep-freed={heap}  "
+        f"threads={report['threads']}  torch {report['torch']}  "
+        f"THP_MEM_ALLOC_ENABLE={report['thp_mem_alloc']}  glibc keep-freed={heap}  "
         f"batch={args.batch}  input={args.in_channels}x{args.size}x{args.size}  widths={args.widths}  "
         f"median of {args.runs} runs ({args.loop_runs} for the loop) after {args.warmup} warm-up"
     )
     console.print(
-        f"trunk: resnet50 to layer3 at {image} px: {trunk['macs'] / 1e9:.2f} GMAC, "
-        f"{trunk['seconds'] * 1e3:.0f} ms, {trunk['gmacs']:.1f} GMAC/s ({trunk['format']}; "
+        f"trunk: resnet50 to layer3 at {image} px: {trunk['macs'] / 1e9:.2f} GMAC forward, "
+        f"{'train step ' if args.train else ''}{trunk['seconds'] * 1e3:.0f} ms, "
+        f"{trunk['gmacs']:.1f} GMAC/s ({trunk['format']}; "
         f"channels_last {trunk['channels_last'] * 1e3:.0f} ms, nchw {trunk['nchw'] * 1e3:.0f} ms)"
     )
-    table = Table(title="branch levels + leaf heads, forward (eval, inference_mode)")
+    title = (
+        "branch levels + leaf heads, training step (train mode, forward + backward; MACs x3)"
+        if args.train
+        else "branch levels + leaf heads, forward (eval, inference_mode)"
+    )
+    table = Table(title=title)
     for col in (
         "leaves",
         "tree",
         "nodes/level",
+        "buckets",
         "GMAC",
         "batched ms (min)",
         "batched GMAC/s",
-        "loop ms (min)",
+        "loop ms (min) fmt",
         "loop GMAC/s",
         "speed-up",
         "of trunk rate",
@@ -276,10 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(r["leaves"]),
             r["tree"],
             "/".join(map(str, r["nodes"])),
+            "/".join(map(str, r["buckets"])),
             f"{r['gmac']:.1f}",
             f"{r['batched_s'] * 1e3:.0f} ({r['batched_min_s'] * 1e3:.0f})",
             f"{r['batched_gmacs']:.1f}",
-            f"{r['loop_s'] * 1e3:.0f} ({r['loop_min_s'] * 1e3:.0f})",
+            f"{r['loop_s'] * 1e3:.0f} ({r['loop_min_s'] * 1e3:.0f}) "
+            + ("CL" if r["loop_format"] == "channels_last" else "NCHW"),
             f"{r['loop_gmacs']:.1f}",
             f"{r['speedup']:.2f}x",
             f"{r['branch_to_trunk_rate'] * 100:.0f}%",

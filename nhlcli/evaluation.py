@@ -21,7 +21,9 @@ class ClassSubset(nn.Module):
         self.model = model
         self.tree = tree
         self.register_buffer(
-            "index", torch.tensor([model.tree.class_index(c) for c in tree.classes], dtype=torch.long), persistent=False
+            "index",
+            torch.tensor([model.tree.class_index(c) for c in tree.classes], dtype=torch.long),
+            persistent=False,
         )
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -10,6 +11,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_tiny_data_module():
+    """The tiny-data generator beside the tests (``tests/data/make_tiny_data.py``), as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "make_tiny_data", REPO / "tests" / "data" / "make_tiny_data.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_tiny_data = _load_tiny_data_module()
 
 
 @dataclass

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_data
 from torch.utils.data import DataLoader
 
 from nhlcli.data import (
@@ -28,17 +28,9 @@ from nhlcli.taxonomy.classes import FASHION_MNIST, ClassEntry
 from nhlcli.taxonomy.sources import build_flat_tree
 from nhlcli.taxonomy.tree import Tree
 
-_spec = importlib.util.spec_from_file_location(
-    "make_tiny_data", Path(__file__).parent / "data" / "make_tiny_data.py"
-)
-tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny)
+tiny = make_tiny_data
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_system_fashion = pytest.mark.skipif(
-    not (SYSTEM_FASHION / "train-images-idx3-ubyte.gz").is_file(),
-    reason="apt-get install dataset-fashion-mnist",
-)
 ANIMALS = ["cat", "dog", "fish", "bird"]
 
 
@@ -64,7 +56,6 @@ def flat_tree(ids: list[str]) -> Tree:
 
 
 # ------------------------------------------------------------------ Fashion-MNIST
-@needs_system_fashion
 def test_fashion_mnist_from_debian_package(no_user_data):
     train = open_dataset("fashion-mnist", "train")
     val = open_dataset("fashion-mnist", "val")

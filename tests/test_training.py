@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, assert_one_line_error, run_nhl
+from conftest import assert_one_line_error, make_tiny_data, run_nhl
 from safetensors.torch import save_file
 
 from nhlcli.errors import NhlError
@@ -23,12 +22,6 @@ from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.sources import build_flat_tree
 from nhlcli.training import TrainConfig, train
 from nhlcli.training.checkpoint import load_checkpoint
-
-_spec = importlib.util.spec_from_file_location(
-    "make_tiny_data", REPO / "tests" / "data" / "make_tiny_data.py"
-)
-make_tiny_data = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_tiny_data)
 
 CLASSES = ["apple", "banana", "cherry", "daisy", "elm", "fig"]
 

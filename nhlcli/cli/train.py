@@ -34,33 +34,54 @@ def _tree_for(hierarchy: str | None, data: str, flat: bool):
     if flat:
         return build_flat_tree(open_dataset(data, "train").classes, name=f"{Path(data).name}-flat")
     raise NhlError(
-        "give --hierarchy TREE (build one with 'nhl hierarchy build --classes DATA'), or --flat for a plain model"
+        "give --hierarchy TREE (build one with 'nhl hierarchy build --classes DATA'), "
+        "or --flat for a plain model"
     )
 
 
 def train_command(
     data: str = typer.Option(
-        "fashion-mnist", "--data", "-d", help="An ImageFolder directory (train/ and val/ inside) or fashion-mnist."
+        "fashion-mnist",
+        "--data",
+        "-d",
+        help="An ImageFolder directory (train/ and val/ inside) or fashion-mnist.",
     ),
     hierarchy: str | None = typer.Option(
-        None, "--hierarchy", "-t", help="Tree file or shipped tree name (default for fashion-mnist: its WordNet tree)."
+        None,
+        "--hierarchy",
+        "-t",
+        help="Tree file or shipped tree name (default for fashion-mnist: its WordNet tree).",
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the model (.safetensors)."),
-    backbone: str = typer.Option("resnet18", "--backbone", "-b", help="Any timm CNN with stages, e.g. resnet50."),
+    backbone: str = typer.Option(
+        "resnet18", "--backbone", "-b", help="Any timm CNN with stages, e.g. resnet50."
+    ),
     variant: str = typer.Option(
         "nhl", "--variant", help="nhl | phl-small | phl-big | phl-latesp | flat (see docs/model.md)."
     ),
-    flat: bool = typer.Option(False, "--flat", help="Train the plain timm classifier (baseline), same file format."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="Start the trunk from timm's pretrained weights."),
+    flat: bool = typer.Option(
+        False, "--flat", help="Train the plain timm classifier (baseline), same file format."
+    ),
+    pretrained: bool = typer.Option(
+        False, "--pretrained", help="Start the trunk from timm's pretrained weights."
+    ),
     pretrained_file: Path | None = typer.Option(
         None, "--pretrained-file", help="Start the trunk from a local .safetensors file of timm weights."
     ),
-    freeze_trunk: bool = typer.Option(False, "--freeze-trunk", help="Keep the trunk fixed; train the branches only."),
-    split: int | None = typer.Option(None, "--split", help="Trunk stage to branch after (default: before the last)."),
+    freeze_trunk: bool = typer.Option(
+        False, "--freeze-trunk", help="Keep the trunk fixed; train the branches only."
+    ),
+    split: int | None = typer.Option(
+        None, "--split", help="Trunk stage to branch after (default: before the last)."
+    ),
     widths: str | None = typer.Option(None, "--widths", help="Branch width per level, e.g. 128,64,32."),
     blocks: int = typer.Option(1, "--blocks", help="Bottleneck blocks per branch node."),
-    input_size: int | None = typer.Option(None, "--input-size", help="Image side in pixels (default: backbone's)."),
-    in_chans: int | None = typer.Option(None, "--in-chans", help="Input channels (default 1 for fashion-mnist, else 3)."),
+    input_size: int | None = typer.Option(
+        None, "--input-size", help="Image side in pixels (default: backbone's)."
+    ),
+    in_chans: int | None = typer.Option(
+        None, "--in-chans", help="Input channels (default 1 for fashion-mnist, else 3)."
+    ),
     epochs: int = typer.Option(10, "--epochs", "-e", help="Passes over the training data."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per step (per process under torchrun)."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (cosine schedule after warmup)."),
@@ -72,13 +93,19 @@ def train_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, data order, augmentation)."),
     workers: int = typer.Option(2, "--workers", help="Data loading processes."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
-    no_amp: bool = typer.Option(False, "--no-amp", help="Train in float32 on GPU (mixed precision is the default)."),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."
+    ),
+    no_amp: bool = typer.Option(
+        False, "--no-amp", help="Train in float32 on GPU (mixed precision is the default)."
+    ),
     checkpoint_dir: Path | None = typer.Option(
         None, "--checkpoint-dir", help="Where epoch checkpoints go (default: OUTPUT.ckpt)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
-    max_steps: int | None = typer.Option(None, "--max-steps-per-epoch", help="Cut epochs short (smoke tests)."),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps-per-epoch", help="Cut epochs short (smoke tests)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
 ) -> None:
     """Train an NHL model (or a flat baseline) on a dataset and a category tree."""
@@ -119,7 +146,9 @@ def train_command(
         device=device,
         max_steps_per_epoch=max_steps,
     )
-    result = train(model, data, output, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=not as_json)
+    result = train(
+        model, data, output, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=not as_json
+    )
     if result.interrupted:
         console.print(
             f"interrupted after {result.epochs_done} epoch(s); checkpoint in {result.checkpoint_dir}; "
@@ -141,7 +170,10 @@ def eval_command(
     data: str = typer.Option("fashion-mnist", "--data", "-d", help="ImageFolder directory or fashion-mnist."),
     split: str = typer.Option("val", "--split", help="val (or test data) | train."),
     classes: str | None = typer.Option(
-        None, "--classes", "-c", help="Only these classes (names, ids or groups, comma-separated): softmax over them."
+        None,
+        "--classes",
+        "-c",
+        help="Only these classes (names, ids or groups, comma-separated): softmax over them.",
     ),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
     workers: int = typer.Option(2, "--workers", help="Data loading processes."),

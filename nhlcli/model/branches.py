@@ -1,24 +1,32 @@
 """Batched branch levels: every node of one tree level runs as a handful of tensor operations.
 
 An NHL level holds one small residual bottleneck stack per tree node, each fed by its parent's
-output (level 1: the trunk output). Hundreds of tiny ``nn.Module`` calls in a Python loop would
+output (level 1: the trunk output). Hundreds of small ``nn.Module`` calls in a Python loop
 waste the CPU, so a :class:`BranchLevel` stores the weights of all its nodes stacked along a
-leading node dimension and runs them together:
+leading node dimension and runs them together (choices measured on a 2-core AVX-512 CPU, see
+``benchmarks/bench_branches.py``):
 
 * Layout: activations stay channels-last ``[B, n*C, H, W]`` (memory ``[B, H, W, n, C]``), so a
-  node's channels are contiguous and every node-wise view below is free.
+  node's channels are contiguous, every node-wise view is free, and oneDNN picks its fast
+  channels-last kernels (grouped convolutions run 1.5-2x faster than in NCHW).
 * First 1x1 convolution and projection shortcut: children read their parent's features, so
-  both are computed once per *parent* as a grouped 1x1 convolution (``groups`` = parents), each
-  group producing all of that parent's children at once: large GEMMs (level 1 is one dense
-  convolution, as all level-1 nodes share the trunk output). Parents are bucketed by fan-out
-  (grouped convolutions need equal groups): a tree whose nodes are sorted by parent with equal
-  fan-out is one bucket and needs no copies at all; irregular trees cost one scatter per level.
-* 3x3 convolution: grouped convolution, ``groups`` = nodes (oneDNN/cuDNN channels-last).
-* Inference (no autograd, eval mode): BatchNorm is folded into the convolution weights (cached
-  until a parameter changes), and the last 1x1 convolution is a batched matmul accumulated in
-  place into the projection output, followed by an in-place ReLU: two fewer full-size passes.
-* Training: the same convolutions with per-node BatchNorm (``F.batch_norm`` over the
-  ``[B, n*C, H, W]`` tensor: exactly ``BatchNorm2d`` per node) and autograd.
+  both run once per *parent* as a grouped 1x1 convolution (``groups`` = parents), each group
+  producing all of that parent's children: large GEMMs near the CPU's peak (level 1 is one
+  dense convolution; all its nodes share the trunk output). Grouped convolutions need equal
+  groups, so parents are bucketed by fan-out: a level sorted by parent with equal fan-out is one
+  bucket and copies nothing; otherwise one scatter per 1x1 output puts nodes in order.
+* 3x3 and last 1x1 convolutions: grouped convolutions with ``groups`` = nodes.
+* Inference (eval mode, no autograd): BatchNorm is folded into the convolution weights (cached
+  until any state tensor changes). On CPU, oneDNN's fused ops (what ``torch.compile`` emits)
+  add bias + ReLU inside each convolution and compute ``relu(shortcut + conv3(u))`` in place in
+  one pass; elsewhere the last 1x1 is one strided batched matmul accumulated into the shortcut.
+* Training (or eval with autograd): the same convolutions, then per-node BatchNorm as one
+  ``F.batch_norm`` over ``[B, n*C, H, W]`` (exactly ``BatchNorm2d`` per node), with autograd.
+
+The level allocates few but large tensors (800 MB for 1000 leaves at batch 8, 14x14), so CPU
+speed depends on the process allocator: first-touch page faults can cost as much as the
+arithmetic. :func:`keep_freed_cpu_memory` (and ``THP_MEM_ALLOC_ENABLE=1``, set before importing
+torch) make it fast and steady; see the benchmark.
 
 Contract relied on by expert cutouts: every parameter and buffer has the node dimension first,
 so ``select`` is ``index_select(0)`` on every state tensor. :func:`per_node_modules` and
@@ -32,9 +40,12 @@ bottleneck (``zero_init_last``) so that each block starts as its shortcut.
 
 from __future__ import annotations
 
+import ctypes
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +55,7 @@ __all__ = [
     "BranchLevel",
     "LeafHeads",
     "ReferenceStack",
+    "keep_freed_cpu_memory",
     "loop_forward",
     "per_leaf_linears",
     "per_node_modules",
@@ -52,13 +64,36 @@ __all__ = [
 _CL = torch.channels_last
 
 
+def keep_freed_cpu_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the kernel.
+
+    By default glibc serves allocations over 32 MB with fresh ``mmap`` pages and unmaps them
+    on free, so every large tensor is page-faulted (and zeroed by the kernel) again on each
+    forward. A batched level allocates few, large tensors, so on CPU this costs it about 40% of
+    its time at 1000 leaves (benchmarks/bench_branches.py ``--alloc``). This process-wide
+    setting serves large blocks from the heap and never trims it: freed memory is reused, and
+    resident memory stays at its peak, as with PyTorch's CUDA caching allocator. Call it once
+    at program start; returns whether it applied (glibc only).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))  # -1: never
+
+
 # --------------------------------------------------------------------------- state containers
 class NodeConv(nn.Module):
     """Weights of one convolution for ``n`` nodes: ``[n, out, in]`` (1x1) or ``[n, out, in, k, k]``."""
 
     def __init__(self, num_nodes: int, out_channels: int, in_channels: int, kernel_size: int = 1) -> None:
         super().__init__()
-        shape = (num_nodes, out_channels, in_channels) + ((kernel_size, kernel_size) if kernel_size > 1 else ())
+        shape = (num_nodes, out_channels, in_channels) + (
+            (kernel_size, kernel_size) if kernel_size > 1 else ()
+        )
         self.kernel_size = kernel_size
         self.weight = nn.Parameter(torch.empty(shape))
         self.reset_parameters()
@@ -92,41 +127,23 @@ class NodeBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_nodes, channels))
         self.register_buffer("running_var", torch.ones(num_nodes, channels))
 
-    def fold(self, nodes: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Eval-mode BN as ``y = x * scale + shift``, both ``[n_sel, C]``."""
-        w, b, rm, rv = (_take(t, nodes) for t in (self.weight, self.bias, self.running_mean, self.running_var))
-        scale = w * torch.rsqrt(rv + self.eps)
-        return scale, b - rm * scale
+    def fold(self) -> tuple[Tensor, Tensor]:
+        """Eval-mode BN as ``y = x * scale + shift``, both ``[n, C]``."""
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return scale, self.bias - self.running_mean * scale
 
-    def normalize(self, x: Tensor, nodes: Tensor | None, training: bool) -> Tensor:
-        """Per-node BN of ``x`` ``[B, n_sel*C, H, W]``; updates the running stats when training."""
-        if nodes is None:
-            return F.batch_norm(
-                x,
-                self.running_mean.view(-1),
-                self.running_var.view(-1),
-                self.weight.view(-1),
-                self.bias.view(-1),
-                training,
-                self.momentum,
-                self.eps,
-            )
-        rm, rv = self.running_mean.index_select(0, nodes), self.running_var.index_select(0, nodes)
-        out = F.batch_norm(
+    def normalize(self, x: Tensor, training: bool) -> Tensor:
+        """Per-node BN of ``x`` ``[B, n*C, H, W]``; updates the running stats when training."""
+        return F.batch_norm(
             x,
-            rm.view(-1),
-            rv.view(-1),
-            self.weight.index_select(0, nodes).view(-1),
-            self.bias.index_select(0, nodes).view(-1),
+            self.running_mean.view(-1),
+            self.running_var.view(-1),
+            self.weight.view(-1),
+            self.bias.view(-1),
             training,
             self.momentum,
             self.eps,
         )
-        if training:  # the statistics were updated on copies: write them back
-            with torch.no_grad():
-                self.running_mean.index_copy_(0, nodes, rm)
-                self.running_var.index_copy_(0, nodes, rv)
-        return out
 
 
 class NodeBottleneck(nn.Module):
@@ -145,12 +162,11 @@ class NodeBottleneck(nn.Module):
         self.downsample: nn.ModuleDict | None = None
         if in_channels != out_channels:
             self.downsample = nn.ModuleDict(
-                {"conv": NodeConv(num_nodes, out_channels, in_channels), "bn": NodeBatchNorm(num_nodes, out_channels)}
+                {
+                    "conv": NodeConv(num_nodes, out_channels, in_channels),
+                    "bn": NodeBatchNorm(num_nodes, out_channels),
+                }
             )
-
-
-def _take(t: Tensor, nodes: Tensor | None) -> Tensor:
-    return t if nodes is None else t.index_select(0, nodes)
 
 
 def _state_key(module: nn.Module, device: torch.device, dtype: torch.dtype) -> tuple | None:
@@ -187,6 +203,14 @@ def _repeat_groups(x: Tensor, groups: int, repeats: int) -> Tensor:
     return v.reshape(b, h, w, c * repeats).permute(0, 3, 1, 2)
 
 
+# torch.ops.mkldnn._convolution_pointwise* are what torch.compile's CPU backend emits for fused
+# convolutions; if this torch lacks them we fall back to plain ops (set once, on first failure).
+_ONEDNN_FUSED = [
+    hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
+]
+
+
 def _use_onednn(x: Tensor) -> bool:
     """Whether oneDNN's fused convolution ops (conv + bias + ReLU, conv + add + ReLU) apply."""
     return (
@@ -198,12 +222,10 @@ def _use_onednn(x: Tensor) -> bool:
     )
 
 
-# torch.ops.mkldnn._convolution_pointwise* are what torch.compile's CPU backend emits for fused
-# convolutions; if this torch lacks them we fall back to plain ops (set once, on first failure).
-_ONEDNN_FUSED = [hasattr(torch.ops.mkldnn, "_convolution_pointwise") and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")]
-
-
-def _conv(x: Tensor, w: Tensor, bias: Tensor, groups: int, padding: int, relu: bool, fused: bool) -> Tensor:
+def _conv(
+    x: Tensor, w: Tensor, bias: Tensor | None, groups: int, padding: int, relu: bool, fused: bool
+) -> Tensor:
+    """Grouped convolution (stride 1) + bias [+ ReLU], fused by oneDNN where available."""
     if fused:
         try:
             return torch.ops.mkldnn._convolution_pointwise(
@@ -305,7 +327,7 @@ class BranchLevel(nn.Module):
                 nn.init.zeros_(blk.bn3.weight)
         self._buckets = _plan(num_nodes, parent_index)
         self._index_cache: dict[tuple[torch.device, tuple[int, ...]], Tensor] = {}
-        self._folded: tuple[tuple, list] | None = None
+        self._folded: tuple[tuple, list[dict[str, Any]]] | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -323,18 +345,63 @@ class BranchLevel(nn.Module):
         key = (device, values)
         t = self._index_cache.get(key)
         if t is None:
-            t = self._index_cache[key] = torch.tensor(values, dtype=torch.long, device=device)
+            with torch.inference_mode(False):  # a normal tensor, usable later under autograd
+                t = self._index_cache[key] = torch.tensor(values, dtype=torch.long, device=device)
         return t
 
-    def _is_identity(self, bucket: _Bucket) -> bool:
-        return len(self._buckets) == 1 and bucket.nodes == tuple(range(self.num_nodes))
+    @property
+    def _in_order(self) -> bool:
+        """One bucket whose nodes are already in public order: no scatter needed."""
+        return len(self._buckets) == 1 and self._buckets[0].nodes == tuple(range(self.num_nodes))
 
     def _bucket_input(self, x: Tensor, bucket: _Bucket, groups_in: int) -> Tensor:
-        if not bucket.parents:
-            return x
-        if bucket.parents == tuple(range(groups_in)):
+        if not bucket.parents or bucket.parents == tuple(range(groups_in)):
             return x
         return _select_groups(x, groups_in, self._index(bucket.parents, x.device))
+
+    def _bucket_weights(self, weight: Tensor, bias: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
+        """Per bucket: a 1x1 weight ``[n, C, K]`` (and bias ``[n, C]``) as grouped conv arguments."""
+        k = weight.shape[2]
+        if self._in_order:
+            return [(weight.reshape(-1, k, 1, 1), None if bias is None else bias.reshape(-1))]
+        out = []
+        for bucket in self._buckets:
+            idx = self._index(bucket.nodes, weight.device)
+            w = weight.index_select(0, idx).reshape(-1, k, 1, 1)
+            out.append((w, None if bias is None else bias.index_select(0, idx).reshape(-1)))
+        return out
+
+    def _per_parent(
+        self,
+        x: Tensor,
+        groups_in: int,
+        weights: list[tuple[Tensor, Tensor | None]],
+        conv: Callable[[Tensor, Tensor, Tensor | None, int], Tensor],
+    ) -> Tensor:
+        """A 1x1 convolution of every node's parent features, computed once per parent.
+
+        Each bucket is one grouped convolution (``groups`` = its parents, each group producing
+        all of that parent's children); results are scattered into node order unless the
+        single bucket already is in order.
+        """
+        if self._in_order:
+            bucket = self._buckets[0]
+            w, b = weights[0]
+            return conv(self._bucket_input(x, bucket, groups_in), w, b, bucket.groups)
+        bsz, _, h, wd = x.shape
+        c = weights[0][0].shape[0] // len(self._buckets[0].nodes)
+        out = x.new_empty((bsz, h, wd, self.num_nodes, c))
+        for bucket, (w, b) in zip(self._buckets, weights, strict=True):
+            part = _cl(conv(self._bucket_input(x, bucket, groups_in), w, b, bucket.groups))
+            part = part.permute(0, 2, 3, 1).unflatten(3, (len(bucket.nodes), c))
+            out.index_copy_(3, self._index(bucket.nodes, x.device), part)
+        return out.flatten(3).permute(0, 3, 1, 2)
+
+    def _parent_features(self, x: Tensor, groups_in: int) -> Tensor:
+        """Each node's parent features (identity shortcut of a level's first block)."""
+        if self.parent_index is None:
+            return _repeat_groups(x, 1, self.num_nodes)
+        return _select_groups(x, groups_in, self._index(tuple(self.parent_index), x.device))
 
     def _check_input(self, x: Tensor) -> int:
         if x.dim() != 4:
@@ -357,25 +424,10 @@ class BranchLevel(nn.Module):
         groups_in = self._check_input(x)
         x = _cl(x)
         infer = not (self.training or torch.is_grad_enabled())
-        folded = self._folded_params(x.device, x.dtype) if infer else None
-        outs = []
-        for k, bucket in enumerate(self._buckets):
-            xb = self._bucket_input(x, bucket, groups_in)
-            nodes = None if self._is_identity(bucket) else self._index(bucket.nodes, x.device)
-            if folded is not None:
-                outs.append(self._run_infer(xb, bucket, folded[k]))
-            else:
-                outs.append(self._run_train(xb, bucket, nodes))
-        if len(outs) == 1 and self._is_identity(self._buckets[0]):
-            y = outs[0]
+        if infer:
+            y = self._run_infer(x, groups_in, self._folded_params(x.device, x.dtype))
         else:
-            b, _, h, w = x.shape
-            # Scatter each bucket's nodes to their places (in-place index_copy_ is autograd-safe).
-            y = x.new_empty((b, h, w, self.num_nodes, self.out_channels))
-            for bucket, out in zip(self._buckets, outs):
-                part = out.permute(0, 2, 3, 1).unflatten(3, (len(bucket.nodes), self.out_channels))
-                y.index_copy_(3, self._index(bucket.nodes, x.device), part)
-            y = y.flatten(3).permute(0, 3, 1, 2)
+            y = self._run_train(x, groups_in)
         if scale is not None:
             scale = torch.as_tensor(scale, dtype=y.dtype, device=y.device)
             if scale.shape != (self.num_nodes,):
@@ -384,77 +436,85 @@ class BranchLevel(nn.Module):
             y = y.mul_(factor) if infer else y * factor
         return y
 
-    def _run_train(self, x: Tensor, bucket: _Bucket, nodes: Tensor | None) -> Tensor:
+    def _run_train(self, x: Tensor, groups_in: int) -> Tensor:
         """Autograd path: grouped convolutions and per-node BatchNorm (batch stats in training)."""
-        n, training = len(bucket.nodes), self.training
-        for b, blk in enumerate(self.blocks):
-            groups_in = bucket.groups if b == 0 else n
-            u = F.conv2d(x, blk.conv1.as_conv(_take(blk.conv1.weight, nodes)), groups=groups_in)
-            u = F.relu(blk.bn1.normalize(u, nodes, training), inplace=True)
-            u = F.conv2d(u, blk.conv2.as_conv(_take(blk.conv2.weight, nodes)), padding=1, groups=n)
-            u = F.relu(blk.bn2.normalize(u, nodes, training), inplace=True)
-            u = F.conv2d(u, blk.conv3.as_conv(_take(blk.conv3.weight, nodes)), groups=n)
-            u = blk.bn3.normalize(u, nodes, training)
-            if blk.downsample is not None:
-                ds = blk.downsample
-                s = F.conv2d(x, ds["conv"].as_conv(_take(ds["conv"].weight, nodes)), groups=groups_in)
-                s = ds["bn"].normalize(s, nodes, training)
-            elif b == 0 and bucket.fanout > 1:
-                s = _repeat_groups(x, bucket.groups, bucket.fanout)
+        n, training = self.num_nodes, self.training
+
+        def conv(inp: Tensor, w: Tensor, b: Tensor | None, groups: int) -> Tensor:
+            return F.conv2d(inp, w, b, groups=groups)
+
+        for i, blk in enumerate(self.blocks):
+            if i == 0:
+                u = self._per_parent(x, groups_in, self._bucket_weights(blk.conv1.weight, None), conv)
             else:
-                s = x
+                u = F.conv2d(x, blk.conv1.as_conv(), groups=n)
+            u = F.relu(blk.bn1.normalize(u, training), inplace=True)
+            u = F.conv2d(u, blk.conv2.as_conv(), padding=1, groups=n)
+            u = F.relu(blk.bn2.normalize(u, training), inplace=True)
+            u = blk.bn3.normalize(F.conv2d(u, blk.conv3.as_conv(), groups=n), training)
+            if blk.downsample is not None:  # only ever in the first block
+                wp = self._bucket_weights(blk.downsample["conv"].weight, None)
+                s = blk.downsample["bn"].normalize(self._per_parent(x, groups_in, wp, conv), training)
+            else:
+                s = self._parent_features(x, groups_in) if i == 0 else x
             x = F.relu(u + s, inplace=True)
         return x
 
-    def _run_infer(self, x: Tensor, bucket: _Bucket, params: list[dict[str, Tensor]]) -> Tensor:
+    def _run_infer(self, x: Tensor, groups_in: int, params: list[dict[str, Any]]) -> Tensor:
         """No-grad eval path: folded BN; the last 1x1 adds into the shortcut in place, then ReLU."""
-        n = len(bucket.nodes)
+        n = self.num_nodes
         fused = _use_onednn(x)
-        for b, p in enumerate(params):
-            groups_in = bucket.groups if b == 0 else n
-            u = _conv(x, p["w1"], p["b1"], groups_in, 0, relu=True, fused=fused)
-            u = _cl(_conv(u, p["w2"], p["b2"], n, 1, relu=True, fused=fused))
-            if "wp" in p:
-                s = _cl(_conv(x, p["wp"], p["bp"], groups_in, 0, relu=False, fused=fused))
+
+        def conv_relu(inp: Tensor, w: Tensor, b: Tensor | None, groups: int) -> Tensor:
+            return _conv(inp, w, b, groups, 0, relu=True, fused=fused)
+
+        def conv_plain(inp: Tensor, w: Tensor, b: Tensor | None, groups: int) -> Tensor:
+            return _conv(inp, w, b, groups, 0, relu=False, fused=fused)
+
+        for i, p in enumerate(params):
+            if i == 0:
+                u = self._per_parent(x, groups_in, p["w1_buckets"], conv_relu)
             else:
-                s = _repeat_groups(x, bucket.groups, bucket.fanout) if b == 0 and bucket.fanout > 1 else x
+                u = conv_relu(x, p["w1"], p["b1"], n)
+            u = _cl(_conv(_cl(u), p["w2"], p["b2"], n, 1, relu=True, fused=fused))
+            if "wp_buckets" in p:
+                s = _cl(self._per_parent(x, groups_in, p["wp_buckets"], conv_plain))
+            else:
+                s = self._parent_features(x, groups_in) if i == 0 else x
                 s = _cl(s + p["bp"].view(1, -1, 1, 1))
             x = _conv_add_relu_(s, u, p["w3"], n, fused)
         return x
 
-    def _folded_params(self, device: torch.device, dtype: torch.dtype) -> list[list[dict[str, Tensor]]]:
-        """BN folded into the conv weights, per bucket and block; cached until any state changes."""
+    def _folded_params(self, device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
+        """BN folded into the conv weights, per block; cached until any state tensor changes."""
         key = _state_key(self, device, dtype)
         if key is not None and self._folded is not None and self._folded[0] == key:
             return self._folded[1]
         with torch.no_grad():
             result = []
-            for bucket in self._buckets:
-                nodes = None if self._is_identity(bucket) else self._index(bucket.nodes, self.blocks[0].bn1.weight.device)
-                per_block = []
-                for blk in self.blocks:
-                    s1, t1 = blk.bn1.fold(nodes)
-                    s2, t2 = blk.bn2.fold(nodes)
-                    s3, t3 = blk.bn3.fold(nodes)
-                    w1 = _take(blk.conv1.weight, nodes) * s1[:, :, None]
-                    w2 = _take(blk.conv2.weight, nodes) * s2[:, :, None, None, None]
-                    w3 = _take(blk.conv3.weight, nodes) * s3[:, :, None]
-                    p = {
-                        "w1": blk.conv1.as_conv(w1),
-                        "b1": t1.reshape(-1),
-                        "w2": _cl(blk.conv2.as_conv(w2)),
-                        "b2": t2.reshape(-1),
-                        "w3": blk.conv3.as_conv(w3),
-                    }
-                    if blk.downsample is not None:
-                        sp, tp = blk.downsample["bn"].fold(nodes)
-                        wp = _take(blk.downsample["conv"].weight, nodes) * sp[:, :, None]
-                        p["wp"] = blk.downsample["conv"].as_conv(wp)
-                        p["bp"] = (tp + t3).reshape(-1)
-                    else:
-                        p["bp"] = t3.reshape(-1)
-                    per_block.append({k: v.to(device=device, dtype=dtype) for k, v in p.items()})
-                result.append(per_block)
+            for i, blk in enumerate(self.blocks):
+                s1, t1 = blk.bn1.fold()
+                s2, t2 = blk.bn2.fold()
+                s3, t3 = blk.bn3.fold()
+                w1 = (blk.conv1.weight * s1[:, :, None]).to(device=device, dtype=dtype)
+                t1 = t1.to(device=device, dtype=dtype)
+                w2 = blk.conv2.weight * s2[:, :, None, None, None]
+                p: dict[str, Any] = {
+                    "w2": _cl(blk.conv2.as_conv(w2)).to(device=device, dtype=dtype),
+                    "b2": t2.reshape(-1).to(device=device, dtype=dtype),
+                    "w3": blk.conv3.as_conv(blk.conv3.weight * s3[:, :, None]).to(device=device, dtype=dtype),
+                }
+                if i == 0:
+                    p["w1_buckets"] = self._bucket_weights(w1, t1)
+                else:
+                    p["w1"], p["b1"] = blk.conv1.as_conv(w1), t1.reshape(-1)
+                if blk.downsample is not None:
+                    sp, tp = blk.downsample["bn"].fold()
+                    wp = (blk.downsample["conv"].weight * sp[:, :, None]).to(device=device, dtype=dtype)
+                    p["wp_buckets"] = self._bucket_weights(wp, (tp + t3).to(device=device, dtype=dtype))
+                else:
+                    p["bp"] = t3.reshape(-1).to(device=device, dtype=dtype)
+                result.append(p)
         self._folded = (key, result) if key is not None else None
         return result
 
@@ -483,11 +543,11 @@ class BranchLevel(nn.Module):
         with torch.no_grad():
             state = {k: v.index_select(0, index).clone() for k, v in self.state_dict().items()}
         new.load_state_dict(state, assign=True)
-        for mod_new, mod_old in zip(new.modules(), self.modules()):
+        for mod_new, mod_old in zip(new.modules(), self.modules(), strict=True):
             if isinstance(mod_new, NodeBatchNorm):
                 mod_new.eps, mod_new.momentum = mod_old.eps, mod_old.momentum
         new.train(self.training)
-        for p_new, p_old in zip(new.parameters(), self.parameters()):
+        for p_new, p_old in zip(new.parameters(), self.parameters(), strict=True):
             p_new.requires_grad_(p_old.requires_grad)
         return new
 
@@ -513,7 +573,13 @@ class LeafHeads(nn.Module):
         b, c = x.shape[:2]
         if c != self.num_leaves * self.in_channels:
             raise ValueError(f"expected {self.num_leaves} x {self.in_channels} channels, got {c}")
-        pooled = x.mean(dim=(2, 3)).view(b, self.num_leaves, self.in_channels)
+        if x.is_contiguous(memory_format=_CL):
+            # Pool over the [B, H*W, C] view: its backward then yields a channels-last gradient
+            # (x.mean((2, 3)) would yield an NCHW one, and every op below would mix layouts).
+            pooled = x.permute(0, 2, 3, 1).reshape(b, -1, c).mean(1)
+        else:
+            pooled = x.mean(dim=(2, 3))
+        pooled = pooled.view(b, self.num_leaves, self.in_channels)
         return torch.einsum("blc,lc->bl", pooled, self.weight) + self.bias
 
     def select(self, keep: Sequence[int]) -> LeafHeads:
@@ -580,7 +646,9 @@ def per_node_modules(level: BranchLevel) -> nn.ModuleList:
                 _copy_bn(ref.bn2, blk.bn2, i)
                 _copy_bn(ref.bn3, blk.bn3, i)
                 if blk.downsample is not None and ref.downsample is not None:
-                    ref.downsample[0].weight.copy_(blk.downsample["conv"].weight[i].view_as(ref.downsample[0].weight))
+                    ref.downsample[0].weight.copy_(
+                        blk.downsample["conv"].weight[i].view_as(ref.downsample[0].weight)
+                    )
                     _copy_bn(ref.downsample[1], blk.downsample["bn"], i)
                 seq.append(ref)
             nodes.append(nn.Sequential(*seq))
@@ -613,7 +681,7 @@ def loop_forward(
     """
     prev: list[Tensor] | None = None
     outputs: list[list[Tensor]] = []
-    for depth, (mods, parents) in enumerate(zip(node_modules, parent_indices)):
+    for depth, (mods, parents) in enumerate(zip(node_modules, parent_indices, strict=True)):
         scale = scales[depth] if scales is not None else None
         level_out = []
         for i, mod in enumerate(mods):
@@ -626,7 +694,9 @@ def loop_forward(
         prev = level_out
     logits = None
     if leaf_linears is not None and prev is not None:
-        logits = torch.cat([lin(out.mean(dim=(2, 3))) for lin, out in zip(leaf_linears, prev)], dim=1)
+        logits = torch.cat(
+            [lin(out.mean(dim=(2, 3))) for lin, out in zip(leaf_linears, prev, strict=True)], dim=1
+        )
     return outputs, logits
 
 

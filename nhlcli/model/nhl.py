@@ -107,14 +107,18 @@ class NHLModel(nn.Module):
         for depth, width in enumerate(cfg.widths, start=1):
             nodes = tree.level(depth)
             levels.append(
-                BranchLevel(len(nodes), tree_parent_index(tree, depth), in_channels, width, cfg.blocks, cfg.expansion)
+                BranchLevel(
+                    len(nodes), tree_parent_index(tree, depth), in_channels, width, cfg.blocks, cfg.expansion
+                )
             )
             in_channels = width * cfg.expansion
         self.levels = nn.ModuleList(levels)
         self.heads = LeafHeads(tree.num_classes, in_channels)
         leaf_position = {c: i for i, c in enumerate(tree.level(tree.levels))}
         self.register_buffer(
-            "class_to_leaf", torch.tensor([leaf_position[c] for c in tree.classes], dtype=torch.long), persistent=False
+            "class_to_leaf",
+            torch.tensor([leaf_position[c] for c in tree.classes], dtype=torch.long),
+            persistent=False,
         )
 
     @property
@@ -151,7 +155,9 @@ class NHLModel(nn.Module):
     def parameter_groups(self) -> dict[str, int]:
         """Parameter counts: total, trunk, branches (levels and leaf heads)."""
         trunk = sum(p.numel() for p in self.trunk.parameters())
-        branches = sum(p.numel() for p in self.levels.parameters()) + sum(p.numel() for p in self.heads.parameters())
+        branches = sum(p.numel() for p in self.levels.parameters()) + sum(
+            p.numel() for p in self.heads.parameters()
+        )
         return {"total": trunk + branches, "trunk": trunk, "branches": branches}
 
 
@@ -197,7 +203,9 @@ class FlatModel(nn.Module):
 
     @classmethod
     def from_config(cls, meta: Mapping[str, Any]) -> FlatModel:
-        return cls(Tree.from_dict(meta["tree"]), TrunkConfig(**meta["trunk"]), InputConfig.from_dict(meta["input"]))
+        return cls(
+            Tree.from_dict(meta["tree"]), TrunkConfig(**meta["trunk"]), InputConfig.from_dict(meta["input"])
+        )
 
     def parameter_groups(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.model.parameters())
@@ -225,4 +233,6 @@ def input_from_timm(model: nn.Module, in_chans: int) -> InputConfig:
 def with_input_size(config: InputConfig, size: int | Sequence[int]) -> InputConfig:
     """The same normalisation at another input resolution (``--input-size``)."""
     h, w = (size, size) if isinstance(size, int) else size
-    return InputConfig((config.size[0], int(h), int(w)), config.mean, config.std, config.interpolation, config.crop_pct)
+    return InputConfig(
+        (config.size[0], int(h), int(w)), config.mean, config.std, config.interpolation, config.crop_pct
+    )

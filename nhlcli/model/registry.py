@@ -32,7 +32,10 @@ VARIANTS: dict[str, Variant] = {
     "phl-small": Variant("one level of parallel branches, width 32 (PHL small)", levels=1, widths=(32,)),
     "phl-big": Variant("one level of parallel branches, width 128 (PHL big)", levels=1, widths=(128,)),
     "phl-latesp": Variant(
-        "PHL small with the split point one stage later (PHL lateSP)", levels=1, widths=(32,), later_split=True
+        "PHL small with the split point one stage later (PHL lateSP)",
+        levels=1,
+        widths=(32,),
+        later_split=True,
     ),
     "flat": Variant("the plain timm classifier (baseline)", flat=True),
 }

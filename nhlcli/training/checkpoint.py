@@ -82,7 +82,9 @@ def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, t
                 tensors[f"optim/{pid}/{key}"] = value
             else:
                 scalars.setdefault(str(pid), {})[key] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]
+    ]
     return {"param_groups": groups, "scalars": scalars}, tensors
 
 
@@ -147,7 +149,9 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
     if int(meta.get("version", 0)) > CHECKPOINT_VERSION:
         raise NhlError(f"{sidecar} was written by a newer nhl; upgrade nhlcli")
     if meta.get("weights_sha256") != file_digest(weights):
-        raise NhlError(f"checkpoint {weights} does not match {sidecar} (interrupted write?); delete {directory}")
+        raise NhlError(
+            f"checkpoint {weights} does not match {sidecar} (interrupted write?); delete {directory}"
+        )
     return Checkpoint(meta, load_weights(weights))
 
 
@@ -156,7 +160,9 @@ def restore(
 ) -> None:
     """Put model, optimizer, schedule and random generators back to the checkpoint's state."""
     prefix = "model/"
-    model.load_state_dict({k[len(prefix) :]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix)})
+    model.load_state_dict(
+        {k[len(prefix) :]: v for k, v in checkpoint.tensors.items() if k.startswith(prefix)}
+    )
     optimizer.load_state_dict(_join_optimizer(checkpoint.meta["optimizer"], checkpoint.tensors))
     if scheduler is not None and checkpoint.meta.get("scheduler") is not None:
         scheduler.load_state_dict(checkpoint.meta["scheduler"])

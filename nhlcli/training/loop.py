@@ -219,7 +219,11 @@ def _train(
         raise NhlError(f"{data}: the training split holds no images")
     try:
         optimizer = create_optimizer_v2(
-            model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
+            model,
+            opt=config.optimizer,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            momentum=config.momentum,
         )
     except (ValueError, AssertionError) as exc:
         raise NhlError(f"--optimizer {config.optimizer!r}: {exc}; use adamw or sgd") from exc
@@ -264,10 +268,15 @@ def _train(
                 for i, (images, targets) in enumerate(train_loader):
                     if i >= steps_per_epoch:
                         break
-                    images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                    images, targets = (
+                        images.to(device, non_blocking=True),
+                        targets.to(device, non_blocking=True),
+                    )
                     with _autocast(device, config.amp):
                         logits = net(images)
-                        loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+                        loss = F.cross_entropy(
+                            logits.float(), targets, label_smoothing=config.label_smoothing
+                        )
                     if not math.isfinite(loss.item()):
                         raise NhlError(f"the loss became {loss.item()} at step {step}; lower --lr")
                     optimizer.zero_grad(set_to_none=True)
@@ -303,7 +312,12 @@ def _train(
                 bar.epoch_done(record)
                 if info.is_main:
                     ckpt.save_checkpoint(
-                        checkpoint_dir, model, optimizer, scheduler, epoch + 1, step,
+                        checkpoint_dir,
+                        model,
+                        optimizer,
+                        scheduler,
+                        epoch + 1,
+                        step,
                         extra={"history": [asdict(h) for h in history], "config": asdict(config)},
                     )
                     if on_epoch:
@@ -312,8 +326,17 @@ def _train(
     except KeyboardInterrupt:
         if info.is_main:
             ckpt.save_checkpoint(
-                checkpoint_dir, model, optimizer, scheduler, epoch, step,
-                extra={"history": [asdict(h) for h in history], "config": asdict(config), "interrupted": True},
+                checkpoint_dir,
+                model,
+                optimizer,
+                scheduler,
+                epoch,
+                step,
+                extra={
+                    "history": [asdict(h) for h in history],
+                    "config": asdict(config),
+                    "interrupted": True,
+                },
             )
         result.interrupted = True
         return result
@@ -337,13 +360,22 @@ class _Progress:
                 TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[rate]:.0f} img/s"),
+                TextColumn(
+                    "loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[rate]:.0f} img/s"
+                ),
                 TextColumn("{task.fields[val]}"),
                 TimeRemainingColumn(),
             )
             self.task = self.progress.add_task(
-                "train", total=epochs * steps, completed=start_epoch * steps,
-                epoch=start_epoch + 1, epochs=epochs, loss=0.0, acc=0.0, rate=0.0, val="",
+                "train",
+                total=epochs * steps,
+                completed=start_epoch * steps,
+                epoch=start_epoch + 1,
+                epochs=epochs,
+                loss=0.0,
+                acc=0.0,
+                rate=0.0,
+                val="",
             )
 
     def __enter__(self) -> _Progress:
