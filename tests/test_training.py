@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -277,3 +278,32 @@ def test_fashion_mnist_short_real_run_reaches_stated_accuracy(tmp_path):
     summary = json.loads(run.out)
     assert summary["val_top1"] >= 0.70, summary
     assert read_metadata(out)["tree"]["name"] == "fashion-mnist-wordnet-l2"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    import signal
+    import time
+
+    data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=4, size=16)
+    out = tmp_path / "m.safetensors"
+    common = ["train", "--data", str(data), "--flat", "--input-size", "16", "--batch-size", "8"]
+    common += ["--workers", "0", "-o", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nhlcli", *common, "--epochs", "200"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    sidecar = Path(f"{out}.ckpt") / "last.json"
+    deadline = time.time() + 120
+    while not sidecar.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert sidecar.exists(), "no checkpoint after the first epoch"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stdout and "Traceback" not in stderr
+    assert not out.exists()
+    done = load_checkpoint(Path(f"{out}.ckpt")).epoch
+    assert 1 <= done < 200
+    resumed = run_nhl(*common, "--epochs", str(done + 1), "--resume", "--json")
+    assert resumed.code == 0, resumed.err
+    assert json.loads(resumed.out)["epochs_done"] == done + 1 and out.is_file()

@@ -22,6 +22,18 @@ def _parse_ints(text: str | None, what: str) -> tuple[int, ...]:
         raise NhlError(f"{what} {text!r}: give whole numbers separated by commas") from exc
 
 
+def _parse_scale(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError as exc:
+        raise NhlError(f"--crop-scale {text!r}: give two numbers such as 0.5,1") from exc
+    if not 0 < low <= high <= 1:
+        raise NhlError(f"--crop-scale {text!r}: need 0 < low <= high <= 1")
+    return low, high
+
+
 def _tree_for(hierarchy: str | None, data: str, flat: bool):
     from nhlcli.data import open_dataset
     from nhlcli.taxonomy import resolve_tree
@@ -91,6 +103,9 @@ def train_command(
     augment: str = typer.Option(
         "rand-m9-mstd0.5", "--augment", help="timm RandAugment config, or 'none' (paper: RandAugment)."
     ),
+    crop_scale: str | None = typer.Option(
+        None, "--crop-scale", help="Random-resized-crop area range, e.g. 0.5,1 (timm default 0.08,1)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, data order, augmentation)."),
     workers: int = typer.Option(2, "--workers", help="Data loading processes."),
     device: str | None = typer.Option(
@@ -142,6 +157,7 @@ def train_command(
         seed=seed,
         workers=workers,
         augment=None if augment == "none" else augment,
+        crop_scale=_parse_scale(crop_scale),
         amp=not no_amp,
         device=device,
         max_steps_per_epoch=max_steps,

@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     augment: str | None = "rand-m9-mstd0.5"
+    crop_scale: tuple[float, float] | None = None  # random-resized-crop area range (timm: 0.08-1)
     amp: bool = True
     device: str | None = None
     max_steps_per_epoch: int | None = None
@@ -181,6 +182,7 @@ def _make_loaders(model: nn.Module, data: str | Path, config: TrainConfig, info:
         batch_size=config.batch_size,
         workers=config.workers,
         augment=config.augment,
+        scale=config.crop_scale,
         distributed=info.enabled,
         seed=config.seed,
     )
@@ -255,6 +257,10 @@ def _train(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
         )
     result = TrainResult(str(output) if output else None, str(checkpoint_dir), start_epoch, history)
+    def save_state(epochs_done: int, **flags: Any) -> None:
+        extra = {"history": [asdict(h) for h in history], "config": asdict(config), **flags}
+        ckpt.save_checkpoint(checkpoint_dir, model, optimizer, scheduler, epochs_done, step, extra=extra)
+
     bar = _Progress(progress and info.is_main, config.epochs, steps_per_epoch, start_epoch)
     epoch = start_epoch
     try:
@@ -311,33 +317,13 @@ def _train(
                 result.epochs_done = epoch + 1
                 bar.epoch_done(record)
                 if info.is_main:
-                    ckpt.save_checkpoint(
-                        checkpoint_dir,
-                        model,
-                        optimizer,
-                        scheduler,
-                        epoch + 1,
-                        step,
-                        extra={"history": [asdict(h) for h in history], "config": asdict(config)},
-                    )
+                    save_state(epoch + 1)
                     if on_epoch:
                         on_epoch(record)
                 barrier(info)
     except KeyboardInterrupt:
         if info.is_main:
-            ckpt.save_checkpoint(
-                checkpoint_dir,
-                model,
-                optimizer,
-                scheduler,
-                epoch,
-                step,
-                extra={
-                    "history": [asdict(h) for h in history],
-                    "config": asdict(config),
-                    "interrupted": True,
-                },
-            )
+            save_state(epoch, interrupted=True)
         result.interrupted = True
         return result
     if output is not None and info.is_main:

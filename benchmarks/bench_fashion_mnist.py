@@ -1,0 +1,75 @@
+"""Fashion-MNIST end to end: the default NHL configuration's test accuracy and wall time.
+
+Runs ``nhl train`` on the 60k training images (Debian's dataset-fashion-mnist, or NHL_DATA) and
+evaluates on the 10k test images every epoch, as a user would, and prints top-1, wall time and
+throughput. ``--flat`` runs the plain timm model with the same trunk and settings.
+
+    python benchmarks/bench_fashion_mnist.py [--epochs 4] [--flat] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# The README's default configuration (also what `nhl demo` trains).
+DEFAULT_ARGS = [
+    "--backbone", "resnet18", "--input-size", "32", "--batch-size", "128", "--lr", "3e-3",
+    "--warmup-epochs", "0.3", "--augment", "none", "--crop-scale", "0.6,1", "--workers", "2",
+]  # fmt: skip
+GOAL_TOP1, GOAL_SECONDS = 0.92, 600
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--flat", action="store_true", help="train the flat baseline instead")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "fm.safetensors"
+        cmd = [sys.executable, "-m", "nhlcli", "train", "--data", "fashion-mnist", *DEFAULT_ARGS,
+               "--epochs", str(args.epochs), "-o", str(out), "--json"]  # fmt: skip
+        if args.flat:
+            cmd.append("--flat")
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-2000:])
+    summary = json.loads(proc.stdout)
+    result = {
+        "model": "flat" if args.flat else "nhl",
+        "command": "nhl train --data fashion-mnist " + " ".join(DEFAULT_ARGS) + f" --epochs {args.epochs}",
+        "test_top1": round(summary["val_top1"], 4),
+        "wall_s": round(wall, 1),
+        "per_epoch": [
+            {
+                "epoch": h["epoch"],
+                "test_top1": round(h["val_top1"], 4),
+                "train_img_per_s": round(h["images_per_s"]),
+            }
+            for h in summary["history"]
+        ],
+        "goal": f"top-1 >= {GOAL_TOP1:.0%} within {GOAL_SECONDS} s",
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(result["command"])
+    for row in result["per_epoch"]:
+        print(
+            f"  epoch {row['epoch']}: test top-1 {row['test_top1']:.2%}, {row['train_img_per_s']} train img/s"
+        )
+    met = result["test_top1"] >= GOAL_TOP1 and wall <= GOAL_SECONDS
+    print(f"{result['model']}: test top-1 {result['test_top1']:.2%} in {wall:.0f} s "
+          f"(goal {result['goal']}: {'met' if met else 'not met'})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
