@@ -179,6 +179,7 @@ def _make_loaders(model: nn.Module, data: str | Path, config: TrainConfig, info:
         mean=inp.mean,
         std=inp.std,
         interpolation=inp.interpolation,
+        crop_pct=inp.crop_pct,  # the same evaluation transform as 'nhl eval'
         batch_size=config.batch_size,
         workers=config.workers,
         augment=config.augment,
