@@ -307,3 +307,20 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     resumed = run_nhl(*common, "--epochs", str(done + 1), "--resume", "--json")
     assert resumed.code == 0, resumed.err
     assert json.loads(resumed.out)["epochs_done"] == done + 1 and out.is_file()
+
+
+@pytest.mark.parametrize("variant", ["phl-small", "phl-big", "phl-latesp", "phl-1branch"])
+def test_paper_variants_build_run_and_round_trip(tmp_path, variant):
+    tree = nested_tree(1)
+    model = create_model(tree, variant, TrunkConfig("resnet18")).eval()
+    model.input_config = with_input_size(model.input_config, 64)
+    x = torch.randn(2, 3, 64, 64)
+    assert model(x).shape == (2, len(CLASSES))
+    stages = len(model.trunk.model.feature_info)
+    assert model.trunk.config.split == (stages - 1 if variant == "phl-latesp" else stages - 2)
+    nodes = model.levels[0].num_nodes
+    assert nodes == (1 if variant == "phl-1branch" else len(CLASSES))
+    loaded = load_model(save_model(model, tmp_path / f"{variant}.safetensors"))
+    assert torch.equal(model(x), loaded(x))
+    with pytest.raises(NhlError, match="1-level tree"):
+        create_model(nested_tree(2), variant, TrunkConfig("resnet18"))

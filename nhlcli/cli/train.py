@@ -69,7 +69,7 @@ def train_command(
         "resnet18", "--backbone", "-b", help="Any timm CNN with stages, e.g. resnet50."
     ),
     variant: str = typer.Option(
-        "nhl", "--variant", help="nhl | phl-small | phl-big | phl-latesp | flat (see docs/model.md)."
+        "nhl", "--variant", help="nhl | phl-small | phl-big | phl-latesp | phl-1branch | flat."
     ),
     flat: bool = typer.Option(
         False, "--flat", help="Train the plain timm classifier (baseline), same file format."

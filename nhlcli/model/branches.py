@@ -555,9 +555,11 @@ class BranchLevel(nn.Module):
 class LeafHeads(nn.Module):
     """Global average pooling + one linear unit per leaf: logits ``[B, num_leaves]``."""
 
-    def __init__(self, num_leaves: int, in_channels: int) -> None:
+    def __init__(self, num_leaves: int, in_channels: int, shared: bool = False) -> None:
         super().__init__()
         self.num_leaves, self.in_channels = num_leaves, in_channels
+        # shared: every leaf reads the same single branch (PHL 1branch, the sequential control)
+        self.shared = shared
         self.weight = nn.Parameter(torch.empty(num_leaves, in_channels))
         self.bias = nn.Parameter(torch.empty(num_leaves))
         self.reset_parameters()
@@ -571,6 +573,8 @@ class LeafHeads(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c = x.shape[:2]
+        if self.shared:
+            return F.linear(x.mean(dim=(2, 3)), self.weight, self.bias)
         if c != self.num_leaves * self.in_channels:
             raise ValueError(f"expected {self.num_leaves} x {self.in_channels} channels, got {c}")
         if x.is_contiguous(memory_format=_CL):
@@ -587,7 +591,7 @@ class LeafHeads(nn.Module):
         keep = [int(k) for k in keep]
         if not keep or any(not 0 <= k < self.num_leaves for k in keep):
             raise ValueError(f"keep must be a non-empty list of leaf indices in [0, {self.num_leaves})")
-        new = LeafHeads(len(keep), self.in_channels)
+        new = LeafHeads(len(keep), self.in_channels, self.shared)
         index = torch.tensor(keep, dtype=torch.long, device=self.weight.device)
         with torch.no_grad():
             state = {k: v.index_select(0, index).clone() for k, v in self.state_dict().items()}

@@ -37,6 +37,7 @@ class BranchConfig:
     widths: tuple[int, ...] = ()
     blocks: int = 1
     expansion: int = 4
+    single_branch: bool = False  # one branch feeds every class logit (PHL 1branch)
 
     def resolved(self, levels: int) -> BranchConfig:
         widths = tuple(self.widths) or default_widths(levels)
@@ -44,7 +45,9 @@ class BranchConfig:
             raise NhlError(f"--widths gives {len(widths)} values but the tree has {levels} levels")
         if any(w < 1 for w in widths) or self.blocks < 1:
             raise NhlError("branch widths and blocks must be positive")
-        return BranchConfig(widths, self.blocks, self.expansion)
+        if self.single_branch and levels != 1:
+            raise NhlError("a single-branch model (phl-1branch) needs a flat, 1-level tree")
+        return BranchConfig(widths, self.blocks, self.expansion, self.single_branch)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "widths": list(self.widths)}
@@ -105,7 +108,7 @@ class NHLModel(nn.Module):
         levels = []
         in_channels = self.trunk.out_channels
         for depth, width in enumerate(cfg.widths, start=1):
-            nodes = tree.level(depth)
+            nodes = [tree.root] if cfg.single_branch else tree.level(depth)
             levels.append(
                 BranchLevel(
                     len(nodes), tree_parent_index(tree, depth), in_channels, width, cfg.blocks, cfg.expansion
@@ -113,7 +116,7 @@ class NHLModel(nn.Module):
             )
             in_channels = width * cfg.expansion
         self.levels = nn.ModuleList(levels)
-        self.heads = LeafHeads(tree.num_classes, in_channels)
+        self.heads = LeafHeads(tree.num_classes, in_channels, shared=cfg.single_branch)
         leaf_position = {c: i for i, c in enumerate(tree.level(tree.levels))}
         self.register_buffer(
             "class_to_leaf",
@@ -148,7 +151,12 @@ class NHLModel(nn.Module):
         return cls(
             Tree.from_dict(meta["tree"]),
             TrunkConfig(**meta["trunk"]),
-            BranchConfig(tuple(branches["widths"]), int(branches["blocks"]), int(branches["expansion"])),
+            BranchConfig(
+                tuple(branches["widths"]),
+                int(branches["blocks"]),
+                int(branches["expansion"]),
+                bool(branches.get("single_branch", False)),
+            ),
             InputConfig.from_dict(meta["input"]),
         )
 

@@ -25,6 +25,7 @@ class Variant:
     widths: tuple[int, ...] = ()
     later_split: bool = False
     flat: bool = False
+    single_branch: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
@@ -36,6 +37,12 @@ VARIANTS: dict[str, Variant] = {
         levels=1,
         widths=(32,),
         later_split=True,
+    ),
+    "phl-1branch": Variant(
+        "one sequential branch (width 128) feeding every class logit (PHL 1branch, the sequential control)",
+        levels=1,
+        widths=(128,),
+        single_branch=True,
     ),
     "flat": Variant("the plain timm classifier (baseline)", flat=True),
 }
@@ -73,4 +80,6 @@ def create_model(
     branches = branches or BranchConfig(widths=spec.widths)
     if not branches.widths and spec.widths:
         branches = replace(branches, widths=spec.widths)
+    if spec.single_branch:
+        branches = replace(branches, single_branch=True)
     return NHLModel(tree, trunk, branches, **kwargs)
