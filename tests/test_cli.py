@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import assert_one_line_error, run_nhl
@@ -85,7 +86,7 @@ def _write(tmp_path, name, content):
 )
 def test_bad_build_inputs_fail_in_one_line_without_output(tmp_path, args, fragments):
     out = tmp_path / "tree.json"
-    env_without_key = {k: v for k, v in __import__("os").environ.items() if k != "OPENAI_API_KEY"}
+    env_without_key = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     run = run_nhl("hierarchy", "build", "-o", out, *args, env=env_without_key)
     assert_one_line_error(run, *fragments)
     assert not out.exists()
