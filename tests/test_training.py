@@ -324,3 +324,43 @@ def test_paper_variants_build_run_and_round_trip(tmp_path, variant):
     assert torch.equal(model(x), loaded(x))
     with pytest.raises(NhlError, match="1-level tree"):
         create_model(nested_tree(2), variant, TrunkConfig("resnet18"))
+
+
+def test_induced_tree_from_a_flat_models_classifier(tmp_path):
+    """NBDT's method: a tree from a trained flat model's weights, named from WordNet where it can."""
+    from nhlcli.taxonomy.classes import FASHION_MNIST
+
+    tree = build_flat_tree(FASHION_MNIST, name="fm-flat")
+    model = create_model(tree, "flat", TrunkConfig("resnet18", None, 1)).eval()
+    head = model.model.get_classifier()
+    with torch.no_grad():  # plant structure: the footwear rows alike, all other rows alike
+        base = {"footwear": torch.randn(head.in_features), "other": torch.randn(head.in_features)}
+        for i, entry in enumerate(FASHION_MNIST):
+            kind = "footwear" if entry.id in ("sandal", "sneaker", "ankle-boot") else "other"
+            head.weight[i] = base[kind] * 10 + torch.randn(head.in_features)
+    flat_file = save_model(model, tmp_path / "flat.safetensors")
+    out = tmp_path / "induced.json"
+    run = run_nhl(
+        "hierarchy",
+        "build",
+        "--source",
+        "induced",
+        "--model",
+        flat_file,
+        "--levels",
+        "2",
+        "-o",
+        out,
+        "--json",
+    )
+    assert run.code == 0, run.err
+    induced = Tree.load(out)
+    assert induced.classes == [e.id for e in FASHION_MNIST] and induced.levels == 2
+    footwear = induced.lowest_common_ancestor(["sandal", "sneaker", "ankle-boot"])
+    assert footwear != induced.root and induced.leaves(footwear) == ["sandal", "sneaker", "ankle-boot"]
+    assert induced.node(footwear).name == "footwear"  # the classes' lowest common WordNet hypernym
+    assert induced.source["kind"] == "induced"
+    nhl_file = save_model(tiny_model(nested_tree(2)), tmp_path / "nhl.safetensors")
+    assert_one_line_error(
+        run_nhl("hierarchy", "build", "--source", "induced", "--model", nhl_file, "-o", out), "flat model"
+    )

@@ -55,7 +55,8 @@ def build(
         "wordnet",
         "--source",
         "-s",
-        help="wordnet | superclass (imagenet-superclass, CIFAR-100's 20) | breeds | llm | hybrid | flat.",
+        help="wordnet | superclass (imagenet-superclass, CIFAR-100's 20) | breeds | llm | hybrid | flat | "
+        "induced (from a trained flat model's classifier, NBDT).",
     ),
     classes: str = typer.Option(
         "fashion-mnist",
@@ -76,7 +77,11 @@ def build(
     name: str | None = typer.Option(
         None, "--name", help="Name stored in the tree (default from the inputs)."
     ),
-    model: str = typer.Option("gpt-4o-mini", "--model", help="LLM model name (llm, hybrid)."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="LLM model name (llm, hybrid; default gpt-4o-mini), or the flat model file (induced).",
+    ),
     base_url: str | None = typer.Option(
         None, "--base-url", help="OpenAI-compatible server URL (llm, hybrid); key from OPENAI_API_KEY."
     ),
@@ -90,16 +95,25 @@ def build(
     """Build a category tree for a class list and write it as JSON."""
     from nhlcli.taxonomy import build_tree, load_class_list
 
-    entries = load_class_list(classes)
+    entries = [] if source == "induced" else load_class_list(classes)
     label = Path(classes).stem if Path(classes).exists() else classes
+    if source == "induced":
+        label = Path(model or "model").stem
     settings = None
     if source in ("llm", "hybrid"):
         from nhlcli.taxonomy.llm import LLMSettings
 
         settings = LLMSettings(
-            model=model, base_url=base_url, cache=cache, max_retries=max_retries, timeout=timeout
+            model=model or "gpt-4o-mini",
+            base_url=base_url,
+            cache=cache,
+            max_retries=max_retries,
+            timeout=timeout,
         )
-    tree = build_tree(source, entries, levels=levels, groups=groups, name="", llm=settings)
+    model_file = model if source == "induced" else None
+    tree = build_tree(
+        source, entries, levels=levels, groups=groups, name="", llm=settings, model_file=model_file
+    )
     tree.name = name or f"{label}-{source}-l{tree.levels}"
     tree.save(output)
     stats = tree.stats()

@@ -9,8 +9,8 @@ from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.compress import check_levels
 from nhlcli.taxonomy.tree import Tree
 
-SOURCES = ("wordnet", "superclass", "breeds", "llm", "hybrid", "flat")
-DEFAULT_LEVELS = {"wordnet": 3, "superclass": 2, "breeds": 3, "llm": 3, "hybrid": 3, "flat": 1}
+SOURCES = ("wordnet", "superclass", "breeds", "llm", "hybrid", "flat", "induced")
+DEFAULT_LEVELS = {"wordnet": 3, "superclass": 2, "breeds": 3, "llm": 3, "hybrid": 3, "flat": 1, "induced": 3}
 FIXED_LEVELS = {"superclass": 2, "flat": 1}
 
 
@@ -21,23 +21,33 @@ def build_tree(
     groups: str | None = None,
     name: str = "",
     llm: object | None = None,
+    model_file: str | None = None,
 ) -> Tree:
     """Build a tree for ``entries`` from ``source`` (one of :data:`SOURCES`).
 
     ``levels`` defaults per source; ``groups`` (``"10,100"``) sets the number of groups per
     inner level for the sources that compress a hierarchy (wordnet, breeds, hybrid); ``llm`` is
-    an :class:`nhlcli.taxonomy.llm.LLMSettings` for the llm and hybrid sources.
+    an :class:`nhlcli.taxonomy.llm.LLMSettings` for the llm and hybrid sources; ``model_file``
+    the trained flat model the induced source clusters (its classes replace ``entries``).
     """
     if source not in SOURCES:
         raise NhlError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
-    if not entries:
+    if source != "induced" and not entries:
         raise NhlError("the class list is empty")
     levels = DEFAULT_LEVELS[source] if levels is None else levels
     check_levels(levels)
     if source in FIXED_LEVELS and levels != FIXED_LEVELS[source]:
         raise NhlError(f"the {source} source gives {FIXED_LEVELS[source]} level(s), not {levels}")
-    if groups and source not in ("wordnet", "breeds", "hybrid"):
-        raise NhlError(f"--groups applies to the wordnet, breeds and hybrid sources, not {source}")
+    if groups and source not in ("wordnet", "breeds", "hybrid", "induced"):
+        raise NhlError(f"--groups applies to the wordnet, breeds, hybrid and induced sources, not {source}")
+    if source == "induced":
+        from nhlcli.taxonomy.induced import build_induced_tree
+
+        if not model_file:
+            raise NhlError(
+                "the induced source needs --model FILE: a flat model trained with 'nhl train --flat'"
+            )
+        return build_induced_tree(model_file, levels, groups, name=name)
     if source == "wordnet":
         from nhlcli.taxonomy.wordnet import build_wordnet_tree
 
