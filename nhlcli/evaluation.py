@@ -68,10 +68,11 @@ def evaluate_file(
     if labels:
         net = ClassSubset(model, model.tree.subtree(labels)).to(dev)
     is_expert = bool(getattr(model, "metadata", {}).get("expert"))
+    tree = net.tree  # the model's tree, or the subtree of the requested classes
     inp = model.input_config
     loader = create_eval_loader(
         data,
-        net.tree if labels else model.tree,
+        tree,
         input_size=inp.size[1],
         mean=inp.mean,
         std=inp.std,
@@ -84,7 +85,6 @@ def evaluate_file(
         subset=bool(labels) or is_expert,
     )
     report = evaluate(net, loader, dev)
-    tree = net.tree if labels else model.tree
     report["per_class"] = {tree.node(c).name: acc for c, acc in report["per_class"].items()}
     report["num_classes"] = len(tree.classes)
     report["model"] = str(model_file)

@@ -46,7 +46,7 @@ def save_model(model: nn.Module, path: str | Path, **sections: Any) -> Path:
     meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, **model.config(), "tool": tool_stamp()}
     meta.update({k: v for k, v in sections.items() if v is not None})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    text = json.dumps(meta, ensure_ascii=False, sort_keys=False)
+    text = json.dumps(meta, ensure_ascii=False)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: text}))
 
 

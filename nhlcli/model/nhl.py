@@ -19,7 +19,7 @@ from torch import nn
 
 from nhlcli.errors import NhlError
 from nhlcli.model.branches import BranchLevel, LeafHeads
-from nhlcli.model.trunk import Trunk, TrunkConfig
+from nhlcli.model.trunk import Trunk, TrunkConfig, create_timm_model
 from nhlcli.taxonomy.tree import Tree
 
 # Branch widths by depth: the last ``levels`` of these (paper: 128, 64, 32 for three levels).
@@ -183,12 +183,10 @@ class FlatModel(nn.Module):
         pretrained_file: str | Path | None = None,
     ) -> None:
         super().__init__()
-        from nhlcli.model.trunk import _create_timm_model
-
         cfg = trunk or TrunkConfig()
         self.tree = tree
         self.trunk_config = TrunkConfig(cfg.backbone, None, cfg.in_chans)
-        self.model = _create_timm_model(cfg.backbone, cfg.in_chans, pretrained, pretrained_file)
+        self.model = create_timm_model(cfg.backbone, cfg.in_chans, pretrained, pretrained_file)
         self.model.reset_classifier(tree.num_classes)
         self.input_config = input_config or input_from_timm(self.model, cfg.in_chans)
 

@@ -30,13 +30,14 @@ class TrunkConfig:
         return asdict(self)
 
 
-def _create_timm_model(
+def create_timm_model(
     backbone: str, in_chans: int, pretrained: bool, pretrained_file: str | Path | None
 ) -> nn.Module:
     import timm
 
-    if backbone not in timm.list_models() and backbone.split(".")[0] not in timm.list_models():
-        close = difflib.get_close_matches(backbone, timm.list_models(), n=4, cutoff=0.6)
+    known = timm.list_models()
+    if backbone not in known and backbone.split(".")[0] not in known:
+        close = difflib.get_close_matches(backbone, known, n=4, cutoff=0.6)
         hint = f"; closest: {', '.join(close)}" if close else "; see timm.list_models()"
         raise NhlError(f"unknown timm backbone {backbone!r}{hint}")
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans}
@@ -69,7 +70,7 @@ class Trunk(nn.Module):
         pretrained_file: str | Path | None = None,
     ) -> None:
         super().__init__()
-        model = _create_timm_model(config.backbone, config.in_chans, pretrained, pretrained_file)
+        model = create_timm_model(config.backbone, config.in_chans, pretrained, pretrained_file)
         info = getattr(model, "feature_info", None)
         if not hasattr(model, "forward_intermediates") or not info:
             raise NhlError(
