@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,10 @@ import torch
 from torch import nn
 
 from nhlcli.errors import NhlError
+from nhlcli.model.attention import TruthAttention, attention_levels, class_attention, parse_attend
 from nhlcli.taxonomy.tree import Tree
+
+AttendSpec = Mapping[str, float] | Sequence[str] | Sequence[tuple[str, float]]
 
 
 class ClassSubset(nn.Module):
@@ -35,6 +38,17 @@ class ClassSubset(nn.Module):
         return logits.index_select(1, self.index)
 
 
+class _SubsetTargets:
+    """Per-sample attention for targets given as indices into a :class:`ClassSubset`'s classes."""
+
+    def __init__(self, attention: Callable[[torch.Tensor], Mapping[int, torch.Tensor]], index: torch.Tensor):
+        self.attention = attention
+        self.index = index
+
+    def __call__(self, targets: torch.Tensor) -> Mapping[int, torch.Tensor]:
+        return self.attention(self.index.to(targets.device)[targets])
+
+
 def split_labels(text: str | None) -> list[str]:
     """``"a,b"`` or ``@file`` (one label a line) into labels."""
     if not text:
@@ -47,6 +61,65 @@ def split_labels(text: str | None) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def attend_pairs(attend: AttendSpec | None) -> list[tuple[str, float]]:
+    """``{"tabby": 2}``, ``["tabby=2"]`` (the CLI's form) or ``[("tabby", 2)]`` as checked pairs."""
+    if not attend:
+        return []
+    items = attend.items() if isinstance(attend, Mapping) else attend
+    return parse_attend([item if isinstance(item, str) else f"{item[0]}={item[1]}" for item in items])
+
+
+def check_attention_options(
+    attend: Sequence[tuple[str, float]], level: int | str | None, truth: float | None
+) -> None:
+    """Reject option combinations that mean nothing, before any model is loaded."""
+    if attend and truth is not None:
+        raise NhlError(
+            "--attend and --attend-truth exclude each other: steer towards chosen classes (--attend) "
+            "or towards each image's own class (--attend-truth), not both"
+        )
+    if level is not None and not attend and truth is None:
+        raise NhlError("--attend-level needs --attend CLASS=SCALE or --attend-truth SCALE")
+
+
+def attention_summary(
+    tree: Tree, attend: Sequence[tuple[str, float]], level: int | str | None, truth: float | None = None
+) -> dict[str, Any] | None:
+    """What attention a run used, for its report (``None``: none)."""
+    if not attend and truth is None:
+        return None
+    levels = attention_levels(tree, level)
+    if level is None:
+        name: int | str = "last"
+    elif str(level).strip().isdigit():
+        name = levels[0]
+    else:
+        name = "path"
+    summary: dict[str, Any] = {"mode": "truth" if truth is not None else "classes", "level": name}
+    summary["levels"] = levels
+    if truth is not None:
+        summary["scale"] = float(truth)
+    else:
+        summary["classes"] = [
+            {"id": node, "name": tree.node(node).name, "scale": scale}
+            for node, scale in ((tree.resolve(label), scale) for label, scale in attend)
+        ]
+    return summary
+
+
+def describe_attention(summary: Mapping[str, Any] | None) -> str:
+    """One line for people, e.g. ``tabby x2 at level 2`` or ``each image's own class x1.5 on every level
+    of the path``."""
+    if not summary:
+        return "none"
+    if summary["mode"] == "truth":
+        what = f"each image's own class x{summary['scale']:g}"
+    else:
+        what = ", ".join(f"{c['name']} x{c['scale']:g}" for c in summary["classes"])
+    where = "on every level of the path" if summary["level"] == "path" else f"at level {summary['levels'][0]}"
+    return f"{what} {where}"
+
+
 def evaluate_file(
     model_file: str | Path,
     data: str | Path,
@@ -55,18 +128,35 @@ def evaluate_file(
     batch_size: int = 64,
     workers: int = 2,
     device: str | None = None,
+    attend: AttendSpec | None = None,
+    attend_level: int | str | None = None,
+    attend_truth: float | None = None,
 ) -> dict[str, Any]:
-    """Load a model file and report top-1, top-5, loss and per-class accuracy on ``data``."""
+    """Load a model file and report top-1, top-5, loss and per-class accuracy on ``data``.
+
+    ``attend`` scales chosen classes' branches, ``attend_truth`` each image's own class path
+    (paper 003, 4.4); ``attend_level`` picks the level (default the last, an int, or "path").
+    """
     from nhlcli.data import create_eval_loader
     from nhlcli.model.files import load_model
     from nhlcli.training.loop import evaluate
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pairs = attend_pairs(attend)
+    check_attention_options(pairs, attend_level, attend_truth)
     model = load_model(model_file, dev)
     net: nn.Module = model
     labels = split_labels(classes)
     if labels:
         net = ClassSubset(model, model.tree.subtree(labels)).to(dev)
+    # attention acts on the full model's branches: build it from ``model``, never from ``net``
+    attention: Mapping[int, torch.Tensor] | Callable[[torch.Tensor], Mapping[int, torch.Tensor]] | None = None
+    if pairs:
+        attention = class_attention(model, pairs, attend_level)
+    elif attend_truth is not None:
+        attention = TruthAttention(model, attend_truth, attend_level)
+        if labels:  # targets index the subset's classes; the oracle needs the full model's
+            attention = _SubsetTargets(attention, net.index)
     is_expert = bool(getattr(model, "metadata", {}).get("expert"))
     tree = net.tree  # the model's tree, or the subtree of the requested classes
     inp = model.input_config
@@ -84,10 +174,11 @@ def evaluate_file(
         workers=workers,
         subset=bool(labels) or is_expert,
     )
-    report = evaluate(net, loader, dev)
+    report = evaluate(net, loader, dev, attention=attention)
     report["per_class"] = {tree.node(c).name: acc for c, acc in report["per_class"].items()}
     report["num_classes"] = len(tree.classes)
     report["model"] = str(model_file)
     report["data"] = str(data)
     report["split"] = split
+    report["attention"] = attention_summary(model.tree, pairs, attend_level, attend_truth)
     return report

@@ -6,7 +6,9 @@ import typer
 
 from nhlcli import __version__
 from nhlcli.cli.common import err_console
+from nhlcli.cli.experts import register as register_experts
 from nhlcli.cli.hierarchy import hierarchy_app
+from nhlcli.cli.predict import register as register_predict
 from nhlcli.cli.train import register as register_training
 
 app = typer.Typer(
@@ -23,6 +25,8 @@ app = typer.Typer(
 )
 app.add_typer(hierarchy_app, name="hierarchy")
 register_training(app)
+register_experts(app)
+register_predict(app)
 
 
 def _version(value: bool) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.cli.predict import ATTEND_HELP, ATTEND_LEVEL_HELP
 from nhlcli.errors import NhlError
 
 BUILTIN_DEFAULT_TREE = {"fashion-mnist": "fashion-mnist-wordnet-l2"}
@@ -100,6 +102,7 @@ def train_command(
     weight_decay: float = typer.Option(0.05, "--weight-decay", help="Weight decay."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | sgd (any timm optimizer name)."),
     warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warmup length in epochs."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing, 0-1."),
     augment: str = typer.Option(
         "rand-m9-mstd0.5", "--augment", help="timm RandAugment config, or 'none' (paper: RandAugment)."
     ),
@@ -112,7 +115,9 @@ def train_command(
         None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."
     ),
     no_amp: bool = typer.Option(
-        False, "--no-amp", help="Train in float32 on GPU (mixed precision is the default)."
+        False,
+        "--no-amp",
+        help="Train in float32 (default: mixed precision on GPU, bfloat16 on CPUs with native bf16).",
     ),
     checkpoint_dir: Path | None = typer.Option(
         None, "--checkpoint-dir", help="Where epoch checkpoints go (default: OUTPUT.ckpt)."
@@ -154,6 +159,7 @@ def train_command(
         weight_decay=weight_decay,
         optimizer=optimizer,
         warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
         seed=seed,
         workers=workers,
         augment=None if augment == "none" else augment,
@@ -194,13 +200,30 @@ def eval_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
     workers: int = typer.Option(2, "--workers", help="Data loading processes."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
+    attend: list[str] | None = typer.Option(None, "--attend", metavar="CLASS=SCALE", help=ATTEND_HELP),
+    attend_level: str | None = typer.Option(None, "--attend-level", metavar="N|path", help=ATTEND_LEVEL_HELP),
+    attend_truth: float | None = typer.Option(
+        None,
+        "--attend-truth",
+        metavar="SCALE",
+        help="Scale each image's own class path by SCALE (paper 003's oracle test; not with --attend).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Top-1, top-5 and per-class accuracy of a model file on a dataset."""
-    from nhlcli.evaluation import evaluate_file
+    from nhlcli.evaluation import describe_attention, evaluate_file
 
     report = evaluate_file(
-        model_file, data, split=split, classes=classes, batch_size=batch_size, workers=workers, device=device
+        model_file,
+        data,
+        split=split,
+        classes=classes,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        attend=attend,
+        attend_level=attend_level,
+        attend_truth=attend_truth,
     )
     if as_json:
         print_json(report)
@@ -215,6 +238,8 @@ def eval_command(
         f"top-1 [bold]{report['top1']:.2%}[/]  top-{report['top5_k']} {report['top5']:.2%}  "
         f"loss {report['loss']:.4f}  over {report['num_classes']} classes"
     )
+    if report["attention"]:
+        console.print(f"attention: {escape(describe_attention(report['attention']))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -420,7 +420,8 @@ class BranchLevel(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
-        """Run every node; ``scale`` (``[num_nodes]``) multiplies each node's output maps."""
+        """Run every node; ``scale`` (``[num_nodes]``, or ``[B, num_nodes]`` per sample) multiplies
+        each node's output maps (top-down attention)."""
         groups_in = self._check_input(x)
         x = _cl(x)
         infer = not (self.training or torch.is_grad_enabled())
@@ -430,9 +431,13 @@ class BranchLevel(nn.Module):
             y = self._run_train(x, groups_in)
         if scale is not None:
             scale = torch.as_tensor(scale, dtype=y.dtype, device=y.device)
-            if scale.shape != (self.num_nodes,):
-                raise ValueError(f"scale must have shape [{self.num_nodes}], got {tuple(scale.shape)}")
-            factor = scale.repeat_interleave(self.out_channels).view(1, -1, 1, 1)
+            if scale.shape not in ((self.num_nodes,), (y.shape[0], self.num_nodes)):
+                raise ValueError(
+                    f"scale must have shape [{self.num_nodes}] or [batch, {self.num_nodes}], "
+                    f"got {tuple(scale.shape)}"
+                )
+            factor = scale.view(-1, self.num_nodes).repeat_interleave(self.out_channels, dim=1)
+            factor = factor.view(factor.shape[0], -1, 1, 1)
             y = y.mul_(factor) if infer else y * factor
         return y
 

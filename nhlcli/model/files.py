@@ -98,10 +98,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     from nhlcli.model.registry import model_from_config
 
     meta = read_metadata(path)
-    model = model_from_config(meta)
+    model = model_from_config(meta, skeleton=True)
     state = load_weights(path)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         first = " ".join(str(exc).split())[:300]
         raise NhlError(f"{path}: the weights do not fit the model its metadata describes ({first})") from exc

@@ -98,7 +98,11 @@ class NHLModel(nn.Module):
         input_config: InputConfig | None = None,
         pretrained: bool = False,
         pretrained_file: str | Path | None = None,
+        init_branches: bool = True,
     ) -> None:
+        """``init_branches=False`` leaves the branch weights unallocated (meta tensors): a skeleton
+        for ``load_state_dict(..., assign=True)``, so loading or cutting a 1000-class model does not
+        first initialise weights it then overwrites."""
         super().__init__()
         self.tree = tree
         self.trunk = Trunk(trunk or TrunkConfig(), pretrained=pretrained, pretrained_file=pretrained_file)
@@ -107,16 +111,14 @@ class NHLModel(nn.Module):
         cfg = self.branch_config
         levels = []
         in_channels = self.trunk.out_channels
-        for depth, width in enumerate(cfg.widths, start=1):
-            nodes = [tree.root] if cfg.single_branch else tree.level(depth)
-            levels.append(
-                BranchLevel(
-                    len(nodes), tree_parent_index(tree, depth), in_channels, width, cfg.blocks, cfg.expansion
-                )
-            )
-            in_channels = width * cfg.expansion
-        self.levels = nn.ModuleList(levels)
-        self.heads = LeafHeads(tree.num_classes, in_channels, shared=cfg.single_branch)
+        with torch.device("cpu" if init_branches else "meta"):
+            for depth, width in enumerate(cfg.widths, start=1):
+                nodes = [tree.root] if cfg.single_branch else tree.level(depth)
+                parents = None if cfg.single_branch else tree_parent_index(tree, depth)
+                levels.append(BranchLevel(len(nodes), parents, in_channels, width, cfg.blocks, cfg.expansion))
+                in_channels = width * cfg.expansion
+            self.levels = nn.ModuleList(levels)
+            self.heads = LeafHeads(tree.num_classes, in_channels, shared=cfg.single_branch)
         leaf_position = {c: i for i, c in enumerate(tree.level(tree.levels))}
         self.register_buffer(
             "class_to_leaf",
@@ -146,7 +148,7 @@ class NHLModel(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, meta: Mapping[str, Any]) -> NHLModel:
+    def from_config(cls, meta: Mapping[str, Any], init_branches: bool = True) -> NHLModel:
         branches = meta["branches"]
         return cls(
             Tree.from_dict(meta["tree"]),
@@ -158,6 +160,7 @@ class NHLModel(nn.Module):
                 bool(branches.get("single_branch", False)),
             ),
             InputConfig.from_dict(meta["input"]),
+            init_branches=init_branches,
         )
 
     def parameter_groups(self) -> dict[str, int]:

@@ -48,11 +48,17 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def model_from_config(meta: Mapping[str, Any]) -> nn.Module:
-    """Rebuild a model from file metadata (weights are loaded by the caller)."""
+def model_from_config(meta: Mapping[str, Any], skeleton: bool = False) -> nn.Module:
+    """Rebuild a model from file metadata (weights are loaded by the caller).
+
+    ``skeleton``: leave the branch weights unallocated; the caller must then load every weight
+    with ``load_state_dict(state, strict=True, assign=True)``.
+    """
     kind = meta.get("kind")
     if kind not in MODEL_KINDS:
         raise NhlError(f"unknown model kind {kind!r} in the file; this nhl knows {', '.join(MODEL_KINDS)}")
+    if kind == "nhl":
+        return NHLModel.from_config(meta, init_branches=not skeleton)
     return MODEL_KINDS[kind].from_config(meta)
 
 

@@ -314,7 +314,7 @@ class Tree:
         return nx.dfs_preorder_nodes(self._graph, self._root)
 
     def resolve(self, label: str) -> str:
-        """The node id meant by ``label``: an id, WordNet id, name or alias (loosely matched).
+        """The node id meant by ``label``: an id, WordNet id, name, alias (loosely matched) or class index.
 
         Unknown labels raise :class:`NhlError` naming the closest matches; ambiguous ones list
         the candidates by id.
@@ -328,6 +328,8 @@ class Tree:
         if len(hits) > 1:
             options = ", ".join(f"{h} ({self.node(h).name})" for h in hits[:6])
             raise NhlError(f"{label!r} is ambiguous in this tree: use one of the ids {options}")
+        if label.strip().isdigit() and int(label) < len(self._classes):  # a class index
+            return self._classes[int(label)]
         close = difflib.get_close_matches(normalize_label(label), list(lookup), n=5, cutoff=0.6)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise NhlError(f"unknown class or node {label!r}{hint}")

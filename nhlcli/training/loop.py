@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,17 +82,40 @@ class TrainResult:
         }
 
 
+def _set_trunk_memory_format(model: nn.Module, memory_format: torch.memory_format) -> bool:
+    """Lay the trunk's weights out in ``memory_format``; False for a model without a trunk."""
+    trunk = getattr(model, "trunk", None) or getattr(model, "model", None)
+    if trunk is None:
+        return False
+    trunk.to(memory_format=memory_format)
+    return True
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def _autocast(device: torch.device, enabled: bool) -> Any:
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix maths natively (AVX512-BF16 or AMX), so that CPU
+    autocast speeds training up instead of emulating bf16 in software."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def _autocast(device: torch.device, enabled: bool, training: bool = False) -> Any:
+    """Mixed precision: fp16/bf16 on GPU; bf16 for CPU training where the CPU has native bf16
+    (evaluation on CPU stays float32, so reported accuracies match the exported expert's)."""
     if device.type == "cuda" and enabled:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
+    if device.type == "cpu" and enabled and training and cpu_has_fast_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
+
+
+Scales = Mapping[int, torch.Tensor]  # top-down attention: level -> per-node (or per-sample) scales
 
 
 @torch.no_grad()
@@ -101,10 +124,14 @@ def evaluate(
     loader: Any,
     device: torch.device,
     info: DistInfo | None = None,
-    attention: dict[int, torch.Tensor] | None = None,
+    attention: Scales | Callable[[torch.Tensor], Scales] | None = None,
     amp: bool = True,
 ) -> dict[str, Any]:
-    """Top-1, top-5, mean loss and per-class accuracy over ``loader`` (summed over DDP ranks)."""
+    """Top-1, top-5, mean loss and per-class accuracy over ``loader`` (summed over DDP ranks).
+
+    ``attention``: per-level node scales for every batch, or a callable giving them from each
+    batch's targets (per-sample attention, e.g. :class:`~nhlcli.model.attention.TruthAttention`).
+    """
     info = info or DistInfo(device=device)
     model.eval()
     num_classes = len(model.classes)
@@ -114,8 +141,9 @@ def evaluate(
     k = min(5, num_classes)
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        scales = attention(targets) if callable(attention) else attention
         with _autocast(device, amp):
-            logits = model(images, attention) if attention else model(images)
+            logits = model(images, scales) if scales else model(images)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         top = logits.topk(k, dim=1).indices
@@ -206,6 +234,8 @@ def _train(
 
     if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
         raise NhlError("--epochs and --batch-size must be at least 1 and --lr positive")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise NhlError(f"--label-smoothing must lie in [0, 1), got {config.label_smoothing}")
     if checkpoint_dir is None:
         if output is None:
             raise NhlError("give an output file or a checkpoint directory")
@@ -214,6 +244,8 @@ def _train(
     seed_everything(config.seed + info.rank)
     device = info.device
     model.to(device)
+    # oneDNN and cuDNN convolutions run faster channels-last; the branches already are
+    channels_last = _set_trunk_memory_format(model, torch.channels_last)
     train_loader, val_loader = loaders or _make_loaders(model, data, config, info)
     steps_per_epoch = len(train_loader)
     if config.max_steps_per_epoch:
@@ -279,7 +311,9 @@ def _train(
                         images.to(device, non_blocking=True),
                         targets.to(device, non_blocking=True),
                     )
-                    with _autocast(device, config.amp):
+                    if channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    with _autocast(device, config.amp, training=True):
                         logits = net(images)
                         loss = F.cross_entropy(
                             logits.float(), targets, label_smoothing=config.label_smoothing
@@ -327,8 +361,13 @@ def _train(
             save_state(epoch, interrupted=True)
         result.interrupted = True
         return result
+    finally:  # hand back the model laid out as a loaded one is, so both give identical logits
+        _set_trunk_memory_format(model, torch.contiguous_format)
     if output is not None and info.is_main:
-        save_model(model, output, training={**asdict(config), "history": [asdict(h) for h in history]})
+        from nhlcli.experts.cost import cost_report
+
+        training = {**asdict(config), "history": [asdict(h) for h in history]}
+        save_model(model, output, training=training, cost=cost_report(model, latency=False))
     barrier(info)
     return result
 

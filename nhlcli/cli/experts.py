@@ -1,0 +1,205 @@
+"""``nhl cutout`` and ``nhl profile``: cut an expert out of a model, and report what it costs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from nhlcli.atomic import atomic_write_json
+from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.errors import NhlError
+
+BATCH_HELP = "The larger batch size latency and peak memory are measured at (besides batch 1)."
+THREADS_HELP = "CPU threads for the timed runs (default: torch's default for this machine)."
+
+
+def _batches(batch_size: int) -> tuple[int, ...]:
+    if batch_size < 1:
+        raise NhlError(f"--batch-size must be at least 1, got {batch_size}")
+    return (1,) if batch_size == 1 else (1, batch_size)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}%"
+
+
+def cost_rows(report: Mapping[str, Any]) -> dict[str, float | None]:
+    """One report as ``{row label: value}`` in display units."""
+    rows: dict[str, float | None] = {"classes": report["classes"]}
+    for group in ("total", "trunk", "branches"):
+        rows[f"params {group} (M)"] = report["params"][group] / 1e6
+    rows["GMACs / image"] = report["gmacs"]
+    for run in report.get("latency", []):
+        rows[f"latency batch {run['batch']} (ms)"] = run["median_ms"]
+    for run in report.get("latency", []):
+        rows[f"peak memory batch {run['batch']} (MB)"] = run["peak_memory_mb"]
+    return rows
+
+
+def cost_table(title: str, columns: Mapping[str, Mapping[str, Any]], show_reduction: bool = False) -> Table:
+    """A rich table with one column per report; with two, the reduction of the second."""
+    table = Table(title=title)
+    table.add_column("")
+    for name in columns:
+        table.add_column(name, justify="right")
+    if show_reduction:
+        table.add_column("reduction", justify="right")
+    rendered = [cost_rows(r) for r in columns.values()]
+    for label in rendered[0]:
+        values = [r.get(label) for r in rendered]
+        digits = 0 if label == "classes" else (4 if label.startswith("GMACs") else 2)
+        cells = [_fmt(v, digits) for v in values]
+        if show_reduction:
+            first, last = values[0], values[-1]
+            cells.append(_pct(100 * (1 - last / first)) if first and last is not None else "")
+        table.add_row(label, *cells)
+    first = next(iter(columns.values()))
+    if "latency" in first:
+        runs = ", ".join(f"batch {r['batch']}: median of {r['runs']}" for r in first["latency"])
+        table.caption = f"{first['device']}, {first['threads']} threads; {runs} runs"
+    return table
+
+
+def cutout_command(
+    model_file: Path = typer.Argument(..., help="A trained NHL model file (or an expert) to cut from."),
+    classes: str = typer.Option(
+        ...,
+        "--classes",
+        "-c",
+        help="Classes to keep: names, aliases, WordNet ids, indices or inner nodes (a node keeps every class "
+        "below it), comma-separated, or @file with one per line.",
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the expert (.safetensors)."),
+    report: Path | None = typer.Option(None, "--report", help="Also write the cost report as JSON here."),
+    latency: bool = typer.Option(
+        True, "--latency/--no-latency", help="Measure latency and peak memory (params and GMACs always)."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help=BATCH_HELP),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the cost report as JSON instead of a table."),
+) -> None:
+    """Cut an expert for just the classes a task needs out of an NHL model.
+
+    The expert keeps the trunk and only the branches on the paths to the kept classes. Its
+    logits equal the parent's logits for those classes; its softmax runs over them alone. It
+    loads without the parent file. The cost report compares parent and expert.
+    """
+    from nhlcli.evaluation import split_labels
+    from nhlcli.experts import compare, cost_report, cutout_file, save_expert
+    from nhlcli.model.files import load_model
+
+    labels = split_labels(classes)
+    cut = cutout_file(model_file, labels)
+    batches = _batches(batch_size)
+    parent = load_model(model_file)
+    parent_cost = cost_report(parent, batches, latency=latency, threads=threads)
+    del parent
+    expert_cost = cost_report(cut.model, batches, latency=latency, threads=threads)
+    cut.lineage["parent_cost"] = parent_cost
+    save_expert(cut, output, cost=expert_cost)
+    summary = {
+        "parent": str(model_file),
+        "expert": str(output),
+        "kept_classes": [cut.model.tree.node(c).name for c in cut.model.tree.classes],
+        "cut_seconds": round(cut.seconds, 3),
+        "parent_cost": parent_cost,
+        "expert_cost": expert_cost,
+        "reduction_percent": compare(parent_cost, expert_cost),
+    }
+    if report is not None:
+        atomic_write_json(report, summary)
+    if as_json:
+        print_json(summary)
+        return
+    columns = {"parent": parent_cost, "expert": expert_cost}
+    console.print(cost_table(f"{model_file.name} -> {output.name}", columns, show_reduction=True))
+    names = summary["kept_classes"]
+    shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+    console.print(f"kept classes: {shown}")
+    console.print(f"wrote [bold]{output}[/] (cut in {cut.seconds:.2f} s)")
+
+
+def _tree_summary(tree: Any) -> dict[str, Any]:
+    return {
+        "name": tree.name,
+        "classes": len(tree.classes),
+        "levels": tree.levels,
+        "nodes_per_level": [len(tree.level(d)) for d in range(1, tree.levels + 1)],
+    }
+
+
+def profile_command(
+    model_file: Path = typer.Argument(..., help="An nhl model file: full model, expert or flat model."),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency and peak memory."),
+    batch_size: int = typer.Option(16, "--batch-size", help=BATCH_HELP),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    repeats: int = typer.Option(20, "--repeats", help="Timed runs per batch size (fewer for slow models)."),
+    curve: Path | None = typer.Option(
+        None, "--curve", help="Also draw params and GMACs against the number of kept classes to this PNG."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Params, GMACs, latency and peak memory of a model file; for an expert, against its parent."""
+    from nhlcli.experts import compare, cost_report
+    from nhlcli.model.files import load_model
+
+    if repeats < 1:
+        raise NhlError(f"--repeats must be at least 1, got {repeats}")
+    model = load_model(model_file)
+    meta = model.metadata
+    result: dict[str, Any] = {
+        "file": str(model_file),
+        "kind": meta["kind"],
+        "backbone": meta["trunk"]["backbone"],
+        "tree": _tree_summary(model.tree),
+        "cost": cost_report(model, _batches(batch_size), latency=latency, repeats=repeats, threads=threads),
+    }
+    lineage = meta.get("expert")
+    if lineage:
+        at_cut = {"parent": lineage.get("parent_cost"), "expert": meta.get("cost")}
+        result["expert"] = {
+            "parent_file": lineage["parent_file"],
+            "parent_sha256": lineage["parent_sha256"],
+            "parent_classes": lineage["parent_classes"],
+            "at_cut": at_cut,
+            "reduction_percent": compare(at_cut["parent"], at_cut["expert"])
+            if all(at_cut.values())
+            else None,
+        }
+    if curve is not None:
+        from nhlcli.experts.curve import cost_curve, plot_cost_curve
+
+        rows = cost_curve(model)
+        plot_cost_curve(rows, curve, f"{model_file.name}: expert cost against kept classes")
+        result["curve"] = {"file": str(curve), "points": rows}
+    if as_json:
+        print_json(result)
+        return
+    tree = result["tree"]
+    console.print(
+        f"[bold]{model_file.name}[/]: {meta['kind']} model on {result['backbone']}, tree {tree['name']!r}: "
+        f"{tree['classes']} classes, {tree['levels']} level(s), nodes per level {tree['nodes_per_level']}"
+    )
+    console.print(cost_table("cost", {"this file": result["cost"]}))
+    if lineage:
+        console.print(
+            f"expert of {lineage['parent_file']} ({lineage['parent_classes']} classes, "
+            f"sha256 {lineage['parent_sha256'][:12]})"
+        )
+        if result["expert"]["reduction_percent"] is not None:
+            console.print(cost_table("recorded at cut time", result["expert"]["at_cut"], show_reduction=True))
+    if curve is not None:
+        console.print(f"wrote the cost curve to [bold]{curve}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cutout")(friendly_errors(cutout_command))
+    app.command("profile")(friendly_errors(profile_command))

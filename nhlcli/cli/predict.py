@@ -1,0 +1,73 @@
+"""``nhl predict``: the most probable classes of image files, optionally with top-down attention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from nhlcli.cli.common import console, friendly_errors, print_json
+
+ATTEND_HELP = (
+    "Scale a class's (or inner node's) branch feature maps: above 1 amplifies, below 1 inhibits "
+    "(paper 003, 4.4). Repeat for several classes."
+)
+ATTEND_LEVEL_HELP = (
+    "The branch level attention acts on: a number from 1, or 'path' for every level (default: the last)."
+)
+
+
+def predict_command(
+    model_file: Path = typer.Argument(..., help="An nhl model or expert file (.safetensors)."),
+    images: list[Path] = typer.Argument(..., help="Image files (any format and mode Pillow reads)."),
+    top_k: int = typer.Option(5, "--top-k", "-k", help="Classes to list per image (at most all of them)."),
+    attend: list[str] | None = typer.Option(None, "--attend", metavar="CLASS=SCALE", help=ATTEND_HELP),
+    attend_level: str | None = typer.Option(None, "--attend-level", metavar="N|path", help=ATTEND_LEVEL_HELP),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
+) -> None:
+    """Classify image files with a model: the top classes and their probabilities per image."""
+    import torch
+
+    from nhlcli.evaluation import attend_pairs, attention_summary, check_attention_options, describe_attention
+    from nhlcli.model.attention import class_attention
+    from nhlcli.model.files import load_model
+    from nhlcli.prediction import check_top_k, predict_images
+
+    check_top_k(top_k, 1)
+    pairs = attend_pairs(attend)
+    check_attention_options(pairs, attend_level, None)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(model_file, dev)
+    attention = class_attention(model, pairs, attend_level) if pairs else None
+    summary = attention_summary(model.tree, pairs, attend_level)
+    results = predict_images(model, images, top_k=top_k, attention=attention, batch_size=batch_size)
+    if as_json:
+        print_json(
+            {
+                "model": str(model_file),
+                "num_classes": len(model.tree.classes),
+                "top_k": check_top_k(top_k, len(model.tree.classes)),
+                "attention": summary,
+                "predictions": results,
+            }
+        )
+        return
+    for result in results:
+        table = Table(title=escape(result["file"]), title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("class")
+        table.add_column("id", style="dim")
+        table.add_column("probability", justify="right")
+        for rank, row in enumerate(result["top"], start=1):
+            table.add_row(str(rank), escape(row["name"]), escape(row["id"]), f"{row['probability']:.2%}")
+        console.print(table)
+    if summary:
+        console.print(f"attention: {escape(describe_attention(summary))}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(friendly_errors(predict_command))

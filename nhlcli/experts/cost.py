@@ -1,0 +1,216 @@
+"""The cost report (DESIGN §5): parameters, GMACs, latency and peak memory of a model.
+
+GMACs come from ``torch.utils.flop_counter.FlopCounterMode`` (it counts FLOPs = 2 x MACs). The
+branches' inference path uses fused oneDNN kernels the counter has no formula for, so MACs are
+counted on the autograd path (same arithmetic) in eval mode. Latency is the median of repeated
+timed runs under ``torch.inference_mode`` at batch 1 and a larger batch, with the thread count
+stated. Peak memory is the most tensor memory alive at once during one forward pass (weights
+plus activations), tracked op by op on CPU and by the CUDA allocator on GPU.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from nhlcli.errors import NhlError
+
+
+def input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """``(C, H, W)`` the model was built for (its file's input section)."""
+    return tuple(int(v) for v in model.input_config.size)  # type: ignore[return-value]
+
+
+def _device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters: total, trunk and branches (a flat model's classifier counts as its branches)."""
+    return dict(model.parameter_groups())
+
+
+def count_macs(model: nn.Module, size: Sequence[int] | None = None) -> int:
+    """Multiply-accumulates of one image's forward pass."""
+    x = torch.zeros(1, *(size or input_shape(model)), device=_device(model))
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.enable_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """The most bytes of tensor storage alive at once among the tensors ops create."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: dict[int, list[int]] = {}  # storage address -> [bytes, live tensors]
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self.refs.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.refs[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key == 0:
+                continue
+            entry = self.refs.setdefault(key, [0, 0])
+            if entry[1] == 0:  # a new allocation
+                entry[0] = storage.nbytes()
+                self.current += entry[0]
+                self.peak = max(self.peak, self.current)
+            entry[1] += 1
+            weakref.finalize(t, self._release, key)
+        return out
+
+
+def weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def peak_memory(model: nn.Module, batch: int, size: Sequence[int] | None = None) -> int:
+    """Peak bytes of one inference forward at ``batch``: weights plus the activations alive at once."""
+    device = _device(model)
+    x = torch.randn(batch, *(size or input_shape(model)), device=device)
+    model.eval()
+    with torch.inference_mode():
+        model(x)  # warm caches (folded BatchNorm) first; they are weights, not activations
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            model(x)
+            torch.cuda.synchronize(device)
+            return weight_bytes(model) + torch.cuda.max_memory_allocated(device) - base
+        tracker = _LiveTensorBytes()
+        with tracker:
+            out = model(x)
+        del out
+    return weight_bytes(model) + tracker.peak
+
+
+def measure_latency(
+    model: nn.Module,
+    batch: int,
+    size: Sequence[int] | None = None,
+    repeats: int = 20,
+    min_repeats: int = 3,
+    budget_s: float = 5.0,
+) -> dict[str, Any]:
+    """Median wall time of a forward pass at ``batch`` over up to ``repeats`` timed runs.
+
+    Stops early once ``budget_s`` is spent (at least ``min_repeats`` runs), so profiling a large
+    model stays bounded; the report states how many runs the median is over.
+    """
+    device = _device(model)
+    x = torch.randn(batch, *(size or input_shape(model)), device=device)
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up: allocator, oneDNN primitives, folded BatchNorm
+            model(x)
+        spent = 0.0
+        while len(times) < repeats and (len(times) < min_repeats or spent < budget_s):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - start
+            times.append(elapsed)
+            spent += elapsed
+    median = statistics.median(times)
+    return {
+        "batch": batch,
+        "median_ms": round(median * 1e3, 3),
+        "images_per_s": round(batch / median, 1),
+        "runs": len(times),
+    }
+
+
+def cost_report(
+    model: nn.Module,
+    batch_sizes: Sequence[int] = (1, 16),
+    latency: bool = True,
+    repeats: int = 20,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Params, GMACs and (optionally) latency and peak memory per batch size, as one dict."""
+    if any(b < 1 for b in batch_sizes):
+        raise NhlError("batch sizes must be at least 1")
+    if threads is not None:
+        if threads < 1:
+            raise NhlError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    device = _device(model)
+    report: dict[str, Any] = {
+        "params": parameter_counts(model),
+        "gmacs": round(count_macs(model) / 1e9, 6),
+        "input_size": list(input_shape(model)),
+        "classes": len(model.tree.classes),
+    }
+    if latency:
+        report["device"] = str(device) if device.type == "cuda" else "cpu"
+        report["threads"] = torch.get_num_threads()
+        runs = []
+        for batch in batch_sizes:
+            row = measure_latency(model, batch, repeats=repeats)
+            row["peak_memory_mb"] = round(peak_memory(model, batch) / 2**20, 2)
+            runs.append(row)
+        report["latency"] = runs
+    return report
+
+
+def reduction(parent: float, expert: float) -> float | None:
+    """How much smaller the expert is, in percent of the parent."""
+    return round(100.0 * (1.0 - expert / parent), 2) if parent else None
+
+
+def compare(parent: Mapping[str, Any], expert: Mapping[str, Any]) -> dict[str, Any]:
+    """Reductions in percent (params by group, GMACs, latency and peak memory per batch)."""
+    out: dict[str, Any] = {
+        "params": {k: reduction(parent["params"][k], expert["params"][k]) for k in expert["params"]},
+        "gmacs": reduction(parent["gmacs"], expert["gmacs"]),
+    }
+    p_runs = {r["batch"]: r for r in parent.get("latency", [])}
+    rows = []
+    for run in expert.get("latency", []):
+        other = p_runs.get(run["batch"])
+        if other:
+            rows.append(
+                {
+                    "batch": run["batch"],
+                    "median_ms": reduction(other["median_ms"], run["median_ms"]),
+                    "peak_memory_mb": reduction(other["peak_memory_mb"], run["peak_memory_mb"]),
+                }
+            )
+    if rows:
+        out["latency"] = rows
+    return out

@@ -1,0 +1,204 @@
+"""Cutouts (paper 003, 3.3): an expert for some classes, sliced out of a trained NHL model.
+
+An expert keeps the trunk and only the branch nodes on the paths from the root to the kept
+classes. Every branch tensor has the node dimension first, so cutting is row selection: no
+weights are recomputed and the expert's logits are exactly the parent's logits for the kept
+classes (its softmax then runs over those classes only, eq. 3).
+
+Two entry points share one :class:`CutPlan`: :func:`cut_model` for a model in memory, and
+:func:`cutout_file`, which reads only the rows it keeps from the parent's safetensors file, so
+cutting a 1000-class model never holds the full branch weights in memory.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from nhlcli.errors import NhlError
+from nhlcli.model.files import file_digest, read_metadata, save_model
+from nhlcli.model.nhl import NHLModel
+from nhlcli.taxonomy.tree import Tree
+
+_LEVEL_KEY = re.compile(r"^levels\.(\d+)\.")
+
+
+def select_classes(tree: Tree, labels: Sequence[str]) -> Tree:
+    """The sub-tree an expert for ``labels`` keeps (classes, ids, aliases, indices, inner nodes).
+
+    One-line errors for an empty selection, unknown labels (with the closest matches) and a class
+    selected twice (directly or through an inner node).
+    """
+    labels = [label.strip() for label in labels if label.strip()]
+    if not labels:
+        raise NhlError("the selection is empty; name the classes to keep, e.g. --classes shark,hammerhead")
+    chosen_by: dict[str, str] = {}
+    for label in labels:
+        for leaf in tree.leaves(tree.resolve(label)):
+            if leaf in chosen_by:
+                first = chosen_by[leaf]
+                how = "twice" if first == label else f"by both {first!r} and {label!r}"
+                raise NhlError(f"class {tree.node(leaf).name!r} is selected {how}; name each class once")
+            chosen_by[leaf] = label
+    return tree.subtree(labels)
+
+
+@dataclass(frozen=True)
+class CutPlan:
+    """Which rows of each parent tensor an expert keeps.
+
+    ``level_rows[d]`` are the kept node positions of branch level ``d + 1`` (in the parent's
+    level order), ``leaf_rows`` the kept leaf heads; trunk tensors are kept whole.
+    """
+
+    parent: Tree
+    expert: Tree
+    level_rows: tuple[tuple[int, ...], ...]
+    leaf_rows: tuple[int, ...]
+
+    @classmethod
+    def build(cls, parent: Tree, expert: Tree, single_branch: bool = False) -> CutPlan:
+        level_rows = []
+        for depth in range(1, parent.levels + 1):
+            if single_branch:  # one branch feeds every class; it stays whole
+                level_rows.append((0,))
+                continue
+            position = {n: i for i, n in enumerate(parent.level(depth))}
+            level_rows.append(tuple(position[n] for n in expert.level(depth)))
+        leaf_position = {n: i for i, n in enumerate(parent.level(parent.levels))}
+        leaf_rows = tuple(leaf_position[n] for n in expert.level(expert.levels))
+        return cls(parent, expert, tuple(level_rows), leaf_rows)
+
+    def rows(self, key: str) -> tuple[int, ...] | None:
+        """The kept rows (dim 0) of the state-dict tensor ``key``; ``None`` keeps it whole."""
+        match = _LEVEL_KEY.match(key)
+        if match:
+            return self.level_rows[int(match.group(1))]
+        if key.startswith("heads."):
+            return self.leaf_rows
+        return None
+
+
+def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive runs ``[start, stop)`` of ``rows``, in order (subtrees are mostly contiguous)."""
+    runs: list[tuple[int, int]] = []
+    for r in rows:
+        if runs and runs[-1][1] == r:
+            runs[-1] = (runs[-1][0], r + 1)
+        else:
+            runs.append((r, r + 1))
+    return runs
+
+
+def _expert_model(meta: Mapping[str, Any], expert_tree: Tree, state: dict[str, torch.Tensor]) -> NHLModel:
+    model = NHLModel.from_config({**meta, "tree": expert_tree.to_dict()}, init_branches=False)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def _check_nhl(meta: Mapping[str, Any], source: str) -> None:
+    if meta.get("kind") == "flat":
+        raise NhlError(
+            f"{source} is a flat model, which has no per-class branches to cut; train an NHL model "
+            "(nhl train without --flat), or evaluate the flat model on your classes with nhl eval --classes"
+        )
+    if meta.get("kind") != "nhl":
+        raise NhlError(
+            f"{source}: cannot cut a model of kind {meta.get('kind')!r}; cutout needs an NHL model"
+        )
+
+
+def cut_model(model: nn.Module, labels: Sequence[str]) -> NHLModel:
+    """The expert of an NHL model in memory for ``labels`` (shares no storage with ``model``)."""
+    meta = model.config()
+    _check_nhl(meta, "this model")
+    expert_tree = select_classes(model.tree, labels)
+    plan = CutPlan.build(model.tree, expert_tree, model.branch_config.single_branch)
+    state = {}
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            rows = plan.rows(key)
+            if rows is None:
+                state[key] = value.detach().clone()
+            else:
+                state[key] = value.index_select(0, torch.tensor(rows, device=value.device)).clone()
+    return _expert_model(meta, expert_tree, state).to(next(model.parameters()).device)
+
+
+def _read_state(path: Path, plan: CutPlan) -> dict[str, torch.Tensor]:
+    """The expert's tensors, reading only the kept rows of each branch tensor from ``path``."""
+    state = {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                rows = plan.rows(key)
+                if rows is None:
+                    state[key] = handle.get_tensor(key)
+                    continue
+                part = handle.get_slice(key)
+                pieces = [part[start:stop] for start, stop in _runs(rows)]
+                state[key] = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise NhlError(f"{path}: cannot read the weights ({reason}); the file may be truncated") from exc
+    return state
+
+
+@dataclass
+class Cutout:
+    """An expert and where it came from (``lineage`` is the file's ``expert`` section)."""
+
+    model: NHLModel
+    lineage: dict[str, Any]
+    seconds: float
+    training: dict[str, Any] | None = None  # how the parent was trained, carried along
+
+
+def cutout_file(parent: str | Path, labels: Sequence[str]) -> Cutout:
+    """Cut an expert for ``labels`` from the model file ``parent``, reading only what it keeps."""
+    started = time.perf_counter()
+    parent = Path(parent)
+    meta = read_metadata(parent)
+    _check_nhl(meta, str(parent))
+    parent_tree = Tree.from_dict(meta["tree"])
+    expert_tree = select_classes(parent_tree, labels)
+    single = bool(meta["branches"].get("single_branch", False))
+    plan = CutPlan.build(parent_tree, expert_tree, single)
+    try:
+        model = _expert_model(meta, expert_tree, _read_state(parent, plan))
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise NhlError(
+            f"{parent}: the weights do not fit the model its metadata describes ({first})"
+        ) from exc
+    digest = file_digest(parent)
+    lineage = {
+        "parent_file": parent.name,
+        "parent_sha256": digest,
+        "parent_classes": len(parent_tree.classes),
+        # the full model at the start of the chain (differs from the parent for a re-cut)
+        "root_sha256": (meta.get("expert") or {}).get("root_sha256", digest),
+        "selection": list(labels),
+        "classes": list(expert_tree.classes),
+        "parent_cost": meta.get("cost"),
+    }
+    return Cutout(model, lineage, time.perf_counter() - started, meta.get("training"))
+
+
+def save_expert(cutout: Cutout, output: str | Path, cost: Mapping[str, Any] | None = None) -> Path:
+    """Write the expert file: the model, its lineage (``expert``) and its own cost at cut time."""
+    return save_model(
+        cutout.model,
+        output,
+        cost=dict(cost) if cost else None,
+        expert=cutout.lineage,
+        training=cutout.training,
+    )

@@ -1,0 +1,121 @@
+"""Top-down attention (paper 003, 4.4): scale chosen classes' branch feature maps at inference.
+
+An NHL model knows which feature maps belong to which category: each tree node owns a branch.
+Multiplying a node's output maps by a scalar (above 1 amplifies, below 1 inhibits) steers the
+prediction without retraining. The result is the ``attention`` mapping ``NHLModel.forward``
+takes: level (1-based) to one scale per node of that level, or one per sample and node.
+
+Levels: by default the last branch level (each class's own branch, as the paper's PHL test);
+a level number picks that level (a class then acts through its ancestor there, an inner node
+through all of its descendants there); ``"path"`` scales every level on the path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from nhlcli.errors import NhlError
+from nhlcli.taxonomy.tree import Tree
+
+PATH = "path"
+
+
+def parse_attend(values: Sequence[str]) -> list[tuple[str, float]]:
+    """``["tabby=2", "dog=0.5"]`` -> ``[("tabby", 2.0), ("dog", 0.5)]``, with one-line errors."""
+    parsed = []
+    for text in values:
+        label, sep, number = text.rpartition("=")
+        if not sep or not label.strip():
+            raise NhlError(f"--attend {text!r}: write CLASS=SCALE, e.g. --attend tabby=2.0")
+        try:
+            scale = float(number)
+        except ValueError:
+            raise NhlError(f"--attend {text!r}: {number!r} is not a number; write CLASS=SCALE") from None
+        if not math.isfinite(scale) or scale < 0:
+            raise NhlError(f"--attend {text!r}: the scale must be a finite number >= 0 (1 = unchanged)")
+        parsed.append((label.strip(), scale))
+    return parsed
+
+
+def attention_levels(tree: Tree, level: int | str | None) -> list[int]:
+    """The branch levels attention acts on: ``None`` = the last, an int, or ``"path"`` = all."""
+    if level is None:
+        return [tree.levels]
+    if str(level).lower() in (PATH, "all"):
+        return list(range(1, tree.levels + 1))
+    try:
+        depth = int(level)
+    except ValueError:
+        raise NhlError(f"--attend-level {level!r}: give a level from 1 to {tree.levels} or 'path'") from None
+    if not 1 <= depth <= tree.levels:
+        raise NhlError(f"--attend-level {depth}: this model's branches have levels 1 to {tree.levels}")
+    return [depth]
+
+
+def _check_attendable(model: torch.nn.Module) -> Tree:
+    if getattr(model, "kind", None) != "nhl":
+        raise NhlError("top-down attention needs an NHL model; a flat model has no per-class branches")
+    if model.branch_config.single_branch:
+        raise NhlError("this phl-1branch model has one branch shared by all classes; attention needs "
+                       "per-class branches (any other variant)")  # fmt: skip
+    return model.tree
+
+
+def _nodes_at(tree: Tree, node: str, depth: int) -> list[str]:
+    """The nodes at ``depth`` a node acts through: its ancestor there, or its descendants."""
+    path = tree.path(node)  # root .. node
+    if depth < len(path):
+        return [path[depth]]
+    below = [node]
+    for _ in range(depth - (len(path) - 1)):
+        below = [k for n in below for k in tree.children(n)]
+    return below
+
+
+def class_attention(
+    model: torch.nn.Module, attend: Sequence[tuple[str, float]], level: int | str | None = None
+) -> dict[int, torch.Tensor]:
+    """Per-level node scales for ``--attend CLASS=SCALE`` (several scales on one node multiply)."""
+    tree = _check_attendable(model)
+    attention = {}
+    for depth in attention_levels(tree, level):
+        position = {n: i for i, n in enumerate(tree.level(depth))}
+        scale = torch.ones(len(position))
+        for label, value in attend:
+            for node in _nodes_at(tree, tree.resolve(label), depth):
+                scale[position[node]] *= value
+        attention[depth] = scale
+    return attention
+
+
+def ancestor_table(tree: Tree, depth: int) -> torch.Tensor:
+    """For each class index, the position of its ancestor (itself at the last level) at ``depth``."""
+    position = {n: i for i, n in enumerate(tree.level(depth))}
+    return torch.tensor([position[tree.path(c)[depth]] for c in tree.classes], dtype=torch.long)
+
+
+class TruthAttention:
+    """The paper's oracle experiment: each image's own class path scaled by ``scale``.
+
+    Call with a batch's targets (class indices) to get the per-sample attention mapping.
+    """
+
+    def __init__(self, model: torch.nn.Module, scale: float, level: int | str | None = None) -> None:
+        tree = _check_attendable(model)
+        if not math.isfinite(scale) or scale < 0:
+            raise NhlError(f"--attend-truth {scale}: the scale must be a finite number >= 0")
+        self.scale = float(scale)
+        self.tables = {d: ancestor_table(tree, d) for d in attention_levels(tree, level)}
+        self.sizes = {d: len(tree.level(d)) for d in self.tables}
+
+    def __call__(self, targets: torch.Tensor) -> dict[int, torch.Tensor]:
+        rows = torch.arange(len(targets))
+        attention = {}
+        for depth, table in self.tables.items():
+            scale = torch.ones(len(targets), self.sizes[depth])
+            scale[rows, table[targets.cpu()]] = self.scale
+            attention[depth] = scale.to(targets.device)
+        return attention
