@@ -4,7 +4,7 @@ Runs ``nhl train`` on the 60k training images (Debian's dataset-fashion-mnist, o
 evaluates on the 10k test images every epoch, as a user would, and prints top-1, wall time and
 throughput. ``--flat`` runs the plain timm model with the same trunk and settings.
 
-    python benchmarks/bench_fashion_mnist.py [--epochs 4] [--flat] [--json]
+    python benchmarks/bench_fashion_mnist.py [--epochs 10] [--flat] [--json]
 """
 
 from __future__ import annotations
@@ -17,25 +17,21 @@ import tempfile
 import time
 from pathlib import Path
 
-# The README's default configuration (also what `nhl demo` trains).
-DEFAULT_ARGS = [
-    "--backbone", "resnet18", "--input-size", "32", "--batch-size", "128", "--lr", "3e-3",
-    "--warmup-epochs", "0.3", "--augment", "none", "--crop-scale", "0.8,1", "--label-smoothing", "0.1",
-    "--workers", "2",
-]  # fmt: skip
+from nhlcli.demo import DEFAULT_EPOCHS, recipe_args
+
 GOAL_TOP1, GOAL_SECONDS = 0.92, 600
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--flat", action="store_true", help="train the flat baseline instead")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "fm.safetensors"
-        cmd = [sys.executable, "-m", "nhlcli", "train", "--data", "fashion-mnist", *DEFAULT_ARGS,
-               "--epochs", str(args.epochs), "-o", str(out), "--json"]  # fmt: skip
+        cmd = [sys.executable, "-m", "nhlcli", "train", "--data", "fashion-mnist",
+               *recipe_args(args.epochs), "-o", str(out), "--json"]  # fmt: skip
         if args.flat:
             cmd.append("--flat")
         start = time.perf_counter()
@@ -46,7 +42,7 @@ def main() -> None:
     summary = json.loads(proc.stdout)
     result = {
         "model": "flat" if args.flat else "nhl",
-        "command": "nhl train --data fashion-mnist " + " ".join(DEFAULT_ARGS) + f" --epochs {args.epochs}",
+        "command": "nhl train --data fashion-mnist " + " ".join(recipe_args(args.epochs)),
         "test_top1": round(summary["val_top1"], 4),
         "wall_s": round(wall, 1),
         "per_epoch": [

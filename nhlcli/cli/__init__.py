@@ -6,6 +6,7 @@ import typer
 
 from nhlcli import __version__
 from nhlcli.cli.common import err_console
+from nhlcli.cli.demo import register as register_demo
 from nhlcli.cli.experts import register as register_experts
 from nhlcli.cli.hierarchy import hierarchy_app
 from nhlcli.cli.predict import register as register_predict
@@ -26,6 +27,7 @@ app = typer.Typer(
 app.add_typer(hierarchy_app, name="hierarchy")
 register_training(app)
 register_experts(app)
+register_demo(app)
 register_predict(app)
 
 

@@ -1,0 +1,192 @@
+"""Experts: the paper's Table 1 side by side with ours, latency against GMACs, and cutout cost.
+
+    python benchmarks/bench_experts.py table1      # ResNet50-NHL (100 classes) and ConvNeXtV2-NHL (1000)
+    python benchmarks/bench_experts.py latency     # experts of 1/10/100/500 classes, batch 1 and 32
+    python benchmarks/bench_experts.py cutout      # time and peak memory of nhl cutout on a 1000-class file
+
+Untrained weights: cost does not depend on them. GMACs come from FlopCounterMode, latency is the
+median of timed runs in this one process (parent and experts measured side by side), cutout
+runs in fresh processes so their peak memory is theirs alone. ``--json`` prints the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nhlcli.experts import count_macs, cut_model, measure_latency
+from nhlcli.model.files import save_model
+from nhlcli.model.registry import create_model
+from nhlcli.model.trunk import TrunkConfig
+from nhlcli.taxonomy import build_tree, shipped_tree
+from nhlcli.taxonomy.classes import load_class_list
+
+# Paper 000, Table 1 (ImageNet100 ResNet50-NHL with a 20-class expert; ImageNet1k ConvNeXtV2-NHL
+# with a 5-class expert). Params in millions.
+PAPER = {
+    "resnet50-nhl-100": {
+        "params": 25.0, "gmacs": 5.86, "expert": 20, "expert_params": 13.8, "expert_gmacs": 4.22,
+    },
+    "convnextv2-nhl-1000": {
+        "params": 119.9, "gmacs": 14.55, "expert": 5, "expert_params": 13.5, "expert_gmacs": 3.87,
+    },
+}  # fmt: skip
+
+
+def imagenet100_tree():
+    """Every 10th ImageNet-1k class, WordNet, 3 levels (the measured tree of issue 3)."""
+    entries = load_class_list("imagenet-1k")[::10]
+    return build_tree("wordnet", entries, levels=3, name="imagenet-100-wordnet-l3")
+
+
+def size(model) -> tuple[float, float]:
+    return sum(p.numel() for p in model.parameters()) / 1e6, count_macs(model) / 1e9
+
+
+def expert_sizes(model, k: int, seed: int = 0) -> dict[str, list[float]]:
+    """Params/GMACs of k-class experts: k related classes (tree order) and k random classes."""
+    leaves = model.tree.level(model.tree.levels)
+    related = size(cut_model(model, leaves[:k]))
+    rand = size(cut_model(model, random.Random(seed).sample(leaves, k)))
+    return {"related": [round(v, 3) for v in related], "random": [round(v, 3) for v in rand]}
+
+
+def table1() -> list[dict]:
+    rows = []
+    for key, tree, backbone in (
+        ("resnet50-nhl-100", imagenet100_tree(), "resnet50"),
+        ("convnextv2-nhl-1000", shipped_tree("imagenet-1k-wordnet-l3"), "convnextv2_tiny"),
+    ):
+        model = create_model(tree, "nhl", TrunkConfig(backbone)).eval()
+        params, gmacs = size(model)
+        paper = PAPER[key]
+        rows.append(
+            {
+                "model": key,
+                "backbone": backbone,
+                "nodes_per_level": [len(tree.level(d)) for d in range(1, tree.levels + 1)],
+                "params_m": round(params, 2),
+                "gmacs": round(gmacs, 3),
+                "expert_classes": paper["expert"],
+                "expert": expert_sizes(model, paper["expert"]),
+                "paper": paper,
+            }
+        )
+        del model
+    return rows
+
+
+def latency(batches: tuple[int, ...], sizes: tuple[int, ...], repeats: int) -> dict:
+    tree = shipped_tree("imagenet-1k-wordnet-l3")
+    model = create_model(tree, "nhl", TrunkConfig("convnextv2_tiny")).eval()
+    leaves = tree.level(tree.levels)
+    rng = random.Random(0)
+    rows = []
+    full_macs = count_macs(model)
+    full_runs = {b: measure_latency(model, b, repeats=repeats, budget_s=30) for b in batches}
+    for k in sizes:
+        expert = cut_model(model, rng.sample(leaves, k)).eval()
+        macs = count_macs(expert)
+        for b in batches:
+            run = measure_latency(expert, b, repeats=repeats, budget_s=30)
+            latency_ratio = run["median_ms"] / full_runs[b]["median_ms"]
+            macs_ratio = macs / full_macs
+            rows.append(
+                {
+                    "classes": k,
+                    "batch": b,
+                    "gmacs": round(macs / 1e9, 3),
+                    "median_ms": run["median_ms"],
+                    "runs": run["runs"],
+                    "gmacs_ratio": round(macs_ratio, 3),
+                    "latency_ratio": round(latency_ratio, 3),
+                    "latency_over_gmacs": round(latency_ratio / macs_ratio, 3),
+                }
+            )
+        del expert
+    return {
+        "model": "convnextv2_tiny NHL, imagenet-1k-wordnet-l3, 224 px",
+        "threads": torch.get_num_threads(),
+        "full": {"gmacs": round(full_macs / 1e9, 3), "latency": list(full_runs.values())},
+        "experts": rows,
+        "goal": "latency ratio within 1.2x of the GMACs ratio",
+    }
+
+
+CUT_CHILD = r"""
+import json, resource, sys, time
+from nhlcli.experts import cutout_file, save_expert
+import torch  # noqa: F401  (imported before the baseline, as nhl's CLI has it)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+cut = cutout_file(sys.argv[1], json.loads(sys.argv[2]))
+save_expert(cut, sys.argv[3])
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": seconds, "extra_peak_kb": peak - base}))
+"""
+
+
+def cutout(sizes: tuple[int, ...]) -> dict:
+    tree = shipped_tree("imagenet-1k-wordnet-l3")
+    leaves = tree.level(tree.levels)
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        parent = Path(tmp) / "parent.safetensors"
+        model = create_model(tree, "nhl", TrunkConfig("convnextv2_tiny"))
+        save_model(model, parent)
+        del model
+        file_mb = parent.stat().st_size / 2**20
+        rows = []
+        for k in sizes:
+            labels = rng.sample(leaves, k)
+            out = Path(tmp) / f"expert{k}.safetensors"
+            cmd = [sys.executable, "-c", CUT_CHILD, str(parent), json.dumps(labels), str(out)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            child = json.loads(proc.stdout)
+            extra_mb = child["extra_peak_kb"] / 1024
+            rows.append(
+                {
+                    "classes": k,
+                    "seconds": round(child["seconds"], 3),
+                    "extra_peak_mb": round(extra_mb, 1),
+                    "memory_over_file": round(extra_mb / file_mb, 3),
+                    "expert_mb": round(out.stat().st_size / 2**20, 1),
+                }
+            )
+    return {"parent_file_mb": round(file_mb, 1), "cuts": rows, "goal": "under 2 s and under 1.5x the file"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("part", choices=["table1", "latency", "cutout"])
+    parser.add_argument("--sizes", default="1,10,100,500", help="expert class counts")
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    started = time.perf_counter()
+    if args.part == "table1":
+        result = {"table1": table1()}
+    elif args.part == "latency":
+        result = latency(tuple(int(b) for b in args.batches.split(",")), sizes, args.repeats)
+    else:
+        result = cutout(sizes)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    result["cpu_threads"] = torch.get_num_threads()
+    result["cpus"] = os.cpu_count()
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    main()

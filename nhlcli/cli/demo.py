@@ -1,0 +1,86 @@
+"""``nhl demo``: the whole job on Fashion-MNIST, from tree to expert, in a few minutes."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.demo import DEFAULT_EPOCHS, FOOTWEAR, DemoResult, run_demo
+
+
+def closing_table(result: DemoResult) -> Table:
+    """Accuracy and cost, full model against the footwear expert."""
+    full, expert = result.full, result.expert
+    table = Table(title="Fashion-MNIST: full NHL model against the footwear expert")
+    table.add_column("")
+    table.add_column("full model", justify="right")
+    table.add_column("expert", justify="right")
+    table.add_column("reduction", justify="right")
+    reduction = expert["reduction_percent"]
+    table.add_row("classes", str(full["cost"]["classes"]), str(expert["cost"]["classes"]), "")
+    table.add_row("test top-1, all 10 classes", f"{full['top1']:.2%}", "", "")
+    on_footwear = f"{full['top1_on_footwear']:.2%}"
+    table.add_row("test top-1, footwear images", on_footwear, f"{expert['top1']:.2%}", "same answers")
+    table.add_row(
+        "params (M)",
+        f"{full['cost']['params']['total'] / 1e6:.3f}",
+        f"{expert['cost']['params']['total'] / 1e6:.3f}",
+        f"{reduction['params']['total']:.1f}%",
+    )
+    gmacs = (full["cost"]["gmacs"], expert["cost"]["gmacs"])
+    table.add_row("GMACs / image", f"{gmacs[0]:.4f}", f"{gmacs[1]:.4f}", f"{reduction['gmacs']:.1f}%")
+    for f_run, e_run, red in zip(
+        full["cost"]["latency"], expert["cost"]["latency"], reduction.get("latency", []), strict=False
+    ):
+        table.add_row(
+            f"latency batch {f_run['batch']} (ms)",
+            f"{f_run['median_ms']:.2f}",
+            f"{e_run['median_ms']:.2f}",
+            f"{red['median_ms']:.1f}%",
+        )
+    cost = full["cost"]
+    table.caption = (
+        f"full model on footwear = softmax over the 3 footwear classes (paper 003, eq. 3); "
+        f"latency: median, {cost['device']}, {cost['threads']} threads"
+    )
+    return table
+
+
+def demo_command(
+    workdir: Path | None = typer.Option(
+        None, "--workdir", "-w", help="Keep the tree, model, expert and report here (default: a temp dir)."
+    ),
+    epochs: int = typer.Option(
+        DEFAULT_EPOCHS, "--epochs", "-e", help="Training epochs (fewer for a quicker, less accurate run)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Run the main job end to end on Fashion-MNIST: tree, training, eval, a footwear expert, its cost.
+
+    Needs the Fashion-MNIST files (Debian's dataset-fashion-mnist package, NHL_DATA, or a
+    download when online). Takes under 10 minutes on a 2-core CPU.
+    """
+
+    def say(text: str) -> None:
+        if not as_json:
+            console.print(f"[bold cyan]{text}[/]")
+
+    with tempfile.TemporaryDirectory(prefix="nhl-demo-") as tmp:
+        result = run_demo(workdir or Path(tmp), epochs=epochs, progress=not as_json, say=say)
+        if as_json:
+            print_json(result.summary())
+            return
+        console.print(closing_table(result))
+        where = f"files in {result.workdir}" if workdir else "rerun with --workdir DIR to keep the files"
+        console.print(
+            f"done in {result.seconds:.0f} s ({result.train_seconds:.0f} s training); {where}. Next: "
+            f"nhl cutout MODEL --classes {','.join(FOOTWEAR)} -o expert.safetensors"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(friendly_errors(demo_command))

@@ -1,0 +1,160 @@
+"""The main job end to end on the built-in default, Fashion-MNIST (``nhl demo``).
+
+Tree from WordNet (the shipped tree when WordNet is not installed), a short training of the
+default configuration, evaluation, a footwear expert (sandal, sneaker, ankle boot) cut out of
+the trained model, its cost report, and a closing comparison of full model against expert.
+Every step is the library call the matching ``nhl`` command makes, so the demo doubles as a
+script to copy from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nhlcli.errors import NhlError
+
+# The default Fashion-MNIST configuration (the README's, the demo's and the benchmark's).
+DEFAULT_EPOCHS = 10
+RECIPE: dict[str, Any] = {
+    "backbone": "resnet18",
+    "input_size": 32,
+    "batch_size": 128,
+    "lr": 3e-3,
+    "warmup_epochs": 0.3,
+    "augment": "none",
+    "crop_scale": "0.8,1",
+    "label_smoothing": 0.1,
+    "workers": 1,
+}
+FOOTWEAR = ("sandal", "sneaker", "ankle boot")
+SHIPPED_TREE = "fashion-mnist-wordnet-l2"
+
+
+def recipe_args(epochs: int = DEFAULT_EPOCHS) -> list[str]:
+    """The recipe as ``nhl train`` options."""
+    args = []
+    for key, value in {**RECIPE, "epochs": epochs}.items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    return args
+
+
+@dataclass
+class DemoResult:
+    """What the demo made and measured (``summary()`` is its ``--json`` output)."""
+
+    workdir: Path
+    tree_source: str
+    epochs: int
+    train_seconds: float = 0.0
+    full: dict[str, Any] = field(default_factory=dict)
+    expert: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "workdir": str(self.workdir),
+            "tree_source": self.tree_source,
+            "epochs": self.epochs,
+            "train_seconds": round(self.train_seconds, 1),
+            "full": self.full,
+            "expert": self.expert,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def demo_tree() -> tuple[Any, str]:
+    """Fashion-MNIST's tree built from WordNet, or the shipped one when WordNet is missing."""
+    from nhlcli.taxonomy import build_tree, shipped_tree
+    from nhlcli.taxonomy.classes import FASHION_MNIST
+
+    try:
+        return build_tree("wordnet", FASHION_MNIST, levels=2, name="fashion-mnist-wordnet-l2"), "wordnet"
+    except NhlError:
+        return shipped_tree(SHIPPED_TREE), f"shipped ({SHIPPED_TREE}; WordNet is not installed)"
+
+
+def run_demo(
+    workdir: str | Path,
+    epochs: int = DEFAULT_EPOCHS,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    batch_size: int = 16,
+) -> DemoResult:
+    """Run every step, writing tree, model, expert and report into ``workdir``."""
+    from nhlcli.evaluation import evaluate_file
+    from nhlcli.experts import compare, cost_report, cutout_file, save_expert
+    from nhlcli.model.files import load_model
+    from nhlcli.model.nhl import with_input_size
+    from nhlcli.model.registry import create_model
+    from nhlcli.model.trunk import TrunkConfig
+    from nhlcli.training.loop import TrainConfig, train
+
+    if epochs < 1:
+        raise NhlError(f"--epochs must be at least 1, got {epochs}")
+    started = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tree, source = demo_tree()
+    tree_file = tree.save(workdir / "tree.json")
+    result = DemoResult(workdir, source, epochs)
+    say(f"1/5 tree: {len(tree.classes)} classes, {tree.levels} levels, from {source} -> {tree_file}")
+
+    model = create_model(tree, "nhl", TrunkConfig(RECIPE["backbone"], None, 1))
+    model.input_config = with_input_size(model.input_config, RECIPE["input_size"])
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=RECIPE["batch_size"],
+        lr=RECIPE["lr"],
+        warmup_epochs=RECIPE["warmup_epochs"],
+        augment=None,
+        crop_scale=(0.8, 1.0),
+        label_smoothing=RECIPE["label_smoothing"],
+        workers=RECIPE["workers"],
+    )
+    say(f"2/5 training {RECIPE['backbone']} NHL on Fashion-MNIST for {epochs} epoch(s)")
+    full_file = workdir / "fashion-nhl.safetensors"
+    t0 = time.perf_counter()
+    run = train(model, "fashion-mnist", full_file, config, progress=progress)
+    if run.interrupted:
+        raise KeyboardInterrupt
+    result.train_seconds = time.perf_counter() - t0
+
+    say("3/5 evaluating on the 10,000 test images")
+    workers = RECIPE["workers"]
+    full_eval = evaluate_file(full_file, "fashion-mnist", workers=workers)
+    footwear_eval = evaluate_file(full_file, "fashion-mnist", classes=",".join(FOOTWEAR), workers=workers)
+
+    say(f"4/5 cutting the footwear expert ({', '.join(FOOTWEAR)})")
+    cut = cutout_file(full_file, list(FOOTWEAR))
+    expert_file = workdir / "footwear-expert.safetensors"
+    batches = (1, batch_size)
+    parent = load_model(full_file)
+    full_cost = cost_report(parent, batches)
+    del parent
+    expert_cost = cost_report(cut.model, batches)
+    cut.lineage["parent_cost"] = full_cost
+    save_expert(cut, expert_file, cost=expert_cost)
+
+    say("5/5 evaluating the expert on the footwear test images")
+    expert_eval = evaluate_file(expert_file, "fashion-mnist", workers=workers)
+    result.full = {
+        "file": str(full_file),
+        "top1": full_eval["top1"],
+        "top1_on_footwear": footwear_eval["top1"],
+        "cost": full_cost,
+    }
+    result.expert = {
+        "file": str(expert_file),
+        "classes": list(FOOTWEAR),
+        "top1": expert_eval["top1"],
+        "images": expert_eval["images"],
+        "cut_seconds": round(cut.seconds, 3),
+        "cost": expert_cost,
+        "reduction_percent": compare(full_cost, expert_cost),
+    }
+    result.seconds = time.perf_counter() - started
+    return result
