@@ -2,6 +2,7 @@
 
     python benchmarks/bench_experts.py table1      # ResNet50-NHL (100 classes) and ConvNeXtV2-NHL (1000)
     python benchmarks/bench_experts.py latency     # experts of 1/10/100/500 classes, batch 1 and 32
+    python benchmarks/bench_experts.py latency --backbone resnet50
     python benchmarks/bench_experts.py cutout      # time and peak memory of nhl cutout on a 1000-class file
 
 Untrained weights: cost does not depend on them. GMACs come from FlopCounterMode, latency is the
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from nhlcli.experts import count_macs, cut_model, measure_latency
+from nhlcli.model.branches import keep_freed_cpu_memory
 from nhlcli.model.files import save_model
 from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig
@@ -85,9 +87,9 @@ def table1() -> list[dict]:
     return rows
 
 
-def latency(batches: tuple[int, ...], sizes: tuple[int, ...], repeats: int) -> dict:
+def latency(batches: tuple[int, ...], sizes: tuple[int, ...], repeats: int, backbone: str) -> dict:
     tree = shipped_tree("imagenet-1k-wordnet-l3")
-    model = create_model(tree, "nhl", TrunkConfig("convnextv2_tiny")).eval()
+    model = create_model(tree, "nhl", TrunkConfig(backbone)).eval()
     leaves = tree.level(tree.levels)
     rng = random.Random(0)
     rows = []
@@ -114,7 +116,8 @@ def latency(batches: tuple[int, ...], sizes: tuple[int, ...], repeats: int) -> d
             )
         del expert
     return {
-        "model": "convnextv2_tiny NHL, imagenet-1k-wordnet-l3, 224 px",
+        "model": f"{backbone} NHL, imagenet-1k-wordnet-l3, 224 px",
+        "trunk_gmacs": round(count_macs(model.trunk.eval(), (3, 224, 224)) / 1e9, 3),
         "threads": torch.get_num_threads(),
         "full": {"gmacs": round(full_macs / 1e9, 3), "latency": list(full_runs.values())},
         "experts": rows,
@@ -125,7 +128,7 @@ def latency(batches: tuple[int, ...], sizes: tuple[int, ...], repeats: int) -> d
 CUT_CHILD = r"""
 import json, resource, sys, time
 from nhlcli.experts import cutout_file, save_expert
-import torch  # noqa: F401  (imported before the baseline, as nhl's CLI has it)
+import timm, torch  # noqa: F401, E401  (imported before the baseline: the cut, not the imports)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 cut = cutout_file(sys.argv[1], json.loads(sys.argv[2]))
@@ -172,14 +175,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,10,100,500", help="expert class counts")
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--backbone", default="convnextv2_tiny", help="trunk of the latency model")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    keep_freed_cpu_memory()  # as the nhl command does
     sizes = tuple(int(s) for s in args.sizes.split(","))
     started = time.perf_counter()
     if args.part == "table1":
         result = {"table1": table1()}
     elif args.part == "latency":
-        result = latency(tuple(int(b) for b in args.batches.split(",")), sizes, args.repeats)
+        batches = tuple(int(b) for b in args.batches.split(","))
+        result = latency(batches, sizes, args.repeats, args.backbone)
     else:
         result = cutout(sizes)
     result["seconds"] = round(time.perf_counter() - started, 1)

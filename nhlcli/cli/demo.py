@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from nhlcli.cli.common import console, friendly_errors, print_json
-from nhlcli.demo import DEFAULT_EPOCHS, FOOTWEAR, DemoResult, run_demo
+from nhlcli.demo import DEMO_EPOCHS, FOOTWEAR, DemoResult, run_demo
 
 
 def closing_table(result: DemoResult) -> Table:
@@ -55,7 +55,7 @@ def demo_command(
         None, "--workdir", "-w", help="Keep the tree, model, expert and report here (default: a temp dir)."
     ),
     epochs: int = typer.Option(
-        DEFAULT_EPOCHS, "--epochs", "-e", help="Training epochs (fewer for a quicker, less accurate run)."
+        DEMO_EPOCHS, "--epochs", "-e", help="Training epochs (fewer for a quicker, less accurate run)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
