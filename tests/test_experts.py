@@ -37,10 +37,12 @@ def random_tree(levels: int, num_classes: int, seed: int) -> Tree:
             take = rng.randint(1, 4)
             groups.append(pool[:take])
             pool = pool[take:]
-        return [
-            {"id": f"{prefix}{i}", "name": f"group {i}", "children": split(g, depth + 1, f"{prefix}{i}.")}
-            for i, g in enumerate(groups)
-        ]
+        nodes = []
+        for i, g in enumerate(groups):
+            node_id = f"{prefix}{i}"
+            children = split(g, depth + 1, node_id + ".")
+            nodes.append({"id": node_id, "name": f"group {node_id}", "children": children})
+        return nodes
 
     nested = {"id": "root", "name": "all", "children": split(classes, 1, "n")}
     order = classes[:]
