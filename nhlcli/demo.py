@@ -88,8 +88,7 @@ def run_demo(
 ) -> DemoResult:
     """Run every step, writing tree, model, expert and report into ``workdir``."""
     from nhlcli.evaluation import evaluate_file
-    from nhlcli.experts import compare, cost_report, cutout_file, save_expert
-    from nhlcli.model.files import load_model
+    from nhlcli.experts import compare, cutout_with_cost, save_expert
     from nhlcli.model.nhl import with_input_size
     from nhlcli.model.registry import create_model
     from nhlcli.model.trunk import TrunkConfig
@@ -131,14 +130,8 @@ def run_demo(
     footwear_eval = evaluate_file(full_file, "fashion-mnist", classes=",".join(FOOTWEAR), workers=workers)
 
     say(f"4/5 cutting the footwear expert ({', '.join(FOOTWEAR)})")
-    cut = cutout_file(full_file, list(FOOTWEAR))
+    cut, full_cost, expert_cost = cutout_with_cost(full_file, list(FOOTWEAR), (1, batch_size))
     expert_file = workdir / "footwear-expert.safetensors"
-    batches = (1, batch_size)
-    parent = load_model(full_file)
-    full_cost = cost_report(parent, batches)
-    del parent
-    expert_cost = cost_report(cut.model, batches)
-    cut.lineage["parent_cost"] = full_cost
     save_expert(cut, expert_file, cost=expert_cost)
 
     say("5/5 evaluating the expert on the footwear test images")

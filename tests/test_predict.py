@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error, make_tiny_data, run_nhl
 from PIL import Image
+from test_training import nested_tree
 
 from nhlcli.data.loaders import build_transform
 from nhlcli.errors import NhlError
@@ -30,17 +31,7 @@ FRUIT = ["apple", "banana", "cherry", "fig"]
 
 def two_level_tree() -> Tree:
     """fruit (4 classes) and plant (2 classes); the leaf order differs from the class order."""
-    fruit = [{"id": c, "name": c} for c in ("cherry", "apple", "banana", "fig")]
-    plant = [{"id": c, "name": c} for c in ("daisy", "elm")]
-    root = {
-        "id": "root",
-        "name": "all",
-        "children": [
-            {"id": "fruit", "name": "fruit", "children": fruit},
-            {"id": "plant", "name": "plant", "children": plant},
-        ],
-    }
-    return Tree.from_nested(root, CLASSES, name="toy-l2")
+    return nested_tree(2)
 
 
 def flat_tree() -> Tree:

@@ -93,17 +93,11 @@ def cutout_command(
     loads without the parent file. The cost report compares parent and expert.
     """
     from nhlcli.evaluation import split_labels
-    from nhlcli.experts import compare, cost_report, cutout_file, save_expert
-    from nhlcli.model.files import load_model
+    from nhlcli.experts import compare, cutout_with_cost, save_expert
 
     labels = split_labels(classes)
-    cut = cutout_file(model_file, labels)
     batches = _batches(batch_size)
-    parent = load_model(model_file)
-    parent_cost = cost_report(parent, batches, latency=latency, threads=threads)
-    del parent
-    expert_cost = cost_report(cut.model, batches, latency=latency, threads=threads)
-    cut.lineage["parent_cost"] = parent_cost
+    cut, parent_cost, expert_cost = cutout_with_cost(model_file, labels, batches, latency, threads)
     save_expert(cut, output, cost=expert_cost)
     summary = {
         "parent": str(model_file),

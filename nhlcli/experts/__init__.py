@@ -11,6 +11,7 @@ __all__ = [
     "count_macs",
     "cut_model",
     "cutout_file",
+    "cutout_with_cost",
     "measure_latency",
     "peak_memory",
     "save_expert",

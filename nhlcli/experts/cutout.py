@@ -202,3 +202,26 @@ def save_expert(cutout: Cutout, output: str | Path, cost: Mapping[str, Any] | No
         expert=cutout.lineage,
         training=cutout.training,
     )
+
+
+def cutout_with_cost(
+    parent: str | Path,
+    labels: Sequence[str],
+    batch_sizes: Sequence[int] = (1, 16),
+    latency: bool = True,
+    threads: int | None = None,
+) -> tuple[Cutout, dict[str, Any], dict[str, Any]]:
+    """Cut an expert and measure parent and expert side by side (what ``nhl cutout`` reports).
+
+    The parent's report goes into the expert's lineage, so ``save_expert`` records both.
+    """
+    from nhlcli.experts.cost import cost_report
+    from nhlcli.model.files import load_model
+
+    cut = cutout_file(parent, labels)
+    full = load_model(parent)
+    parent_cost = cost_report(full, batch_sizes, latency=latency, threads=threads)
+    del full
+    expert_cost = cost_report(cut.model, batch_sizes, latency=latency, threads=threads)
+    cut.lineage["parent_cost"] = parent_cost
+    return cut, parent_cost, expert_cost
