@@ -1,7 +1,15 @@
 """Experts: cut a trained NHL model down to some classes, and measure what that saves."""
 
 from nhlcli.experts.cost import compare, cost_report, count_macs, measure_latency, peak_memory
-from nhlcli.experts.cutout import Cutout, CutPlan, cut_model, cutout_file, save_expert, select_classes
+from nhlcli.experts.cutout import (
+    Cutout,
+    CutPlan,
+    cut_model,
+    cutout_file,
+    cutout_with_cost,
+    save_expert,
+    select_classes,
+)
 
 __all__ = [
     "CutPlan",
