@@ -120,6 +120,39 @@ def describe_attention(summary: Mapping[str, Any] | None) -> str:
     return f"{what} {where}"
 
 
+def model_loader(
+    model: nn.Module,
+    data: str | Path,
+    split: str = "val",
+    batch_size: int = 64,
+    workers: int = 2,
+    tree: Tree | None = None,
+    subset: bool = False,
+    part: str | None = None,
+) -> Any:
+    """A loader over ``data`` through the model's own evaluation transform, labelled by ``tree``
+    (default the model's); an expert's data is restricted to its classes."""
+    from nhlcli.data import create_eval_loader
+
+    is_expert = bool(getattr(model, "metadata", {}).get("expert"))
+    inp = model.input_config
+    return create_eval_loader(
+        data,
+        tree or model.tree,
+        input_size=inp.size[1],
+        mean=inp.mean,
+        std=inp.std,
+        in_chans=inp.size[0],
+        interpolation=inp.interpolation,
+        crop_pct=inp.crop_pct,
+        split=split,
+        batch_size=batch_size,
+        workers=workers,
+        subset=subset or is_expert,
+        part=part,
+    )
+
+
 def evaluate_file(
     model_file: str | Path,
     data: str | Path,
@@ -131,13 +164,19 @@ def evaluate_file(
     attend: AttendSpec | None = None,
     attend_level: int | str | None = None,
     attend_truth: float | None = None,
+    route_top_k: int | None = None,
+    part: str | None = None,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """Load a model file and report top-1, top-5, loss and per-class accuracy on ``data``.
+
+    A gated file (``nhl gates fit``) reports gated inference instead: top-1, average GMACs, the
+    fraction leaving at each exit and measured throughput; ``route_top_k`` routes through the
+    tree. ``part="i/k"`` evaluates one fixed part of the split (see ``create_eval_loader``).
 
     ``attend`` scales chosen classes' branches, ``attend_truth`` each image's own class path
     (paper 003, 4.4); ``attend_level`` picks the level (default the last, an int, or "path").
     """
-    from nhlcli.data import create_eval_loader
     from nhlcli.model.files import load_model
     from nhlcli.training.loop import evaluate
 
@@ -145,6 +184,18 @@ def evaluate_file(
     pairs = attend_pairs(attend)
     check_attention_options(pairs, attend_level, attend_truth)
     model = load_model(model_file, dev)
+    if "gates" in model.metadata or route_top_k is not None:
+        if pairs or attend_truth is not None or classes:
+            raise NhlError(
+                "a gated file is evaluated whole: --attend, --attend-truth and --classes need the ungated "
+                "model (or cut an expert first and fit gates on it)"
+            )
+        from nhlcli.gates.workflow import evaluate_gated_model
+
+        report = evaluate_gated_model(
+            model, data, split, batch_size, workers, dev, route_top_k, part, progress
+        )
+        return {**report, "model": str(model_file), "data": str(data), "split": split, "part": part}
     net: nn.Module = model
     labels = split_labels(classes)
     if labels:
@@ -157,23 +208,10 @@ def evaluate_file(
         attention = TruthAttention(model, attend_truth, attend_level)
         if labels:  # targets index the subset's classes; the oracle needs the full model's
             attention = _SubsetTargets(attention, net.index)
-    is_expert = bool(getattr(model, "metadata", {}).get("expert"))
-    tree = net.tree  # the model's tree, or the subtree of the requested classes
-    inp = model.input_config
-    loader = create_eval_loader(
-        data,
-        tree,
-        input_size=inp.size[1],
-        mean=inp.mean,
-        std=inp.std,
-        in_chans=inp.size[0],
-        interpolation=inp.interpolation,
-        crop_pct=inp.crop_pct,
-        split=split,
-        batch_size=batch_size,
-        workers=workers,
-        subset=bool(labels) or is_expert,
+    loader = model_loader(
+        model, data, split, batch_size, workers, tree=net.tree, subset=bool(labels), part=part
     )
+    tree = net.tree  # the model's tree, or the subtree of the requested classes
     report = evaluate(net, loader, dev, attention=attention)
     report["per_class"] = {tree.node(c).name: acc for c, acc in report["per_class"].items()}
     report["num_classes"] = len(tree.classes)

@@ -120,7 +120,9 @@ def predict_images(
     ``model`` is anything with ``.tree``, ``.input_config`` and ``forward(x, attention)``: a
     loaded model, an expert, or a :class:`~nhlcli.evaluation.ClassSubset`. ``attention`` is the
     per-level mapping of :func:`nhlcli.model.attention.class_attention` (NHL models only).
-    Returns one ``{"file", "top": [{"id", "name", "probability"}, ...]}`` per path, in order.
+    Returns one ``{"file", "top": [{"id", "name", "probability"}, ...]}`` per path, in order. A
+    gated model (``nhl gates``) adds each image's ``exit`` and ``gmacs``; an image that left at a
+    hinge gate gets the softmax of its margins, a ranking rather than a calibrated probability.
     """
     if batch_size < 1:
         raise NhlError(f"--batch-size must be at least 1, got {batch_size}")
@@ -140,16 +142,27 @@ def predict_images(
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             batch = torch.stack([transform(load_image(p)) for p in chunk]).to(device)
+            gated = None
             with torch.no_grad():
-                logits = model(batch, attention) if attention else model(batch)
+                if hasattr(model, "run"):  # a gated model: each image stops at its exit
+                    gated = model.run(batch)
+                    logits = gated.logits
+                else:
+                    logits = model(batch, attention) if attention else model(batch)
             probs = logits.float().softmax(dim=1).cpu()
             values, indices = probs.topk(k, dim=1)
-            for path, row_p, row_i in zip(chunk, values.tolist(), indices.tolist(), strict=True):
+            for j, (path, row_p, row_i) in enumerate(
+                zip(chunk, values.tolist(), indices.tolist(), strict=True)
+            ):
                 top = [
                     {"id": tree.classes[i], "name": names[i], "probability": p}
                     for p, i in zip(row_p, row_i, strict=True)
                 ]
-                results.append({"file": str(path), "top": top})
+                result: dict[str, Any] = {"file": str(path), "top": top}
+                if gated is not None:
+                    result["exit"] = model.exit_names()[int(gated.exits[j])]
+                    result["gmacs"] = float(gated.macs[j]) / 1e9
+                results.append(result)
     finally:
         model.train(was_training)
     return results

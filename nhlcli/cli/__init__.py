@@ -8,6 +8,7 @@ from nhlcli import __version__
 from nhlcli.cli.common import err_console
 from nhlcli.cli.demo import register as register_demo
 from nhlcli.cli.experts import register as register_experts
+from nhlcli.cli.gates import register as register_gates
 from nhlcli.cli.hierarchy import hierarchy_app
 from nhlcli.cli.predict import register as register_predict
 from nhlcli.cli.train import register as register_training
@@ -29,6 +30,7 @@ register_training(app)
 register_experts(app)
 register_demo(app)
 register_predict(app)
+register_gates(app)
 
 
 def _version(value: bool) -> None:

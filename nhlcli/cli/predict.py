@@ -14,6 +14,10 @@ ATTEND_HELP = (
     "Scale a class's (or inner node's) branch feature maps: above 1 amplifies, below 1 inhibits "
     "(paper 003, 4.4). Repeat for several classes."
 )
+ROUTE_HELP = (
+    "Gated NHL files only: run just the branches of each image's K most likely super-categories "
+    "(the routing gate's choice); the other classes get no score."
+)
 ATTEND_LEVEL_HELP = (
     "The branch level attention acts on: a number from 1, or 'path' for every level (default: the last)."
 )
@@ -25,11 +29,15 @@ def predict_command(
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes to list per image (at most all of them)."),
     attend: list[str] | None = typer.Option(None, "--attend", metavar="CLASS=SCALE", help=ATTEND_HELP),
     attend_level: str | None = typer.Option(None, "--attend-level", metavar="N|path", help=ATTEND_LEVEL_HELP),
+    route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
 ) -> None:
-    """Classify image files with a model: the top classes and their probabilities per image."""
+    """Classify image files with a model: the top classes and their probabilities per image.
+
+    A gated file (nhl gates) also says where each image left the network and what it cost.
+    """
     import torch
 
     from nhlcli.evaluation import attend_pairs, attention_summary, check_attention_options, describe_attention
@@ -42,6 +50,10 @@ def predict_command(
     check_attention_options(pairs, attend_level, None)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(model_file, dev)
+    if route_top_k is not None or hasattr(model, "run"):
+        from nhlcli.gates.workflow import check_gated_options
+
+        check_gated_options(model, route_top_k, pairs)
     attention = class_attention(model, pairs, attend_level) if pairs else None
     summary = attention_summary(model.tree, pairs, attend_level)
     results = predict_images(model, images, top_k=top_k, attention=attention, batch_size=batch_size)
@@ -64,6 +76,8 @@ def predict_command(
         table.add_column("probability", justify="right")
         for rank, row in enumerate(result["top"], start=1):
             table.add_row(str(rank), escape(row["name"]), escape(row["id"]), f"{row['probability']:.2%}")
+        if "exit" in result:
+            table.caption = f"left at {result['exit']}, {result['gmacs'] * 1e3:.2f} MMACs"
         console.print(table)
     if summary:
         console.print(f"attention: {escape(describe_attention(summary))}")

@@ -187,6 +187,10 @@ def train_command(
         )
 
 
+ROUTE_HELP = "Gated NHL files: run just the branches of each image's K likeliest super-categories."
+PART_HELP = "Use only part i of k of the split (fixed shuffle), e.g. 2/2 when thresholds were tuned on 1/2."
+
+
 def eval_command(
     model_file: Path = typer.Argument(..., help="An nhl model file (.safetensors)."),
     data: str = typer.Option("fashion-mnist", "--data", "-d", help="ImageFolder directory or fashion-mnist."),
@@ -208,25 +212,45 @@ def eval_command(
         metavar="SCALE",
         help="Scale each image's own class path by SCALE (paper 003's oracle test; not with --attend).",
     ),
+    route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
+    part: str | None = typer.Option(None, "--part", metavar="i/k", help=PART_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Top-1, top-5 and per-class accuracy of a model file on a dataset."""
+    """Top-1, top-5 and per-class accuracy of a model file on a dataset.
+
+    For a gated file (nhl gates): top-1, average GMACs per image, where images left the network,
+    and measured throughput against the ungated model on the same batches.
+    """
+    from nhlcli.cli.gates import ImageProgress, gated_report_table
     from nhlcli.evaluation import describe_attention, evaluate_file
 
-    report = evaluate_file(
-        model_file,
-        data,
-        split=split,
-        classes=classes,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        attend=attend,
-        attend_level=attend_level,
-        attend_truth=attend_truth,
-    )
+    with ImageProgress(not as_json) as progress:
+        report = evaluate_file(
+            model_file,
+            data,
+            split=split,
+            classes=classes,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            attend=attend,
+            attend_level=attend_level,
+            attend_truth=attend_truth,
+            route_top_k=route_top_k,
+            part=part,
+            progress=progress,
+        )
     if as_json:
         print_json(report)
+        return
+    if "exits" in report:
+        console.print(gated_report_table(report))
+        console.print(
+            f"top-1 [bold]{report['top1']:.2%}[/]  {report['gmacs']:.4f} GMACs per image on average "
+            f"(full network {report['full_gmacs']:.4f}, {report['gmacs_reduction_percent']:.1f}% fewer)  "
+            f"{report['images_per_s']:.0f} img/s against {report['ungated_images_per_s']:.0f} ungated "
+            f"(x{report['speedup']:.2f}, {report['threads']} threads)"
+        )
         return
     table = Table(title=f"{model_file.name} on {data} ({split}, {report['images']} images)")
     table.add_column("class")

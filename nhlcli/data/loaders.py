@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
 from nhlcli.data.datasets import TreeDataset, dataset_for_tree
@@ -203,8 +203,13 @@ def create_eval_loader(
     val_fraction: float = VAL_FRACTION,
     split_seed: int = 0,
     subset: bool = False,
+    part: str | None = None,
 ) -> DataLoader:
-    """One split in a fixed order with the evaluation transform (``subset=True`` for experts)."""
+    """One split in a fixed order with the evaluation transform (``subset=True`` for experts).
+
+    ``part="i/k"`` keeps the i-th of k fixed, disjoint random parts of the split, so thresholds
+    can be tuned on one half of a test set and reported on the other (``"1/2"``, ``"2/2"``).
+    """
     in_chans = in_chans or len(mean)
     tf = build_transform(
         input_size,
@@ -225,4 +230,18 @@ def create_eval_loader(
         val_fraction=val_fraction,
         split_seed=split_seed,
     )
+    if part:
+        dataset = take_part(dataset, part)  # type: ignore[assignment]
     return make_loader(dataset, batch_size=batch_size, workers=workers, distributed=distributed)
+
+
+def take_part(dataset: Dataset, part: str) -> Subset:
+    """The ``i``-th of ``k`` disjoint parts (``"i/k"``) of ``dataset``, drawn by a fixed shuffle."""
+    try:
+        i, k = (int(v) for v in part.split("/"))
+    except ValueError:
+        raise DataError(f"--part {part!r}: write i/k, e.g. 1/2 for the first of two halves") from None
+    if not 1 <= i <= k:
+        raise DataError(f"--part {part}: i must lie between 1 and k")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+    return Subset(dataset, sorted(order[i - 1 :: k].tolist()))

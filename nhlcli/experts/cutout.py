@@ -105,6 +105,11 @@ def _expert_model(meta: Mapping[str, Any], expert_tree: Tree, state: dict[str, t
 
 
 def _check_nhl(meta: Mapping[str, Any], source: str) -> None:
+    if "gates" in meta:
+        raise NhlError(
+            f"{source} is a gated file; cut the expert from the ungated model, then fit gates on the "
+            "expert with 'nhl gates fit EXPERT -o gated.safetensors'"
+        )
     if meta.get("kind") == "flat":
         raise NhlError(
             f"{source} is a flat model, which has no per-class branches to cut; train an NHL model "

@@ -45,7 +45,8 @@ def save_model(model: nn.Module, path: str | Path, **sections: Any) -> Path:
     """
     meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, **model.config(), "tool": tool_stamp()}
     meta.update({k: v for k, v in sections.items() if v is not None})
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = model.file_state() if hasattr(model, "file_state") else model.state_dict()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     text = json.dumps(meta, ensure_ascii=False)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: text}))
 
@@ -100,8 +101,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     meta = read_metadata(path)
     model = model_from_config(meta, skeleton=True)
     state = load_weights(path)
+    gate_state = {k[len("gates.") :]: state.pop(k) for k in [k for k in state if k.startswith("gates.")]}
     try:
         model.load_state_dict(state, strict=True, assign=True)
+        model.metadata = meta
+        if "gates" in meta:
+            from nhlcli.gates.gated import GatedModel, GateSpec
+
+            model = GatedModel(model, GateSpec.from_dict(meta["gates"]))
+            model.load_gate_state(gate_state)
+        elif gate_state:
+            raise RuntimeError(f"unexpected gate tensors {sorted(gate_state)[:3]}")
     except RuntimeError as exc:
         first = " ".join(str(exc).split())[:300]
         raise NhlError(f"{path}: the weights do not fit the model its metadata describes ({first})") from exc

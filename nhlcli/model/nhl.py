@@ -132,7 +132,12 @@ class NHLModel(nn.Module):
 
     def forward(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits ``[B, num_classes]``; ``attention`` maps a level (1-based) to per-node scales."""
-        features = self.trunk(x)
+        return self.forward_branches(self.trunk(x), attention)
+
+    def forward_branches(
+        self, features: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Trunk output -> logits: every branch level, then the leaf heads in class order."""
         for depth, level in enumerate(self.levels, start=1):
             scale = attention.get(depth) if attention else None
             features = level(features, scale=scale)

@@ -1,0 +1,291 @@
+"""``nhl gates fit|tune|sweep``: decision gates for early exits (paper 004) and routing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.errors import NhlError
+
+gates_app = typer.Typer(
+    help=(
+        "Decision gates (paper 004): linear classifiers after trunk stages, trained with a hinge "
+        "loss on the frozen network, let easy images leave early; a routing gate runs only the "
+        "branches of each image's likeliest super-categories.\n\n"
+        "fit -> tune (thresholds for a target accuracy) -> nhl eval / nhl predict on the gated file."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+DATA_HELP = "ImageFolder directory or fashion-mnist."
+PART_HELP = "Use only part i of k of the split (fixed shuffle), e.g. 1/2 to tune and 2/2 to report."
+ROUTE_HELP = "NHL only: run just the branches of each image's K likeliest super-categories."
+
+
+class ImageProgress:
+    """A rich bar over images (what the gates library calls as ``start``/``advance``)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not enabled,
+        )
+        self.task: Any = None
+
+    def start(self, total: int, description: str) -> None:
+        if self.task is None:
+            self.bar.start()
+        else:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(description, total=total)
+
+    def advance(self, n: int) -> None:
+        self.bar.advance(self.task, n)
+
+    def __enter__(self) -> ImageProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+
+def parse_stages(text: str | None) -> list[int] | None:
+    if text is None or text.strip().lower() == "default":
+        return None
+    if text.strip().lower() == "none":
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise NhlError(f"--stages {text!r}: give stage numbers such as 1,2,3 (or 'none')") from None
+
+
+def _thr(t: float | None) -> str:
+    return "inf" if t is None else f"{t:.4g}"
+
+
+def fit_command(
+    model_file: Path = typer.Argument(..., help="An nhl model, expert or flat model file."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the gated file."),
+    data: str = typer.Option("fashion-mnist", "--data", "-d", help=DATA_HELP),
+    split: str = typer.Option("train", "--split", help="The split the gates learn from."),
+    stages: str | None = typer.Option(
+        None,
+        "--stages",
+        help="Stages to put exit gates after, e.g. 1,2 (default: every stage up to the split point; 'none').",
+    ),
+    route: bool | None = typer.Option(
+        None, "--route/--no-route", help="Also fit the routing gate (default: on for NHL models)."
+    ),
+    loss: str = typer.Option("hinge", "--loss", help="hinge (paper 004) or ce (its Experiment 1 control)."),
+    epochs: int = typer.Option(30, "--epochs", help="Passes over the cached features per gate."),
+    lr: float = typer.Option(0.01, "--lr", help="Learning rate of the gates."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per forward pass."),
+    workers: int = typer.Option(2, "--workers", help="Data loading processes."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the fit report as JSON."),
+) -> None:
+    """Fit exit gates (and a routing gate) on a frozen model; thresholds stay closed until tuned."""
+    from nhlcli.gates.fit import GateTraining
+    from nhlcli.gates.workflow import fit_file
+
+    config = GateTraining(loss=loss, epochs=epochs, lr=lr)
+    with ImageProgress(not as_json) as progress:
+        gated = fit_file(
+            model_file,
+            output,
+            data,
+            split,
+            parse_stages(stages),
+            route,
+            config,
+            batch_size,
+            workers,
+            device,
+            progress,
+        )
+    report = {
+        **gated.spec.fit,
+        "output": str(output),
+        "exit_gmacs": [m / 1e9 for m in gated.exit_macs([0.0] * len(gated.exits))],
+    }
+    if as_json:
+        print_json(report)
+        return
+    table = Table(title=f"gates for {model_file.name} ({report['loss']} loss, {report['images']} images)")
+    table.add_column("gate")
+    table.add_column("after stage", justify="right")
+    table.add_column("features", justify="right")
+    table.add_column("train top-1", justify="right")
+    table.add_column("GMACs to exit", justify="right")
+    for i, gate in enumerate(report["gates"]):
+        table.add_row(
+            f"exit {i + 1}",
+            str(gate["stage"]),
+            str(gate["features"]),
+            f"{gate['train_top1']:.2%}",
+            f"{report['exit_gmacs'][i]:.4f}",
+        )
+    if "route" in report:
+        r = report["route"]
+        table.add_row(
+            "route", str(r["stage"]), f"{r['outputs']} super-categories", f"{r['train_top1']:.2%}", ""
+        )
+    table.add_row("full network", "", "", "", f"{gated.base_macs() / 1e9:.4f}")
+    console.print(table)
+    console.print(f"wrote {output}; next: nhl gates tune {output} --max-drop 0.5")
+
+
+def _exits_table(title: str, result: Mapping[str, Any], names: list[str]) -> Table:
+    table = Table(title=title)
+    table.add_column("exit")
+    table.add_column("threshold", justify="right")
+    table.add_column("images leaving", justify="right")
+    thresholds = [*result["thresholds"], None]
+    for name, t, frac in zip(names, thresholds, result["exit_fractions"], strict=True):
+        table.add_row(name, "" if name == names[-1] else _thr(t), f"{frac:.1%}")
+    return table
+
+
+def tune_command(
+    gated_file: Path = typer.Argument(..., help="A gated file from 'nhl gates fit'."),
+    data: str = typer.Option("fashion-mnist", "--data", "-d", help=DATA_HELP),
+    split: str = typer.Option("val", "--split", help="The held-out split thresholds are tuned on."),
+    part: str | None = typer.Option(None, "--part", metavar="i/k", help=PART_HELP),
+    target_accuracy: float | None = typer.Option(
+        None, "--target-accuracy", metavar="PERCENT", help="The top-1 to reach, in percent (e.g. 91.5)."
+    ),
+    max_drop: float | None = typer.Option(
+        None, "--max-drop", metavar="POINTS", help="Allowed top-1 loss against the full network, in points."
+    ),
+    thresholds: str | None = typer.Option(
+        None, "--thresholds", metavar="t1,t2,...", help="Set the thresholds yourself (inf: never exit)."
+    ),
+    route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write here instead of updating the file."
+    ),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per forward pass."),
+    workers: int = typer.Option(2, "--workers", help="Data loading processes."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Set the exit thresholds: the lowest average GMACs that reaches a target top-1 on held-out data."""
+    from nhlcli.gates.gated import parse_thresholds
+    from nhlcli.gates.workflow import load_gated, tune_file
+
+    given = parse_thresholds(thresholds) if thresholds is not None else None
+    with ImageProgress(not as_json) as progress:
+        result = tune_file(
+            gated_file,
+            data,
+            split,
+            part,
+            target_accuracy,
+            max_drop,
+            given,
+            route_top_k,
+            output,
+            batch_size,
+            workers,
+            device,
+            progress,
+        )
+    if as_json:
+        print_json(result)
+        return
+    names = load_gated(output or gated_file, "cpu").exit_names()
+    console.print(
+        _exits_table(
+            f"thresholds on {data} ({split}{', part ' + part if part else ''}, {result['images']} images)",
+            result,
+            names,
+        )
+    )
+    saved = 100 * (1 - result["gmacs"] / result["full_gmacs"])
+    console.print(
+        f"top-1 [bold]{result['top1']:.2%}[/] (full network {result['full_top1']:.2%}), "
+        f"{result['gmacs']:.4f} GMACs per image on average against {result['full_gmacs']:.4f} "
+        f"({saved:.1f}% fewer)"
+    )
+    console.print(f"wrote the thresholds into {output or gated_file}")
+
+
+def sweep_command(
+    gated_file: Path = typer.Argument(..., help="A gated file from 'nhl gates fit'."),
+    data: str = typer.Option("fashion-mnist", "--data", "-d", help=DATA_HELP),
+    split: str = typer.Option("val", "--split", help="The split to measure on."),
+    part: str | None = typer.Option(None, "--part", metavar="i/k", help=PART_HELP),
+    route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
+    plot: Path | None = typer.Option(None, "--plot", help="Also draw the curve into this PNG."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per forward pass."),
+    workers: int = typer.Option(2, "--workers", help="Data loading processes."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the curve as JSON."),
+) -> None:
+    """The accuracy-GMACs curve: thresholds tuned for allowed drops of 0 to 20 points (file unchanged)."""
+    from nhlcli.gates.tune import plot_sweeps
+    from nhlcli.gates.workflow import sweep_file
+
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise NhlError(f"--plot {plot}: the picture is written as PNG; name it .png")
+    with ImageProgress(not as_json) as progress:
+        points = sweep_file(
+            gated_file, data, split, part, None, route_top_k, batch_size, workers, device, progress
+        )
+    if plot is not None:
+        plot_sweeps({gated_file.stem: points}, plot, title=f"{gated_file.name} on {data} ({split})")
+    if as_json:
+        print_json({"points": points, "plot": str(plot) if plot else None})
+        return
+    where = f"{split}, part {part}" if part else split
+    table = Table(title=f"{gated_file.name}: accuracy against cost on {data} ({where})")
+    for col in ("allowed drop", "top-1", "GMACs / image", "fewer GMACs", "thresholds"):
+        table.add_column(col, justify="right")
+    for p in points:
+        table.add_row(
+            f"{p['max_drop']:g} pt",
+            f"{p['top1']:.2%}",
+            f"{p['gmacs']:.4f}",
+            f"{100 * (1 - p['gmacs'] / p['full_gmacs']):.1f}%",
+            ", ".join(_thr(t) for t in p["thresholds"]),
+        )
+    console.print(table)
+    console.print(f"full network: top-1 {points[0]['full_top1']:.2%}, {points[0]['full_gmacs']:.4f} GMACs")
+    if plot is not None:
+        console.print(f"wrote {plot}")
+
+
+def gated_report_table(report: Mapping[str, Any]) -> Table:
+    """What ``nhl eval`` prints for a gated file: where images left and what it cost."""
+    title = f"gated inference on {report['images']} images"
+    if report.get("route_top_k"):
+        title += f", routed through the top {report['route_top_k']} super-categories"
+    table = Table(title=title)
+    table.add_column("exit")
+    table.add_column("images leaving", justify="right")
+    table.add_column("top-1 there", justify="right")
+    for row in report["exits"]:
+        table.add_row(
+            row["name"], f"{row['fraction']:.1%}", "-" if row["top1"] is None else f"{row['top1']:.2%}"
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    gates_app.command("fit")(friendly_errors(fit_command))
+    gates_app.command("tune")(friendly_errors(tune_command))
+    gates_app.command("sweep")(friendly_errors(sweep_command))
+    app.add_typer(gates_app, name="gates")

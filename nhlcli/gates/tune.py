@@ -1,0 +1,289 @@
+"""Thresholds, measured costs and the accuracy-GMACs curve of a gated model.
+
+Tuning follows paper 004 (3.1) and MSDNet's adaptive inference: thresholds are chosen on held-out
+data so that the gated network reaches a target accuracy at the lowest average MACs. One pass
+records every gate's score and answer and the full network's answer for every image; exits are
+then simulated exactly for any thresholds. The search is greedy and sequential: starting with
+every gate closed, it repeatedly lowers the one threshold that saves the most MACs per accuracy
+point lost (later gates see the samples earlier gates let go), while the target still holds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nhlcli.errors import NhlError
+from nhlcli.gates.gated import GatedModel
+from nhlcli.gates.loss import exit_scores
+
+SWEEP_DROPS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
+CANDIDATES = 100  # thresholds tried per gate: quantiles of its scores on the tuning data
+LOOKAHEAD = 5
+
+
+@dataclass
+class ExitRecord:
+    """Per image: every gate's score and top-1, the full network's top-1 and MACs, the label."""
+
+    scores: torch.Tensor  # [N, G]
+    preds: torch.Tensor  # [N, G]
+    final: torch.Tensor  # [N]
+    final_macs: torch.Tensor  # [N], without exit gates
+    labels: torch.Tensor  # [N]
+
+    @property
+    def full_accuracy(self) -> float:
+        return float((self.final == self.labels).double().mean())
+
+
+@torch.no_grad()
+def collect_exits(
+    gated: GatedModel,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    progress: Any = None,
+) -> ExitRecord:
+    """Run every image through every gate and the whole network once (nobody exits)."""
+    gated.eval()
+    scores, preds, finals, final_macs, labels = [], [], [], [], []
+    for images, targets in batches:
+        outs, final, route = gated.all_outputs(images.to(device))
+        scores.append(torch.stack([exit_scores(gated.spec.loss, o) for o in outs], 1).cpu() if outs else None)
+        preds.append(torch.stack([o.argmax(1) for o in outs], 1).cpu() if outs else None)
+        finals.append(final.argmax(1).cpu())
+        if gated.route_top_k is not None and route is not None:
+            top = route.topk(gated.route_top_k, dim=1).indices.sort(dim=1).values.cpu()
+            final_macs.append(torch.tensor([float(gated.routed_macs(tuple(r))) for r in top.tolist()]))
+        else:
+            final_macs.append(torch.full((len(targets),), float(gated.base_macs()), dtype=torch.float64))
+        labels.append(targets.cpu())
+        if progress is not None:
+            progress(len(targets))
+    if not labels:
+        raise NhlError("the data holds no images; give a split with images of the model's classes")
+    n, g = sum(len(t) for t in labels), len(gated.exits)
+    return ExitRecord(
+        torch.cat(scores) if g else torch.zeros(n, 0),
+        torch.cat(preds) if g else torch.zeros(n, 0, dtype=torch.long),
+        torch.cat(finals),
+        torch.cat(final_macs).double(),
+        torch.cat(labels),
+    )
+
+
+def simulate(gated: GatedModel, record: ExitRecord, thresholds: Sequence[float | None]) -> dict[str, Any]:
+    """Accuracy, average GMACs and exit fractions the gated model gives with ``thresholds``."""
+    n, gates = len(record.labels), record.scores.shape[1]
+    exit_macs = gated.exit_macs(thresholds)
+    gate_overhead = exit_macs[-1] - gated.base_macs()
+    exits = torch.full((n,), gates, dtype=torch.long)
+    open_rows = torch.ones(n, dtype=torch.bool)
+    for g, t in enumerate(thresholds):
+        if t is None:
+            continue
+        leave = open_rows & (record.scores[:, g] >= t)
+        exits[leave] = g
+        open_rows &= ~leave
+    pred = record.final.clone()
+    macs = record.final_macs + gate_overhead
+    for g in range(gates):
+        rows = exits == g
+        pred[rows] = record.preds[rows, g]
+        macs[rows] = float(exit_macs[g])
+    correct = pred == record.labels
+    return {
+        "thresholds": list(thresholds),
+        "top1": float(correct.double().mean()),
+        "gmacs": float(macs.mean()) / 1e9,
+        "full_gmacs": gated.base_macs() / 1e9,
+        "exit_fractions": [float((exits == g).double().mean()) for g in range(gates + 1)],
+    }
+
+
+def _candidates(scores: torch.Tensor) -> list[float]:
+    """Thresholds from high (few exits) to the lowest score (everyone exits)."""
+    q = torch.linspace(1.0, 0.0, CANDIDATES + 1, dtype=torch.float64)[1:]
+    values = torch.quantile(scores.double(), q).tolist()
+    out: list[float] = []
+    for v in values:
+        if not out or v < out[-1]:
+            out.append(float(v))
+    return out
+
+
+def tune_thresholds(gated: GatedModel, record: ExitRecord, target: float) -> dict[str, Any]:
+    """The thresholds reaching ``target`` top-1 (a fraction) at the lowest average MACs found."""
+    full = record.full_accuracy
+    if target > full + 1e-12:
+        raise NhlError(
+            f"a top-1 of {target:.2%} cannot be reached on this data: the full network (no exits) reaches "
+            f"{full:.2%}; ask for at most that, or use --max-drop"
+        )
+    gates = record.scores.shape[1]
+    cands = [_candidates(record.scores[:, g]) for g in range(gates)]
+    pos = [-1] * gates
+    thresholds: list[float | None] = [None] * gates
+    current = simulate(gated, record, thresholds)
+    while True:
+        best: tuple[float, float, int, int] | None = None
+        for g in range(gates):
+            stop = len(cands[g]) if pos[g] < 0 else min(len(cands[g]), pos[g] + 1 + LOOKAHEAD)
+            for p in range(pos[g] + 1, stop):
+                trial = list(thresholds)
+                trial[g] = cands[g][p]
+                result = simulate(gated, record, trial)
+                saved = current["gmacs"] - result["gmacs"]
+                if result["top1"] < target or saved <= 0:
+                    continue
+                gain = saved / max(current["top1"] - result["top1"], 1e-9)
+                if best is None or (gain, saved) > (best[0], best[1]):
+                    best = (gain, saved, g, p)
+        if best is None:
+            break
+        _, _, g, p = best
+        pos[g] = p
+        thresholds[g] = cands[g][p]
+        current = simulate(gated, record, thresholds)
+    current["target_top1"] = target
+    current["full_top1"] = full
+    return current
+
+
+def target_from(record: ExitRecord, target_accuracy: float | None, max_drop: float | None) -> float:
+    """The target top-1 (fraction) from ``--target-accuracy`` or ``--max-drop`` (both in percent)."""
+    if (target_accuracy is None) == (max_drop is None):
+        raise NhlError("give exactly one of --target-accuracy, --max-drop or --thresholds")
+    if max_drop is not None:
+        if not 0 <= max_drop <= 100:
+            raise NhlError(f"--max-drop {max_drop}: give percentage points between 0 and 100, e.g. 0.5")
+        return record.full_accuracy - max_drop / 100
+    assert target_accuracy is not None
+    if not 0 < target_accuracy <= 100:
+        raise NhlError(f"--target-accuracy {target_accuracy}: give a top-1 in percent, e.g. 91.5")
+    return target_accuracy / 100
+
+
+def sweep(
+    gated: GatedModel, record: ExitRecord, drops: Sequence[float] = SWEEP_DROPS
+) -> list[dict[str, Any]]:
+    """The accuracy-GMACs curve: thresholds tuned for each allowed drop (percentage points)."""
+    points: list[dict[str, Any]] = []
+    for drop in sorted(drops):
+        point = tune_thresholds(gated, record, record.full_accuracy - drop / 100)
+        if points and points[-1]["gmacs"] < point["gmacs"]:
+            # the greedy search is not monotone; a tighter target's thresholds also meet this one
+            point = {**points[-1], "target_top1": point["target_top1"]}
+        point["max_drop"] = drop
+        points.append(point)
+    return points
+
+
+def plot_sweeps(curves: dict[str, list[dict[str, Any]]], output: str | Path, title: str = "") -> Path:
+    """Accuracy against average GMACs, one line per curve, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nhlcli.atomic import atomic_write
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    full = None
+    for name, points in curves.items():
+        xs = [p["gmacs"] * 1e3 for p in points]
+        ys = [p["top1"] * 100 for p in points]
+        ax.plot(xs, ys, marker="o", label=name)
+        full = points[0]
+    if full is not None:
+        ax.scatter(
+            [full["full_gmacs"] * 1e3],
+            [full["full_top1"] * 100],
+            marker="*",
+            s=140,
+            color="k",
+            zorder=5,
+            label="full network",
+        )
+    ax.set_xlabel("average MMACs per image")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title or "decision gates: accuracy against cost")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = atomic_write(output, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def evaluate_gated(
+    gated: GatedModel,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    baseline: bool = True,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Real gated inference: top-1, average GMACs, exit fractions (and accuracy at each exit), and
+    throughput of the model's compute, against the ungated model on the same batches."""
+    gated.eval()
+    gates = len(gated.exits)
+    hits = torch.zeros(gates + 1, dtype=torch.float64)
+    counts = torch.zeros(gates + 1, dtype=torch.float64)
+    macs_sum, gated_s, base_s, n = 0.0, 0.0, 0.0, 0
+    for images, targets in batches:
+        images = images.to(device)
+        start = time.perf_counter()
+        out = gated.run(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        gated_s += time.perf_counter() - start
+        if baseline:
+            start = time.perf_counter()
+            gated.model(images)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            base_s += time.perf_counter() - start
+        correct = (out.logits.argmax(1).cpu() == targets.cpu()).double()
+        hits.index_add_(0, out.exits, correct)
+        counts.index_add_(0, out.exits, torch.ones_like(correct))
+        macs_sum += float(out.macs.sum())
+        n += len(targets)
+        if progress is not None:
+            progress(len(targets))
+    if n == 0:
+        raise NhlError("the evaluation data holds no images")
+    report: dict[str, Any] = {
+        "images": n,
+        "top1": float(hits.sum() / n),
+        "gmacs": macs_sum / n / 1e9,
+        "full_gmacs": gated.base_macs() / 1e9,
+        "thresholds": gated.thresholds,
+        "route_top_k": gated.route_top_k,
+        "exits": [
+            {
+                "name": name,
+                "fraction": float(counts[i] / n),
+                "top1": float(hits[i] / counts[i]) if counts[i] else None,
+            }
+            for i, name in enumerate(gated.exit_names())
+        ],
+        "images_per_s": n / gated_s if gated_s else None,
+        "threads": torch.get_num_threads(),
+    }
+    report["gmacs_reduction_percent"] = round(100 * (1 - report["gmacs"] / report["full_gmacs"]), 2)
+    if baseline:
+        report["ungated_images_per_s"] = n / base_s if base_s else None
+        report["speedup"] = base_s / gated_s if gated_s else None
+    return report
+
+
+def finite(thresholds: Sequence[float | None]) -> list[float]:
+    """Thresholds for display: ``inf`` for a closed gate."""
+    return [math.inf if t is None else t for t in thresholds]

@@ -1,0 +1,185 @@
+"""Gates on files: what ``nhl gates fit|tune|sweep`` and ``nhl eval`` on a gated file call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nhlcli.errors import NhlError
+from nhlcli.gates.fit import GateTraining, fit_gates
+from nhlcli.gates.gated import GatedModel, check_thresholds
+from nhlcli.gates.tune import (
+    ExitRecord,
+    collect_exits,
+    evaluate_gated,
+    simulate,
+    sweep,
+    target_from,
+    tune_thresholds,
+)
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_gated(path: str | Path, device: torch.device) -> GatedModel:
+    from nhlcli.model.files import load_model
+
+    model = load_model(path, device)
+    if not isinstance(model, GatedModel):
+        raise NhlError(
+            f"{path} has no gates; fit them first with 'nhl gates fit {path} -o gated.safetensors'"
+        )
+    return model
+
+
+def fit_file(
+    model_file: str | Path,
+    output: str | Path,
+    data: str | Path = "fashion-mnist",
+    split: str = "train",
+    stages: Sequence[int] | None = None,
+    route: bool | None = None,
+    config: GateTraining | None = None,
+    batch_size: int = 128,
+    workers: int = 2,
+    device: str | torch.device | None = None,
+    progress: Any = None,
+) -> GatedModel:
+    """Fit gates on a model file (NHL, expert or flat) and save the gated file (thresholds closed
+    until ``tune_file`` sets them)."""
+    from nhlcli.evaluation import model_loader
+    from nhlcli.model.files import load_model, save_model
+
+    dev = _device(device)
+    model = load_model(model_file, dev)
+    if isinstance(model, GatedModel):
+        raise NhlError(f"{model_file} already has gates; fit on the ungated model it was made from")
+    loader = model_loader(model, data, split, batch_size, workers)
+    if progress is not None:
+        progress.start(len(loader.dataset), "fitting gates")
+    gated = fit_gates(model, loader, stages, route, config, dev, progress.advance if progress else None)
+    gated.spec.fit.update({"data": str(data), "split": split})
+    meta = dict(getattr(model, "metadata", {}))
+    sections = {k: meta[k] for k in ("expert", "training", "cost") if k in meta}
+    save_model(gated, output, **sections)
+    return gated
+
+
+def record_file(
+    gated: GatedModel,
+    data: str | Path,
+    split: str,
+    part: str | None,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    progress: Any = None,
+) -> ExitRecord:
+    from nhlcli.evaluation import model_loader
+
+    loader = model_loader(gated, data, split, batch_size, workers, part=part)
+    if progress is not None:
+        progress.start(len(loader.dataset), "scoring every gate")
+    return collect_exits(gated, loader, device, progress.advance if progress else None)
+
+
+def tune_file(
+    gated_file: str | Path,
+    data: str | Path = "fashion-mnist",
+    split: str = "val",
+    part: str | None = None,
+    target_accuracy: float | None = None,
+    max_drop: float | None = None,
+    thresholds: Sequence[float | None] | None = None,
+    route_top_k: int | None = None,
+    output: str | Path | None = None,
+    batch_size: int = 128,
+    workers: int = 2,
+    device: str | torch.device | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Set a gated file's thresholds (tuned for a target, or given) and write them into the file."""
+    from nhlcli.model.files import save_model
+
+    dev = _device(device)
+    gated = load_gated(gated_file, dev)
+    if thresholds is not None:
+        if target_accuracy is not None or max_drop is not None:
+            raise NhlError("give exactly one of --target-accuracy, --max-drop or --thresholds")
+        check_thresholds(thresholds, len(gated.exits))
+    elif target_accuracy is None and max_drop is None:
+        raise NhlError("give exactly one of --target-accuracy, --max-drop or --thresholds")
+    gated.set_route_top_k(route_top_k)
+    record = record_file(gated, data, split, part, batch_size, workers, dev, progress)
+    if thresholds is not None:
+        result = simulate(gated, record, thresholds)
+        result["full_top1"] = record.full_accuracy
+    else:
+        result = tune_thresholds(gated, record, target_from(record, target_accuracy, max_drop))
+    gated.set_thresholds(result["thresholds"])
+    result.update({"data": str(data), "split": split, "part": part, "images": len(record.labels)})
+    result["route_top_k"] = route_top_k
+    gated.spec.tune = result
+    meta = gated.metadata
+    sections = {k: meta[k] for k in ("expert", "training", "cost") if k in meta}
+    save_model(gated, output or gated_file, **sections)
+    return result
+
+
+def sweep_file(
+    gated_file: str | Path,
+    data: str | Path = "fashion-mnist",
+    split: str = "val",
+    part: str | None = None,
+    drops: Sequence[float] | None = None,
+    route_top_k: int | None = None,
+    batch_size: int = 128,
+    workers: int = 2,
+    device: str | torch.device | None = None,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """The accuracy-GMACs curve of a gated file: thresholds tuned for each allowed accuracy drop."""
+    dev = _device(device)
+    gated = load_gated(gated_file, dev)
+    gated.set_route_top_k(route_top_k)
+    record = record_file(gated, data, split, part, batch_size, workers, dev, progress)
+    return sweep(gated, record, *(() if drops is None else (drops,)))
+
+
+def check_gated_options(model: nn.Module, route_top_k: int | None, attend: Sequence[Any]) -> None:
+    """Options a gated file takes (routing) and refuses (attention); sets the routing."""
+    if not isinstance(model, GatedModel):
+        raise NhlError(
+            "--route-top-k needs a gated file with a routing gate; make one with "
+            "'nhl gates fit MODEL -o gated.safetensors'"
+        )
+    if attend:
+        raise NhlError("top-down attention and gates do not combine; use the ungated model to attend")
+    model.set_route_top_k(route_top_k)
+
+
+def evaluate_gated_model(
+    model: nn.Module,
+    data: str | Path,
+    split: str,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    route_top_k: int | None = None,
+    part: str | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Gated inference over a data split (what ``nhl eval`` reports for a gated file)."""
+    from nhlcli.evaluation import model_loader
+
+    check_gated_options(model, route_top_k, ())
+    loader = model_loader(model, data, split, batch_size, workers, part=part)
+    if progress is not None:
+        progress.start(len(loader.dataset), "gated inference")
+    return evaluate_gated(model, loader, device, progress=progress.advance if progress else None)

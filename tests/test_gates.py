@@ -1,0 +1,326 @@
+"""Decision gates (paper 004) and routing: the loss, exactness at the extremes, costs, files, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import timm
+import torch
+from conftest import assert_one_line_error, make_tiny_data, run_nhl
+from PIL import Image
+from test_predict import CLASSES, flat_tree, two_level_tree
+from test_training import nested_tree
+from torch.utils.flop_counter import FlopCounterMode
+
+from nhlcli.errors import NhlError
+from nhlcli.experts.cost import count_macs
+from nhlcli.gates import (
+    GateTraining,
+    collect_exits,
+    evaluate_gated,
+    fit_gates,
+    hinge_loss,
+    simulate,
+    tune_thresholds,
+)
+from nhlcli.gates.fit import train_linear
+from nhlcli.model.files import load_model, save_model
+from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, with_input_size
+from nhlcli.model.trunk import TrunkConfig
+
+QUICK = GateTraining(epochs=3)
+
+
+def small_model(kind: str, backbone: str, tree=None, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    tree = tree or (two_level_tree() if kind == "nhl" else flat_tree())
+    if kind == "nhl":
+        model = NHLModel(tree, TrunkConfig(backbone, None, 3), BranchConfig(widths=(8,) * tree.levels))
+    else:
+        model = FlatModel(tree, TrunkConfig(backbone, None, 3))
+    model.input_config = with_input_size(model.input_config, 32)
+    return model.eval()
+
+
+def random_batches(n: int = 48, batch: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 32, 32, generator=generator)
+    y = torch.randint(0, len(CLASSES), (n,), generator=generator)
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
+
+
+# --------------------------------------------------------------------------- the loss
+def test_hinge_loss_matches_paper_004_on_hand_made_inputs():
+    # one-vs-all: class 0 is the label (y=+1), classes 1 and 2 are not (y=-1)
+    distances = torch.tensor([[2.0, -0.5, 0.3], [0.5, -2.0, -1.0]])
+    targets = torch.tensor([0, 0])
+    # sample 1: max(0, 1-2) + max(0, 1-0.5) + max(0, 1+0.3) = 0 + 0.5 + 1.3
+    # sample 2: max(0, 1-0.5) + max(0, 1-2) + max(0, 1-1) = 0.5 + 0 + 0
+    assert hinge_loss(distances, targets).item() == pytest.approx((1.8 + 0.5) / 2)
+
+
+def test_hinge_subgradient_is_minus_y_x_inside_the_margin_and_zero_outside():
+    x = torch.tensor([[1.0, 2.0]])
+    weight = torch.tensor([[1.0, 0.0], [0.0, 0.25], [-1.0, 0.0]], requires_grad=True)
+    d = x @ weight.T  # distances 1.0, 0.5, -1.0
+    hinge_loss(d, torch.tensor([0])).backward()
+    y = torch.tensor([1.0, -1.0, -1.0])
+    # y*d = 1.0 (on the margin: no gradient), -0.5 (inside: -y x), 1.0 (outside: none), eq. (2)
+    expected = torch.stack([torch.zeros(2), -y[1] * x[0], torch.zeros(2)])
+    assert torch.equal(weight.grad, expected)
+
+
+def test_a_gate_trained_on_separable_features_separates_them():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[6.0, 0.0, 0.0, 1.0], [0.0, 6.0, 0.0, 1.0], [0.0, 0.0, 6.0, 1.0]])
+    labels = torch.arange(3).repeat_interleave(100)
+    features = centres[labels] + 0.3 * torch.randn(300, 4, generator=generator)
+    weight, bias, accuracy = train_linear(features, labels, 3, GateTraining(epochs=60))
+    distances = features @ weight.T + bias
+    assert accuracy == 1.0
+    own = distances.gather(1, labels[:, None]).squeeze(1)
+    assert own.min() > 0  # every sample on its own class's positive side ...
+    others = distances.masked_fill(torch.nn.functional.one_hot(labels, 3).bool(), -math.inf).max(1).values
+    assert others.max() < 0  # ... and on the negative side of the others
+
+
+# --------------------------------------------------------------------------- exactness and costs
+@pytest.mark.parametrize(
+    ("kind", "backbone"),
+    [("nhl", "resnet18"), ("flat", "resnet18"), ("nhl", "convnextv2_atto"), ("flat", "convnextv2_atto")],
+)
+def test_thresholds_at_infinity_equal_the_ungated_model_and_at_minus_infinity_exit_first(kind, backbone):
+    model = small_model(kind, backbone)
+    batches = random_batches()
+    gated = fit_gates(model, batches, config=QUICK)
+    x = torch.cat([b[0] for b in batches])
+    with torch.no_grad():
+        full = model(x)
+        out = gated.run(x, [None] * len(gated.exits))
+        assert torch.equal(out.logits, full)
+        assert (out.exits == len(gated.exits)).all()
+        assert torch.all(out.macs == count_macs(model))
+        first = gated.run(x, [-math.inf] * len(gated.exits))
+    assert (first.exits == 0).all()
+    assert torch.equal(first.logits, gated.exits[0](gated.staged.stages[0](x)))
+
+
+def independent_exit_macs(gated, backbone: str) -> list[int]:
+    """MACs up to each gate counted on a fresh timm model (timm's own stage cut) plus the gate's
+    linear layer, and the full model's count plus every gate's."""
+    fresh = timm.create_model(backbone, num_classes=0, in_chans=3).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    out, gates_so_far = [], 0
+    for gate, stage in zip(gated.exits, gated.spec.stages, strict=True):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            fresh.forward_intermediates(x, indices=[stage], intermediates_only=True, stop_early=True)
+        gates_so_far += gate.linear.in_features * gate.linear.out_features
+        out.append(counter.get_total_flops() // 2 + gates_so_far)
+    out.append(count_macs(gated.model) + gates_so_far)
+    return out
+
+
+@pytest.mark.parametrize(("kind", "backbone"), [("nhl", "resnet18"), ("flat", "convnextv2_atto")])
+def test_average_gmacs_is_the_exit_fractions_times_the_cost_up_to_each_gate(kind, backbone):
+    model = small_model(kind, backbone)
+    batches = random_batches(n=64)
+    gated = fit_gates(model, batches, config=QUICK)
+    record = collect_exits(gated, batches, torch.device("cpu"))
+    # thresholds that let roughly a quarter leave at each gate
+    thresholds = [float(record.scores[:, g].quantile(0.75)) for g in range(len(gated.exits))]
+    gated.set_thresholds(thresholds)
+    report = evaluate_gated(gated, batches, torch.device("cpu"), baseline=False)
+    fractions = [row["fraction"] for row in report["exits"]]
+    assert sum(fractions) == pytest.approx(1.0)
+    assert 0 < fractions[-1] < 1 and fractions[0] > 0  # exits happened, and not everywhere
+    expected = sum(f * m for f, m in zip(fractions, independent_exit_macs(gated, backbone), strict=True))
+    assert report["gmacs"] * 1e9 == pytest.approx(expected, rel=1e-9)
+    # the simulation used for tuning predicts exactly what real gated inference did
+    simulated = simulate(gated, record, thresholds)
+    assert simulated["exit_fractions"] == pytest.approx(fractions)
+    assert simulated["top1"] == pytest.approx(report["top1"])
+    assert simulated["gmacs"] == pytest.approx(report["gmacs"])
+
+
+def test_tuning_reaches_the_target_at_lower_cost_and_refuses_an_unreachable_one():
+    model = small_model("nhl", "resnet18")
+    batches = random_batches(n=64)
+    gated = fit_gates(model, batches, config=QUICK)
+    record = collect_exits(gated, batches, torch.device("cpu"))
+    target = record.full_accuracy - 0.05
+    result = tune_thresholds(gated, record, target)
+    assert result["top1"] >= target
+    assert result["gmacs"] < result["full_gmacs"]
+    with pytest.raises(NhlError, match=f"full network .*reaches {record.full_accuracy:.2%}"):
+        tune_thresholds(gated, record, min(1.0, record.full_accuracy + 0.05))
+
+
+# --------------------------------------------------------------------------- routing
+def test_routing_through_every_super_category_equals_the_full_model_and_top_1_keeps_exact_logits():
+    tree = nested_tree(3)
+    model = small_model("nhl", "resnet18", tree)
+    batches = random_batches()
+    gated = fit_gates(model, batches, config=QUICK)
+    x = torch.cat([b[0] for b in batches])
+    supers = len(tree.level(1))
+    with torch.no_grad():
+        full = model(x)
+        gated.set_route_top_k(supers)
+        routed = gated.run(x)
+        assert torch.equal(routed.logits, full)
+        gated.set_route_top_k(1)
+        one = gated.run(x)
+        trunk_output = x
+        for stage in gated.staged.stages:
+            trunk_output = stage(trunk_output)
+        route = gated.route(trunk_output)
+    kept = torch.isfinite(one.logits)
+    # each image keeps exactly the classes under its likeliest super-category, with the full logits
+    for i, best in enumerate(route.argmax(1).tolist()):
+        under = {tree.class_index(c) for c in tree.leaves(tree.level(1)[best])}
+        assert set(kept[i].nonzero().squeeze(1).tolist()) == under
+    assert torch.equal(one.logits[kept], full[kept])
+    assert (one.macs < routed.macs).all()
+
+
+def test_a_flat_model_has_no_routing_gate():
+    gated = fit_gates(small_model("flat", "resnet18"), random_batches(n=16), config=QUICK)
+    assert gated.route is None
+    with pytest.raises(NhlError, match="routing gate"):
+        gated.set_route_top_k(1)
+
+
+# --------------------------------------------------------------------------- files and CLI
+@pytest.fixture(scope="module")
+def gated_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gates")
+    data = make_tiny_data.make_image_folder(root / "data", CLASSES, per_class=12, size=32)
+    save_model(small_model("nhl", "resnet18"), root / "nhl.safetensors")
+    save_model(small_model("flat", "resnet18"), root / "flat.safetensors")
+    return root, data
+
+
+def test_cli_fit_tune_eval_sweep_predict_on_a_gated_nhl_file(gated_files, tmp_path):
+    root, data = gated_files
+    gated_file = tmp_path / "gated.safetensors"
+    run = run_nhl(
+        "gates",
+        "fit",
+        root / "nhl.safetensors",
+        "-o",
+        gated_file,
+        "--data",
+        data,
+        "--epochs",
+        "5",
+        "--workers",
+        "0",
+        "--json",
+    )
+    assert run.code == 0, run.err
+    fit = json.loads(run.out)
+    assert [g["stage"] for g in fit["gates"]] == [0, 1, 2, 3] and fit["route"]["outputs"] == 2
+    loaded = load_model(gated_file)
+    assert loaded.thresholds == [None] * 4  # closed until tuned
+
+    run = run_nhl("gates", "tune", gated_file, "--data", data, "--max-drop", "10", "--workers", "0", "--json")
+    assert run.code == 0, run.err
+    tuned = json.loads(run.out)
+    assert tuned["top1"] >= tuned["full_top1"] - 0.10 - 1e-9
+    assert load_model(gated_file).thresholds == tuned["thresholds"]  # stored in the file
+
+    run = run_nhl("eval", gated_file, "--data", data, "--workers", "0", "--json")
+    assert run.code == 0, run.err
+    report = json.loads(run.out)
+    assert report["top1"] == pytest.approx(tuned["top1"])  # tuned and evaluated on the same split
+    assert report["gmacs"] == pytest.approx(tuned["gmacs"])
+    assert [e["fraction"] for e in report["exits"]] == pytest.approx(tuned["exit_fractions"])
+    assert report["images_per_s"] > 0 and report["ungated_images_per_s"] > 0
+
+    run = run_nhl("eval", gated_file, "--data", data, "--workers", "0", "--route-top-k", "1", "--json")
+    assert run.code == 0, run.err
+    assert json.loads(run.out)["route_top_k"] == 1
+
+    plot = tmp_path / "curve.png"
+    run = run_nhl("gates", "sweep", gated_file, "--data", data, "--workers", "0", "--plot", plot, "--json")
+    assert run.code == 0, run.err
+    points = json.loads(run.out)["points"]
+    assert [p["max_drop"] for p in points][:2] == [0.0, 0.1]
+    assert all(
+        a["gmacs"] >= b["gmacs"] for a, b in zip(points, points[1:], strict=False)
+    )  # more drop, less cost
+    with Image.open(plot) as img:
+        assert img.format == "PNG" and img.size[0] > 300
+
+    image = next((data / "val" / "apple").iterdir())
+    run = run_nhl("predict", gated_file, image, "--json")
+    assert run.code == 0, run.err
+    prediction = json.loads(run.out)["predictions"][0]
+    assert prediction["exit"] in load_model(gated_file).exit_names() and prediction["gmacs"] > 0
+
+    run = run_nhl("gates", "tune", gated_file, "--data", data, "--workers", "0")
+    assert_one_line_error(run, "--target-accuracy", "--max-drop")
+
+
+def test_cli_bad_gate_inputs_get_one_line_errors(gated_files, tmp_path):
+    root, data = gated_files
+    gated_file = tmp_path / "flat-gated.safetensors"
+    run = run_nhl(
+        "gates",
+        "fit",
+        root / "flat.safetensors",
+        "-o",
+        gated_file,
+        "--data",
+        data,
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--loss",
+        "ce",
+    )
+    assert run.code == 0, run.err
+    assert load_model(gated_file).spec.loss == "ce"
+    run = run_nhl("gates", "tune", gated_file, "--data", data, "--thresholds", "1,2", "--workers", "0")
+    assert_one_line_error(run, "2 threshold(s) given", "4 gate(s)")
+    run = run_nhl("gates", "tune", gated_file, "--data", data, "--target-accuracy", "100", "--workers", "0")
+    assert_one_line_error(run, "cannot be reached", "full network")
+    run = run_nhl("eval", gated_file, "--data", data, "--route-top-k", "1", "--workers", "0")
+    assert_one_line_error(run, "routing gate")
+    run = run_nhl("eval", root / "nhl.safetensors", "--data", data, "--route-top-k", "1", "--workers", "0")
+    assert_one_line_error(run, "gates fit")
+    run = run_nhl(
+        "gates",
+        "fit",
+        root / "nhl.safetensors",
+        "-o",
+        tmp_path / "x.safetensors",
+        "--stages",
+        "9",
+        "--data",
+        data,
+    )
+    assert_one_line_error(run, "stage 9 is out of range")
+    assert not (tmp_path / "x.safetensors").exists()
+    nhl_gated = tmp_path / "nhl-gated.safetensors"
+    assert (
+        run_nhl(
+            "gates",
+            "fit",
+            root / "nhl.safetensors",
+            "-o",
+            nhl_gated,
+            "--data",
+            data,
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+        ).code
+        == 0
+    )
+    run = run_nhl("cutout", nhl_gated, "--classes", "apple", "-o", tmp_path / "e.safetensors")
+    assert_one_line_error(run, "gated", "gates fit")
