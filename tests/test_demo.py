@@ -6,13 +6,25 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from conftest import make_tiny_data, run_nhl
 from rich.console import Console
 
 from nhlcli.cli.demo import closing_table
-from nhlcli.demo import FOOTWEAR, DemoResult, demo_tree, recipe_args
+from nhlcli.demo import (
+    DEMO_EPOCHS,
+    FOOTWEAR,
+    DemoResult,
+    demo_tree,
+    epochs_for_budget,
+    measure_train_rate,
+    recipe_args,
+)
 from nhlcli.errors import NhlError
 from nhlcli.model.files import load_model
+from nhlcli.model.nhl import with_input_size
+from nhlcli.model.registry import create_model
+from nhlcli.model.trunk import TrunkConfig
 
 
 def test_demo_trains_cuts_the_footwear_expert_and_compares(tmp_path):
@@ -57,3 +69,20 @@ def test_recipe_args_are_train_options():
     args = recipe_args(3)
     assert args[args.index("--epochs") + 1] == "3"
     assert "--label-smoothing" in args and "--input-size" in args
+
+
+def test_the_demo_trains_as_many_epochs_as_fit_its_budget():
+    # one epoch = 60k training images plus the 10k test images at three times the rate, +25%
+    assert epochs_for_budget(1300.0) == 7  # 2-core AVX512-BF16: 61 s an epoch
+    assert epochs_for_budget(506.0) == 2  # 2-core AVX2, float32: 156 s an epoch
+    assert epochs_for_budget(50_000.0) == DEMO_EPOCHS  # a GPU: capped
+    assert epochs_for_budget(10.0) == 1  # never less than one
+
+
+def test_the_training_rate_probe_leaves_the_model_untouched():
+    tree, _ = demo_tree()
+    model = create_model(tree, "nhl", TrunkConfig("resnet18", None, 1))
+    model.input_config = with_input_size(model.input_config, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert measure_train_rate(model, steps=2) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

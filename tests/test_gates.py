@@ -15,6 +15,7 @@ from test_training import nested_tree
 from torch.utils.flop_counter import FlopCounterMode
 
 from nhlcli.errors import NhlError
+from nhlcli.experts import cut_model
 from nhlcli.experts.cost import count_macs
 from nhlcli.gates import (
     GateTraining,
@@ -185,6 +186,19 @@ def test_routing_through_every_super_category_equals_the_full_model_and_top_1_ke
     assert (one.macs < routed.macs).all()
 
 
+def test_gates_fit_on_an_expert_answer_over_its_classes_and_route_through_its_subtree():
+    model = small_model("nhl", "resnet18", nested_tree(3))
+    expert = cut_model(model, ["apple", "banana", "daisy"])
+    batches = [(x, y % 3) for x, y in random_batches()]
+    gated = fit_gates(expert, batches, config=QUICK)
+    assert [g.linear.out_features for g in gated.exits] == [3] * len(gated.exits)
+    assert gated.route.linear.out_features == len(expert.tree.level(1)) == 2
+    x = torch.cat([b[0] for b in batches])
+    gated.set_route_top_k(2)
+    with torch.no_grad():
+        assert torch.equal(gated.run(x).logits, expert(x))
+
+
 def test_a_flat_model_has_no_routing_gate():
     gated = fit_gates(small_model("flat", "resnet18"), random_batches(n=16), config=QUICK)
     assert gated.route is None
@@ -230,6 +244,13 @@ def test_cli_fit_tune_eval_sweep_predict_on_a_gated_nhl_file(gated_files, tmp_pa
     tuned = json.loads(run.out)
     assert tuned["top1"] >= tuned["full_top1"] - 0.10 - 1e-9
     assert load_model(gated_file).thresholds == tuned["thresholds"]  # stored in the file
+
+    run = run_nhl("profile", gated_file, "--no-latency", "--json")
+    assert run.code == 0, run.err
+    profile = json.loads(run.out)
+    assert profile["cost"]["gmacs"] == round(count_macs(small_model("nhl", "resnet18")) / 1e9, 6)  # ungated
+    assert [e["name"] for e in profile["gates"]["exits"]] == loaded.exit_names()
+    assert profile["gates"]["thresholds"] == tuned["thresholds"]
 
     run = run_nhl("eval", gated_file, "--data", data, "--workers", "0", "--json")
     assert run.code == 0, run.err

@@ -66,7 +66,7 @@ def demo_command(
 
     Needs the Fashion-MNIST files (Debian's dataset-fashion-mnist package, NHL_DATA, or a
     download when online). Measures this machine first and trains as many epochs as fit 7.5
-    minutes (8 on a CPU with native bfloat16, fewer on slower ones), so it ends within 10 minutes.
+    minutes (7 on a 2-core CPU with native bfloat16, 2 on a 2-core AVX2 one), so it ends within 10 minutes.
     """
 
     def say(text: str) -> None:

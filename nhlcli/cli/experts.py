@@ -149,6 +149,9 @@ def profile_command(
         raise NhlError(f"--repeats must be at least 1, got {repeats}")
     model = load_model(model_file)
     meta = model.metadata
+    gated = model if "gates" in meta else None
+    if gated is not None:  # the cost of the network the gates sit on; the exits below
+        model = gated.model
     result: dict[str, Any] = {
         "file": str(model_file),
         "kind": meta["kind"],
@@ -156,6 +159,18 @@ def profile_command(
         "tree": _tree_summary(model.tree),
         "cost": cost_report(model, _batches(batch_size), latency=latency, repeats=repeats, threads=threads),
     }
+    if gated is not None:
+        every_gate_on = gated.exit_macs([0.0] * len(gated.exits))
+        result["gates"] = {
+            "loss": gated.spec.loss,
+            "params": gated.parameter_groups()["gates"],
+            "thresholds": gated.thresholds,
+            "exits": [
+                {"name": name, "gmacs": macs / 1e9}
+                for name, macs in zip(gated.exit_names(), every_gate_on, strict=True)
+            ],
+            "tuned": gated.spec.tune,
+        }
     lineage = meta.get("expert")
     if lineage:
         at_cut = {"parent": lineage.get("parent_cost"), "expert": meta.get("cost")}
@@ -183,6 +198,19 @@ def profile_command(
         f"{tree['classes']} classes, {tree['levels']} level(s), nodes per level {tree['nodes_per_level']}"
     )
     console.print(cost_table("cost", {"this file": result["cost"]}))
+    if gated is not None:
+        gates = result["gates"]
+        thresholds = [*gates["thresholds"], None]
+        exits = ", ".join(
+            f"{e['name']} {e['gmacs']:.4f} GMACs (threshold {'inf' if t is None else f'{t:.3g}'})"
+            if i < len(gates["exits"]) - 1
+            else f"{e['name']} {e['gmacs']:.4f} GMACs"
+            for i, (e, t) in enumerate(zip(gates["exits"], thresholds, strict=True))
+        )
+        console.print(f"{gates['loss']} gates ({gates['params']:,} params): {exits}")
+        if gates["tuned"]:
+            t = gates["tuned"]
+            console.print(f"tuned: top-1 {t['top1']:.2%} at {t['gmacs']:.4f} GMACs on average ({t['split']})")
     if lineage:
         console.print(
             f"expert of {lineage['parent_file']} ({lineage['parent_classes']} classes, "

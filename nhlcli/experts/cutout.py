@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,14 +178,18 @@ def cutout_file(parent: str | Path, labels: Sequence[str]) -> Cutout:
     expert_tree = select_classes(parent_tree, labels)
     single = bool(meta["branches"].get("single_branch", False))
     plan = CutPlan.build(parent_tree, expert_tree, single)
-    try:
-        model = _expert_model(meta, expert_tree, _read_state(parent, plan))
-    except RuntimeError as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise NhlError(
-            f"{parent}: the weights do not fit the model its metadata describes ({first})"
-        ) from exc
-    digest = file_digest(parent)
+    # hashing the parent (its identity in the lineage) overlaps reading and rebuilding: sha256
+    # and file reads release the GIL
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.submit(file_digest, parent)
+        try:
+            model = _expert_model(meta, expert_tree, _read_state(parent, plan))
+        except RuntimeError as exc:
+            first = " ".join(str(exc).split())[:300]
+            raise NhlError(
+                f"{parent}: the weights do not fit the model its metadata describes ({first})"
+            ) from exc
+        digest = hashing.result()
     lineage = {
         "parent_file": parent.name,
         "parent_sha256": digest,
