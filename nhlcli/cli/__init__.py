@@ -8,6 +8,7 @@ from nhlcli import __version__
 from nhlcli.cli.common import err_console
 from nhlcli.cli.demo import register as register_demo
 from nhlcli.cli.experts import register as register_experts
+from nhlcli.cli.export import register as register_export
 from nhlcli.cli.gates import register as register_gates
 from nhlcli.cli.hierarchy import hierarchy_app
 from nhlcli.cli.predict import register as register_predict
@@ -31,6 +32,7 @@ register_experts(app)
 register_demo(app)
 register_predict(app)
 register_gates(app)
+register_export(app)
 
 
 def _version(value: bool) -> None:

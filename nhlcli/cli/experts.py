@@ -131,7 +131,7 @@ def _tree_summary(tree: Any) -> dict[str, Any]:
 
 
 def profile_command(
-    model_file: Path = typer.Argument(..., help="An nhl model file: full model, expert or flat model."),
+    model_file: Path = typer.Argument(..., help="An nhl model file (full, expert, flat, gated) or .onnx."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency and peak memory."),
     batch_size: int = typer.Option(16, "--batch-size", help=BATCH_HELP),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
@@ -139,14 +139,30 @@ def profile_command(
     curve: Path | None = typer.Option(
         None, "--curve", help="Also draw params and GMACs against the number of kept classes to this PNG."
     ),
+    torch_file: Path | None = typer.Option(
+        None, "--torch", help="For .onnx: the model file to time torch on (default: its source beside it)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Params, GMACs, latency and peak memory of a model file; for an expert, against its parent."""
+    """Params, GMACs, latency and peak memory of a model file; for an expert, against its parent.
+
+    An .onnx file from nhl export: params, GMACs and onnxruntime latency beside torch's.
+    """
     from nhlcli.experts import compare, cost_report
     from nhlcli.model.files import load_model
 
     if repeats < 1:
         raise NhlError(f"--repeats must be at least 1, got {repeats}")
+    if model_file.suffix.lower() == ".onnx":
+        from nhlcli.cli.export import onnx_profile_table
+        from nhlcli.export import profile_onnx
+
+        report = profile_onnx(model_file, _batches(batch_size), repeats, threads, torch_file)
+        if as_json:
+            print_json(report)
+        else:
+            console.print(onnx_profile_table(report))
+        return
     model = load_model(model_file)
     meta = model.metadata
     gated = model if "gates" in meta else None

@@ -10,6 +10,7 @@ from rich.table import Table
 from nhlcli.atomic import atomic_write_text
 from nhlcli.cli.common import console, friendly_errors, print_json
 from nhlcli.errors import NhlError
+from nhlcli.taxonomy.tree import Tree
 
 hierarchy_app = typer.Typer(
     help=(
@@ -127,23 +128,46 @@ def build(
 @hierarchy_app.command("show")
 @friendly_errors
 def show(
-    tree_file: str = TREE_ARG,
-    depth: int | None = typer.Option(
-        None, "--depth", "-d", help="Deepest level to draw (default: all for up to 100 classes)."
+    tree_file: str = typer.Argument(
+        ..., help="A tree file (.json), the name of a shipped tree, or a model file (.safetensors)."
     ),
-    fmt: str = typer.Option("rich", "--format", "-f", help="rich (terminal) | dot | mermaid | json."),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Write dot/mermaid/json here."),
+    depth: int | None = typer.Option(
+        None,
+        "--depth",
+        "-d",
+        help="Deepest level to draw (default: all for small trees, collapsed for large).",
+    ),
+    fmt: str = typer.Option(
+        "rich", "--format", "-f", help="rich (terminal) | dot | mermaid | json | png | svg (pictures)."
+    ),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write dot/mermaid/json/png/svg here."),
+    parent: Path | None = typer.Option(
+        None, "--parent", help="For an expert file cut before parents were recorded: its parent model file."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="For pictures: print what was drawn as JSON."),
 ) -> None:
-    """Draw a tree in the terminal, or export it as Graphviz dot, Mermaid or JSON."""
-    from nhlcli.taxonomy import resolve_tree
+    """Draw a tree in the terminal, as a picture (png, svg), or export it as dot, Mermaid or JSON.
+
+    For an expert model file the picture is its parent's tree with the kept paths highlighted.
+    """
+    from nhlcli.taxonomy.picture import PICTURE_FORMATS, draw_tree
     from nhlcli.taxonomy.render import FORMATS, render_text, to_rich
 
-    if fmt not in FORMATS:
-        raise NhlError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    tree = resolve_tree(tree_file)
+    if fmt not in FORMATS + PICTURE_FORMATS:
+        raise NhlError(f"--format {fmt!r}: choose one of {', '.join(FORMATS + PICTURE_FORMATS)}")
+    tree, highlight = _tree_and_highlight(tree_file, parent)
+    if fmt in PICTURE_FORMATS:
+        if output is None:
+            raise NhlError(f"--format {fmt} draws a picture: give the file with -o tree.{fmt}")
+        drawn = draw_tree(tree, output, fmt, depth, highlight)
+        if as_json:
+            print_json(drawn)
+        else:
+            console.print(f"wrote {output} ({drawn['rows']} rows, levels 1-{drawn['depth']} and kept paths)")
+        return
     if fmt == "rich":
         if output:
-            raise NhlError("--output needs --format dot, mermaid or json")
+            raise NhlError("--output needs --format dot, mermaid, json, png or svg")
         console.print(to_rich(tree, depth))
         return
     text = render_text(tree, fmt, depth)
@@ -152,6 +176,30 @@ def show(
         console.print(f"wrote {output}")
     else:
         typer.echo(text, nl=False)
+
+
+def _tree_and_highlight(spec: str, parent: Path | None) -> tuple[Tree, list[str] | None]:
+    """The tree to draw and, for an expert file, the expert's nodes to highlight in it."""
+    from nhlcli.taxonomy import resolve_tree
+
+    if not spec.endswith(".safetensors"):
+        return resolve_tree(spec), None
+    from nhlcli.model.files import read_metadata
+
+    meta = read_metadata(spec)
+    tree = Tree.from_dict(meta["tree"])
+    lineage = meta.get("expert")
+    if not lineage:
+        return tree, None
+    if parent is not None:
+        parent_tree = Tree.from_dict(read_metadata(parent)["tree"])
+    elif lineage.get("parent_tree"):
+        parent_tree = Tree.from_dict(lineage["parent_tree"])
+    else:
+        raise NhlError(
+            f"{spec} does not record its parent's tree; pass the parent with --parent PARENT.safetensors"
+        )
+    return parent_tree, list(tree.iter_nodes())
 
 
 @hierarchy_app.command("validate")

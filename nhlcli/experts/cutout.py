@@ -199,6 +199,7 @@ def cutout_file(parent: str | Path, labels: Sequence[str]) -> Cutout:
         "selection": list(labels),
         "classes": list(expert_tree.classes),
         "parent_cost": meta.get("cost"),
+        "parent_tree": meta["tree"],  # to draw the kept paths inside it (nhl hierarchy show)
     }
     return Cutout(model, lineage, time.perf_counter() - started, meta.get("training"))
 

@@ -103,6 +103,7 @@ def simulate(gated: GatedModel, record: ExitRecord, thresholds: Sequence[float |
         "top1": float(correct.double().mean()),
         "gmacs": float(macs.mean()) / 1e9,
         "full_gmacs": gated.base_macs() / 1e9,
+        "full_top1": record.full_accuracy,
         "exit_fractions": [float((exits == g).double().mean()) for g in range(gates + 1)],
     }
 

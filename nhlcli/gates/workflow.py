@@ -119,7 +119,6 @@ def tune_file(
     record = record_file(gated, data, split, part, batch_size, workers, dev, progress)
     if thresholds is not None:
         result = simulate(gated, record, thresholds)
-        result["full_top1"] = record.full_accuracy
     else:
         result = tune_thresholds(gated, record, target_from(record, target_accuracy, max_drop))
     gated.set_thresholds(result["thresholds"])

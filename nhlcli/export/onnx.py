@@ -1,0 +1,298 @@
+"""ONNX export of nhl model files, with a parity check against torch (``nhl export``).
+
+Edge runtimes run ONNX, not our Python. The exported graph takes ``images [batch, C, H, W]``
+(normalised as the metadata says) with a dynamic batch and returns ``logits`` in the metadata's
+class order; a gated file also returns each exit gate's outputs (``gate_1``, ...), with the
+thresholds and the exit rule in the metadata, so the runtime can stop early where it can split
+the graph. Branch levels are exported through their plain convolution path (the oneDNN-fused
+inference kernels are CPU-specific torch ops that ONNX does not have); the parity check proves
+the answers are the same.
+
+onnx, onnxscript and onnxruntime come with the ``export`` extra: ``pip install nhlcli[export]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nhlcli.atomic import atomic_write
+from nhlcli.errors import NhlError
+
+OPSET = 18
+TOLERANCE = 1e-4
+PARITY_BATCHES = (1, 7)
+
+
+def _require(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise NhlError(
+            f"{module} is not installed; install the export extra: pip install 'nhlcli[export]'"
+        ) from None
+
+
+def has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _Exportable(nn.Module):
+    """The model's forward with every output an ONNX graph needs (logits, then gate outputs)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.gated = hasattr(model, "staged")
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not self.gated:
+            return (self.model(images),)
+        gate_at = {s: g for g, s in enumerate(self.model.spec.stages)}
+        outs: list[torch.Tensor] = []
+        h = images
+        for s, stage in enumerate(self.model.staged.stages):
+            h = stage(h)
+            if s in gate_at:
+                outs.append(self.model.exits[gate_at[s]](h))
+        logits = self.model.staged.finish(h)
+        return (logits, *outs)
+
+
+def output_names(model: nn.Module) -> list[str]:
+    gates = len(model.exits) if hasattr(model, "staged") else 0
+    return ["logits", *[f"gate_{g + 1}" for g in range(gates)]]
+
+
+def onnx_metadata(model: nn.Module, source: str | Path, opset: int) -> dict[str, str]:
+    """What a runtime needs besides the graph: classes, normalisation, gates; all as strings."""
+    tree = model.tree
+    inp = model.input_config
+    meta: dict[str, Any] = {
+        "nhl_format": "nhl-onnx",
+        "nhl_source": Path(source).name,
+        "nhl_kind": model.kind,
+        "opset": opset,
+        "classes": [{"id": c, "name": tree.node(c).name} for c in tree.classes],
+        "input_size": list(inp.size),
+        "mean": list(inp.mean),
+        "std": list(inp.std),
+        "interpolation": inp.interpolation,
+        "crop_pct": inp.crop_pct,
+    }
+    file_meta = getattr(model, "metadata", {}) or {}
+    if file_meta.get("cost"):
+        meta["cost"] = file_meta["cost"]
+    if hasattr(model, "staged"):
+        meta["gates"] = {
+            "outputs": output_names(model)[1:],
+            "stages": model.spec.stages,
+            "loss": model.spec.loss,
+            "thresholds": model.thresholds,
+            "rule": "exit at the first gate whose score reaches its threshold (null: never); score = max "
+            + ("output (margin)" if model.spec.loss == "hinge" else "softmax probability"),
+        }
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
+def _export(model: nn.Module, path: Path, opset: int) -> None:
+    wrapper = _Exportable(model).eval()
+    size = tuple(int(v) for v in model.input_config.size)
+    example = torch.randn(2, *size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # grad mode selects the branch levels' plain-convolution path (no oneDNN-only ops); one run
+    # first fills the levels' index caches, so the exporter sees no attribute assigned
+    with torch.enable_grad():
+        wrapper(example)
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=output_names(model),
+            dynamic_shapes={"images": {0: batch}},
+            verbose=False,
+        )
+    program.save(str(path))
+
+
+def parity(model: nn.Module, path: str | Path, batches: Sequence[int] = PARITY_BATCHES) -> dict[str, Any]:
+    """Max abs difference between onnxruntime and torch on random inputs, per output."""
+    ort = _require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    wrapper = _Exportable(model).eval()
+    size = tuple(int(v) for v in model.input_config.size)
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    rows = []
+    for b in batches:
+        x = torch.randn(b, *size, generator=generator)
+        with torch.no_grad():
+            expected = wrapper(x)
+        got = session.run(None, {"images": x.numpy()})
+        diffs = [float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected, strict=True)]
+        rows.append({"batch": b, "max_abs_diff": max(diffs)})
+        worst = max(worst, *diffs)
+    return {"max_abs_diff": worst, "batches": rows}
+
+
+def export_onnx(
+    model_file: str | Path,
+    output: str | Path,
+    opset: int = OPSET,
+    check: bool | None = None,
+    tolerance: float = TOLERANCE,
+) -> dict[str, Any]:
+    """Export a model file (full, expert, flat or gated) to ONNX; ``check`` (default: when
+    onnxruntime is installed) compares onnxruntime with torch and fails above ``tolerance``,
+    leaving no file behind."""
+    from nhlcli.model.files import load_model
+
+    onnx = _require("onnx")
+    _require("onnxscript")
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise NhlError(f"-o {output}: name the ONNX file .onnx")
+    check = has_onnxruntime() if check is None else check
+    model = load_model(model_file, "cpu")
+    started = time.perf_counter()
+    report: dict[str, Any] = {"source": str(model_file), "output": str(output), "opset": opset}
+
+    def write(tmp: Path) -> None:
+        try:
+            _export(model, tmp, opset)
+        except NhlError:
+            raise
+        except Exception as exc:  # the exporter raises many kinds; one line for the user
+            first = " ".join(str(exc).split())[:300]
+            raise NhlError(f"ONNX export of {model_file} failed: {first}") from exc
+        proto = onnx.load(str(tmp))
+        for key, value in onnx_metadata(model, model_file, opset).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+        if check:
+            result = parity(model, tmp)
+            report["parity"] = {**result, "tolerance": tolerance}
+            if not result["max_abs_diff"] <= tolerance:
+                raise NhlError(
+                    f"onnxruntime and torch disagree by {result['max_abs_diff']:.3g} (tolerance "
+                    f"{tolerance:g}); the ONNX file was not written. Report this with the model's backbone"
+                )
+
+    atomic_write(output, write)
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    report["bytes"] = output.stat().st_size
+    report["outputs"] = output_names(model)
+    return report
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The nhl metadata of an exported file, parsed; a clear error for any other ONNX file."""
+    onnx = _require("onnx")
+    path = Path(path)
+    if not path.is_file():
+        raise NhlError(f"{path} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and others
+        raise NhlError(f"{path} is not a readable ONNX file ({' '.join(str(exc).split())[:200]})") from exc
+    props = {p.key: p.value for p in proto.metadata_props}
+    if props.get("nhl_format") != "nhl-onnx":
+        raise NhlError(
+            f"{path} is an ONNX file without nhl metadata; export one with 'nhl export MODEL -o x.onnx'"
+        )
+    meta = {
+        k: (v if k in ("nhl_format", "nhl_source", "nhl_kind", "interpolation") else json.loads(v))
+        for k, v in props.items()
+    }
+    meta["params"] = sum(int(torch.Size(t.dims).numel()) for t in proto.graph.initializer)
+    return meta
+
+
+def onnx_latency(
+    path: str | Path,
+    batch: int,
+    size: Sequence[int],
+    repeats: int = 20,
+    threads: int | None = None,
+    budget_s: float = 5.0,
+) -> dict[str, Any]:
+    """Median onnxruntime wall time of one run at ``batch`` (same protocol as the torch report)."""
+    import statistics
+
+    ort = _require("onnxruntime")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = torch.randn(batch, *size).numpy()
+    for _ in range(2):
+        session.run(None, {"images": x})
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < repeats and (len(times) < 3 or spent < budget_s):
+        start = time.perf_counter()
+        session.run(None, {"images": x})
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+    median = statistics.median(times)
+    return {
+        "batch": batch,
+        "median_ms": round(median * 1e3, 3),
+        "images_per_s": round(batch / median, 1),
+        "runs": len(times),
+    }
+
+
+def profile_onnx(
+    path: str | Path,
+    batch_sizes: Sequence[int] = (1, 16),
+    repeats: int = 20,
+    threads: int | None = None,
+    torch_file: str | Path | None = None,
+) -> dict[str, Any]:
+    """Params (from the graph's initializers), GMACs (counted on the torch model at export) and
+    onnxruntime latency, beside the torch latency of the same model file when it can be found
+    (``torch_file``, or the exported source next to the ONNX file)."""
+    from nhlcli.experts.cost import measure_latency
+
+    path = Path(path)
+    meta = read_onnx_metadata(path)
+    if threads is not None:
+        if threads < 1:
+            raise NhlError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    size = meta["input_size"]
+    report: dict[str, Any] = {
+        "file": str(path),
+        "kind": meta["nhl_kind"],
+        "classes": len(meta["classes"]),
+        "opset": meta["opset"],
+        "params": meta["params"],  # weights stored in the graph (BatchNorm folded into convolutions)
+        "gmacs": (meta.get("cost") or {}).get("gmacs"),
+        "threads": threads,
+        "onnxruntime": [onnx_latency(path, b, size, repeats, threads) for b in batch_sizes],
+    }
+    source = Path(torch_file) if torch_file else path.parent / meta["nhl_source"]
+    if source.is_file():
+        from nhlcli.model.files import load_model
+
+        model = load_model(source, "cpu")
+        report["torch_file"] = str(source)
+        report["torch"] = [measure_latency(model, b, repeats=repeats) for b in batch_sizes]
+    return report
