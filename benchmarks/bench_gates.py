@@ -132,7 +132,7 @@ def main() -> None:
     curves = {k: v for r in results.values() for k, v in r["curves"].items()}
     heldout = {k: v for r in results.values() for k, v in r["heldout"].items()}
     if args.plot:
-        title = "Fashion-MNIST: decision gates, tuned on one half of the test set, measured on the other"
+        title = "Fashion-MNIST decision gates: thresholds tuned on test half 1, measured on half 2"
         plot_sweeps(heldout, args.plot, title=title)
     summary = {
         "threads": torch.get_num_threads(),
@@ -141,6 +141,10 @@ def main() -> None:
         "curves": {
             k: [{"max_drop": p["max_drop"], "top1": p["top1"], "gmacs": p["gmacs"]} for p in v]
             for k, v in curves.items()
+        },
+        "heldout": {
+            k: [{key: p[key] for key in ("max_drop", "top1", "full_top1", "gmacs", "full_gmacs")} for p in v]
+            for k, v in heldout.items()
         },
     }
     if args.json:

@@ -104,11 +104,12 @@ def test_tree_pictures_are_valid_images_sized_to_the_tree(tmp_path):
         assert img.format == "PNG"
         small_size = img.size
     assert small["rows"] == 6 and small["depth"] == 2
-    run = run_nhl("hierarchy", "show", "imagenet-1k-wordnet-l3", "-f", "png", "-o", tmp_path / "in1k.png", "--json")
+    picture = tmp_path / "in1k.png"
+    run = run_nhl("hierarchy", "show", "imagenet-1k-wordnet-l3", "-f", "png", "-o", picture, "--json")
     assert run.code == 0, run.err
     large = json.loads(run.out)
     assert large["depth"] == 1 and large["rows"] <= 60  # collapsed to a readable size
-    with Image.open(tmp_path / "in1k.png") as img:
+    with Image.open(picture) as img:
         assert img.size[1] > small_size[1]  # taller: more rows
         assert img.size[1] == pytest.approx(100 * (0.24 * large["rows"] + 1.0), abs=2)
 

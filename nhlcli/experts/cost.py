@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -115,6 +115,27 @@ def peak_memory(model: nn.Module, batch: int, size: Sequence[int] | None = None)
     return weight_bytes(model) + tracker.peak
 
 
+def timed_runs(
+    run: Callable[[], object], repeats: int = 20, min_repeats: int = 3, budget_s: float = 5.0
+) -> dict[str, Any]:
+    """Median wall time of ``run()`` after two warm-up calls, over up to ``repeats`` timed calls.
+
+    Stops early once ``budget_s`` is spent (at least ``min_repeats`` calls), so profiling a large
+    model stays bounded; the result states how many calls the median is over.
+    """
+    for _ in range(2):  # warm-up: allocator, oneDNN primitives, folded BatchNorm
+        run()
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < repeats and (len(times) < min_repeats or spent < budget_s):
+        start = time.perf_counter()
+        run()
+        elapsed = time.perf_counter() - start
+        times.append(elapsed)
+        spent += elapsed
+    return {"median_s": statistics.median(times), "runs": len(times)}
+
+
 def measure_latency(
     model: nn.Module,
     batch: int,
@@ -123,35 +144,28 @@ def measure_latency(
     min_repeats: int = 3,
     budget_s: float = 5.0,
 ) -> dict[str, Any]:
-    """Median wall time of a forward pass at ``batch`` over up to ``repeats`` timed runs.
-
-    Stops early once ``budget_s`` is spent (at least ``min_repeats`` runs), so profiling a large
-    model stays bounded; the report states how many runs the median is over.
-    """
+    """Median wall time of a forward pass at ``batch`` (see :func:`timed_runs`)."""
     device = _device(model)
     x = torch.randn(batch, *(size or input_shape(model)), device=device)
     model.eval()
-    times = []
+
+    def forward() -> None:
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     with torch.inference_mode():
-        for _ in range(2):  # warm-up: allocator, oneDNN primitives, folded BatchNorm
-            model(x)
-        spent = 0.0
-        while len(times) < repeats and (len(times) < min_repeats or spent < budget_s):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - start
-            times.append(elapsed)
-            spent += elapsed
-    median = statistics.median(times)
+        timing = timed_runs(forward, repeats, min_repeats, budget_s)
+    return latency_row(batch, timing)
+
+
+def latency_row(batch: int, timing: Mapping[str, Any]) -> dict[str, Any]:
+    median = timing["median_s"]
     return {
         "batch": batch,
         "median_ms": round(median * 1e3, 3),
         "images_per_s": round(batch / median, 1),
-        "runs": len(times),
+        "runs": timing["runs"],
     }
 
 

@@ -231,31 +231,16 @@ def onnx_latency(
     threads: int | None = None,
     budget_s: float = 5.0,
 ) -> dict[str, Any]:
-    """Median onnxruntime wall time of one run at ``batch`` (same protocol as the torch report)."""
-    import statistics
+    """Median onnxruntime wall time of one run at ``batch`` (the torch report's protocol)."""
+    from nhlcli.experts.cost import latency_row, timed_runs
 
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    x = torch.randn(batch, *size).numpy()
-    for _ in range(2):
-        session.run(None, {"images": x})
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < repeats and (len(times) < 3 or spent < budget_s):
-        start = time.perf_counter()
-        session.run(None, {"images": x})
-        times.append(time.perf_counter() - start)
-        spent += times[-1]
-    median = statistics.median(times)
-    return {
-        "batch": batch,
-        "median_ms": round(median * 1e3, 3),
-        "images_per_s": round(batch / median, 1),
-        "runs": len(times),
-    }
+    feed = {"images": torch.randn(batch, *size).numpy()}
+    return latency_row(batch, timed_runs(lambda: session.run(None, feed), repeats, budget_s=budget_s))
 
 
 def profile_onnx(
