@@ -238,20 +238,26 @@ def evaluate_gated(
     hits = torch.zeros(gates + 1, dtype=torch.float64)
     counts = torch.zeros(gates + 1, dtype=torch.float64)
     macs_sum, gated_s, base_s, n = 0.0, 0.0, 0.0, 0
-    for images, targets in batches:
-        images = images.to(device)
-        setup = gated.setup_seconds
+
+    def timed(run: Any, images: torch.Tensor) -> tuple[Any, float]:
         start = time.perf_counter()
-        out = gated.run(images)
+        out = run(images)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        gated_s += time.perf_counter() - start - (gated.setup_seconds - setup)
-        if baseline:
-            start = time.perf_counter()
-            gated.model(images)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            base_s += time.perf_counter() - start
+        return out, time.perf_counter() - start
+
+    for step, (images, targets) in enumerate(batches):
+        images = images.to(device)
+        # alternate which model runs first: the first run after a batch arrives competes with
+        # the loader preparing the next one
+        order = ("gated", "base") if step % 2 == 0 or not baseline else ("base", "gated")
+        for which in order:
+            if which == "gated":
+                setup = gated.setup_seconds
+                out, seconds = timed(gated.run, images)
+                gated_s += seconds - (gated.setup_seconds - setup)
+            elif baseline:
+                base_s += timed(gated.model, images)[1]
         correct = (out.logits.argmax(1).cpu() == targets.cpu()).double()
         hits.index_add_(0, out.exits, correct)
         counts.index_add_(0, out.exits, torch.ones_like(correct))
