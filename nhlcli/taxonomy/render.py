@@ -32,7 +32,7 @@ def to_rich(tree: Tree, depth: int | None = None) -> RichTree:
         if node.name != node_id:
             text += f" [dim]{escape(node_id)}[/]"
         if not node.is_leaf:
-            text += f" [cyan]{counts[node_id]} classes[/]"
+            text += f" [cyan]{counts[node_id]} class{'es' if counts[node_id] != 1 else ''}[/]"
         return text
 
     title = f"{escape(tree.name or 'tree')}: {tree.num_classes} classes, {tree.levels} levels"
