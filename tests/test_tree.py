@@ -183,3 +183,22 @@ def test_flat_tree_and_class_matching():
     with pytest.raises(NhlError, match="in the tree but not in the data: t-shirt"):
         match_classes(tree, FASHION_MNIST[1:])
     assert match_classes(tree, FASHION_MNIST[1:], exact=False)[0] == "trouser"
+
+
+def test_a_name_shared_along_a_single_child_chain_means_the_class_and_others_stay_ambiguous():
+    nested = {
+        "id": "root",
+        "name": "all",
+        "children": [
+            {"id": "dress~1", "name": "Dress", "children": [{"id": "dress", "name": "Dress"}]},
+            {
+                "id": "tops",
+                "name": "top",
+                "children": [{"id": "shirt", "name": "Shirt"}, {"id": "tee", "name": "top"}],
+            },
+        ],
+    }
+    tree = Tree.from_nested(nested, ["dress", "shirt", "tee"], name="chain")
+    assert tree.resolve("Dress") == "dress"  # the group and its only class: the same selection
+    with pytest.raises(NhlError, match="'top' is ambiguous"):  # a group and one of two classes
+        tree.resolve("top")

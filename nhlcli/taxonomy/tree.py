@@ -317,7 +317,7 @@ class Tree:
         """The node id meant by ``label``: an id, WordNet id, name, alias (loosely matched) or class index.
 
         Unknown labels raise :class:`NhlError` naming the closest matches; ambiguous ones list
-        the candidates by id.
+        the candidates by id (names shared along a single-child chain resolve to its deepest node).
         """
         if label in self._graph:
             return label
@@ -325,6 +325,10 @@ class Tree:
         hits = lookup.get(normalize_label(label), [])
         if len(hits) == 1:
             return hits[0]
+        if len(hits) > 1 and len({tuple(self.leaves(h)) for h in hits}) == 1:
+            # a single-child chain (e.g. group "Dress" above class "Dress"): the same classes
+            # either way, so the name means the deepest of them
+            return max(hits, key=lambda h: self.node(h).depth)
         if len(hits) > 1:
             options = ", ".join(f"{h} ({self.node(h).name})" for h in hits[:6])
             raise NhlError(f"{label!r} is ambiguous in this tree: use one of the ids {options}")
