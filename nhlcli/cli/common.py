@@ -1,4 +1,4 @@
-"""What every command shares: consoles, one-line errors, JSON output."""
+"""What every command shares: consoles, one-line errors, JSON output, progress over images."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nhlcli.errors import NhlError
 
@@ -37,3 +38,35 @@ def friendly_errors(func: F) -> F:
 def print_json(data: Any) -> None:
     """Machine-readable output on stdout, nothing else mixed in."""
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+class ImageProgress:
+    """A rich bar over images (what the gates library calls as ``start``/``advance``)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not enabled,
+        )
+        self.task: Any = None
+
+    def start(self, total: int, description: str) -> None:
+        if self.task is None:
+            self.bar.start()
+        else:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(description, total=total)
+
+    def advance(self, n: int) -> None:
+        self.bar.advance(self.task, n)
+
+    def __enter__(self) -> ImageProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.cli.common import ImageProgress, console, friendly_errors, print_json
 from nhlcli.errors import NhlError
 
 gates_app = typer.Typer(
@@ -27,38 +26,6 @@ gates_app = typer.Typer(
 DATA_HELP = "ImageFolder directory or fashion-mnist."
 PART_HELP = "Use only part i of k of the split (fixed shuffle), e.g. 1/2 to tune and 2/2 to report."
 ROUTE_HELP = "NHL only: run just the branches of each image's K likeliest super-categories."
-
-
-class ImageProgress:
-    """A rich bar over images (what the gates library calls as ``start``/``advance``)."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not enabled,
-        )
-        self.task: Any = None
-
-    def start(self, total: int, description: str) -> None:
-        if self.task is None:
-            self.bar.start()
-        else:
-            self.bar.remove_task(self.task)
-        self.task = self.bar.add_task(description, total=total)
-
-    def advance(self, n: int) -> None:
-        self.bar.advance(self.task, n)
-
-    def __enter__(self) -> ImageProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
 
 
 def parse_stages(text: str | None) -> list[int] | None:
@@ -183,8 +150,9 @@ def tune_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Set the exit thresholds: the lowest average GMACs that reaches a target top-1 on held-out data."""
-    from nhlcli.gates.gated import parse_thresholds
-    from nhlcli.gates.workflow import load_gated, tune_file
+    from nhlcli.gates.gated import exit_names, parse_thresholds
+    from nhlcli.gates.workflow import tune_file
+    from nhlcli.model.files import read_metadata
 
     given = parse_thresholds(thresholds) if thresholds is not None else None
     with ImageProgress(not as_json) as progress:
@@ -206,7 +174,7 @@ def tune_command(
     if as_json:
         print_json(result)
         return
-    names = load_gated(output or gated_file, "cpu").exit_names()
+    names = exit_names(read_metadata(output or gated_file)["gates"]["stages"])
     console.print(
         _exits_table(
             f"thresholds on {data} ({split}{', part ' + part if part else ''}, {result['images']} images)",

@@ -221,7 +221,8 @@ def eval_command(
     For a gated file (nhl gates): top-1, average GMACs per image, where images left the network,
     and measured throughput against the ungated model on the same batches.
     """
-    from nhlcli.cli.gates import ImageProgress, gated_report_table
+    from nhlcli.cli.common import ImageProgress
+    from nhlcli.cli.gates import gated_report_table
     from nhlcli.evaluation import describe_attention, evaluate_file
 
     with ImageProgress(not as_json) as progress:

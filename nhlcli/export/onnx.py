@@ -60,15 +60,8 @@ class _Exportable(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not self.gated:
             return (self.model(images),)
-        gate_at = {s: g for g, s in enumerate(self.model.spec.stages)}
-        outs: list[torch.Tensor] = []
-        h = images
-        for s, stage in enumerate(self.model.staged.stages):
-            h = stage(h)
-            if s in gate_at:
-                outs.append(self.model.exits[gate_at[s]](h))
-        logits = self.model.staged.finish(h)
-        return (logits, *outs)
+        outs, h = self.model.gate_outputs(images)
+        return (self.model.staged.finish(h), *outs)
 
 
 def output_names(model: nn.Module) -> list[str]:

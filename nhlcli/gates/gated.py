@@ -98,6 +98,11 @@ def parse_thresholds(text: str) -> list[float | None]:
     return values
 
 
+def exit_names(stages: Sequence[int]) -> list[str]:
+    """How reports name the exits of gates after ``stages``, then the full network."""
+    return [f"gate {g + 1} (stage {s})" for g, s in enumerate(stages)] + ["full network"]
+
+
 class Gate(nn.Module):
     """Global average pooling, then one linear layer: ``[B, C, H, W]`` -> ``[B, outputs]``."""
 
@@ -393,10 +398,8 @@ class GatedModel(nn.Module):
             )
         return self.run(x).logits
 
-    @torch.no_grad()
-    def all_outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
-        """Every exit gate's outputs and the final logits for every sample (nobody exits), and the
-        routing gate's outputs: what threshold tuning simulates exits from."""
+    def gate_outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every exit gate's outputs (nobody exits) and the last stage's output."""
         gate_at = {s: g for g, s in enumerate(self.spec.stages)}
         outs: list[torch.Tensor] = []
         h = x
@@ -404,6 +407,13 @@ class GatedModel(nn.Module):
             h = stage(h)
             if s in gate_at:
                 outs.append(self.exits[gate_at[s]](h))
+        return outs, h
+
+    @torch.no_grad()
+    def all_outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Every exit gate's outputs and the final logits for every sample (nobody exits), and the
+        routing gate's outputs: what threshold tuning simulates exits from."""
+        outs, h = self.gate_outputs(x)
         route = self.route(h) if self.route is not None else None
         if self.route_top_k is not None:
             final, _ = self._routed(h)
@@ -412,4 +422,4 @@ class GatedModel(nn.Module):
         return outs, final, route
 
     def exit_names(self) -> list[str]:
-        return [f"gate {g + 1} (stage {s})" for g, s in enumerate(self.spec.stages)] + ["full network"]
+        return exit_names(self.spec.stages)

@@ -10,7 +10,6 @@ point lost (later gates see the samples earlier gates let go), while the target 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -290,8 +289,3 @@ def evaluate_gated(
         report["ungated_images_per_s"] = n / base_s if base_s else None
         report["speedup"] = base_s / gated_s if gated_s else None
     return report
-
-
-def finite(thresholds: Sequence[float | None]) -> list[float]:
-    """Thresholds for display: ``inf`` for a closed gate."""
-    return [math.inf if t is None else t for t in thresholds]

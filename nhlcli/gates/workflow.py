@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,11 @@ from nhlcli.gates.tune import (
 
 def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def carried_sections(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The file sections a gated file keeps from the model it was made from."""
+    return {k: meta[k] for k in ("expert", "training", "cost") if k in meta}
 
 
 def load_gated(path: str | Path, device: torch.device) -> GatedModel:
@@ -65,9 +70,7 @@ def fit_file(
         progress.start(len(loader.dataset), "fitting gates")
     gated = fit_gates(model, loader, stages, route, config, dev, progress.advance if progress else None)
     gated.spec.fit.update({"data": str(data), "split": split})
-    meta = dict(getattr(model, "metadata", {}))
-    sections = {k: meta[k] for k in ("expert", "training", "cost") if k in meta}
-    save_model(gated, output, **sections)
+    save_model(gated, output, **carried_sections(getattr(model, "metadata", {})))
     return gated
 
 
@@ -125,9 +128,7 @@ def tune_file(
     result.update({"data": str(data), "split": split, "part": part, "images": len(record.labels)})
     result["route_top_k"] = route_top_k
     gated.spec.tune = result
-    meta = gated.metadata
-    sections = {k: meta[k] for k in ("expert", "training", "cost") if k in meta}
-    save_model(gated, output or gated_file, **sections)
+    save_model(gated, output or gated_file, **carried_sections(gated.metadata))
     return result
 
 

@@ -290,6 +290,7 @@ def _train(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
         )
     result = TrainResult(str(output) if output else None, str(checkpoint_dir), start_epoch, history)
+
     def save_state(epochs_done: int, **flags: Any) -> None:
         extra = {"history": [asdict(h) for h in history], "config": asdict(config), **flags}
         ckpt.save_checkpoint(checkpoint_dir, model, optimizer, scheduler, epochs_done, step, extra=extra)
