@@ -131,10 +131,12 @@ def model_loader(
     part: str | None = None,
 ) -> Any:
     """A loader over ``data`` through the model's own evaluation transform, labelled by ``tree``
-    (default the model's); an expert's data is restricted to its classes."""
+    (default the model's); the data of an expert, or of a model trained on some of the data's
+    classes (``nhl train --classes``), is restricted to the model's classes."""
     from nhlcli.data import create_eval_loader
 
-    is_expert = bool(getattr(model, "metadata", {}).get("expert"))
+    meta = getattr(model, "metadata", {})
+    is_expert = bool(meta.get("expert")) or bool((meta.get("training") or {}).get("classes"))
     inp = model.input_config
     return create_eval_loader(
         data,

@@ -364,3 +364,48 @@ def test_induced_tree_from_a_flat_models_classifier(tmp_path):
     assert_one_line_error(
         run_nhl("hierarchy", "build", "--source", "induced", "--model", nhl_file, "-o", out), "flat model"
     )
+
+
+def test_train_on_some_classes_keeps_only_their_images_and_eval_follows(tmp_path):
+    """``nhl train --classes``: the subset baseline of paper 003, Table 2 (trained on the subset only)."""
+    data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=4, size=16)
+    out = tmp_path / "sub.safetensors"
+    common = ("--data", data, "--input-size", "16", "--epochs", "1", "--batch-size", "4", "--workers", "0")
+    run = run_nhl("train", *common, "--flat", "--classes", "banana,elm", "-o", out, "--json")
+    assert run.code == 0, run.err
+    meta = read_metadata(out)
+    assert Tree.from_dict(meta["tree"]).classes == ["banana", "elm"]
+    assert meta["training"]["classes"] == ["banana", "elm"]
+    assert load_model(out)(torch.randn(1, 3, 16, 16)).shape == (1, 2)
+    report = json.loads(run_nhl("eval", out, "--data", data, "--workers", "0", "--json").out)
+    assert report["num_classes"] == 2
+    assert report["images"] == 4  # the val images of banana and elm only (2 of each)
+    nested = run_nhl("train", *common, "--hierarchy", nested_tree(2).save(tmp_path / "t.json"),
+                     "--classes", "cherry,daisy", "-o", tmp_path / "nested.safetensors")  # fmt: skip
+    assert nested.code == 0, nested.err
+    assert load_model(tmp_path / "nested.safetensors").tree.classes == ["cherry", "daisy"]
+    unknown = run_nhl("train", *common, "--flat", "--classes", "bananna", "-o", tmp_path / "x.safetensors")
+    assert_one_line_error(unknown, "bananna", "banana")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_frozen_trunk_flat_model_trains_only_what_an_nhl_model_replaces(tmp_path):
+    """A frozen-trunk flat baseline freezes exactly the NHL trunk's layers (paper 000's frozen study)."""
+    tree = nested_tree(1)
+    flat = create_model(tree, "flat", TrunkConfig("resnet18"))
+    frozen = set(flat.freeze_trunk())
+    nhl_trunk = create_model(tree, "nhl", TrunkConfig("resnet18")).trunk.model
+    assert frozen == {name for name, _ in nhl_trunk.named_parameters()}
+    trained = {name.split(".")[0] for name, p in flat.model.named_parameters() if p.requires_grad}
+    assert trained == {"layer4", "fc"}
+    flat.train()
+    assert not flat.model.layer1[0].bn1.training and flat.model.layer4[0].bn1.training
+    data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=2, size=16)
+    flat.input_config = with_input_size(flat.input_config, 16)
+    before = {k: v.clone() for k, v in flat.model.state_dict().items()}
+    config = TrainConfig(epochs=1, batch_size=4, workers=0, augment=None)
+    train(flat, data, tmp_path / "f.safetensors", config, progress=False)
+    after = flat.model.state_dict()
+    # the frozen layers keep their weights and BatchNorm statistics; the head learns
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("layer1"))
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])

@@ -82,8 +82,17 @@ def train_command(
     pretrained_file: Path | None = typer.Option(
         None, "--pretrained-file", help="Start the trunk from a local .safetensors file of timm weights."
     ),
+    classes: str | None = typer.Option(
+        None,
+        "--classes",
+        "-c",
+        help="Train on these classes only (names, ids, groups or @file): the tree is cut to them "
+        "and images of other classes are left out (paper 003's subset baselines).",
+    ),
     freeze_trunk: bool = typer.Option(
-        False, "--freeze-trunk", help="Keep the trunk fixed; train the branches only."
+        False,
+        "--freeze-trunk",
+        help="Keep the trunk fixed; train the branches only (flat: the last stage and the classifier).",
     ),
     split: int | None = typer.Option(
         None, "--split", help="Trunk stage to branch after (default: before the last)."
@@ -129,6 +138,8 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
 ) -> None:
     """Train an NHL model (or a flat baseline) on a dataset and a category tree."""
+    from nhlcli.evaluation import split_labels
+    from nhlcli.experts.cutout import select_classes
     from nhlcli.model.nhl import BranchConfig, with_input_size
     from nhlcli.model.registry import create_model
     from nhlcli.model.trunk import TrunkConfig
@@ -137,6 +148,9 @@ def train_command(
     if flat:
         variant = "flat"
     tree = _tree_for(hierarchy, data, variant == "flat")
+    selection = tuple(split_labels(classes))
+    if classes is not None:
+        tree = select_classes(tree, selection)
     chans = in_chans or (1 if data == "fashion-mnist" else 3)
     model = create_model(
         tree,
@@ -150,8 +164,9 @@ def train_command(
         model.input_config = with_input_size(model.input_config, input_size)
     if freeze_trunk:
         if variant == "flat":
-            raise NhlError("--freeze-trunk needs an NHL model; a flat model would have nothing left to train")
-        model.trunk.freeze()
+            model.freeze_trunk(split)  # the layers an NHL trunk holds; the last stage and head train
+        else:
+            model.trunk.freeze()
     config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -167,6 +182,7 @@ def train_command(
         amp=not no_amp,
         device=device,
         max_steps_per_epoch=max_steps,
+        classes=selection,
     )
     result = train(
         model, data, output, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=not as_json

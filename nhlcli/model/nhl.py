@@ -221,6 +221,34 @@ class FlatModel(nn.Module):
             Tree.from_dict(meta["tree"]), TrunkConfig(**meta["trunk"]), InputConfig.from_dict(meta["input"])
         )
 
+    def freeze_trunk(self, split: int | None = None) -> list[str]:
+        """Freeze the layers an NHL trunk cut at ``split`` would hold (default: every stage but
+        the last), so a frozen-trunk flat baseline trains the same part of the network as an
+        NHL model on that trunk: the last stage and the classifier. Frozen layers keep their
+        normalisation statistics. Returns the frozen parameter names."""
+        from nhlcli.model.trunk import Trunk
+
+        trunk = Trunk(TrunkConfig(self.trunk_config.backbone, split, self.trunk_config.in_chans))
+        names = {name for name, _ in trunk.model.named_parameters()}
+        frozen = []
+        for name, param in self.model.named_parameters():
+            if name in names:
+                param.requires_grad_(False)
+                frozen.append(name)
+        self._frozen_modules = []
+        for module in self.model.modules():
+            own = list(module.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                self._frozen_modules.append(module)
+        self.train(self.training)
+        return frozen
+
+    def train(self, mode: bool = True) -> FlatModel:
+        super().train(mode)
+        for module in getattr(self, "_frozen_modules", ()):
+            module.eval()
+        return self
+
     def parameter_groups(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.model.parameters())
         head = sum(p.numel() for p in self.model.get_classifier().parameters())

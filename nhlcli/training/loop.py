@@ -45,6 +45,7 @@ class TrainConfig:
     amp: bool = True
     device: str | None = None
     max_steps_per_epoch: int | None = None
+    classes: tuple[str, ...] = ()  # the selection when the model covers only some of the data's classes
 
 
 @dataclass
@@ -214,6 +215,7 @@ def _make_loaders(model: nn.Module, data: str | Path, config: TrainConfig, info:
         scale=config.crop_scale,
         distributed=info.enabled,
         seed=config.seed,
+        subset=bool(config.classes),  # images of classes outside the model's tree are left out
     )
 
 

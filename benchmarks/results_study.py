@@ -1,0 +1,599 @@
+"""The results study of docs/results.md: the papers' claims measured with nhl on Fashion-MNIST.
+
+Every experiment is a sequence of ``nhl`` commands (printed as they run), so each row of
+docs/results.md can be re-run by hand. Models and per-experiment JSON go to ``--workdir``; a
+finished step is not redone, so an interrupted study continues where it stopped.
+
+    python benchmarks/results_study.py all                    # every part, then the report
+    python benchmarks/results_study.py classification --seeds 3
+    python benchmarks/results_study.py cutouts | attention | frozen | gates
+    python benchmarks/results_study.py report                 # tables (Markdown) and plots
+
+Parts: ``classification`` (paper 003, Table 3: flat against PHL small/big/lateSP/1branch and
+N2HL-N4HL on one trunk, 3 seeds for the main rows), ``cutouts`` (Table 2: experts against flat
+models trained on all classes and on the subset only), ``attention`` (section 4.4),
+``frozen`` (paper 000: a frozen ImageNet-trained EfficientNet-Lite0 trunk with NHL and flat
+heads), ``gates`` (paper 004: hinge against cross-entropy d-gates). The ImageNet-scale
+architecture cost (paper 000, Table 1) is ``benchmarks/bench_experts.py table1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nhlcli.demo import recipe_args
+from nhlcli.model.files import read_metadata
+
+EPOCHS = 2  # what fits a 2-hour study on a 2-core CPU; --epochs 10 for the 92% recipe
+FLAT_TREE = "fm-flat-tree.json"
+L4_TREE = "fm-wordnet-l4.json"
+
+# name -> (nhl train options, main row: trained with every seed)
+CLASSIFICATION: dict[str, tuple[list[str], bool]] = {
+    "flat ResNet18": (["--flat"], True),
+    "PHL small": (["--variant", "phl-small", "--hierarchy", FLAT_TREE], False),
+    "PHL big": (["--variant", "phl-big", "--hierarchy", FLAT_TREE], False),
+    "PHL lateSP": (["--variant", "phl-latesp", "--hierarchy", FLAT_TREE], False),
+    "PHL 1branch": (["--variant", "phl-1branch", "--hierarchy", FLAT_TREE], False),
+    "N2HL (WordNet)": (["--hierarchy", "fashion-mnist-wordnet-l2"], True),
+    "N3HL (WordNet)": (["--hierarchy", "fashion-mnist-wordnet-l3"], True),
+    "N4HL (WordNet)": (["--hierarchy", L4_TREE], False),
+}
+SUBSETS: dict[str, list[str]] = {
+    "lower 5": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"],
+    "upper 5": ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    "footwear": ["Sandal", "Sneaker", "Ankle boot"],
+}
+ATTEND_SCALES = (0.5, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
+FROZEN_SIZE = "64"  # EfficientNet-Lite0 at 64 px: 0.033 GMACs, like ResNet18 at 32 px
+BENCH = Path(__file__).resolve().parent
+
+
+class Study:
+    """Runs ``nhl`` commands in a work directory, each result cached as JSON."""
+
+    def __init__(self, workdir: Path, epochs: int, log: bool = True) -> None:
+        self.workdir = workdir
+        self.epochs = epochs
+        self.log = log
+        (workdir / "models").mkdir(parents=True, exist_ok=True)
+        (workdir / "runs").mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ plumbing
+    def nhl(self, *args: str, as_json: bool = True) -> Any:
+        """Run one ``nhl`` command (in the work directory), echo it, return its JSON output."""
+        cmd = ["nhl", *args] + (["--json"] if as_json else [])
+        if self.log:
+            print("$ " + shlex.join(cmd), flush=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "nhlcli", *cmd[1:]], cwd=self.workdir, capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"failed: {shlex.join(cmd)}\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout) if as_json else proc.stdout
+
+    def cached(self, name: str, make: Any) -> Any:
+        """The JSON result ``name`` from an earlier run, or ``make()`` stored under that name."""
+        path = self.workdir / "runs" / f"{name}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        start = time.perf_counter()
+        result = make()
+        result["wall_s"] = round(time.perf_counter() - start, 1)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, path)
+        return result
+
+    def train(self, tag: str, options: Sequence[str], seed: int = 0) -> dict[str, Any]:
+        """Train one model with the default recipe (``--epochs`` here) unless it exists."""
+        out = f"models/{tag}-s{seed}.safetensors"
+
+        def make() -> dict[str, Any]:
+            args = ["train", "--data", "fashion-mnist", *recipe_with(self.epochs, options)]
+            summary = self.nhl(*args, "--seed", str(seed), "-o", out)
+            cost = read_metadata(self.workdir / out)["cost"]
+            return {
+                "command": "nhl " + shlex.join([*args, "--seed", str(seed), "-o", out]),
+                "model": out,
+                "test_top1": summary["val_top1"],
+                "test_top5": summary["val_top5"],
+                "history": summary["history"],
+                "params": cost["params"],
+                "gmacs": cost["gmacs"],
+            }
+
+        return self.cached(f"train-{tag}-s{seed}", make)
+
+    def trees(self) -> None:
+        """The flat tree (PHL) and the 4-level WordNet tree, built once."""
+        if not (self.workdir / FLAT_TREE).exists():
+            self.nhl(
+                "hierarchy",
+                "build",
+                "--source",
+                "flat",
+                "--classes",
+                "fashion-mnist",
+                "-o",
+                FLAT_TREE,
+                as_json=False,
+            )
+        if not (self.workdir / L4_TREE).exists():
+            self.nhl(
+                "hierarchy",
+                "build",
+                "--source",
+                "wordnet",
+                "--classes",
+                "fashion-mnist",
+                "--levels",
+                "4",
+                "-o",
+                L4_TREE,
+                as_json=False,
+            )
+
+    # ------------------------------------------------------------------ parts
+    def classification(self, seeds: int) -> dict[str, Any]:
+        """Paper 003, Table 3: every variant on the same trunk, epochs and seeds."""
+        self.trees()
+        rows = {}
+        for name, (options, main) in CLASSIFICATION.items():
+            runs = [self.train(tag(name), options, seed) for seed in range(seeds if main else 1)]
+            rows[name] = summarise(runs)
+        return rows
+
+    def cost(self, model: str) -> dict[str, Any]:
+        """``nhl profile``: params, GMACs and latency at batch 1 and 32 (median, this machine's threads)."""
+        return self.nhl("profile", model, "--batch-size", "32")["cost"]
+
+    def evaluate(
+        self, model: str, classes: str | None = None, attend_truth: float | None = None, level: str = "last"
+    ) -> float:
+        """Test top-1 of ``nhl eval MODEL [--classes C] [--attend-truth S [--attend-level path]]``,
+        run in this process (the same library call, without dozens of process start-ups)."""
+        from nhlcli.evaluation import evaluate_file
+
+        args = ["eval", model] + (["--classes", classes] if classes else [])
+        args += [] if attend_truth is None else ["--attend-truth", f"{attend_truth:g}"]
+        args += ["--attend-level", "path"] if level == "path" else []
+        if self.log:
+            print("$ " + shlex.join(["nhl", *args]), flush=True)
+        report = evaluate_file(
+            self.workdir / model,
+            "fashion-mnist",
+            classes=classes,
+            workers=1,
+            attend_truth=attend_truth,
+            attend_level="path" if level == "path" else None,
+        )
+        return report["top1"]
+
+    def cutouts(self, seeds: int) -> dict[str, Any]:
+        """Paper 003, Table 2: for each subset, the expert cut from the 10-class N2HL, the full
+        N2HL and the flat model (both trained on all 10) restricted to the subset, and a flat
+        model trained on the subset alone; top-1 on the subset's test images and the cost."""
+        nhl_name, flat_name = "N2HL (WordNet)", "flat ResNet18"
+        rows: dict[str, Any] = {}
+        for subset, classes in SUBSETS.items():
+            selection = ",".join(classes)
+
+            def make(classes: str = selection, subset: str = subset) -> dict[str, Any]:
+                row: dict[str, Any] = {"classes": classes, "seeds": {}}
+                for seed in range(seeds):
+                    nhl_model = self.train(tag(nhl_name), CLASSIFICATION[nhl_name][0], seed)["model"]
+                    flat_model = self.train(tag(flat_name), CLASSIFICATION[flat_name][0], seed)["model"]
+                    expert = f"models/{tag(subset)}-expert-s{seed}.safetensors"
+                    cut = self.nhl(
+                        "cutout", nhl_model, "--classes", classes, "-o", expert, "--batch-size", "32"
+                    )
+                    row["seeds"][seed] = {
+                        "expert": self.evaluate(expert),
+                        "full_nhl": self.evaluate(nhl_model, classes),
+                        "flat_all": self.evaluate(flat_model, classes),
+                    }
+                    if seed == 0:
+                        row["expert_cost"], row["parent_cost"] = cut["expert_cost"], cut["parent_cost"]
+                        row["flat_all_cost"] = self.cost(flat_model)
+                only = self.train(f"flat-{tag(subset)}", ["--flat", "--classes", classes])
+                row["flat_subset"] = self.evaluate(only["model"])
+                row["flat_subset_cost"] = self.cost(only["model"])
+                row["flat_subset_command"] = only["command"]
+                return row
+
+            rows[subset] = self.cached(f"cutout-{tag(subset)}", make)
+        return rows
+
+    def attention(self) -> dict[str, Any]:
+        """Paper 003, 4.4: ``nhl eval --attend-truth SCALE`` on N2HL, N3HL and PHL small."""
+        rows = {}
+        for name in ("N2HL (WordNet)", "N3HL (WordNet)", "PHL small"):
+            model = self.train(tag(name), CLASSIFICATION[name][0])["model"]
+
+            def make(model: str = model) -> dict[str, Any]:
+                base = self.evaluate(model)
+                curves = {
+                    level: [
+                        {"scale": scale, "top1": self.evaluate(model, None, scale, level)}
+                        for scale in ATTEND_SCALES
+                    ]
+                    for level in ("last", "path")
+                }
+                return {"model": model, "unattended": base, "curves": curves}
+
+            rows[name] = self.cached(f"attention-{tag(name)}", make)
+        return rows
+
+    def frozen(self, lite0: Path) -> dict[str, Any]:
+        """Paper 000's frozen-trunk study: the ImageNet-trained EfficientNet-Lite0 trunk frozen,
+        with an NHL head (N2HL) and with its own last stage and a flat classifier trained."""
+        if not lite0.is_file():
+            sys.path.insert(0, str(BENCH))
+            from prepare_lite0 import convert
+
+            print(f"$ python benchmarks/prepare_lite0.py -o {lite0.name}", flush=True)
+            convert(lite0)
+        common = [
+            "--backbone",
+            "tf_efficientnet_lite0",
+            "--pretrained-file",
+            os.path.relpath(lite0, self.workdir),
+            "--freeze-trunk",
+            "--in-chans",
+            "3",
+            "--input-size",
+            FROZEN_SIZE,
+        ]
+        rows = {}
+        for name, options in (
+            ("Lite0 frozen + flat head", ["--flat"]),
+            ("Lite0 frozen + N2HL head", ["--hierarchy", "fashion-mnist-wordnet-l2"]),
+        ):
+            run = self.train(tag(name), [*options, *common])
+            rows[name] = {
+                **summarise([run]),
+                "trainable": trainable_params(self.workdir / run["model"]),
+            }
+        return rows
+
+    def gates(self) -> dict[str, Any]:
+        """Paper 004: ``benchmarks/bench_gates.py`` on the N2HL and flat models of seed 0."""
+        nhl_model = self.train(tag("N2HL (WordNet)"), CLASSIFICATION["N2HL (WordNet)"][0])["model"]
+        flat_model = self.train(tag("flat ResNet18"), CLASSIFICATION["flat ResNet18"][0])["model"]
+
+        def make() -> dict[str, Any]:
+            out = self.workdir / "runs" / "gates-bench.json"
+            cmd = [
+                sys.executable,
+                str(BENCH / "bench_gates.py"),
+                "--nhl",
+                nhl_model,
+                "--flat",
+                flat_model,
+                "--plot",
+                "gates.png",
+                "--json",
+                str(out),
+            ]
+            print("$ " + shlex.join(["python", "benchmarks/bench_gates.py", *cmd[2:]]), flush=True)
+            subprocess.run(cmd, cwd=self.workdir, check=True, capture_output=True)
+            return json.loads(out.read_text())
+
+        return self.cached("gates", make)
+
+    def imagenet_cost(self) -> dict[str, Any]:
+        """Paper 000, Table 1 (no training): ``benchmarks/bench_experts.py table1``."""
+
+        def make() -> dict[str, Any]:
+            cmd = [sys.executable, str(BENCH / "bench_experts.py"), "table1", "--json"]
+            print("$ python benchmarks/bench_experts.py table1 --json", flush=True)
+            proc = subprocess.run(cmd, cwd=self.workdir, check=True, capture_output=True, text=True)
+            return {"rows": json.loads(proc.stdout)}
+
+        return self.cached("imagenet-cost", make)
+
+
+def trainable_params(model_file: Path) -> int:
+    """Parameters a frozen-trunk run trained: the model's minus the frozen trunk's."""
+    from nhlcli.model.files import load_model
+
+    model = load_model(model_file)
+    groups = model.parameter_groups()
+    if model.kind == "nhl":
+        return groups["branches"]
+    frozen = set(model.freeze_trunk())
+    return sum(p.numel() for n, p in model.model.named_parameters() if n not in frozen)
+
+
+def recipe_with(epochs: int, options: Sequence[str]) -> list[str]:
+    """The default recipe's ``nhl train`` options, those that ``options`` set again replaced."""
+    recipe = recipe_args(epochs)
+    pairs = [recipe[i : i + 2] for i in range(0, len(recipe), 2)]
+    return [arg for flag, value in pairs if flag not in options for arg in (flag, value)] + list(options)
+
+
+def tag(name: str) -> str:
+    """A file-name tag for a row name."""
+    keep = "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+    return "-".join(part for part in keep.split("-") if part)
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and spread (sample standard deviation) of top-1 over seeds, with the model's cost."""
+    top1 = [r["test_top1"] for r in runs]
+    return {
+        "seeds": len(runs),
+        "top1": top1,
+        "top1_mean": statistics.fmean(top1),
+        "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
+        "params": runs[0]["params"]["total"],
+        "gmacs": runs[0]["gmacs"],
+        "train_s": [r["wall_s"] for r in runs],
+        "command": runs[0]["command"],
+    }
+
+
+# ---------------------------------------------------------------------------- report
+def pct(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def latency_ms(cost: dict[str, Any]) -> str:
+    """``b1 / b32`` median latency in ms from a cost report."""
+    return " / ".join(f"{r['median_ms']:.2f}" for r in cost["latency"]) + " ms"
+
+
+def classification_table(rows: dict[str, Any]) -> list[str]:
+    lines = [
+        "| model | seeds | test top-1 (mean ± sd) | per seed | params | GMACs | train time (median) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        spread = f" ± {100 * r['top1_std']:.2f}" if r["top1_std"] is not None else ""
+        seeds = ", ".join(f"{100 * t:.2f}" for t in r["top1"])
+        lines.append(
+            f"| {name} | {r['seeds']} | {100 * r['top1_mean']:.2f}%{spread} | {seeds} | "
+            f"{r['params'] / 1e6:.2f}M | {r['gmacs']:.4f} | {statistics.median(r['train_s']):.0f} s |"
+        )
+    return lines
+
+
+def cutout_table(rows: dict[str, Any]) -> list[str]:
+    lines = [
+        "| subset | expert | full N2HL on the subset | flat (all 10) on the subset | flat (subset only) | "
+        "expert params / GMACs | expert latency b1 / b32 | full N2HL | flat (all 10) | flat (subset only) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for subset, r in rows.items():
+        cols = {key: [s[key] for s in r["seeds"].values()] for key in ("expert", "full_nhl", "flat_all")}
+        cells = [f"{100 * statistics.fmean(v):.2f}%" for v in cols.values()]
+        e, p, f, o = r["expert_cost"], r["parent_cost"], r["flat_all_cost"], r["flat_subset_cost"]
+
+        def size(c: dict[str, Any]) -> str:
+            return f"{c['params']['total'] / 1e6:.2f}M / {c['gmacs']:.4f}"
+
+        lines.append(
+            f"| {subset} ({len(r['classes'].split(','))}) | "
+            + " | ".join(cells)
+            + f" | {100 * r['flat_subset']:.2f}% | {size(e)} | {latency_ms(e)} | "
+            f"{size(p)}, {latency_ms(p)} | {size(f)}, {latency_ms(f)} | {size(o)}, {latency_ms(o)} |"
+        )
+    return lines
+
+
+def attention_table(rows: dict[str, Any]) -> list[str]:
+    lines = [
+        "| model | level | " + " | ".join(f"x{s:g}" for s in ATTEND_SCALES) + " | best |",
+        "|---|---|" + "---|" * (len(ATTEND_SCALES) + 1),
+    ]
+    for name, r in rows.items():
+        for level, curve in r["curves"].items():
+            cells = [f"{100 * p['top1']:.2f} ({100 * (p['top1'] - r['unattended']):+.1f})" for p in curve]
+            best = max(curve, key=lambda p: p["top1"])
+            lines.append(f"| {name} | {level} | " + " | ".join(cells) + f" | x{best['scale']:g} |")
+    return lines
+
+
+def frozen_table(rows: dict[str, Any]) -> list[str]:
+    lines = [
+        "| model | test top-1 | params | trained params | GMACs | train time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {100 * r['top1_mean']:.2f}% | {r['params'] / 1e6:.2f}M | "
+            f"{r['trainable'] / 1e6:.2f}M | {r['gmacs']:.4f} | {r['train_s'][0]:.0f} s |"
+        )
+    return lines
+
+
+def gates_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "| model | gates | tuned top-1 (half 2) | full top-1 | drop | GMACs saved | img/s gated / ungated | "
+        "held-out: most GMACs saved at <= 0.5 pt lost |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        curve = result["heldout"][f"{row['model']}, {row['loss']} gates"]
+        ok = [p for p in curve if p["full_top1"] - p["top1"] <= 0.005]
+        best = max((1 - p["gmacs"] / p["full_gmacs"] for p in ok), default=0.0)
+        lines.append(
+            f"| {row['model']} | {row['loss']} | {pct(row['top1'])} | {pct(row['full_top1'])} | "
+            f"{row['drop_points']:.2f} pt | {row['gmacs_reduction_percent']:.1f}% | "
+            f"{row['images_per_s']:.0f} / {row['ungated_images_per_s']:.0f} | {100 * best:.1f}% |"
+        )
+    return lines
+
+
+def imagenet_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "| model | params (paper) | params (nhl) | GMACs (paper) | GMACs (nhl) | expert | "
+        "expert params paper / nhl related / random | expert GMACs paper / related / random |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]["table1"]:
+        p, e = r["paper"], r["expert"]
+        lines.append(
+            f"| {r['model']} | {p['params']}M | {r['params_m']}M | {p['gmacs']} | {r['gmacs']} | "
+            f"{r['expert_classes']} classes | "
+            f"{p['expert_params']}M / {e['related'][0]}M / {e['random'][0]}M | "
+            f"{p['expert_gmacs']} / {e['related'][1]} / {e['random'][1]} |"
+        )
+    return lines
+
+
+def accuracy_plot(classification: dict[str, Any], frozen: dict[str, Any], output: Path) -> None:
+    """Test top-1 against GMACs per image for every 10-class model (error bars: sd over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for rows, marker in ((classification, "o"), (frozen, "s")):
+        for name, r in rows.items():
+            kind = "tab:gray" if "flat" in name else "tab:blue" if "PHL" in name else "tab:red"
+            ax.errorbar(
+                r["gmacs"] * 1e3,
+                100 * r["top1_mean"],
+                yerr=100 * (r["top1_std"] or 0),
+                fmt=marker,
+                color=kind,
+                capsize=3,
+            )
+            ax.annotate(
+                name,
+                (r["gmacs"] * 1e3, 100 * r["top1_mean"]),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=8,
+            )
+    ax.set_xlabel("MMACs per image")
+    ax.set_ylabel("Fashion-MNIST test top-1 (%)")
+    ax.set_title("Accuracy against cost (circles: ResNet18 trunk at 32 px; squares: frozen Lite0 at 64 px)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+
+
+def cost_plots(study: Study, docs: Path) -> dict[str, Any]:
+    """Expert params and GMACs against kept classes: the Fashion-MNIST N2HL and ResNet50-NHL
+    over 100 ImageNet classes (untrained: cost needs no weights)."""
+    sys.path.insert(0, str(BENCH))
+    from bench_experts import imagenet100_tree
+
+    from nhlcli.experts.curve import cost_curve, plot_cost_curve
+    from nhlcli.model.files import load_model
+    from nhlcli.model.registry import create_model
+    from nhlcli.model.trunk import TrunkConfig
+
+    fm = load_model(study.workdir / sorted_runs(study.workdir / "runs", tag("N2HL (WordNet)"))[0]["model"])
+    in100 = create_model(imagenet100_tree(), "nhl", TrunkConfig("resnet50")).eval()
+    out = {}
+    for key, model, title in (
+        ("fashion-mnist-n2hl", fm, "Fashion-MNIST N2HL (ResNet18, 32 px)"),
+        ("imagenet100-resnet50-nhl", in100, "ResNet50-NHL, 100 ImageNet classes (224 px)"),
+    ):
+        rows = cost_curve(model)
+        plot_cost_curve(rows, docs / f"results-cost-{key}.png", f"{title}: expert cost against kept classes")
+        out[key] = rows
+    return out
+
+
+def report(study: Study, docs: Path) -> str:
+    """Every finished part as Markdown tables (stdout) and the plots under ``docs``."""
+    runs = study.workdir / "runs"
+    parts: list[str] = []
+    classification = {
+        name: summarise(found) for name in CLASSIFICATION if (found := sorted_runs(runs, tag(name)))
+    }
+    if classification:
+        parts += ["## Classification", *classification_table(classification)]
+    if all((runs / f"cutout-{tag(s)}.json").exists() for s in SUBSETS):
+        parts += [
+            "## Cutouts",
+            *cutout_table({s: json.loads((runs / f"cutout-{tag(s)}.json").read_text()) for s in SUBSETS}),
+        ]
+    attention = {
+        n: json.loads(p.read_text())
+        for n in ("N2HL (WordNet)", "N3HL (WordNet)", "PHL small")
+        if (p := runs / f"attention-{tag(n)}.json").exists()
+    }
+    if attention:
+        parts += ["## Top-down attention", *attention_table(attention)]
+    frozen = {}
+    for name in ("Lite0 frozen + flat head", "Lite0 frozen + N2HL head"):
+        path = runs / f"train-{tag(name)}-s0.json"
+        if path.exists():
+            run = json.loads(path.read_text())
+            frozen[name] = {
+                **summarise([run]),
+                "trainable": trainable_params(study.workdir / run["model"]),
+            }
+    if frozen:
+        parts += ["## Frozen pretrained trunk", *frozen_table(frozen)]
+    if (runs / "gates.json").exists():
+        parts += ["## Decision gates", *gates_table(json.loads((runs / "gates.json").read_text()))]
+    if (runs / "imagenet-cost.json").exists():
+        parts += [
+            "## ImageNet-scale cost",
+            *imagenet_table(json.loads((runs / "imagenet-cost.json").read_text())),
+        ]
+    if classification:
+        accuracy_plot(classification, frozen, docs / "results-accuracy-gmacs.png")
+        cost_plots(study, docs)
+    return "\n".join(parts)
+
+
+def sorted_runs(runs: Path, name: str) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(runs.glob(f"train-{name}-s*.json"))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "part", choices=["classification", "cutouts", "attention", "frozen", "gates", "cost", "report", "all"]
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("results-work"))
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds for the main rows (flat, N2HL, N3HL)")
+    parser.add_argument(
+        "--lite0",
+        type=Path,
+        default=Path("lite0.safetensors"),
+        help="the converted trunk (benchmarks/prepare_lite0.py), relative to --workdir",
+    )
+    parser.add_argument("--docs", type=Path, default=BENCH.parent / "docs", help="where the plots go")
+    args = parser.parse_args()
+    study = Study(args.workdir.resolve(), args.epochs)
+    part = args.part
+    if part in ("classification", "all"):
+        print(json.dumps(study.classification(args.seeds), indent=2))
+    if part in ("cutouts", "all"):
+        print(json.dumps(study.cutouts(args.seeds), indent=2))
+    if part in ("attention", "all"):
+        print(json.dumps(study.attention(), indent=2))
+    if part in ("frozen", "all"):
+        print(json.dumps(study.frozen(study.workdir / args.lite0), indent=2))
+    if part in ("gates", "all"):
+        print(json.dumps(study.gates()["rows"], indent=2))
+    if part in ("cost", "all"):
+        print(json.dumps(study.imagenet_cost(), indent=2))
+    if part in ("report", "all"):
+        print(report(study, args.docs))
+
+
+if __name__ == "__main__":
+    main()
