@@ -10,7 +10,7 @@ finished step is not redone, so an interrupted study continues where it stopped.
     python benchmarks/results_study.py report                 # tables (Markdown) and plots
 
 Parts: ``classification`` (paper 003, Table 3: flat against PHL small/big/lateSP/1branch and
-N2HL-N4HL on one trunk, 3 seeds for the main rows), ``cutouts`` (Table 2: experts against flat
+N2HL-N4HL on one trunk, 3 seeds for the main rows: flat and N2HL), ``cutouts`` (Table 2: experts against flat
 models trained on all classes and on the subset only), ``attention`` (section 4.4),
 ``frozen`` (paper 000: a frozen ImageNet-trained EfficientNet-Lite0 trunk with NHL and flat
 heads), ``gates`` (paper 004: hinge against cross-entropy d-gates). The ImageNet-scale
@@ -27,7 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ CLASSIFICATION: dict[str, tuple[list[str], bool]] = {
     "PHL lateSP": (["--variant", "phl-latesp", "--hierarchy", FLAT_TREE], False),
     "PHL 1branch": (["--variant", "phl-1branch", "--hierarchy", FLAT_TREE], False),
     "N2HL (WordNet)": (["--hierarchy", "fashion-mnist-wordnet-l2"], True),
-    "N3HL (WordNet)": (["--hierarchy", "fashion-mnist-wordnet-l3"], True),
+    "N3HL (WordNet)": (["--hierarchy", "fashion-mnist-wordnet-l3"], False),
     "N4HL (WordNet)": (["--hierarchy", L4_TREE], False),
 }
 SUBSETS: dict[str, list[str]] = {
@@ -55,6 +56,10 @@ SUBSETS: dict[str, list[str]] = {
     "footwear": ["Sandal", "Sneaker", "Ankle boot"],
 }
 ATTEND_SCALES = (0.5, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
+FROZEN_ROWS: dict[str, list[str]] = {  # name -> head options on the frozen trunk
+    "Lite0 frozen + flat head": ["--flat"],
+    "Lite0 frozen + N2HL head": ["--hierarchy", "fashion-mnist-wordnet-l2"],
+}
 FROZEN_SIZE = "64"  # EfficientNet-Lite0 at 64 px: 0.033 GMACs, like ResNet18 at 32 px
 BENCH = Path(__file__).resolve().parent
 
@@ -94,6 +99,13 @@ class Study:
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, path)
         return result
+
+    @contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        """Print a part's wall time (the report sums the cached steps' times instead)."""
+        start = time.perf_counter()
+        yield
+        print(f"# {part}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
     def train(self, tag: str, options: Sequence[str], seed: int = 0) -> dict[str, Any]:
         """Train one model with the default recipe (``--epochs`` here) unless it exists."""
@@ -158,27 +170,15 @@ class Study:
         """``nhl profile``: params, GMACs and latency at batch 1 and 32 (median, this machine's threads)."""
         return self.nhl("profile", model, "--batch-size", "32")["cost"]
 
-    def evaluate(
-        self, model: str, classes: str | None = None, attend_truth: float | None = None, level: str = "last"
-    ) -> float:
-        """Test top-1 of ``nhl eval MODEL [--classes C] [--attend-truth S [--attend-level path]]``,
-        run in this process (the same library call, without dozens of process start-ups)."""
+    def evaluate(self, model: str, classes: str | None = None) -> float:
+        """Test top-1 of ``nhl eval MODEL [--classes C]``, run in this process (the same library
+        call, without dozens of process start-ups)."""
         from nhlcli.evaluation import evaluate_file
 
         args = ["eval", model] + (["--classes", classes] if classes else [])
-        args += [] if attend_truth is None else ["--attend-truth", f"{attend_truth:g}"]
-        args += ["--attend-level", "path"] if level == "path" else []
         if self.log:
             print("$ " + shlex.join(["nhl", *args]), flush=True)
-        report = evaluate_file(
-            self.workdir / model,
-            "fashion-mnist",
-            classes=classes,
-            workers=1,
-            attend_truth=attend_truth,
-            attend_level="path" if level == "path" else None,
-        )
-        return report["top1"]
+        return evaluate_file(self.workdir / model, "fashion-mnist", classes=classes, workers=1)["top1"]
 
     def cutouts(self, seeds: int) -> dict[str, Any]:
         """Paper 003, Table 2: for each subset, the expert cut from the 10-class N2HL, the full
@@ -195,9 +195,8 @@ class Study:
                     nhl_model = self.train(tag(nhl_name), CLASSIFICATION[nhl_name][0], seed)["model"]
                     flat_model = self.train(tag(flat_name), CLASSIFICATION[flat_name][0], seed)["model"]
                     expert = f"models/{tag(subset)}-expert-s{seed}.safetensors"
-                    cut = self.nhl(
-                        "cutout", nhl_model, "--classes", classes, "-o", expert, "--batch-size", "32"
-                    )
+                    timed = ["--batch-size", "32"] if seed == 0 else ["--no-latency"]  # seed 0's is shown
+                    cut = self.nhl("cutout", nhl_model, "--classes", classes, "-o", expert, *timed)
                     row["seeds"][seed] = {
                         "expert": self.evaluate(expert),
                         "full_nhl": self.evaluate(nhl_model, classes),
@@ -216,21 +215,31 @@ class Study:
         return rows
 
     def attention(self) -> dict[str, Any]:
-        """Paper 003, 4.4: ``nhl eval --attend-truth SCALE`` on N2HL, N3HL and PHL small."""
+        """Paper 003, 4.4: ``nhl eval --attend-truth 0.5,...,20`` (one pass over the test set per
+        level) on N2HL, N3HL and PHL small; x1 is the unattended model."""
+        from nhlcli.evaluation import attention_curve_file
+
+        scales = ",".join(f"{s:g}" for s in ATTEND_SCALES)
         rows = {}
         for name in ("N2HL (WordNet)", "N3HL (WordNet)", "PHL small"):
             model = self.train(tag(name), CLASSIFICATION[name][0])["model"]
 
             def make(model: str = model) -> dict[str, Any]:
-                base = self.evaluate(model)
-                curves = {
-                    level: [
-                        {"scale": scale, "top1": self.evaluate(model, None, scale, level)}
-                        for scale in ATTEND_SCALES
-                    ]
-                    for level in ("last", "path")
-                }
-                return {"model": model, "unattended": base, "curves": curves}
+                curves = {}
+                for level in ("last", "path"):
+                    args = ["eval", model, "--attend-truth", scales]
+                    args += ["--attend-level", "path"] if level == "path" else []
+                    print("$ " + shlex.join(["nhl", *args]), flush=True)
+                    report = attention_curve_file(
+                        self.workdir / model,
+                        "fashion-mnist",
+                        ATTEND_SCALES,
+                        workers=1,
+                        attend_level="path" if level == "path" else None,
+                    )
+                    curves[level] = [{"scale": p["scale"], "top1": p["top1"]} for p in report["curve"]]
+                unattended = next(p["top1"] for p in curves["last"] if p["scale"] == 1)
+                return {"model": model, "unattended": unattended, "curves": curves}
 
             rows[name] = self.cached(f"attention-{tag(name)}", make)
         return rows
@@ -256,10 +265,7 @@ class Study:
             FROZEN_SIZE,
         ]
         rows = {}
-        for name, options in (
-            ("Lite0 frozen + flat head", ["--flat"]),
-            ("Lite0 frozen + N2HL head", ["--hierarchy", "fashion-mnist-wordnet-l2"]),
-        ):
+        for name, options in FROZEN_ROWS.items():
             run = self.train(tag(name), [*options, *common])
             rows[name] = {
                 **summarise([run]),
@@ -453,6 +459,29 @@ def imagenet_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def study_times(runs: Path) -> dict[str, float]:
+    """Seconds each part took, summed from its cached steps' wall times (so a resumed study
+    counts each step once, as it ran)."""
+
+    def wall(pattern: str) -> float:
+        return sum(json.loads(p.read_text())["wall_s"] for p in runs.glob(pattern))
+
+    return {
+        "classification": sum(wall(f"train-{tag(name)}-s*.json") for name in CLASSIFICATION),
+        "cutouts": wall("cutout-*.json"),
+        "attention": wall("attention-*.json"),
+        "frozen": sum(wall(f"train-{tag(name)}-s*.json") for name in FROZEN_ROWS),
+        "gates": wall("gates.json"),
+        "cost": wall("imagenet-cost.json"),
+    }
+
+
+def time_table(times: dict[str, float]) -> list[str]:
+    lines = ["| part | wall time |", "|---|---|"]
+    lines += [f"| {part} | {seconds / 60:.1f} min |" for part, seconds in times.items()]
+    return [*lines, f"| **whole study** | **{sum(times.values()) / 60:.1f} min** |"]
+
+
 def accuracy_plot(classification: dict[str, Any], frozen: dict[str, Any], output: Path) -> None:
     """Test top-1 against GMACs per image for every 10-class model (error bars: sd over seeds)."""
     import matplotlib
@@ -534,7 +563,7 @@ def report(study: Study, docs: Path) -> str:
     if attention:
         parts += ["## Top-down attention", *attention_table(attention)]
     frozen = {}
-    for name in ("Lite0 frozen + flat head", "Lite0 frozen + N2HL head"):
+    for name in FROZEN_ROWS:
         path = runs / f"train-{tag(name)}-s0.json"
         if path.exists():
             run = json.loads(path.read_text())
@@ -551,6 +580,7 @@ def report(study: Study, docs: Path) -> str:
             "## ImageNet-scale cost",
             *imagenet_table(json.loads((runs / "imagenet-cost.json").read_text())),
         ]
+    parts += ["## Study time (this machine)", *time_table(study_times(runs))]
     if classification:
         accuracy_plot(classification, frozen, docs / "results-accuracy-gmacs.png")
         cost_plots(study, docs)
@@ -568,7 +598,7 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, default=Path("results-work"))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds for the main rows (flat, N2HL, N3HL)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds for the main rows (flat, N2HL)")
     parser.add_argument(
         "--lite0",
         type=Path,
@@ -578,20 +608,19 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=BENCH.parent / "docs", help="where the plots go")
     args = parser.parse_args()
     study = Study(args.workdir.resolve(), args.epochs)
-    part = args.part
-    if part in ("classification", "all"):
-        print(json.dumps(study.classification(args.seeds), indent=2))
-    if part in ("cutouts", "all"):
-        print(json.dumps(study.cutouts(args.seeds), indent=2))
-    if part in ("attention", "all"):
-        print(json.dumps(study.attention(), indent=2))
-    if part in ("frozen", "all"):
-        print(json.dumps(study.frozen(study.workdir / args.lite0), indent=2))
-    if part in ("gates", "all"):
-        print(json.dumps(study.gates()["rows"], indent=2))
-    if part in ("cost", "all"):
-        print(json.dumps(study.imagenet_cost(), indent=2))
-    if part in ("report", "all"):
+    steps = {
+        "classification": lambda: study.classification(args.seeds),
+        "cutouts": lambda: study.cutouts(args.seeds),
+        "attention": study.attention,
+        "frozen": lambda: study.frozen(study.workdir / args.lite0),
+        "gates": lambda: study.gates()["rows"],
+        "cost": study.imagenet_cost,
+    }
+    for part, step in steps.items():
+        if args.part in (part, "all"):
+            with study.timed(part):
+                print(json.dumps(step(), indent=2))
+    if args.part in ("report", "all"):
         print(report(study, args.docs))
 
 

@@ -179,29 +179,20 @@ def evaluate_file(
     ``attend`` scales chosen classes' branches, ``attend_truth`` each image's own class path
     (paper 003, 4.4); ``attend_level`` picks the level (default the last, an int, or "path").
     """
-    from nhlcli.model.files import load_model
     from nhlcli.training.loop import evaluate
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pairs = attend_pairs(attend)
     check_attention_options(pairs, attend_level, attend_truth)
-    model = load_model(model_file, dev)
+    model = _load_for_eval(model_file, dev, ungated_only=bool(pairs or attend_truth is not None or classes))
     if "gates" in model.metadata or route_top_k is not None:
-        if pairs or attend_truth is not None or classes:
-            raise NhlError(
-                "a gated file is evaluated whole: --attend, --attend-truth and --classes need the ungated "
-                "model (or cut an expert first and fit gates on it)"
-            )
         from nhlcli.gates.workflow import evaluate_gated_model
 
         report = evaluate_gated_model(
             model, data, split, batch_size, workers, dev, route_top_k, part, progress
         )
         return {**report, "model": str(model_file), "data": str(data), "split": split, "part": part}
-    net: nn.Module = model
-    labels = split_labels(classes)
-    if labels:
-        net = ClassSubset(model, model.tree.subtree(labels)).to(dev)
+    net, labels = _restrict(model, classes, dev)
     # attention acts on the full model's branches: build it from ``model``, never from ``net``
     attention: Mapping[int, torch.Tensor] | Callable[[torch.Tensor], Mapping[int, torch.Tensor]] | None = None
     if pairs:
@@ -222,3 +213,126 @@ def evaluate_file(
     report["split"] = split
     report["attention"] = attention_summary(model.tree, pairs, attend_level, attend_truth)
     return report
+
+
+def _load_for_eval(model_file: str | Path, device: torch.device, ungated_only: bool) -> nn.Module:
+    """The model file, refused when it is gated and the evaluation needs the ungated network."""
+    from nhlcli.model.files import load_model
+
+    model = load_model(model_file, device)
+    if ungated_only and "gates" in model.metadata:
+        raise NhlError(
+            "a gated file is evaluated whole: --attend, --attend-truth and --classes need the ungated "
+            "model (or cut an expert first and fit gates on it)"
+        )
+    return model
+
+
+def _restrict(model: nn.Module, classes: str | None, device: torch.device) -> tuple[nn.Module, list[str]]:
+    """The model limited to ``--classes`` (softmax over them), or the model itself."""
+    labels = split_labels(classes)
+    if not labels:
+        return model, labels
+    return ClassSubset(model, model.tree.subtree(labels)).to(device), labels
+
+
+def parse_scales(text: str) -> list[float]:
+    """``--attend-truth 0.5,1,2`` into scales, each once, in the order given (checked later by
+    :class:`~nhlcli.model.attention.TruthAttention`)."""
+    scales: list[float] = []
+    for item in (part.strip() for part in text.split(",")):
+        try:
+            scale = float(item)
+        except ValueError:
+            raise NhlError(
+                f"--attend-truth {text!r}: {item!r} is not a number; write e.g. 2 or 0.5,1,2"
+            ) from None
+        if scale not in scales:
+            scales.append(scale)
+    return scales
+
+
+@torch.no_grad()
+def attention_curve(
+    model: nn.Module,
+    loader: Any,
+    scales: Sequence[float],
+    level: int | str | None = None,
+    device: torch.device | None = None,
+    subset: ClassSubset | None = None,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """Top-1, top-5 and loss with each image's own class path scaled by every one of ``scales``.
+
+    Attention acts on the branches only, so each batch goes through the trunk once and through
+    the branches once per scale: the whole curve costs little more than one evaluation. Each
+    point equals ``evaluate_file(..., attend_truth=scale)``. ``subset``: the model restricted to
+    some classes (targets then index the subset's classes).
+    """
+    from nhlcli.training.loop import Tally
+
+    device = device or torch.device("cpu")
+    oracles = [TruthAttention(model, scale, level) for scale in scales]
+    classes = list(subset.classes if subset is not None else model.classes)
+    tallies = [Tally(len(classes)) for _ in scales]
+    model.eval()
+    for images, targets in loader:
+        images, targets = images.to(device), targets.to(device)
+        features = model.trunk(images)
+        full_targets = subset.index[targets] if subset is not None else targets
+        for oracle, tally in zip(oracles, tallies, strict=True):
+            logits = model.forward_branches(features, oracle(full_targets))
+            tally.add(logits if subset is None else logits.index_select(1, subset.index), targets)
+        if progress is not None:
+            progress.advance(len(targets))
+    from nhlcli.training.distributed import DistInfo
+
+    info = DistInfo(device=device)
+    points = []
+    for scale, tally in zip(scales, tallies, strict=True):
+        report = tally.report(classes, info)
+        points.append({"scale": scale, **{k: report[k] for k in ("images", "top1", "top5", "loss")}})
+    return points
+
+
+def attention_curve_file(
+    model_file: str | Path,
+    data: str | Path,
+    scales: Sequence[float],
+    split: str = "val",
+    classes: str | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str | None = None,
+    attend_level: int | str | None = None,
+    part: str | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """``nhl eval --attend-truth 0.5,1,2,...``: paper 003's oracle curve (4.4) in one pass over
+    the data, with the scale of largest top-1."""
+    if not scales:
+        raise NhlError("--attend-truth: give at least one scale, e.g. 0.5,1,2")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = _load_for_eval(model_file, dev, ungated_only=True)
+    net, labels = _restrict(model, classes, dev)
+    loader = model_loader(
+        model, data, split, batch_size, workers, tree=net.tree, subset=bool(labels), part=part
+    )
+    if progress is not None:
+        progress.start(len(loader.dataset), f"{len(scales)} attention scales")
+    subset = net if isinstance(net, ClassSubset) else None
+    curve = attention_curve(model, loader, scales, attend_level, dev, subset, progress)
+    best = max(curve, key=lambda p: p["top1"])
+    summary = attention_summary(model.tree, [], attend_level, 1.0)
+    summary.pop("scale")
+    return {
+        "model": str(model_file),
+        "data": str(data),
+        "split": split,
+        "images": curve[0]["images"],
+        "num_classes": len(net.tree.classes),
+        "attention": {**summary, "scales": list(scales)},
+        "curve": curve,
+        "best_scale": best["scale"],
+        "best_top1": best["top1"],
+    }

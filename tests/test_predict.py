@@ -14,7 +14,7 @@ from test_training import nested_tree
 
 from nhlcli.data.loaders import build_transform
 from nhlcli.errors import NhlError
-from nhlcli.evaluation import ClassSubset, _SubsetTargets, evaluate_file
+from nhlcli.evaluation import ClassSubset, _SubsetTargets, attention_curve_file, evaluate_file
 from nhlcli.model.attention import TruthAttention, class_attention
 from nhlcli.model.files import load_model, save_model
 from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, with_input_size
@@ -258,6 +258,23 @@ def test_evaluate_file_attention_options(setup):
         evaluate_file(setup["file"], setup["data"], attend_level="path", **common)
 
 
+@pytest.mark.parametrize("classes, level", [(None, None), ("daisy,apple,elm", "path")])
+def test_attention_curve_equals_one_evaluation_per_scale(setup, classes, level):
+    common = dict(classes=classes, workers=0, device="cpu", batch_size=4, attend_level=level)
+    scales = [0.0, 1.0, 3.0]
+    curve = attention_curve_file(setup["file"], setup["data"], scales, **common)
+    assert [p["scale"] for p in curve["curve"]] == scales
+    for point in curve["curve"]:
+        one = evaluate_file(setup["file"], setup["data"], attend_truth=point["scale"], **common)
+        assert point["images"] == one["images"]
+        for key in ("top1", "top5", "loss"):
+            assert point[key] == pytest.approx(one[key], abs=1e-9), (point["scale"], key)
+    best = max(curve["curve"], key=lambda p: p["top1"])
+    assert (curve["best_scale"], curve["best_top1"]) == (best["scale"], best["top1"])
+    assert curve["attention"]["scales"] == scales
+    assert curve["num_classes"] == (3 if classes else len(CLASSES))
+
+
 # ---------------------------------------------------------------------------- the CLI
 def test_predict_json_through_the_cli(setup):
     images = [setup["images"]["rgb.jpg"], setup["images"]["grey16.png"]]
@@ -295,10 +312,27 @@ def test_eval_attend_truth_one_equals_plain_eval(setup):
         assert truth[key] == plain[key], key
 
 
+def test_eval_attention_curve_through_the_cli(setup):
+    args = ("eval", setup["file"], "--data", setup["data"], "--workers", "0", "--device", "cpu")
+    plain = json.loads(run_nhl(*args, "--json").out)
+    run = run_nhl(*args, "--attend-truth", "1, 2.5", "--json")
+    assert run.code == 0, run.err
+    curve = json.loads(run.out)
+    assert [p["scale"] for p in curve["curve"]] == [1.0, 2.5]
+    assert curve["curve"][0]["top1"] == plain["top1"]
+    assert curve["curve"][0]["loss"] == pytest.approx(plain["loss"], abs=1e-9)
+    table = run_nhl(*args, "--attend-truth", "1,2.5")
+    assert table.code == 0, table.err
+    assert "x2.5" in table.out and "(best)" in table.out and "at level 2" in table.out
+
+
 @pytest.mark.parametrize(
     "case",
-    ["missing image", "not an image", "top-k 0", "attend without =", "unknown class", "flat model", "both"],
-)
+    [
+        "missing image", "not an image", "top-k 0", "attend without =", "unknown class", "flat model", "both",
+        "scale not a number", "negative scale", "flat curve",
+    ],
+)  # fmt: skip
 def test_bad_inputs_give_one_error_line(setup, case, tmp_path):
     nhl, flat, image = setup["file"], setup["flat"], setup["images"]["rgb.jpg"]
     (tmp_path / "notes.jpg").write_text("hello")
@@ -311,6 +345,9 @@ def test_bad_inputs_give_one_error_line(setup, case, tmp_path):
         "unknown class": (("predict", nhl, image, "--attend", "appel=2"), ["appel", "closest: apple"]),
         "flat model": (("predict", flat, image, "--attend", "apple=2"), ["needs an NHL model"]),
         "both": ((*eval_args, "--attend", "apple=2", "--attend-truth", "2"), ["exclude each other"]),
+        "scale not a number": ((*eval_args, "--attend-truth", "1,x"), ["'x' is not a number"]),
+        "negative scale": ((*eval_args, "--attend-truth", "1,-2"), ["finite number >= 0"]),
+        "flat curve": (("eval", flat, "--data", setup["data"], "--attend-truth", "1,2"), ["an NHL model"]),
     }
     args, fragments = runs[case]
     assert_one_line_error(run_nhl(*args), *fragments)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -222,11 +223,12 @@ def eval_command(
     device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
     attend: list[str] | None = typer.Option(None, "--attend", metavar="CLASS=SCALE", help=ATTEND_HELP),
     attend_level: str | None = typer.Option(None, "--attend-level", metavar="N|path", help=ATTEND_LEVEL_HELP),
-    attend_truth: float | None = typer.Option(
+    attend_truth: str | None = typer.Option(
         None,
         "--attend-truth",
-        metavar="SCALE",
-        help="Scale each image's own class path by SCALE (paper 003's oracle test; not with --attend).",
+        metavar="SCALE[,SCALE...]",
+        help="Scale each image's own class path by SCALE (paper 003's oracle test; not with --attend). "
+        "Several scales, e.g. 0.5,1,2,5: the accuracy curve over them, in one pass over the data.",
     ),
     route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
     part: str | None = typer.Option(None, "--part", metavar="i/k", help=PART_HELP),
@@ -239,26 +241,47 @@ def eval_command(
     """
     from nhlcli.cli.common import ImageProgress
     from nhlcli.cli.gates import gated_report_table
-    from nhlcli.evaluation import describe_attention, evaluate_file
+    from nhlcli.evaluation import attention_curve_file, describe_attention, evaluate_file, parse_scales
 
+    scales = parse_scales(attend_truth) if attend_truth is not None else []
     with ImageProgress(not as_json) as progress:
-        report = evaluate_file(
-            model_file,
-            data,
-            split=split,
-            classes=classes,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            attend=attend,
-            attend_level=attend_level,
-            attend_truth=attend_truth,
-            route_top_k=route_top_k,
-            part=part,
-            progress=progress,
-        )
+        if len(scales) > 1:
+            if attend or route_top_k is not None:
+                raise NhlError("several --attend-truth scales go without --attend and --route-top-k")
+            report = attention_curve_file(
+                model_file,
+                data,
+                scales,
+                split,
+                classes,
+                batch_size,
+                workers,
+                device,
+                attend_level,
+                part,
+                progress,
+            )
+        else:
+            report = evaluate_file(
+                model_file,
+                data,
+                split=split,
+                classes=classes,
+                batch_size=batch_size,
+                workers=workers,
+                device=device,
+                attend=attend,
+                attend_level=attend_level,
+                attend_truth=scales[0] if scales else None,
+                route_top_k=route_top_k,
+                part=part,
+                progress=progress,
+            )
     if as_json:
         print_json(report)
+        return
+    if "curve" in report:
+        console.print(attention_curve_table(report, model_file.name, data))
         return
     if "exits" in report:
         console.print(gated_report_table(report))
@@ -281,6 +304,29 @@ def eval_command(
     )
     if report["attention"]:
         console.print(f"attention: {escape(describe_attention(report['attention']))}")
+
+
+def attention_curve_table(report: dict[str, Any], name: str, data: str) -> Table:
+    """``nhl eval --attend-truth A,B,...`` for people: one row a scale, the best marked."""
+    attention = report["attention"]
+    where = (
+        "on every level of the path" if attention["level"] == "path" else f"at level {attention['levels'][0]}"
+    )
+    table = Table(
+        title=f"{name} on {data} ({report['split']}, {report['images']} images): each image's own "
+        f"class scaled {where}"
+    )
+    for column in ("scale", "top-1", "top-5", "loss"):
+        table.add_column(column, justify="right")
+    for point in report["curve"]:
+        best = point["scale"] == report["best_scale"]
+        table.add_row(
+            f"x{point['scale']:g}" + (" (best)" if best else ""),
+            f"{point['top1']:.2%}",
+            f"{point['top5']:.2%}",
+            f"{point['loss']:.4f}",
+        )
+    return table
 
 
 def register(app: typer.Typer) -> None:

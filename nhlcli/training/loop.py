@@ -119,6 +119,50 @@ def _autocast(device: torch.device, enabled: bool, training: bool = False) -> An
 Scales = Mapping[int, torch.Tensor]  # top-down attention: level -> per-node (or per-sample) scales
 
 
+class Tally:
+    """Running counts of one evaluation: per-class hits, top-5 hits and summed loss, so that
+    several evaluations can share one pass over the data (and DDP ranks sum them at the end)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.correct = torch.zeros(num_classes, dtype=torch.float64)
+        self.total = torch.zeros(num_classes, dtype=torch.float64)
+        self.top5_hits = 0.0
+        self.loss_sum = 0.0
+        self.k = min(5, num_classes)
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        logits = logits.float()
+        self.loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        top = logits.topk(self.k, dim=1).indices
+        hit1 = (top[:, 0] == targets).double().cpu()
+        self.top5_hits += (top == targets[:, None]).any(dim=1).sum().item()
+        t = targets.cpu()
+        self.correct.index_add_(0, t, hit1)
+        self.total.index_add_(0, t, torch.ones_like(hit1))
+
+    def report(self, classes: list[str], info: DistInfo) -> dict[str, Any]:
+        """Top-1, top-5, mean loss and per-class accuracy, summed over DDP ranks."""
+        num_classes = len(classes)
+        counts = all_sum(info, self.top5_hits, self.loss_sum, *self.correct.tolist(), *self.total.tolist())
+        top5_hits, loss_sum = counts[0], counts[1]
+        correct = torch.tensor(counts[2 : 2 + num_classes])
+        total = torch.tensor(counts[2 + num_classes :])
+        n = float(total.sum())
+        if n == 0:
+            raise NhlError("the evaluation data holds no images")
+        per_class = {
+            c: (float(correct[i] / total[i]) if total[i] > 0 else None) for i, c in enumerate(classes)
+        }
+        return {
+            "images": int(n),
+            "top1": float(correct.sum() / n),
+            "top5": top5_hits / n,
+            "top5_k": self.k,
+            "loss": loss_sum / n,
+            "per_class": per_class,
+        }
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -135,42 +179,14 @@ def evaluate(
     """
     info = info or DistInfo(device=device)
     model.eval()
-    num_classes = len(model.classes)
-    correct = torch.zeros(num_classes, dtype=torch.float64)
-    total = torch.zeros(num_classes, dtype=torch.float64)
-    top5_hits, loss_sum = 0.0, 0.0
-    k = min(5, num_classes)
+    tally = Tally(len(model.classes))
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         scales = attention(targets) if callable(attention) else attention
         with _autocast(device, amp):
             logits = model(images, scales) if scales else model(images)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-        top = logits.topk(k, dim=1).indices
-        hit1 = (top[:, 0] == targets).double().cpu()
-        top5_hits += (top == targets[:, None]).any(dim=1).sum().item()
-        t = targets.cpu()
-        correct.index_add_(0, t, hit1)
-        total.index_add_(0, t, torch.ones_like(hit1))
-    counts = all_sum(info, top5_hits, loss_sum, *correct.tolist(), *total.tolist())
-    top5_hits, loss_sum = counts[0], counts[1]
-    correct = torch.tensor(counts[2 : 2 + num_classes])
-    total = torch.tensor(counts[2 + num_classes :])
-    n = float(total.sum())
-    if n == 0:
-        raise NhlError("the evaluation data holds no images")
-    per_class = {
-        c: (float(correct[i] / total[i]) if total[i] > 0 else None) for i, c in enumerate(model.classes)
-    }
-    return {
-        "images": int(n),
-        "top1": float(correct.sum() / n),
-        "top5": top5_hits / n,
-        "top5_k": k,
-        "loss": loss_sum / n,
-        "per_class": per_class,
-    }
+        tally.add(logits, targets)
+    return tally.report(list(model.classes), info)
 
 
 def train(
