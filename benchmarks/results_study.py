@@ -10,8 +10,9 @@ finished step is not redone, so an interrupted study continues where it stopped.
     python benchmarks/results_study.py report                 # tables (Markdown) and plots
 
 Parts: ``classification`` (paper 003, Table 3: flat against PHL small/big/lateSP/1branch and
-N2HL-N4HL on one trunk, 3 seeds for the main rows: flat and N2HL), ``cutouts`` (Table 2: experts against flat
-models trained on all classes and on the subset only), ``attention`` (section 4.4),
+N2HL-N4HL on one trunk, 3 seeds for the main rows, flat and N2HL), ``cutouts`` (Table 2:
+experts against flat models trained on all classes and on the subset only), ``attention``
+(section 4.4, the curve in one pass per level),
 ``frozen`` (paper 000: a frozen ImageNet-trained EfficientNet-Lite0 trunk with NHL and flat
 heads), ``gates`` (paper 004: hinge against cross-entropy d-gates). The ImageNet-scale
 architecture cost (paper 000, Table 1) is ``benchmarks/bench_experts.py table1``.
@@ -157,12 +158,13 @@ class Study:
             )
 
     # ------------------------------------------------------------------ parts
-    def classification(self, seeds: int) -> dict[str, Any]:
-        """Paper 003, Table 3: every variant on the same trunk, epochs and seeds."""
+    def classification(self, seeds: int, all_seeds: bool = False) -> dict[str, Any]:
+        """Paper 003, Table 3: every variant on the same trunk and epochs; the main rows (or all,
+        ``all_seeds``) with every seed, the others with seed 0."""
         self.trees()
         rows = {}
         for name, (options, main) in CLASSIFICATION.items():
-            runs = [self.train(tag(name), options, seed) for seed in range(seeds if main else 1)]
+            runs = [self.train(tag(name), options, seed) for seed in range(seeds if main or all_seeds else 1)]
             rows[name] = summarise(runs)
         return rows
 
@@ -599,6 +601,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("results-work"))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seeds", type=int, default=3, help="seeds for the main rows (flat, N2HL)")
+    parser.add_argument("--all-seeds", action="store_true", help="all classification rows, every seed")
     parser.add_argument(
         "--lite0",
         type=Path,
@@ -609,7 +612,7 @@ def main() -> None:
     args = parser.parse_args()
     study = Study(args.workdir.resolve(), args.epochs)
     steps = {
-        "classification": lambda: study.classification(args.seeds),
+        "classification": lambda: study.classification(args.seeds, args.all_seeds),
         "cutouts": lambda: study.cutouts(args.seeds),
         "attention": study.attention,
         "frozen": lambda: study.frozen(study.workdir / args.lite0),

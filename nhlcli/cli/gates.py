@@ -20,7 +20,7 @@ gates_app = typer.Typer(
         "fit -> tune (thresholds for a target accuracy) -> nhl eval / nhl predict on the gated file."
     ),
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 
 DATA_HELP = "ImageFolder directory or fashion-mnist."

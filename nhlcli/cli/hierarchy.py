@@ -19,6 +19,7 @@ hierarchy_app = typer.Typer(
         "(see 'nhl hierarchy list')."
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 
 TREE_ARG = typer.Argument(..., help="A tree file (.json) or the name of a shipped tree.")

@@ -245,37 +245,18 @@ def eval_command(
 
     scales = parse_scales(attend_truth) if attend_truth is not None else []
     with ImageProgress(not as_json) as progress:
+        common = dict(
+            split=split, classes=classes, batch_size=batch_size, workers=workers, device=device,
+            attend_level=attend_level, part=part, progress=progress,
+        )  # fmt: skip
         if len(scales) > 1:
             if attend or route_top_k is not None:
                 raise NhlError("several --attend-truth scales go without --attend and --route-top-k")
-            report = attention_curve_file(
-                model_file,
-                data,
-                scales,
-                split,
-                classes,
-                batch_size,
-                workers,
-                device,
-                attend_level,
-                part,
-                progress,
-            )
+            report = attention_curve_file(model_file, data, scales, **common)
         else:
+            truth = scales[0] if scales else None
             report = evaluate_file(
-                model_file,
-                data,
-                split=split,
-                classes=classes,
-                batch_size=batch_size,
-                workers=workers,
-                device=device,
-                attend=attend,
-                attend_level=attend_level,
-                attend_truth=scales[0] if scales else None,
-                route_top_k=route_top_k,
-                part=part,
-                progress=progress,
+                model_file, data, attend=attend, attend_truth=truth, route_top_k=route_top_k, **common
             )
     if as_json:
         print_json(report)
