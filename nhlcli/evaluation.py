@@ -12,6 +12,7 @@ from torch import nn
 from nhlcli.errors import NhlError
 from nhlcli.model.attention import TruthAttention, attention_levels, class_attention, parse_attend
 from nhlcli.taxonomy.tree import Tree
+from nhlcli.training.distributed import DistInfo, resolve_device
 
 AttendSpec = Mapping[str, float] | Sequence[str] | Sequence[tuple[str, float]]
 
@@ -181,7 +182,7 @@ def evaluate_file(
     """
     from nhlcli.training.loop import evaluate
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     pairs = attend_pairs(attend)
     check_attention_options(pairs, attend_level, attend_truth)
     model = _load_for_eval(model_file, dev, ungated_only=bool(pairs or attend_truth is not None or classes))
@@ -272,21 +273,22 @@ def attention_curve(
     from nhlcli.training.loop import Tally
 
     device = device or torch.device("cpu")
-    oracles = [TruthAttention(model, scale, level) for scale in scales]
+    oracles: list[Callable[[torch.Tensor], Mapping[int, torch.Tensor]]] = [
+        TruthAttention(model, scale, level) for scale in scales
+    ]
+    if subset is not None:  # targets index the subset's classes; the oracle needs the full model's
+        oracles = [_SubsetTargets(oracle, subset.index) for oracle in oracles]
     classes = list(subset.classes if subset is not None else model.classes)
     tallies = [Tally(len(classes)) for _ in scales]
     model.eval()
     for images, targets in loader:
         images, targets = images.to(device), targets.to(device)
         features = model.trunk(images)
-        full_targets = subset.index[targets] if subset is not None else targets
         for oracle, tally in zip(oracles, tallies, strict=True):
-            logits = model.forward_branches(features, oracle(full_targets))
+            logits = model.forward_branches(features, oracle(targets))
             tally.add(logits if subset is None else logits.index_select(1, subset.index), targets)
         if progress is not None:
             progress.advance(len(targets))
-    from nhlcli.training.distributed import DistInfo
-
     info = DistInfo(device=device)
     points = []
     for scale, tally in zip(scales, tallies, strict=True):
@@ -312,7 +314,7 @@ def attention_curve_file(
     the data, with the scale of largest top-1."""
     if not scales:
         raise NhlError("--attend-truth: give at least one scale, e.g. 0.5,1,2")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     model = _load_for_eval(model_file, dev, ungated_only=True)
     net, labels = _restrict(model, classes, dev)
     loader = model_loader(

@@ -38,17 +38,17 @@ def predict_command(
 
     A gated file (nhl gates) also says where each image left the network and what it cost.
     """
-    import torch
 
     from nhlcli.evaluation import attend_pairs, attention_summary, check_attention_options, describe_attention
     from nhlcli.model.attention import class_attention
     from nhlcli.model.files import load_model
     from nhlcli.prediction import check_top_k, predict_images
+    from nhlcli.training.distributed import resolve_device
 
     check_top_k(top_k, 1)
     pairs = attend_pairs(attend)
     check_attention_options(pairs, attend_level, None)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     model = load_model(model_file, dev)
     if route_top_k is not None or hasattr(model, "run"):
         from nhlcli.gates.workflow import check_gated_options

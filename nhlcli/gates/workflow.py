@@ -21,10 +21,7 @@ from nhlcli.gates.tune import (
     target_from,
     tune_thresholds,
 )
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+from nhlcli.training.distributed import resolve_device
 
 
 def carried_sections(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,7 +58,7 @@ def fit_file(
     from nhlcli.evaluation import model_loader
     from nhlcli.model.files import load_model, save_model
 
-    dev = _device(device)
+    dev = resolve_device(device)
     model = load_model(model_file, dev)
     if isinstance(model, GatedModel):
         raise NhlError(f"{model_file} already has gates; fit on the ungated model it was made from")
@@ -110,7 +107,7 @@ def tune_file(
     """Set a gated file's thresholds (tuned for a target, or given) and write them into the file."""
     from nhlcli.model.files import save_model
 
-    dev = _device(device)
+    dev = resolve_device(device)
     gated = load_gated(gated_file, dev)
     if thresholds is not None:
         if target_accuracy is not None or max_drop is not None:
@@ -145,7 +142,7 @@ def sweep_file(
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """The accuracy-GMACs curve of a gated file: thresholds tuned for each allowed accuracy drop."""
-    dev = _device(device)
+    dev = resolve_device(device)
     gated = load_gated(gated_file, dev)
     gated.set_route_top_k(route_top_k)
     record = record_file(gated, data, split, part, batch_size, workers, dev, progress)

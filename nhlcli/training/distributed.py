@@ -27,6 +27,11 @@ class DistInfo:
         return self.rank == 0
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device asked for, or the GPU when there is one and the CPU otherwise."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def setup(device: str | None = None) -> DistInfo:
     """Join the process group torchrun set up (WORLD_SIZE > 1), or run as a single process.
 
@@ -35,13 +40,10 @@ def setup(device: str | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and world > 1:
+    dev = resolve_device(device)
+    if dev.type == "cuda" and world > 1:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
-    else:
-        dev = torch.device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(rank, world, local, dev)
