@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -492,24 +493,16 @@ def accuracy_plot(classification: dict[str, Any], frozen: dict[str, Any], output
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    points = []
     for rows, marker in ((classification, "o"), (frozen, "s")):
         for name, r in rows.items():
             kind = "tab:gray" if "flat" in name else "tab:blue" if "PHL" in name else "tab:red"
-            ax.errorbar(
-                r["gmacs"] * 1e3,
-                100 * r["top1_mean"],
-                yerr=100 * (r["top1_std"] or 0),
-                fmt=marker,
-                color=kind,
-                capsize=3,
-            )
-            ax.annotate(
-                name,
-                (r["gmacs"] * 1e3, 100 * r["top1_mean"]),
-                textcoords="offset points",
-                xytext=(5, 4),
-                fontsize=8,
-            )
+            x, y = r["gmacs"] * 1e3, 100 * r["top1_mean"]
+            ax.errorbar(x, y, yerr=100 * (r["top1_std"] or 0), fmt=marker, color=kind, capsize=3)
+            points.append((name, x, y))
+    ax.autoscale_view()
+    for name, x, y, offset, align in place_labels(ax, points):
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
     ax.set_xlabel("MMACs per image")
     ax.set_ylabel("Fashion-MNIST test top-1 (%)")
     ax.set_title("Accuracy against cost (circles: ResNet18 trunk at 32 px; squares: frozen Lite0 at 64 px)")
@@ -517,6 +510,34 @@ def accuracy_plot(classification: dict[str, Any], frozen: dict[str, Any], output
     fig.tight_layout()
     fig.savefig(output, dpi=110)
     plt.close(fig)
+
+
+LABEL_SPOTS = ((5, 4, "left"), (5, -11, "left"), (-5, 4, "right"), (-5, -11, "right"), (5, 13, "left"))
+
+
+def place_labels(
+    ax: Any, points: list[tuple[str, float, float]]
+) -> list[tuple[str, float, float, tuple[int, int], str]]:
+    """A label spot beside each marker (offset in points, alignment) where it overprints no
+    marker and no earlier label: the models of one trunk crowd a few MMACs apart."""
+    px_per_pt = ax.figure.dpi / 72
+    marker = 4 * px_per_pt
+    placed = [
+        (px - marker, py - marker, px + marker, py + marker)
+        for px, py in (ax.transData.transform((x, y)) for _, x, y in points)
+    ]
+    out = []
+    for name, x, y in sorted(points, key=lambda p: (-p[2], p[1])):
+        px, py = ax.transData.transform((x, y))
+        width, height = 4.6 * len(name) * px_per_pt, 9 * px_per_pt
+        for dx, dy, align in LABEL_SPOTS:
+            left = px + dx * px_per_pt - (width if align == "right" else 0)
+            box = (left, py + dy * px_per_pt, left + width, py + dy * px_per_pt + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        out.append((name, x, y, (dx, dy), align))
+    return out
 
 
 def cost_plots(study: Study, docs: Path) -> dict[str, Any]:
@@ -577,6 +598,9 @@ def report(study: Study, docs: Path) -> str:
         parts += ["## Frozen pretrained trunk", *frozen_table(frozen)]
     if (runs / "gates.json").exists():
         parts += ["## Decision gates", *gates_table(json.loads((runs / "gates.json").read_text()))]
+        if (plot := study.workdir / "gates.png").exists():
+            docs.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(plot, docs / "results-gates.png")
     if (runs / "imagenet-cost.json").exists():
         parts += [
             "## ImageNet-scale cost",
