@@ -522,13 +522,11 @@ def place_labels(
     marker and no earlier label: the models of one trunk crowd a few MMACs apart."""
     px_per_pt = ax.figure.dpi / 72
     marker = 4 * px_per_pt
-    placed = [
-        (px - marker, py - marker, px + marker, py + marker)
-        for px, py in (ax.transData.transform((x, y)) for _, x, y in points)
-    ]
+    at = {name: ax.transData.transform((x, y)) for name, x, y in points}
+    placed = [(px - marker, py - marker, px + marker, py + marker) for px, py in at.values()]
     out = []
     for name, x, y in sorted(points, key=lambda p: (-p[2], p[1])):
-        px, py = ax.transData.transform((x, y))
+        px, py = at[name]
         width, height = 4.6 * len(name) * px_per_pt, 9 * px_per_pt
         for dx, dy, align in LABEL_SPOTS:
             left = px + dx * px_per_pt - (width if align == "right" else 0)
@@ -567,6 +565,7 @@ def cost_plots(study: Study, docs: Path) -> dict[str, Any]:
 def report(study: Study, docs: Path) -> str:
     """Every finished part as Markdown tables (stdout) and the plots under ``docs``."""
     runs = study.workdir / "runs"
+    docs.mkdir(parents=True, exist_ok=True)
     parts: list[str] = []
     classification = {
         name: summarise(found) for name in CLASSIFICATION if (found := sorted_runs(runs, tag(name)))
@@ -599,7 +598,6 @@ def report(study: Study, docs: Path) -> str:
     if (runs / "gates.json").exists():
         parts += ["## Decision gates", *gates_table(json.loads((runs / "gates.json").read_text()))]
         if (plot := study.workdir / "gates.png").exists():
-            docs.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(plot, docs / "results-gates.png")
     if (runs / "imagenet-cost.json").exists():
         parts += [
