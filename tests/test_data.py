@@ -13,15 +13,24 @@ from conftest import make_tiny_data
 from torch.utils.data import DataLoader
 
 from nhlcli.data import (
+    AugmentChoice,
     DataError,
+    bad_image_names,
     build_transform,
     channel_stats,
     create_eval_loader,
     create_loaders,
     dataset_for_tree,
+    default_augmentation,
+    default_workers,
     open_dataset,
+    split_bad,
+    training_image_count,
+    unreadable_image_message,
+    unreadable_split_error,
     unwrap_worker_error,
 )
+from nhlcli.data import defaults as data_defaults
 from nhlcli.data import fashion_mnist as fm
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import FASHION_MNIST, ClassEntry
@@ -260,7 +269,8 @@ def test_corrupt_image_in_workers(tmp_path):
     with pytest.raises(NhlError) as err:
         for _ in DataLoader(ds, batch_size=2, num_workers=2):
             pass
-    one_line(err.value, str(bad), "remove or replace")
+    one_line(err.value, str(bad), "remove or replace", "--skip-bad-images")
+    assert unreadable_image_message(err.value) == str(err.value)
     with pytest.raises(NhlError) as err:  # the same without workers
         ds[[ds.sample_name(i) for i in range(len(ds))].index(str(bad))]
     one_line(err.value, str(bad))
@@ -277,6 +287,141 @@ def test_unwrap_worker_error():
     assert str(unwrap_worker_error(wrapped)) == "bad thing happened"
     plain = DataError("already fine")
     assert unwrap_worker_error(plain) is plain
+
+
+def test_unreadable_image_message():
+    from_worker = (
+        "Caught UnreadableImageError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 1, in f\nnhlcli.data.errors.UnreadableImageError: cannot decode '
+        "image a/b.jpg (image file is truncated); remove or replace the file\n"
+    )
+    assert unreadable_image_message(RuntimeError(from_worker)) == (
+        "cannot decode image a/b.jpg (image file is truncated); remove or replace the file"
+    )
+    pil = from_worker.replace("nhlcli.data.errors.UnreadableImageError", "PIL.UnidentifiedImageError")
+    assert "--skip-bad-images" in unreadable_image_message(RuntimeError(pil))
+    bug = from_worker.replace("nhlcli.data.errors.UnreadableImageError", "TypeError")
+    assert unreadable_image_message(RuntimeError(bug)) is None  # a bug keeps its traceback
+    assert unreadable_image_message(ValueError("unrelated")) is None
+
+
+# ------------------------------------------------------------------ unreadable images
+def loader_opts(**extra) -> dict:
+    return dict(input_size=16, mean=(0.5,), std=(0.5,), in_chans=3, **{"batch_size": 4, **extra})
+
+
+def drain(loader: DataLoader) -> tuple[list[torch.Tensor], list[int], list[int]]:
+    """One pass as the training loop makes it: each batch's readable rows and the bad indices."""
+    images, targets, bad = [], [], []
+    for x, y in loader:
+        x_ok, y_ok, b = split_bad(x, y)
+        assert torch.all(x[y < 0] == 0)  # placeholders are zero images of the batch's shape
+        images.append(x_ok)
+        targets += y_ok.tolist()
+        bad += b
+    return images, targets, bad
+
+
+def test_bad_images_stop_training_without_the_option(tmp_path):
+    root = tiny.make_image_folder(tmp_path / "d", ANIMALS, per_class=3, split=True)
+    (bad,) = tiny.write_bad_images(root / "train" / "dog", ["empty.png"])
+    train, _ = create_loaders(root, flat_tree(ANIMALS), **loader_opts(workers=2))
+    with pytest.raises(NhlError) as err:
+        drain(train)
+    one_line(err.value, f"cannot decode image {bad}", "--skip-bad-images")
+
+
+def test_skip_bad_images_with_workers(tmp_path):
+    root = tiny.make_image_folder(tmp_path / "d", ANIMALS, per_class=3, split=True)
+    bad_train = tiny.write_bad_images(root / "train" / "dog")
+    (bad_val,) = tiny.write_bad_images(root / "val" / "fish", ["truncated.jpg"])
+    tree = flat_tree(ANIMALS)
+    opts = loader_opts(skip_bad_images=True, batch_size=5)
+    train, val = create_loaders(root, tree, **opts, workers=2)
+    assert len(train.dataset) == 12 + 3  # 3 full batches: the training loader drops nothing
+    images, targets, bad = drain(train)
+    assert sorted(bad_image_names(train.dataset, bad)) == sorted(map(str, bad_train))
+    assert len(targets) == 12 and all(x.shape[1:] == (3, 16, 16) for x in images)
+    good = {train.dataset.sample_name(i): t for i, t in enumerate(train.dataset.targets)}
+    readable = [t for name, t in good.items() if Path(name) not in bad_train]
+    assert sorted(targets) == sorted(readable)  # every readable image once, with its own label
+    _, val_targets, val_bad = drain(val)
+    assert bad_image_names(val.dataset, val_bad) == [str(bad_val)] and len(val_targets) == 4
+    again = drain(create_loaders(root, tree, **opts, workers=0)[0])[2]
+    assert sorted(again) == sorted(bad)  # the same without workers
+
+
+def test_skip_bad_images_in_parts_and_subsets(tmp_path):
+    root = tiny.make_image_folder(tmp_path / "d", ANIMALS, per_class=4, split=True)
+    (bad,) = tiny.write_bad_images(root / "val" / "cat", ["notes.jpg"])
+    expert = flat_tree(["fish", "cat"])
+    opts = loader_opts(workers=0, skip_bad_images=True, subset=True)
+    found = []
+    for part in ("1/2", "2/2"):  # the file sits in one of the two halves
+        loader = create_eval_loader(root, expert, part=part, **opts)
+        found += bad_image_names(loader.dataset, drain(loader)[2])
+    assert found == [str(bad)]
+
+
+def test_every_image_bad_is_an_error(tmp_path):
+    root = tiny.make_image_folder(tmp_path / "d", ["cat", "dog"], per_class=2, split=True)
+    for f in (root / "train").rglob("*.*"):
+        f.write_bytes(b"")
+    train, _ = create_loaders(root, flat_tree(["cat", "dog"]), skip_bad_images=True, **loader_opts(workers=0))
+    _, targets, bad = drain(train)
+    assert targets == [] and sorted(bad) == [0, 1, 2, 3]
+    one_line(unreadable_split_error(train.dataset, bad), "no image of the train split", "4 unreadable")
+
+
+def test_split_bad_leaves_clean_batches_alone():
+    x, y = torch.ones(3, 1, 2, 2), torch.tensor([2, 0, 1])
+    x2, y2, bad = split_bad(x, y)
+    assert x2 is x and y2 is y and bad == []
+    x3, y3, bad = split_bad(x, torch.tensor([2, -8, -1]))
+    assert x3.shape == (1, 1, 2, 2) and y3.tolist() == [2] and bad == [7, 0]
+
+
+# ------------------------------------------------------------------ defaults
+def test_default_workers(monkeypatch, tmp_path):
+    folder = tmp_path / "images"
+    assert default_workers("fashion-mnist", cores=64) == 0  # in memory: nothing to decode
+    assert [default_workers(folder, cores=n) for n in (1, 2, 3, 4, 9, 64)] == [0, 0, 2, 3, 8, 8]
+    monkeypatch.setattr(data_defaults.os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers(folder) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: four ranks share the twelve cores
+    assert default_workers(folder) == 2
+
+
+def test_default_augmentation():
+    small = default_augmentation(32, 60000)
+    assert small == AugmentChoice(None, (0.8, 1.0), small.reason)
+    assert "32 px" in small.reason and "no randaugment" in small.reason.lower()
+    imagenet = default_augmentation(224, 1_281_167)
+    assert (imagenet.augment, imagenet.crop_scale) == ("rand-m9-mstd0.5", (0.08, 1.0))
+    assert "224 px" in imagenet.reason and "rand-m9-mstd0.5" in imagenet.reason
+    few = default_augmentation(224, 5000)
+    mid = default_augmentation(96, 5000)
+    for choice in (mid, few):
+        assert choice.augment and 0.08 < choice.crop_scale[0] < 0.8 and choice.crop_scale[1] == 1.0
+    assert "5000" in few.reason
+    for choice in (small, mid, few, imagenet):  # every pick is a recipe timm builds
+        build_transform(
+            32, is_training=True, mean=(0.5,), std=(0.5,), augment=choice.augment, scale=choice.crop_scale
+        )
+    with pytest.raises(NhlError):
+        default_augmentation(0, 100)
+
+
+def test_training_image_count(monkeypatch, tmp_path):
+    root = tiny.make_image_folder(tmp_path / "d", ANIMALS, per_class=10, split=False)
+    assert training_image_count(root) == 36  # the val hold-out is not trained on
+    tiny.make_fashion_mnist_idx(tmp_path / "fashion-mnist", n_train=30, n_test=10)
+    monkeypatch.setenv("NHL_DATA", str(tmp_path))
+    assert training_image_count("fashion-mnist") == 30
+    with pytest.raises(NhlError) as err:
+        training_image_count(tmp_path / "missing")
+    one_line(err.value, "does not exist")
 
 
 # ------------------------------------------------------------------ transforms and loaders

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,11 @@ def _tree_for(hierarchy: str | None, data: str, flat: bool):
         "give --hierarchy TREE (build one with 'nhl hierarchy build --classes DATA'), "
         "or --flat for a plain model"
     )
+
+
+def _input_files(*specs: str | Path | None) -> list[Path]:
+    """The given specs that name existing files or folders (a shipped tree's name names none)."""
+    return [Path(s) for s in specs if s and Path(s).exists()]
 
 
 def train_command(
@@ -106,21 +112,46 @@ def train_command(
     in_chans: int | None = typer.Option(
         None, "--in-chans", help="Input channels (default 1 for fashion-mnist, else 3)."
     ),
-    epochs: int = typer.Option(10, "--epochs", "-e", help="Passes over the training data."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per step (per process under torchrun)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (cosine schedule after warmup)."),
-    weight_decay: float = typer.Option(0.05, "--weight-decay", help="Weight decay."),
-    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | sgd (any timm optimizer name)."),
-    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warmup length in epochs."),
-    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing, 0-1."),
-    augment: str = typer.Option(
-        "rand-m9-mstd0.5", "--augment", help="timm RandAugment config, or 'none' (paper: RandAugment)."
+    epochs: int | None = typer.Option(
+        None, "--epochs", "-e", help="Passes over the training data [default: 10]."
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Images per step (per process under torchrun) [default: 64]."
+    ),
+    lr: float | None = typer.Option(
+        None, "--lr", help="Peak learning rate (cosine schedule after warmup) [default: 0.001]."
+    ),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay [default: 0.05]."),
+    optimizer: str | None = typer.Option(
+        None, "--optimizer", help="adamw | sgd (any timm optimizer name) [default: adamw]."
+    ),
+    warmup_epochs: float | None = typer.Option(
+        None, "--warmup-epochs", help="Linear warmup length in epochs [default: 1]."
+    ),
+    label_smoothing: float | None = typer.Option(
+        None, "--label-smoothing", help="Label smoothing, 0-1 [default: 0]."
+    ),
+    augment: str | None = typer.Option(
+        None,
+        "--augment",
+        help="timm RandAugment config (e.g. rand-m9-mstd0.5, the paper's), or 'none' "
+        "[default: chosen from the input size and the number of images, and printed].",
     ),
     crop_scale: str | None = typer.Option(
-        None, "--crop-scale", help="Random-resized-crop area range, e.g. 0.5,1 (timm default 0.08,1)."
+        None,
+        "--crop-scale",
+        help="Random-resized-crop area range, e.g. 0.5,1 [default: chosen with --augment; ImageNet's 0.08,1 "
+        "for large images].",
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed (weights, data order, augmentation)."),
-    workers: int = typer.Option(2, "--workers", help="Data loading processes."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Random seed (weights, data order, augmentation) [default: 0]."
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="Data loading processes [default: from the cores and the dataset; 0 where a worker would "
+        "compete with training for the cores].",
+    ),
     device: str | None = typer.Option(
         None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."
     ),
@@ -132,27 +163,56 @@ def train_command(
     checkpoint_dir: Path | None = typer.Option(
         None, "--checkpoint-dir", help="Where epoch checkpoints go (default: OUTPUT.ckpt)."
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the checkpointed run with its recipe (options left out are taken from it; "
+        "--epochs, --workers, --device, --no-amp may change, the recipe may not).",
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Start afresh even where an unfinished run's checkpoint would be discarded.",
+    ),
+    skip_bad_images: bool = typer.Option(
+        False,
+        "--skip-bad-images",
+        help="Leave out images that cannot be decoded (counted and named at the end) instead of stopping.",
+    ),
     max_steps: int | None = typer.Option(
         None, "--max-steps-per-epoch", help="Cut epochs short (smoke tests)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
 ) -> None:
-    """Train an NHL model (or a flat baseline) on a dataset and a category tree."""
+    """Train an NHL model (or a flat baseline) on a dataset and a category tree.
+
+    Every epoch ends in a checkpoint (OUTPUT.ckpt); Ctrl-C stops at once and --resume continues
+    from the last whole epoch.
+    """
+    from nhlcli.data import default_augmentation, default_workers, training_image_count
     from nhlcli.evaluation import split_labels
     from nhlcli.experts.cutout import select_classes
     from nhlcli.model.nhl import BranchConfig, with_input_size
     from nhlcli.model.registry import create_model
     from nhlcli.model.trunk import TrunkConfig
-    from nhlcli.training.loop import TrainConfig, train
+    from nhlcli.paths import check_distinct_outputs, check_output_dir, check_output_file
+    from nhlcli.training.loop import check_fresh_start, checkpoint_dir_for, option_name, resolve_config, train
 
+    inputs = _input_files(
+        hierarchy, pretrained_file, data, classes[1:] if classes and classes[0] == "@" else None
+    )
+    check_output_file(output, inputs, label="--output")
+    ckdir = checkpoint_dir_for(output, checkpoint_dir)
+    check_output_dir(ckdir, inputs, label="--checkpoint-dir")
+    check_distinct_outputs({"--output": output, "--checkpoint-dir": ckdir})
+    check_fresh_start(ckdir, resume, overwrite)
     if flat:
         variant = "flat"
     tree = _tree_for(hierarchy, data, variant == "flat")
-    selection = tuple(split_labels(classes))
+    selection = tuple(split_labels(classes)) if classes is not None else None
     if classes is not None:
         tree = select_classes(tree, selection)
-    chans = in_chans or (1 if data == "fashion-mnist" else 3)
+    chans = (1 if data == "fashion-mnist" else 3) if in_chans is None else in_chans
     model = create_model(
         tree,
         variant,
@@ -161,47 +221,72 @@ def train_command(
         pretrained=pretrained,
         pretrained_file=pretrained_file,
     )
-    if input_size:
+    if input_size is not None:
         model.input_config = with_input_size(model.input_config, input_size)
     if freeze_trunk:
         if variant == "flat":
             model.freeze_trunk(split)  # the layers an NHL trunk holds; the last stage and head train
         else:
             model.trunk.freeze()
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        optimizer=optimizer,
-        warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing,
-        seed=seed,
-        workers=workers,
-        augment=None if augment == "none" else augment,
-        crop_scale=_parse_scale(crop_scale),
-        amp=not no_amp,
-        device=device,
-        max_steps_per_epoch=max_steps,
-        classes=selection,
-    )
+    given = dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, workers=workers,
+        augment=None if augment is None else ("" if augment == "none" else augment),
+        crop_scale=_parse_scale(crop_scale), amp=False if no_amp else None, device=device,
+        max_steps_per_epoch=max_steps, classes=selection, skip_bad_images=skip_bad_images or None,
+    )  # fmt: skip
+    say = (lambda text: None) if as_json else (lambda text: console.print(escape(text)))
+    if not resume:
+        if augment is None or crop_scale is None:
+            side = model.input_config.size[-1]
+            choice = default_augmentation(side, training_image_count(data))
+            if augment is None:
+                given["augment"] = choice.augment or ""
+            if crop_scale is None:
+                given["crop_scale"] = choice.crop_scale
+            say(f"augmentation: {choice.reason} (--augment and --crop-scale to choose)")
+        if workers is None:
+            given["workers"] = default_workers(data)
+        if selection is None:
+            given["classes"] = ()
+    config = resolve_config(given, ckdir if resume else None)
+    config = replace(config, augment=config.augment or None)
     result = train(
-        model, data, output, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=not as_json
-    )
+        model, data, output, config, checkpoint_dir=ckdir, resume=resume, overwrite=overwrite,
+        progress=not as_json,
+    )  # fmt: skip
+    for key, (before, now) in result.resumed_changes.items():
+        say(f"resumed with {option_name(key)} {now} (the run had {before})")
+    if result.bad_images:
+        shown = ", ".join(result.bad_images[:5]) + (" ..." if len(result.bad_images) > 5 else "")
+        say(f"left out {len(result.bad_images)} image(s) that could not be read: {shown}")
     if result.interrupted:
-        console.print(
-            f"interrupted after {result.epochs_done} epoch(s); checkpoint in {result.checkpoint_dir}; "
+        at = result.interrupted_at or {}
+        kept = (
+            f"the checkpoint in {result.checkpoint_dir} holds the end of epoch {result.epochs_done}; "
             "continue with the same command and --resume"
+            if result.epochs_done
+            else "no epoch had finished, so there is nothing to resume"
+        )
+        console.print(
+            f"interrupted in epoch {at.get('epoch')} after {at.get('steps_done')} of {at.get('steps')} "
+            f"steps; {kept}"
         )
         raise typer.Exit(130)
     if as_json:
         print_json(result.summary())
-    else:
-        last = result.history[-1]
+        return
+    if result.already_done:
         console.print(
-            f"wrote [bold]{output}[/]: val top-1 {last.val_top1:.2%}, top-5 {last.val_top5:.2%} after "
-            f"{result.epochs_done} epochs"
+            f"the run in {result.checkpoint_dir} had already finished its {result.epochs_done} epochs; "
+            f"wrote [bold]{escape(str(output))}[/] from its last checkpoint"
         )
+        return
+    last = result.history[-1]
+    console.print(
+        f"wrote [bold]{escape(str(output))}[/]: val top-1 {last.val_top1:.2%}, top-5 {last.val_top5:.2%} "
+        f"after {result.epochs_done} epochs"
+    )
 
 
 ROUTE_HELP = "Gated NHL files: run just the branches of each image's K likeliest super-categories."
@@ -219,7 +304,9 @@ def eval_command(
         help="Only these classes (names, ids or groups, comma-separated): softmax over them.",
     ),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
-    workers: int = typer.Option(2, "--workers", help="Data loading processes."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Data loading processes [default: from the cores and the dataset]."
+    ),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
     attend: list[str] | None = typer.Option(None, "--attend", metavar="CLASS=SCALE", help=ATTEND_HELP),
     attend_level: str | None = typer.Option(None, "--attend-level", metavar="N|path", help=ATTEND_LEVEL_HELP),
@@ -241,8 +328,13 @@ def eval_command(
     """
     from nhlcli.cli.common import ImageProgress
     from nhlcli.cli.gates import gated_report_table
+    from nhlcli.data import default_workers
     from nhlcli.evaluation import attention_curve_file, describe_attention, evaluate_file, parse_scales
 
+    if workers is None:
+        workers = default_workers(data)
+    elif workers < 0:
+        raise NhlError(f"--workers must be 0 or more, got {workers}")
     scales = parse_scales(attend_truth) if attend_truth is not None else []
     with ImageProgress(not as_json) as progress:
         common = dict(

@@ -4,11 +4,22 @@
 ``dataset_for_tree`` relabels it into ``tree.classes`` order; ``create_loaders`` builds the
 train/val DataLoaders with timm's transforms. Every user-facing problem is a one-line
 :class:`DataError` (an :class:`~nhlcli.errors.NhlError`), also from DataLoader workers.
+``skip_bad_images`` turns undecodable files into placeholder rows that :func:`split_bad` drops
+and :func:`bad_image_names` names; :func:`default_workers` and :func:`default_augmentation`
+choose defaults from the machine and the data.
 """
 
-from nhlcli.data.base import SPLITS, LabeledDataset
+from nhlcli.data.bad import bad_image_names, split_bad, unreadable_split_error
+from nhlcli.data.base import SPLITS, LabeledDataset, bad_target
 from nhlcli.data.datasets import BUILTIN, TreeDataset, dataset_for_tree, open_dataset, tree_leaves
-from nhlcli.data.errors import DataError, unwrap_worker_error
+from nhlcli.data.defaults import (
+    AugmentChoice,
+    default_augmentation,
+    default_workers,
+    training_image_count,
+    usable_cores,
+)
+from nhlcli.data.errors import DataError, UnreadableImageError, unreadable_image_message, unwrap_worker_error
 from nhlcli.data.fashion_mnist import FashionMNISTDataset
 from nhlcli.data.folder import VAL_FRACTION, ImageFolderDataset, holdout_indices
 from nhlcli.data.loaders import (
@@ -25,19 +36,30 @@ __all__ = [
     "DEFAULT_AUGMENT",
     "SPLITS",
     "VAL_FRACTION",
+    "AugmentChoice",
     "DataError",
     "FashionMNISTDataset",
     "ImageFolderDataset",
     "LabeledDataset",
     "TreeDataset",
+    "UnreadableImageError",
+    "bad_image_names",
+    "bad_target",
     "build_transform",
     "channel_stats",
     "create_eval_loader",
     "create_loaders",
     "dataset_for_tree",
+    "default_augmentation",
+    "default_workers",
     "holdout_indices",
     "make_loader",
     "open_dataset",
+    "split_bad",
+    "training_image_count",
     "tree_leaves",
+    "unreadable_image_message",
+    "unreadable_split_error",
     "unwrap_worker_error",
+    "usable_cores",
 ]

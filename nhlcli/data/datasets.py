@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from nhlcli.data.base import LabeledDataset, check_split
+from nhlcli.data.base import LabeledDataset, bad_target, check_split
 from nhlcli.data.errors import DataError
 from nhlcli.data.fashion_mnist import NAME as FASHION_MNIST_NAME
 from nhlcli.data.fashion_mnist import FashionMNISTDataset
@@ -30,18 +30,23 @@ def open_dataset(
     mode: str | None = None,
     val_fraction: float = VAL_FRACTION,
     split_seed: int = 0,
+    skip_bad_images: bool = False,
 ) -> LabeledDataset:
     """One split (``"train"`` or ``"val"``) of a built-in data set or an ImageFolder directory.
 
     ``mode`` is the PIL mode handed to ``transform``: ``None`` keeps the data's own ("L" for
     Fashion-MNIST, "RGB" for folders); ``"L"`` or ``"RGB"`` convert. ``val_fraction`` and
     ``split_seed`` only matter for folders without a val folder (see :mod:`nhlcli.data.folder`).
+    ``skip_bad_images``: undecodable files give placeholder samples instead of an error (see
+    :class:`~nhlcli.data.base.LabeledDataset`).
     """
     split = check_split(split)
     if mode not in (None, "L", "RGB"):
         raise DataError(f"image mode {mode!r} is not supported; use 'L' (grey) or 'RGB'")
     if str(spec) == FASHION_MNIST_NAME:
-        return FashionMNISTDataset(split, transform=transform, mode=mode or "L")
+        dataset = FashionMNISTDataset(split, transform=transform, mode=mode or "L")
+        dataset.skip_bad_images = skip_bad_images  # in-memory arrays always decode; kept for symmetry
+        return dataset
     path = Path(spec)
     if not path.is_dir():
         what = "is a file, not a directory" if path.is_file() else "does not exist"
@@ -50,7 +55,13 @@ def open_dataset(
             "directory (one folder of images per class)"
         )
     return ImageFolderDataset(
-        path, split, transform=transform, mode=mode or "RGB", val_fraction=val_fraction, split_seed=split_seed
+        path,
+        split,
+        transform=transform,
+        mode=mode or "RGB",
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        skip_bad_images=skip_bad_images,
     )
 
 
@@ -82,7 +93,9 @@ class TreeDataset(Dataset):
     """A labelled data set whose labels are a tree's class indices (``tree.classes`` order).
 
     Samples of data classes outside the tree (``subset``) are left out. ``classes`` lists the
-    data's class entry for each tree class, in tree order.
+    data's class entry for each tree class, in tree order. An unreadable sample skipped by the
+    base data set gets the negative target ``bad_target(index)`` in *this* data set's indices,
+    so :meth:`sample_name` names it.
     """
 
     def __init__(self, base: LabeledDataset, tree: Tree, subset: bool = False) -> None:
@@ -121,8 +134,8 @@ class TreeDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        img, _ = self.base[int(self.indices[index])]
-        return img, self.targets[index]
+        img, target = self.base[int(self.indices[index])]
+        return img, (bad_target(index) if target < 0 else self.targets[index])
 
     def sample_name(self, index: int) -> str:
         return self.base.sample_name(int(self.indices[index]))
@@ -143,6 +156,6 @@ def dataset_for_tree(
 
     ``subset=True`` is for an expert that covers only some classes: data classes outside the
     tree are dropped, and tree classes the data lacks are an error. ``open_kwargs`` go to
-    :func:`open_dataset` (``mode``, ``val_fraction``, ``split_seed``).
+    :func:`open_dataset` (``mode``, ``val_fraction``, ``split_seed``, ``skip_bad_images``).
     """
     return TreeDataset(open_dataset(spec, split, transform, **open_kwargs), tree, subset=subset)

@@ -6,6 +6,10 @@ traceback as text and rebuilds the exception there as ``type(msg)`` with a multi
 :class:`DataError` recognises that text in its constructor and keeps only the original one-line
 message, so the main process sees a clean :class:`~nhlcli.errors.NhlError` without any help from
 the caller. :func:`unwrap_worker_error` does the same for any other exception.
+
+An image file that cannot be decoded raises :class:`UnreadableImageError`, a :class:`DataError`
+whose message names the file and suggests ``--skip-bad-images``; with that option on the
+datasets return a placeholder instead (see :mod:`nhlcli.data.bad`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,43 @@ class DataError(NhlError):
         text = str(message)
         original = _original_message(text)
         super().__init__(_one_line(original if original is not None else text))
+
+
+class UnreadableImageError(DataError):
+    """An image file that cannot be decoded (truncated, empty, not an image): a separate type so
+    ``skip_bad_images`` leaves out exactly these and still stops on every other data error."""
+
+
+SKIP_HINT = "remove or replace the file, or pass --skip-bad-images to leave unreadable images out"
+
+
+def unreadable_image_error(path: str, exc: BaseException) -> UnreadableImageError:
+    """The one-line error for an image file that failed to decode with ``exc``."""
+    reason = _one_line(str(exc)) or type(exc).__name__
+    return UnreadableImageError(f"cannot decode image {path} ({reason}); {SKIP_HINT}")
+
+
+def unreadable_image_message(exc: BaseException) -> str | None:
+    """The one-line message when ``exc`` reports a data problem, also as re-raised from a worker.
+
+    For a training loop's ``except`` around iterating a DataLoader: an :class:`NhlError` (what the
+    datasets raise, rebuilt by torch in the main process) gives its cleaned message; an exception
+    of another type whose worker traceback ends in one gives that message too; anything else
+    (a bug) gives ``None`` so the caller re-raises it.
+    """
+    text = str(exc)
+    original = _original_message(text)
+    if isinstance(exc, NhlError):
+        return _one_line(original if original is not None else text)
+    if original is None:
+        return None
+    last = [line for line in text.splitlines() if line.strip()][-1].strip()
+    kind = last.split(":", 1)[0].rsplit(".", 1)[-1]
+    if kind in ("DataError", "UnreadableImageError", "NhlError"):
+        return _one_line(original)
+    if kind in ("UnidentifiedImageError", "DecompressionBombError"):
+        return f"cannot decode an image ({_one_line(original)}); {SKIP_HINT}"
+    return None
 
 
 def unwrap_worker_error(exc: BaseException) -> NhlError:

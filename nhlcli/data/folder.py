@@ -24,7 +24,7 @@ from timm.data import ImageDataset
 from timm.data.readers.img_extensions import get_img_extensions
 
 from nhlcli.data.base import LabeledDataset, check_split
-from nhlcli.data.errors import DataError
+from nhlcli.data.errors import DataError, unreadable_image_error
 from nhlcli.taxonomy.classes import classes_from_image_folder, image_folder_root
 
 VAL_FRACTION = 0.1
@@ -69,7 +69,8 @@ class ImageFolderDataset(LabeledDataset):
     """One split of an ImageFolder, read by timm's ``ImageDataset`` folder reader.
 
     Decoding is done here rather than in timm's ``__getitem__``, which skips unreadable images
-    with a warning: a bad file raises :class:`DataError` naming it instead.
+    with a warning: a bad file raises :class:`UnreadableImageError` naming it instead, or with
+    ``skip_bad_images`` gives a placeholder sample (see :class:`LabeledDataset`).
     """
 
     def __init__(
@@ -80,8 +81,10 @@ class ImageFolderDataset(LabeledDataset):
         mode: str = "RGB",
         val_fraction: float = VAL_FRACTION,
         split_seed: int = 0,
+        skip_bad_images: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.skip_bad_images = skip_bad_images
         self.split = check_split(split)
         self.name = str(self.root)
         self.mode = mode
@@ -148,9 +151,8 @@ class ImageFolderDataset(LabeledDataset):
         try:
             with Image.open(path) as img:
                 return img.convert(self.mode)  # convert decodes, so broken pixel data fails here
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise DataError(f"cannot decode image {path} ({reason}); remove or replace the file") from exc
+        except Exception as exc:  # PIL raises many types for broken files; all mean "this file"
+            raise unreadable_image_error(path, exc) from exc
 
     def sample_name(self, index: int) -> str:
         return self.samples[index][0]

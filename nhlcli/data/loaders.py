@@ -168,18 +168,30 @@ def create_loaders(
     val_fraction: float = VAL_FRACTION,
     split_seed: int = 0,
     subset: bool = False,
+    skip_bad_images: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
     """Train and val loaders whose labels are ``tree``'s class indices.
 
     Images reach the transform in ``"L"`` for ``in_chans=1`` (default ``len(mean)``) and
     ``"RGB"`` otherwise; batches are ``(B, in_chans, input_size, input_size)``.
+
+    ``skip_bad_images`` (both splits): an undecodable file gives a zero image with target
+    ``-(index + 1)`` instead of an error; drop those rows with :func:`nhlcli.data.split_bad`
+    in the training *and* validation loops. Without it the first such file stops the loop with
+    an :class:`~nhlcli.data.errors.UnreadableImageError` naming it.
     """
     in_chans = in_chans or len(mean)
     mode = "L" if in_chans == 1 else "RGB"
     common = dict(mean=mean, std=std, in_chans=in_chans, interpolation=interpolation, crop_pct=crop_pct)
     train_tf = build_transform(input_size, is_training=True, augment=augment, scale=scale, **common)
     val_tf = build_transform(input_size, is_training=False, **common)
-    opts = dict(mode=mode, val_fraction=val_fraction, split_seed=split_seed, subset=subset)
+    opts = dict(
+        mode=mode,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        subset=subset,
+        skip_bad_images=skip_bad_images,
+    )
     train = dataset_for_tree(spec, "train", tree, train_tf, **opts)
     val = dataset_for_tree(spec, "val", tree, val_tf, **opts)
     loader_opts = dict(batch_size=batch_size, workers=workers, seed=seed, distributed=distributed)
@@ -204,8 +216,12 @@ def create_eval_loader(
     split_seed: int = 0,
     subset: bool = False,
     part: str | None = None,
+    skip_bad_images: bool = False,
 ) -> DataLoader:
     """One split in a fixed order with the evaluation transform (``subset=True`` for experts).
+
+    ``skip_bad_images`` as in :func:`create_loaders` (the sentinel indices then refer to the
+    split before ``part``; :func:`nhlcli.data.bad_image_names` on ``loader.dataset`` handles that).
 
     ``part="i/k"`` keeps the i-th of k fixed, disjoint random parts of the split, so thresholds
     can be tuned on one half of a test set and reported on the other (``"1/2"``, ``"2/2"``).
@@ -229,6 +245,7 @@ def create_eval_loader(
         mode="L" if in_chans == 1 else "RGB",
         val_fraction=val_fraction,
         split_seed=split_seed,
+        skip_bad_images=skip_bad_images,
     )
     if part:
         dataset = take_part(dataset, part)  # type: ignore[assignment]

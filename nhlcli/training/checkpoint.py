@@ -134,6 +134,17 @@ def save_checkpoint(
     return atomic_write_json(directory / SIDECAR_NAME, meta)
 
 
+def read_sidecar(directory: str | Path) -> dict[str, Any] | None:
+    """The sidecar of the checkpoint in ``directory`` (epoch, config, history), or None when there is
+    none or it is not an nhl checkpoint's; cheap (the tensors are not read)."""
+    sidecar = Path(directory) / SIDECAR_NAME
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == CHECKPOINT_FORMAT else None
+
+
 def load_checkpoint(directory: str | Path) -> Checkpoint:
     """Read a checkpoint pair, checking that the sidecar belongs to the weights beside it."""
     directory = Path(directory)

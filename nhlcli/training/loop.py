@@ -7,11 +7,12 @@ precision on GPU, a fixed seed, validation every epoch, an atomic checkpoint eve
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nhlcli.data import bad_image_names, split_bad, unreadable_image_message, unreadable_split_error
 from nhlcli.errors import NhlError
 from nhlcli.model.files import save_model
 from nhlcli.training import checkpoint as ckpt
@@ -46,6 +48,48 @@ class TrainConfig:
     device: str | None = None
     max_steps_per_epoch: int | None = None
     classes: tuple[str, ...] = ()  # the selection when the model covers only some of the data's classes
+    skip_bad_images: bool = False  # leave undecodable images out (counted and named) instead of stopping
+    time_budget_s: float | None = None  # train as many of ``epochs`` as fit this (timed on the real loop)
+
+
+# What a resumed run must keep: changing any of these would make the checkpoint's optimizer state,
+# schedule, data order or class set mean something else than the run it came from.
+RECIPE_FIELDS = (
+    "batch_size", "lr", "weight_decay", "optimizer", "momentum", "warmup_epochs", "label_smoothing",
+    "seed", "augment", "crop_scale", "max_steps_per_epoch", "classes",
+)  # fmt: skip
+# What a resumed run may change (applied from the resume on, reported, and recorded): where and how
+# fast it runs, and how long (more or fewer epochs: the cosine schedule is stretched to the new end).
+RUNTIME_FIELDS = ("epochs", "workers", "amp", "device", "skip_bad_images")
+
+
+def option_name(field_name: str) -> str:
+    """The ``nhl train`` option that sets a :class:`TrainConfig` field."""
+    return "--" + field_name.replace("_", "-")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Refuse values that would silently mean something else (0 steps = no limit, -1 warmup, nan)."""
+    checks = [
+        (config.epochs >= 1, "epochs", "at least 1"),
+        (config.batch_size >= 1, "batch_size", "at least 1"),
+        (math.isfinite(config.lr) and config.lr > 0, "lr", "a positive number"),
+        (math.isfinite(config.weight_decay) and config.weight_decay >= 0, "weight_decay", "0 or more"),
+        (math.isfinite(config.warmup_epochs) and config.warmup_epochs >= 0, "warmup_epochs", "0 or more"),
+        (0.0 <= config.label_smoothing < 1.0, "label_smoothing", "in [0, 1)"),
+        (config.workers >= 0, "workers", "0 or more"),
+        (config.max_steps_per_epoch is None or config.max_steps_per_epoch >= 1,
+         "max_steps_per_epoch", "at least 1 (leave it out for whole epochs)"),
+        (config.time_budget_s is None or config.time_budget_s > 0, "time_budget_s", "positive"),
+    ]  # fmt: skip
+    for ok, name, need in checks:
+        if not ok:
+            raise NhlError(f"{option_name(name)} must be {need}, got {getattr(config, name)}")
+    if config.warmup_epochs > config.epochs:
+        raise NhlError(
+            f"--warmup-epochs {config.warmup_epochs:g} is longer than the run ({config.epochs} epochs); "
+            "shorten the warmup"
+        )
 
 
 @dataclass
@@ -69,6 +113,11 @@ class TrainResult:
     epochs_done: int
     history: list[EpochRecord] = field(default_factory=list)
     interrupted: bool = False
+    interrupted_at: dict[str, int] | None = None  # epoch and steps done when Ctrl-C came (not kept)
+    resumed_changes: dict[str, list[Any]] = field(default_factory=dict)  # runtime options a resume changed
+    already_done: bool = False  # resumed a run that had finished: nothing trained, the model rewritten
+    time_budget: dict[str, Any] | None = None  # epochs a time budget fixed, and the epoch time it saw
+    bad_images: list[str] = field(default_factory=list)  # files left out by skip_bad_images
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else None
@@ -77,6 +126,11 @@ class TrainResult:
             "checkpoint_dir": self.checkpoint_dir,
             "epochs_done": self.epochs_done,
             "interrupted": self.interrupted,
+            "interrupted_at": self.interrupted_at,
+            "resumed_changes": self.resumed_changes,
+            "already_done": self.already_done,
+            "time_budget": self.time_budget,
+            "bad_images": self.bad_images,
             "val_top1": last.val_top1 if last else None,
             "val_top5": last.val_top5 if last else None,
             "history": [asdict(h) for h in self.history],
@@ -171,16 +225,24 @@ def evaluate(
     info: DistInfo | None = None,
     attention: Scales | Callable[[torch.Tensor], Scales] | None = None,
     amp: bool = True,
+    bad_indices: set[int] | None = None,
 ) -> dict[str, Any]:
     """Top-1, top-5, mean loss and per-class accuracy over ``loader`` (summed over DDP ranks).
 
     ``attention``: per-level node scales for every batch, or a callable giving them from each
     batch's targets (per-sample attention, e.g. :class:`~nhlcli.model.attention.TruthAttention`).
+    Images a skip-bad-images loader could not decode are left out, their indices added to
+    ``bad_indices`` when given.
     """
     info = info or DistInfo(device=device)
     model.eval()
     tally = Tally(len(model.classes))
-    for images, targets in loader:
+    for batch_images, batch_targets in loader:
+        images, targets, bad = split_bad(batch_images, batch_targets)
+        if bad_indices is not None:
+            bad_indices.update(bad)
+        if not targets.numel():
+            continue
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         scales = attention(targets) if callable(attention) else attention
         with _autocast(device, amp):
@@ -199,17 +261,72 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     loaders: tuple[Any, Any] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``data`` (ImageFolder directory or ``fashion-mnist``) and save it.
 
     Checkpoints go to ``checkpoint_dir`` (default: ``<output>.ckpt``) after every epoch;
-    ``resume`` continues from there. Under torchrun every rank calls this; rank 0 writes.
+    ``resume`` continues from there with the same recipe (see :data:`RECIPE_FIELDS`). A fresh
+    run refuses to replace an unfinished run's checkpoint unless ``overwrite``. Under torchrun
+    every rank calls this; rank 0 writes.
     """
+    validate_config(config)
+    checkpoint_dir = checkpoint_dir_for(output, checkpoint_dir)
+    check_fresh_start(checkpoint_dir, resume, overwrite)
     info = setup(config.device)
     try:
         return _train(model, data, output, config, checkpoint_dir, resume, progress, on_epoch, loaders, info)
     finally:
         teardown(info)
+
+
+def resolve_config(given: Mapping[str, Any], checkpoint_dir: str | Path | None = None) -> TrainConfig:
+    """The config a run uses: the options given, the rest from the checkpointed run when resuming
+    from ``checkpoint_dir`` (so ``--resume`` alone continues with the recipe the run started with),
+    else the defaults. Unknown names are a programming error."""
+    base: dict[str, Any] = {}
+    if checkpoint_dir is not None:
+        sidecar = ckpt.read_sidecar(checkpoint_dir)
+        if sidecar is None:
+            raise NhlError(f"no checkpoint in {checkpoint_dir} to resume from; start without --resume")
+        base = dict(sidecar.get("extra", {}).get("config", {}))
+        base.pop("time_budget_s", None)  # the budget fixed the epochs, which are recorded
+    fields = {f for f in TrainConfig.__dataclass_fields__}
+    merged = {k: v for k, v in base.items() if k in fields}
+    merged.update({k: v for k, v in given.items() if v is not None})
+    for key in ("crop_scale", "classes"):
+        if merged.get(key) is not None:
+            merged[key] = tuple(merged[key])
+    return TrainConfig(**merged)
+
+
+def checkpoint_dir_for(output: str | Path | None, checkpoint_dir: str | Path | None) -> Path:
+    """Where a run's checkpoints go: ``checkpoint_dir``, or ``<output>.ckpt`` beside the model."""
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir)
+    if output is None:
+        raise NhlError("give an output file or a checkpoint directory")
+    return Path(f"{output}.ckpt")
+
+
+def check_fresh_start(checkpoint_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start afresh over an unfinished run's checkpoint (that would throw its epochs away),
+    and refuse ``resume`` with ``overwrite`` (they ask for opposite things)."""
+    if resume and overwrite:
+        raise NhlError("--resume continues the checkpointed run and --overwrite discards it; give one")
+    if resume or overwrite:
+        return
+    sidecar = ckpt.read_sidecar(checkpoint_dir)
+    if sidecar is None:
+        return
+    planned = sidecar.get("extra", {}).get("config", {}).get("epochs")
+    if planned is not None and sidecar.get("epoch", 0) >= planned:
+        return  # a finished run: its result is the model file; the checkpoint can go
+    done = f"{sidecar.get('epoch')} of {planned}" if planned else str(sidecar.get("epoch"))
+    raise NhlError(
+        f"{checkpoint_dir} holds an unfinished run ({done} epochs done); continue it with --resume, "
+        "or pass --overwrite to start over and discard it"
+    )
 
 
 def _make_loaders(model: nn.Module, data: str | Path, config: TrainConfig, info: DistInfo) -> tuple[Any, Any]:
@@ -232,7 +349,83 @@ def _make_loaders(model: nn.Module, data: str | Path, config: TrainConfig, info:
         distributed=info.enabled,
         seed=config.seed,
         subset=bool(config.classes),  # images of classes outside the model's tree are left out
+        skip_bad_images=config.skip_bad_images,
     )
+
+
+def _config_dict(config: TrainConfig) -> dict[str, Any]:
+    """A config as the checkpoint's JSON holds it (tuples as lists), for like-for-like comparison."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+def resume_changes(stored: Mapping[str, Any], config: TrainConfig) -> dict[str, list[Any]]:
+    """The runtime options a resume changes (``{field: [before, now]}``); refuses recipe changes."""
+    now = _config_dict(config)
+    differ = [k for k in now if k in stored and stored[k] != now[k]]
+    recipe = [k for k in differ if k in RECIPE_FIELDS]
+    if recipe:
+        listed = ", ".join(f"{option_name(k)} {now[k]} (the run's: {stored[k]})" for k in recipe)
+        raise NhlError(
+            f"--resume continues the run with the recipe it started with, and {listed} would change it; "
+            "drop the option, or start a new run with --overwrite"
+        )
+    return {k: [stored[k], now[k]] for k in differ if k in RUNTIME_FIELDS}
+
+
+class _TimeBudget:
+    """Fixes the number of epochs from the real loop's speed, early in the first epoch.
+
+    A probe on random tensors leaves out data loading, the loader's share of the cores,
+    validation and the loop's own work, and so overestimates speed by 2x on a 2-core machine.
+    Timing the first real steps (after a few warm-up steps) and a few validation batches gives
+    the epoch time as it will be; deciding during warmup, before the cosine decay starts, leaves
+    the schedule exactly as if the epoch count had been given.
+    """
+
+    WARMUP_STEPS = 5
+    TIMED_STEPS = 25
+    VAL_PROBE_BATCHES = 4
+
+    def __init__(self, budget_s: float, steps_per_epoch: int) -> None:
+        self.budget_s = budget_s
+        self.decide_at = min(steps_per_epoch, self.WARMUP_STEPS + self.TIMED_STEPS)
+        self.steps_per_epoch = steps_per_epoch
+        self.timer_start = 0.0
+        self.started = time.perf_counter()
+        self.decided = False
+
+    def after_step(self, i: int) -> bool:
+        """Call after step ``i`` (1-based) of the first epoch; True once it is time to decide."""
+        if i == min(self.WARMUP_STEPS, self.decide_at - 1):
+            self.timer_start = time.perf_counter()
+        return not self.decided and i == self.decide_at
+
+    def epochs(self, timed_steps: int, val_batch_s: float, val_batches: int, most: int) -> tuple[int, float]:
+        """How many epochs fit (at least 1, at most ``most``) and the estimated epoch time."""
+        step_s = (time.perf_counter() - self.timer_start) / max(timed_steps, 1)
+        epoch_s = self.steps_per_epoch * step_s + val_batches * val_batch_s
+        spent_before = self.timer_start - self.started  # loader start-up and warm-up steps, paid once
+        self.decided = True
+        fit = int((self.budget_s - spent_before) // epoch_s) if epoch_s > 0 else most
+        return max(1, min(most, fit)), epoch_s
+
+
+@torch.no_grad()
+def _time_validation(model: nn.Module, loader: Any, device: torch.device, amp: bool, batches: int) -> float:
+    """Seconds per validation batch, timed on a few batches (the first one's start-up left out)."""
+    model.eval()
+    times, start = [], time.perf_counter()
+    for i, (images, _) in enumerate(loader):
+        with _autocast(device, amp):
+            model(images.to(device))
+        now = time.perf_counter()
+        if i > 0:
+            times.append(now - start)
+        start = now
+        if i >= batches:
+            break
+    model.train()
+    return sorted(times)[len(times) // 2] if times else 0.0
 
 
 def _train(
@@ -240,7 +433,7 @@ def _train(
     data: str | Path,
     output: str | Path | None,
     config: TrainConfig,
-    checkpoint_dir: str | Path | None,
+    checkpoint_dir: Path,
     resume: bool,
     progress: bool,
     on_epoch: Callable[[EpochRecord], None] | None,
@@ -250,20 +443,25 @@ def _train(
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise NhlError("--epochs and --batch-size must be at least 1 and --lr positive")
-    if not 0.0 <= config.label_smoothing < 1.0:
-        raise NhlError(f"--label-smoothing must lie in [0, 1), got {config.label_smoothing}")
-    if checkpoint_dir is None:
-        if output is None:
-            raise NhlError("give an output file or a checkpoint directory")
-        checkpoint_dir = Path(f"{output}.ckpt")
-    checkpoint_dir = Path(checkpoint_dir)
     seed_everything(config.seed + info.rank)
     device = info.device
     model.to(device)
     # oneDNN and cuDNN convolutions run faster channels-last; the branches already are
     channels_last = _set_trunk_memory_format(model, torch.channels_last)
+    state = ckpt.load_checkpoint(checkpoint_dir) if resume else None
+    changes: dict[str, list[Any]] = {}
+    if state is not None:
+        if state.meta["model"] != model.config():
+            raise NhlError(
+                f"the checkpoint in {checkpoint_dir} is for a different model or tree; resume with the "
+                "same options or delete the directory"
+            )
+        changes = resume_changes(state.meta.get("extra", {}).get("config", {}), config)
+        if config.epochs < state.epoch:
+            raise NhlError(
+                f"the run in {checkpoint_dir} has already trained {state.epoch} epochs; --epochs "
+                f"{config.epochs} cannot undo them (give {state.epoch} or more)"
+            )
     train_loader, val_loader = loaders or _make_loaders(model, data, config, info)
     steps_per_epoch = len(train_loader)
     if config.max_steps_per_epoch:
@@ -280,26 +478,29 @@ def _train(
         )
     except (ValueError, AssertionError) as exc:
         raise NhlError(f"--optimizer {config.optimizer!r}: {exc}; use adamw or sgd") from exc
-    total_steps = config.epochs * steps_per_epoch
     scheduler = CosineLRScheduler(
         optimizer,
-        t_initial=max(total_steps, 2),  # timm warns about a 1-step cosine
+        t_initial=max(config.epochs * steps_per_epoch, 2),  # timm warns about a 1-step cosine
         warmup_t=int(config.warmup_epochs * steps_per_epoch),
         warmup_lr_init=config.lr * 0.01,
         lr_min=config.lr * 1e-3,
         t_in_epochs=False,
     )
-    start_epoch, step, history = 0, 0, []
-    if resume:
-        state = ckpt.load_checkpoint(checkpoint_dir)
-        if state.meta["model"] != model.config():
-            raise NhlError(
-                f"the checkpoint in {checkpoint_dir} is for a different model or tree; resume with the "
-                "same options or delete the directory"
-            )
+    start_epoch, step, history, resumes = 0, 0, [], []
+    if state is not None:
         ckpt.restore(state, model, optimizer, scheduler)
+        scheduler.t_initial = max(config.epochs * steps_per_epoch, 2)  # a changed epoch count stretches it
         start_epoch, step = state.epoch, state.step
-        history = [EpochRecord(**h) for h in state.meta.get("extra", {}).get("history", [])]
+        extra = state.meta.get("extra", {})
+        history = [EpochRecord(**h) for h in extra.get("history", [])]
+        resumes = [*extra.get("resumes", []), {"at_epoch": start_epoch, "changed": changes}]
+    result = TrainResult(str(output) if output else None, str(checkpoint_dir), start_epoch, history)
+    result.resumed_changes = changes
+    budget = (
+        _TimeBudget(config.time_budget_s, steps_per_epoch)
+        if config.time_budget_s is not None and state is None
+        else None
+    )
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and config.amp else None
     use_scaler = scaler is not None and not torch.cuda.is_bf16_supported()
     net: nn.Module = model
@@ -307,88 +508,161 @@ def _train(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
         )
-    result = TrainResult(str(output) if output else None, str(checkpoint_dir), start_epoch, history)
 
-    def save_state(epochs_done: int, **flags: Any) -> None:
-        extra = {"history": [asdict(h) for h in history], "config": asdict(config), **flags}
-        ckpt.save_checkpoint(checkpoint_dir, model, optimizer, scheduler, epochs_done, step, extra=extra)
+    def run_record() -> dict[str, Any]:
+        """What ran, as the checkpoint and the model file keep it."""
+        return {
+            "config": asdict(config),
+            "history": [asdict(h) for h in history],
+            **({"resumes": resumes} if resumes else {}),
+            **({"bad_images": bad_names} if bad_names else {}),
+        }
 
-    bar = _Progress(progress and info.is_main, config.epochs, steps_per_epoch, start_epoch)
-    epoch = start_epoch
+    def save_state(epochs_done: int) -> None:
+        ckpt.save_checkpoint(
+            checkpoint_dir, model, optimizer, scheduler, epochs_done, step, extra=run_record()
+        )
+
+    bad_indices: set[int] = set()
+    bad_names: list[str] = list(state.meta.get("extra", {}).get("bad_images", [])) if state else []
+    epochs = config.epochs
+    bar = _Progress(progress and info.is_main and start_epoch < epochs, epochs, steps_per_epoch, start_epoch)
+    epoch, steps_done = start_epoch, 0
     try:
         with bar:
-            for epoch in range(start_epoch, config.epochs):
+            for epoch in range(start_epoch, epochs):
+                if epoch >= config.epochs:  # a time budget shortened the run
+                    break
                 sampler = getattr(train_loader, "sampler", None)
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(epoch)
                 net.train()
-                started, seen, loss_sum, hits = time.perf_counter(), 0, 0.0, 0
-                for i, (images, targets) in enumerate(train_loader):
-                    if i >= steps_per_epoch:
+                started, seen, loss_sum, hits, steps_done = time.perf_counter(), 0, 0.0, 0, 0
+                for i, (images, targets) in enumerate(_batches(train_loader), start=1):
+                    if i > steps_per_epoch:
                         break
+                    if config.skip_bad_images:
+                        images, targets, bad = split_bad(images, targets)
+                        bad_indices.update(bad)
                     images, targets = (
                         images.to(device, non_blocking=True),
                         targets.to(device, non_blocking=True),
                     )
-                    if channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    with _autocast(device, config.amp, training=True):
-                        logits = net(images)
-                        loss = F.cross_entropy(
-                            logits.float(), targets, label_smoothing=config.label_smoothing
-                        )
-                    if not math.isfinite(loss.item()):
-                        raise NhlError(f"the loss became {loss.item()} at step {step}; lower --lr")
-                    optimizer.zero_grad(set_to_none=True)
-                    if use_scaler:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
+                    if targets.numel() or info.enabled:  # under DDP every rank joins every backward
+                        if channels_last:
+                            images = images.contiguous(memory_format=torch.channels_last)
+                        with _autocast(device, config.amp, training=True):
+                            logits = net(images)
+                            loss = (
+                                F.cross_entropy(
+                                    logits.float(), targets, label_smoothing=config.label_smoothing
+                                )
+                                if targets.numel()
+                                else logits.float().sum() * 0.0
+                            )
+                        if not math.isfinite(loss.item()):
+                            raise NhlError(f"the loss became {loss.item()} at step {step}; lower --lr")
+                        optimizer.zero_grad(set_to_none=True)
+                        if use_scaler:
+                            scaler.scale(loss).backward()
+                            scaler.step(optimizer)
+                            scaler.update()
+                        else:
+                            loss.backward()
+                            optimizer.step()
+                        seen += targets.numel()
+                        loss_sum += loss.item() * targets.numel()
+                        hits += int((logits.argmax(1) == targets).sum())
                     step += 1
+                    steps_done = i
                     scheduler.step_update(step)
-                    seen += targets.numel()
-                    loss_sum += loss.item() * targets.numel()
-                    hits += int((logits.argmax(1) == targets).sum())
                     rate = seen * info.world_size / (time.perf_counter() - started)
-                    bar.step(epoch, i + 1, loss_sum / seen, hits / seen, rate)
+                    bar.step(epoch, i, loss_sum / max(seen, 1), hits / max(seen, 1), rate)
+                    if budget is not None and budget.after_step(i):
+                        val_s = _time_validation(
+                            model, val_loader, device, config.amp, budget.VAL_PROBE_BATCHES
+                        )
+                        timed = budget.decide_at - min(budget.WARMUP_STEPS, budget.decide_at - 1)
+                        fit, epoch_s = budget.epochs(timed, val_s, len(val_loader), config.epochs)
+                        fit = int(all_sum(info, fit)[0] / info.world_size)  # every rank runs as many
+                        config = replace(config, epochs=fit)
+                        scheduler.t_initial = max(fit * steps_per_epoch, 2)
+                        result.time_budget = {"epochs": fit, "epoch_seconds": round(epoch_s, 1)}
+                        bar.set_epochs(fit)
                 seconds = time.perf_counter() - started
                 seen_all, loss_all, hits_all = all_sum(info, seen, loss_sum, hits)
-                val = evaluate(model, val_loader, device, info, amp=config.amp)
-                record = EpochRecord(
+                if seen_all == 0:
+                    raise unreadable_split_error(train_loader.dataset, sorted(bad_indices))
+                val_bad: set[int] = set()
+                val = evaluate(model, _batches(val_loader), device, info, amp=config.amp, bad_indices=val_bad)
+                epoch_record = EpochRecord(
                     epoch=epoch + 1,
-                    train_loss=loss_all / max(seen_all, 1),
-                    train_top1=hits_all / max(seen_all, 1),
+                    train_loss=loss_all / seen_all,
+                    train_top1=hits_all / seen_all,
                     val_loss=val["loss"],
                     val_top1=val["top1"],
                     val_top5=val["top5"],
                     images_per_s=seen_all / seconds if seconds > 0 else 0.0,
                     seconds=seconds,
                 )
-                history.append(record)
+                history.append(epoch_record)
                 result.epochs_done = epoch + 1
-                bar.epoch_done(record)
+                if config.skip_bad_images:
+                    named = bad_image_names(train_loader.dataset, _gather(info, bad_indices))
+                    named += bad_image_names(val_loader.dataset, _gather(info, val_bad))
+                    bad_names = sorted(set(bad_names) | set(named))
+                bar.epoch_done(epoch_record)
                 if info.is_main:
                     save_state(epoch + 1)
                     if on_epoch:
-                        on_epoch(record)
+                        on_epoch(epoch_record)
                 barrier(info)
     except KeyboardInterrupt:
-        if info.is_main:
-            save_state(epoch, interrupted=True)
+        # the checkpoint on disk is the end of the last whole epoch: weights from the middle of an
+        # epoch saved as a whole one would make --resume train part of that epoch twice
         result.interrupted = True
+        result.interrupted_at = {"epoch": epoch + 1, "steps_done": steps_done, "steps": steps_per_epoch}
         return result
     finally:  # hand back the model laid out as a loaded one is, so both give identical logits
         _set_trunk_memory_format(model, torch.contiguous_format)
+    result.bad_images = bad_names
+    result.already_done = state is not None and start_epoch >= config.epochs
     if output is not None and info.is_main:
         from nhlcli.experts.cost import cost_report
 
-        training = {**asdict(config), "history": [asdict(h) for h in history]}
+        record = run_record()  # the model file keeps the config's fields at the top of its section
+        training = {**record.pop("config"), **record}
         save_model(model, output, training=training, cost=cost_report(model, latency=False))
     barrier(info)
     return result
+
+
+def _gather(info: DistInfo, indices: set[int]) -> list[int]:
+    """Every rank's sample indices, sorted (each rank sees only its share of the data)."""
+    if not info.enabled:
+        return sorted(indices)
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * info.world_size
+    dist.all_gather_object(parts, sorted(indices))
+    return sorted({i for part in parts for i in part})
+
+
+def _batches(loader: Iterable[Any]) -> Iterator[Any]:
+    """``loader``'s batches, with an unreadable image reported in one line wherever it was read.
+
+    A worker process's exception reaches here re-raised by the DataLoader as its own type, so the
+    data layer's one-line message is fished back out of it.
+    """
+    try:
+        yield from loader
+    except NhlError:
+        raise
+    except Exception as exc:
+        message = unreadable_image_message(exc)
+        if message is None:
+            raise
+        raise NhlError(message) from None
 
 
 class _Progress:
@@ -431,6 +705,12 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         if self.progress:
             self.progress.stop()
+
+    def set_epochs(self, epochs: int) -> None:
+        """A time budget fixed the run's length: the bar's total follows."""
+        self.epochs = epochs
+        if self.progress:
+            self.progress.update(self.task, total=epochs * self.steps, epochs=epochs)
 
     def step(self, epoch: int, i: int, loss: float, acc: float, rate: float) -> None:
         if self.progress:

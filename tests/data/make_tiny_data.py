@@ -75,6 +75,32 @@ def make_image_folder(
     return root
 
 
+BAD_IMAGES = {  # the broken files a real data set turns up, by the name they would hide behind
+    "truncated.jpg": "a JPEG cut off half way (an interrupted copy)",
+    "empty.png": "a zero-byte PNG",
+    "notes.jpg": "a text file named .jpg",
+}
+
+
+def write_bad_images(folder: Path, names: Sequence[str] = tuple(BAD_IMAGES), size: int = 32) -> list[Path]:
+    """Write broken image files (see :data:`BAD_IMAGES`) into ``folder`` and return their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        path = folder / name
+        if name.startswith("truncated"):
+            img = Image.fromarray(class_image(0, 1, size, np.random.default_rng(0)))
+            img.save(path, quality=95)
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        elif name.startswith("empty"):
+            path.write_bytes(b"")
+        else:
+            path.write_text("not an image, whatever the name says\n")
+        paths.append(path)
+    return paths
+
+
 def _write_idx_gz(path: Path, magic: int, dims: Sequence[int], data: np.ndarray) -> None:
     header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims)
     with gzip.open(path, "wb") as f:

@@ -1,0 +1,128 @@
+"""Output paths checked before any work starts: never an input, always writable.
+
+A command that finds out at save time that it cannot write (or, worse, that it is about to
+replace the file it read) has either wasted the user's time or destroyed their data. Every
+command therefore checks each output path here first, against all of its inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from nhlcli.errors import NhlError
+
+PathLike = str | os.PathLike[str]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two spellings name one file: resolved paths (``./../x``, symlinks) or hard links."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        path.resolve().relative_to(directory.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _nearest_existing(path: Path) -> Path:
+    probe = path.resolve().parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def _writable_directory(directory: Path) -> bool:
+    """Whether a file can be created in ``directory`` (tried, since permission bits lie to root
+    and read-only file systems such as /proc only say so when written)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".nhl-probe-", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
+
+
+def _check_location(path: Path, label: str) -> None:
+    """The parent chain of ``path`` is (or can become) a writable directory."""
+    ancestor = _nearest_existing(path)
+    if not ancestor.is_dir():
+        raise NhlError(f"{label} {path}: {ancestor} is a file, not a directory; choose another path")
+    if not _writable_directory(ancestor):
+        raise NhlError(f"{label} {path}: cannot write in {ancestor} (read-only or no permission)")
+
+
+def check_output_file(
+    path: PathLike | None, inputs: Iterable[PathLike | None] = (), label: str = "output"
+) -> Path | None:
+    """Refuse an output file that is empty, a directory, unwritable, or one of ``inputs``.
+
+    ``label`` names the output in the message (the CLI passes its flag, e.g. ``--report``).
+    Returns the path (``None`` passes through, for optional outputs).
+    """
+    if path is None:
+        return None
+    if str(path).strip() in ("", "."):
+        raise NhlError(f"{label} is empty; give a file name")
+    target = Path(path)
+    for given in inputs:
+        if given is not None and _same_file(target, Path(given)):
+            raise NhlError(
+                f"{label} {target} is also an input of this command ({given}); writing it would destroy "
+                "the input: choose another output path"
+            )
+    if target.is_dir():
+        raise NhlError(f"{label} {target} is a directory; give a file name")
+    if target.exists() and not target.is_file():
+        raise NhlError(f"{label} {target} exists and is not a regular file; choose another path")
+    _check_location(target, label)
+    return target
+
+
+def check_output_dir(
+    path: PathLike | None, inputs: Iterable[PathLike | None] = (), label: str = "output directory"
+) -> Path | None:
+    """Refuse an output directory that is a file, unwritable, or holds / is one of ``inputs``."""
+    if path is None:
+        return None
+    if str(path).strip() == "":
+        raise NhlError(f"{label} is empty; give a directory")
+    target = Path(path)
+    for given in inputs:
+        if given is not None and (_same_file(target, Path(given)) or _inside(Path(given), target)):
+            raise NhlError(
+                f"{label} {target} holds an input of this command ({given}); choose another directory"
+            )
+    if target.exists() and not target.is_dir():
+        raise NhlError(f"{label} {target} is a file, not a directory; choose another path")
+    if target.is_dir():
+        if not _writable_directory(target):
+            raise NhlError(f"{label} {target}: cannot write there (read-only or no permission)")
+    else:
+        _check_location(target, label)
+    return target
+
+
+def check_distinct_outputs(outputs: dict[str, PathLike | None]) -> None:
+    """Refuse two outputs of one command that name the same file (the second would replace the first)."""
+    seen: dict[Path, str] = {}
+    for label, path in outputs.items():
+        if path is None:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise NhlError(
+                f"{label} and {seen[resolved]} name the same file {path}; give two different paths"
+            )
+        seen[resolved] = label

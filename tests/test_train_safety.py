@@ -1,0 +1,210 @@
+"""``nhl train`` never loses a user's file or run, and ``--resume`` means what it says."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, make_tiny_data, run_nhl
+
+from nhlcli.errors import NhlError
+from nhlcli.model.files import read_metadata
+from nhlcli.model.nhl import with_input_size
+from nhlcli.model.registry import create_model
+from nhlcli.model.trunk import TrunkConfig
+from nhlcli.taxonomy.classes import ClassEntry
+from nhlcli.taxonomy.sources import build_flat_tree
+from nhlcli.training import TrainConfig, train
+from nhlcli.training.checkpoint import load_checkpoint
+
+CLASSES = ["apple", "banana", "cherry"]
+SMALL = ["--flat", "--input-size", "16", "--batch-size", "4", "--workers", "0", "--augment", "none"]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_tiny_data.make_image_folder(
+        tmp_path_factory.mktemp("data") / "d", CLASSES, per_class=4, size=16
+    )
+
+
+def flat_model():
+    tree = build_flat_tree([ClassEntry(c, c) for c in CLASSES], name="toy")
+    model = create_model(tree, "flat", TrunkConfig("resnet18"))
+    model.input_config = with_input_size(model.input_config, 16)
+    return model
+
+
+def small_config(**changes) -> TrainConfig:
+    base = dict(epochs=2, batch_size=4, lr=1e-3, warmup_epochs=0, workers=0, augment=None, seed=0)
+    return TrainConfig(**{**base, **changes})
+
+
+# -- nothing lost ---------------------------------------------------------------------------------
+
+
+def test_train_refuses_to_write_its_model_over_its_tree(tmp_path, folder):
+    tree = tmp_path / "t.json"
+    build_flat_tree([ClassEntry(c, c) for c in CLASSES], name="toy").save(tree)
+    before = digest(tree)
+    for spelling in (tree, tmp_path / "sub" / ".." / "t.json"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        run = run_nhl("train", "--data", folder, "--hierarchy", tree, "-o", spelling, *SMALL)
+        assert_one_line_error(run, "--output", "input")
+        assert digest(tree) == before
+    assert not Path(f"{tree}.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "output, fragment",
+    [
+        ("{tmp}", "is a directory"),
+        ("{file}/m.safetensors", "not a directory"),
+        ("/proc/m.safetensors", "cannot write"),
+    ],
+)
+def test_train_checks_its_output_path_before_training(tmp_path, folder, output, fragment):
+    (tmp_path / "plain.txt").write_text("x")
+    path = output.format(tmp=tmp_path, file=tmp_path / "plain.txt")
+    run = run_nhl("train", "--data", folder, "-o", path, *SMALL, "--epochs", "1")
+    assert_one_line_error(run, fragment)
+    assert "epoch" not in run.out  # refused before any training
+
+
+def test_a_fresh_run_refuses_to_discard_an_unfinished_runs_checkpoint(tmp_path, folder):
+    ckdir = tmp_path / "ck"
+    train(flat_model(), folder, None, small_config(epochs=1), checkpoint_dir=ckdir, progress=False)
+    sidecar = json.loads((ckdir / "last.json").read_text())
+    sidecar["extra"]["config"]["epochs"] = 3  # as if interrupted after 1 of 3 epochs
+    (ckdir / "last.json").write_text(json.dumps(sidecar))
+    with pytest.raises(NhlError, match="unfinished run .1 of 3 epochs.*--resume.*--overwrite"):
+        train(flat_model(), folder, None, small_config(), checkpoint_dir=ckdir, progress=False)
+    assert json.loads((ckdir / "last.json").read_text()) == sidecar  # untouched
+    again = train(
+        flat_model(), folder, None, small_config(), checkpoint_dir=ckdir, progress=False, overwrite=True
+    )
+    assert again.epochs_done == 2 and load_checkpoint(ckdir).epoch == 2
+    # a finished run's checkpoint is redundant with its model file: a new run may replace it
+    train(flat_model(), folder, None, small_config(epochs=1), checkpoint_dir=ckdir, progress=False)
+    with pytest.raises(NhlError, match="--resume .* --overwrite"):
+        train(flat_model(), folder, None, small_config(), checkpoint_dir=ckdir, resume=True, overwrite=True)
+
+
+# -- resume means what it says --------------------------------------------------------------------
+
+
+def test_resume_refuses_a_recipe_change_and_takes_the_runs_recipe_when_options_are_left_out(tmp_path, folder):
+    out = tmp_path / "m.safetensors"
+    first = run_nhl(
+        "train", "--data", folder, "-o", out, *SMALL, "--epochs", "1", "--lr", "0.002", "--seed", "5"
+    )
+    assert first.code == 0, first.err
+    assert Path(f"{out}.ckpt", "last.json").is_file()
+    for option, value in (("--lr", "0.5"), ("--batch-size", "2"), ("--seed", "1")):
+        run = run_nhl(
+            "train", "--data", folder, "-o", out, *SMALL, "--epochs", "2", "--resume", option, value
+        )
+        assert_one_line_error(run, option, "recipe")
+    # --epochs may change (the schedule is stretched to the new end) and is reported
+    run = run_nhl("train", "--data", folder, "-o", out, *SMALL, "--epochs", "2", "--resume")
+    assert run.code == 0, run.err
+    assert "resumed with --epochs 2 (the run had 1)" in " ".join(run.out.split())
+    training = read_metadata(out)["training"]
+    assert training["lr"] == 0.002 and training["seed"] == 5  # what really ran
+    assert training["resumes"] == [{"at_epoch": 1, "changed": {"epochs": [1, 2]}}]
+    assert [h["epoch"] for h in training["history"]] == [1, 2]
+    fewer = run_nhl("train", "--data", folder, "-o", out, *SMALL, "--epochs", "1", "--resume")
+    assert_one_line_error(fewer, "already trained 2 epochs", "cannot undo")
+
+
+class _InterruptAt:
+    """A loader that raises Ctrl-C at one step of one epoch (the epochs counted by iterations)."""
+
+    def __init__(self, loader, epoch: int, step: int) -> None:
+        self.loader, self.epoch, self.step, self.passes = loader, epoch, step, 0
+        self.dataset, self.sampler = loader.dataset, loader.sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.passes += 1
+        for i, batch in enumerate(self.loader, start=1):
+            if self.passes == self.epoch and i == self.step:
+                raise KeyboardInterrupt
+            yield batch
+
+
+def test_ctrl_c_mid_epoch_keeps_the_last_whole_epoch_and_resume_trains_each_step_once(tmp_path, folder):
+    from nhlcli.training.distributed import DistInfo
+    from nhlcli.training.loop import _make_loaders
+
+    model = flat_model()
+    config = small_config(epochs=3)
+    train_loader, val_loader = _make_loaders(model, folder, config, DistInfo())
+    steps = len(train_loader)
+    assert steps >= 2
+    ckdir = tmp_path / "ck"
+    loaders = (_InterruptAt(train_loader, epoch=2, step=2), val_loader)
+    stopped = train(model, folder, None, config, checkpoint_dir=ckdir, progress=False, loaders=loaders)
+    assert stopped.interrupted and stopped.epochs_done == 1
+    assert stopped.interrupted_at == {"epoch": 2, "steps_done": 1, "steps": steps}
+    saved = load_checkpoint(ckdir)
+    assert saved.epoch == 1 and saved.step == steps  # the end of epoch 1, not weights from mid-epoch 2
+    out = tmp_path / "m.safetensors"
+    done = train(flat_model(), folder, out, config, checkpoint_dir=ckdir, resume=True, progress=False)
+    assert done.epochs_done == 3
+    assert load_checkpoint(ckdir).step == 3 * steps  # no step trained twice
+
+
+def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, folder):
+    out = tmp_path / "m.safetensors"
+    assert run_nhl("train", "--data", folder, "-o", out, *SMALL, "--epochs", "1").code == 0
+    out.unlink()
+    run = run_nhl("train", "--data", folder, "-o", out, *SMALL, "--epochs", "1", "--resume")
+    assert run.code == 0, run.err
+    assert "already finished its 1 epochs" in " ".join(run.out.split()) and "2/1" not in run.out
+    assert out.is_file()
+
+
+# -- silent nonsense refused ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--warmup-epochs", "-1"], "--warmup-epochs"),
+        (["--max-steps-per-epoch", "0"], "--max-steps-per-epoch"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "0"], "--lr"),
+        (["--epochs", "0"], "--epochs"),
+        (["--weight-decay", "-0.1"], "--weight-decay"),
+        (["--workers", "-1"], "--workers"),
+        (["--warmup-epochs", "5", "--epochs", "2"], "--warmup-epochs"),
+    ],
+)
+def test_train_refuses_values_that_would_mean_something_else(tmp_path, folder, args, fragment):
+    run = run_nhl("train", "--data", folder, "-o", tmp_path / "m.safetensors", *SMALL, *args)
+    assert_one_line_error(run, fragment)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+# -- a run that fits its time -----------------------------------------------------------------------
+
+
+def test_a_time_budget_fixes_the_epochs_from_the_real_loop_and_records_them(tmp_path, folder):
+    out = tmp_path / "m.safetensors"
+    short = train(flat_model(), folder, out, small_config(epochs=6, time_budget_s=1e-3), progress=False)
+    assert short.epochs_done == 1 and short.time_budget["epochs"] == 1
+    assert short.time_budget["epoch_seconds"] >= 0
+    assert read_metadata(out)["training"]["epochs"] == 1  # what ran, not what was asked
+    long = train(
+        flat_model(), folder, None, small_config(epochs=2, time_budget_s=1e6), checkpoint_dir=tmp_path / "c"
+    )
+    assert long.epochs_done == 2  # never more than asked
