@@ -51,7 +51,8 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from nhlcli.model.branches import BranchLevel, LeafHeads, ReferenceStack, keep_freed_cpu_memory  # noqa: E402
+from nhlcli.memory import keep_freed_cpu_memory  # noqa: E402
+from nhlcli.model.branches import BranchLevel, LeafHeads, ReferenceStack  # noqa: E402
 
 
 def level_sizes(leaves: int, levels: int) -> list[int]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from nhlcli.experts import count_macs, cut_model, measure_latency
-from nhlcli.model.branches import keep_freed_cpu_memory
+from nhlcli.memory import keep_freed_cpu_memory
 from nhlcli.model.files import save_model
 from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig

@@ -22,7 +22,7 @@ from nhlcli.experts import cut_model
 from nhlcli.experts.cost import count_macs, measure_latency
 from nhlcli.export import export_onnx
 from nhlcli.export.onnx import onnx_latency
-from nhlcli.model.branches import keep_freed_cpu_memory
+from nhlcli.memory import keep_freed_cpu_memory
 from nhlcli.model.files import load_model, save_model
 from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig

@@ -32,7 +32,7 @@ from nhlcli.gates import (
     tune_thresholds,
 )
 from nhlcli.gates.workflow import fit_file, load_gated
-from nhlcli.model.branches import keep_freed_cpu_memory
+from nhlcli.memory import keep_freed_cpu_memory
 
 TUNE, TEST = "1/2", "2/2"
 

@@ -21,9 +21,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
     try:
         write(tmp)
+        # mkstemp makes 0600, and writers that replace ``tmp`` by their own temporary file
+        # (safetensors' save_file, some exporters) bring theirs: give the finished file the
+        # mode any new file of the user gets
+        os.chmod(tmp, file_mode())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -31,8 +34,22 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     return target
 
 
+def file_mode() -> int:
+    """The mode a new file of this user gets: ``0o666`` less the umask."""
+    return 0o666 & ~_umask()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where Linux reports it (``os.umask`` can
+    only be read by setting it, which races with threads creating files meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

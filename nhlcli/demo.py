@@ -37,11 +37,19 @@ RECIPE: dict[str, Any] = {
 }
 FOOTWEAR = ("sandal", "sneaker", "ankle boot")
 SHIPPED_TREE = "fashion-mnist-wordnet-l2"
+DEFAULT_WORKDIR = "nhl-demo"  # in the current directory, so that the docs' next commands find the files
 TREE_FILE = "tree.json"
 MODEL_FILE = "fashion-nhl.safetensors"
 EXPERT_FILE = "footwear-expert.safetensors"
 REPORT_FILE = "report.json"
-DEMO_FILES = (TREE_FILE, MODEL_FILE, f"{MODEL_FILE}.ckpt", EXPERT_FILE, REPORT_FILE)
+# Test-set images to try ``nhl predict`` on (the first test image of each class), by file name.
+SAMPLE_IMAGES = {
+    "sandal.png": "sandal",
+    "sneaker.png": "sneaker",
+    "ankle-boot.png": "ankle-boot",
+    "shirt.png": "shirt",
+}
+DEMO_FILES = (TREE_FILE, MODEL_FILE, f"{MODEL_FILE}.ckpt", EXPERT_FILE, REPORT_FILE, *SAMPLE_IMAGES)
 
 
 def recipe_args(epochs: int = DEFAULT_EPOCHS) -> list[str]:
@@ -64,11 +72,15 @@ class DemoResult:
     full: dict[str, Any] = field(default_factory=dict)
     expert: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    images: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
+        """What ``report.json`` holds and ``nhl demo --json`` prints."""
         return {
             "workdir": str(self.workdir),
             "report": str(self.workdir / REPORT_FILE),
+            "tree": str(self.workdir / TREE_FILE),
+            "images": self.images,
             "tree_source": self.tree_source,
             "epochs": self.epochs,
             "epochs_how": self.epochs_how,
@@ -90,6 +102,32 @@ def demo_tree() -> tuple[Any, str]:
         return shipped_tree(SHIPPED_TREE), f"shipped ({SHIPPED_TREE}; WordNet is not installed)"
 
 
+def write_sample_images(workdir: Path) -> list[dict[str, Any]]:
+    """Save the first Fashion-MNIST test image of a few classes as PNG files beside the model.
+
+    A newcomer has no Fashion-MNIST image file to hand to ``nhl predict``; these are the exact
+    28x28 grey test images (the model's own transform resizes them).
+    """
+    from PIL import Image
+
+    from nhlcli.atomic import atomic_write
+    from nhlcli.data.fashion_mnist import load_split
+    from nhlcli.taxonomy.classes import FASHION_MNIST
+
+    images, labels, _ = load_split("val")
+    index_of = {entry.id: i for i, entry in enumerate(FASHION_MNIST)}
+    written = []
+    for file_name, class_id in SAMPLE_IMAGES.items():
+        found = (labels == index_of[class_id]).nonzero()[0]
+        if not len(found):
+            continue  # a test set without this class (only small test data)
+        index = int(found[0])
+        picture = Image.fromarray(images[index])  # uint8 28x28: a grey "L" image
+        atomic_write(workdir / file_name, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+        written.append({"file": str(workdir / file_name), "class": class_id, "test_index": index})
+    return written
+
+
 def check_workdir(workdir: str | Path, overwrite: bool = False) -> Path:
     """Refuse a work directory that holds an earlier demo's files, unless ``overwrite``."""
     from nhlcli.paths import check_output_dir
@@ -105,17 +143,20 @@ def check_workdir(workdir: str | Path, overwrite: bool = False) -> Path:
 
 
 def run_demo(
-    workdir: str | Path,
+    workdir: str | Path = DEFAULT_WORKDIR,
     epochs: int | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
     batch_size: int = 16,
     overwrite: bool = False,
 ) -> DemoResult:
-    """Run every step, writing tree, model, expert and ``report.json`` into ``workdir``.
+    """Run every step, writing tree, model, expert, test images and ``report.json`` into ``workdir``.
 
+    ``workdir`` (default ``nhl-demo`` in the current directory) is kept, so that the docs'
+    next commands can use its files; earlier demo files there are refused unless ``overwrite``.
     ``epochs=None`` trains as many epochs as fit the training budget on this machine (at most
-    ``DEMO_EPOCHS``), timed on the real training loop's first steps.
+    ``DEMO_EPOCHS``), timed on the real training loop's first steps. ``report.json`` holds
+    :meth:`DemoResult.summary`.
     """
     import shutil
 
@@ -126,6 +167,7 @@ def run_demo(
     from nhlcli.model.nhl import with_input_size
     from nhlcli.model.registry import create_model
     from nhlcli.model.trunk import TrunkConfig
+    from nhlcli.taxonomy.tree import counted
     from nhlcli.training.loop import TrainConfig, train
 
     if epochs is not None and epochs < 1:
@@ -137,7 +179,10 @@ def run_demo(
     tree, source = demo_tree()
     tree_file = tree.save(workdir / TREE_FILE)
     result = DemoResult(workdir, source, epochs or 0)
-    say(f"1/5 tree: {len(tree.classes)} classes, {tree.levels} levels, from {source} -> {tree_file}")
+    say(
+        f"1/5 tree: {counted(len(tree.classes), 'class', 'classes')}, {counted(tree.levels, 'level')}, "
+        f"from {source} -> {tree_file}"
+    )
 
     model = create_model(tree, "nhl", TrunkConfig(RECIPE["backbone"], None, 1))
     model.input_config = with_input_size(model.input_config, RECIPE["input_size"])
@@ -167,7 +212,7 @@ def run_demo(
     if run.time_budget:
         epoch_s = run.time_budget["epoch_seconds"]
         result.epochs_how = f"fit the {TRAIN_BUDGET_S:.0f} s training budget at {epoch_s:.0f} s an epoch"
-        say(f"   trained {run.epochs_done} epoch(s): {result.epochs_how}")
+        say(f"   trained {counted(run.epochs_done, 'epoch')}: {result.epochs_how}")
 
     say("3/5 evaluating on the 10,000 test images")
     workers = config.workers
@@ -181,6 +226,9 @@ def run_demo(
 
     say("5/5 evaluating the expert on the footwear test images")
     expert_eval = evaluate_file(expert_file, "fashion-mnist", workers=workers)
+    result.images = write_sample_images(workdir)
+    shown = ", ".join(Path(image["file"]).name for image in result.images)
+    say(f"   test images to try nhl predict on: {shown} (in {workdir})")
     result.full = {
         "file": str(full_file),
         "top1": full_eval["top1"],

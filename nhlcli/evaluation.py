@@ -101,9 +101,15 @@ def attention_summary(
     if truth is not None:
         summary["scale"] = float(truth)
     else:
+        matches = tree.select([label for label, _ in attend], what="--attend").matches
         summary["classes"] = [
-            {"id": node, "name": tree.node(node).name, "scale": scale}
-            for node, scale in ((tree.resolve(label), scale) for label, scale in attend)
+            {
+                "id": match.node or match.concept,
+                "name": tree.node(match.node).name if match.node else match.name,
+                "classes": len(match.classes),
+                "scale": scale,
+            }
+            for match, (_, scale) in zip(matches, attend, strict=True)
         ]
     return summary
 
@@ -234,7 +240,7 @@ def _restrict(model: nn.Module, classes: str | None, device: torch.device) -> tu
     labels = split_labels(classes)
     if not labels:
         return model, labels
-    return ClassSubset(model, model.tree.subtree(labels)).to(device), labels
+    return ClassSubset(model, model.tree.select(labels).subtree(model.tree)).to(device), labels
 
 
 def parse_scales(text: str) -> list[float]:

@@ -1,8 +1,10 @@
 """A scripted OpenAI-compatible chat-completions server on 127.0.0.1 for tests of the LLM sources.
 
 It speaks real HTTP, so the tests go through the real ``openai`` client: each POST to
-``/v1/chat/completions`` takes the next scripted reply (an answer text, an HTTP error, or a delay
-that outlasts the client's timeout) and records the request body.
+``/v1/chat/completions`` takes the next scripted reply (an answer text, an HTTP error, a raw body
+such as an HTML page, or a delay that outlasts the client's timeout) and records the request
+body. Any other path gets a web framework's plain 404 (``{"detail": "Not Found"}``, as vLLM's
+FastAPI sends), the way a real server answers a base URL that lacks ``/v1``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ CREATED = 1_700_000_000
 
 @dataclass(frozen=True)
 class Reply:
-    """One scripted reply: ``content`` with HTTP 200, or an error ``status``; after ``delay`` s."""
+    """One scripted reply: ``content`` with HTTP 200, an error ``status`` (with an OpenAI-style
+    ``code``), or a ``raw`` body sent as is; after ``delay`` s."""
 
     content: str | None = None
     status: int = 200
     delay: float = 0.0
     message: str = "scripted error"
+    code: str | None = None
+    raw: bytes | None = None
+    content_type: str = "application/json"
 
 
 class ScriptedLLMServer:
@@ -48,15 +54,25 @@ class ScriptedLLMServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
 
+    @property
+    def root_url(self) -> str:
+        """The server without ``/v1``: the base URL users get wrong."""
+        return self.base_url.removesuffix("/v1")
+
     # ------------------------------------------------------------------ scripting
     def answer(self, *contents: str) -> None:
         """Queue answers with these texts, one per request."""
         for content in contents:
             self.replies.append(Reply(content=content))
 
-    def fail(self, status: int, message: str = "scripted error") -> None:
+    def fail(self, status: int, message: str = "scripted error", code: str | None = None) -> None:
         """Queue an HTTP error response with an OpenAI-style error body."""
-        self.replies.append(Reply(status=status, message=message))
+        self.replies.append(Reply(status=status, message=message, code=code))
+
+    def send_raw(self, body: str | bytes, content_type: str = "application/json", status: int = 200) -> None:
+        """Queue a response whose body is sent as is: an HTML page, broken JSON, a JSON list..."""
+        data = body.encode("utf-8") if isinstance(body, str) else body
+        self.replies.append(Reply(status=status, raw=data, content_type=content_type))
 
     def stall(self, seconds: float, content: str = "{}") -> None:
         """Queue an answer sent only after ``seconds`` (to trip the client's timeout)."""
@@ -95,18 +111,18 @@ class ScriptedLLMServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode("utf-8")
+            def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                     pass
 
-            def _error(self, status: int, message: str) -> None:
+            def _error(self, status: int, message: str, code: str | None = None) -> None:
                 self._send(
                     status,
                     {
@@ -114,7 +130,7 @@ class ScriptedLLMServer:
                             "message": message,
                             "type": "invalid_request_error",
                             "param": None,
-                            "code": None,
+                            "code": code,
                         }
                     },
                 )
@@ -123,7 +139,7 @@ class ScriptedLLMServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 if self.path.rstrip("/") != "/v1/chat/completions":
-                    self._error(404, f"no route {self.path}")
+                    self._send(404, {"detail": "Not Found"})
                     return
                 try:
                     body = json.loads(raw)
@@ -133,8 +149,11 @@ class ScriptedLLMServer:
                 reply = server._next(body, {k.lower(): v for k, v in self.headers.items()})
                 if reply.delay and server._stopping.wait(reply.delay):
                     return
+                if reply.raw is not None:
+                    self._send(reply.status, reply.raw, reply.content_type)
+                    return
                 if reply.status != 200:
-                    self._error(reply.status, reply.message)
+                    self._error(reply.status, reply.message, reply.code)
                     return
                 n = len(server.requests)
                 content = reply.content or ""

@@ -124,3 +124,167 @@ def test_bad_tree_files_fail_in_one_line(tmp_path):
     assert_one_line_error(
         run_nhl("hierarchy", "show", "fashion-mnist-wordnet-l2", "--format", "svgz"), "--format"
     )
+
+
+# ------------------------------------------------------------------ outputs never replace inputs
+CLASS_LINES = "sandal.n.01\tSandal\nn03472535\tSneaker\tgym shoe\nboot.n.01\n"
+
+
+def _class_file(tmp_path):
+    return _write(tmp_path, "cls.txt", CLASS_LINES)
+
+
+@pytest.mark.parametrize(
+    "classes_arg, output_arg",
+    [
+        ("{cls}", "{cls}"),
+        ("cls.txt", "./../{dirname}/cls.txt"),
+        ("@cls.txt", "./cls.txt"),
+    ],
+    ids=["same-path", "dot-dot-spelling", "at-file"],
+)
+def test_build_never_overwrites_its_class_file(tmp_path, classes_arg, output_arg):
+    cls = _class_file(tmp_path)
+    before = cls.read_bytes()
+    fill = {"cls": cls, "dirname": tmp_path.name}
+    run = run_nhl(
+        "hierarchy", "build", "--source", "flat", "--classes", classes_arg.format(**fill),
+        "-o", output_arg.format(**fill), cwd=tmp_path,
+    )  # fmt: skip
+    assert_one_line_error(run, "--output", "also an input")
+    assert cls.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cls.txt"]  # no temp file either
+
+
+def test_build_never_overwrites_its_cache_or_model(tmp_path):
+    cls = _class_file(tmp_path)
+    cache = _write(tmp_path, "cache.json", '{"format": "nhl-llm-cache", "version": 1, "entries": {}}\n')
+    model = _write(tmp_path, "flat.safetensors", b"not really a model")
+    snapshot = {p: p.read_bytes() for p in (cls, cache, model)}
+    out = tmp_path / "t.json"
+    same = run_nhl("hierarchy", "build", "-s", "llm", "-c", cls, "-o", cache, "--cache", cache)
+    assert_one_line_error(same, "--cache and --output name the same file")
+    on_classes = run_nhl("hierarchy", "build", "-s", "llm", "-c", cls, "-o", out, "--cache", cls)
+    assert_one_line_error(on_classes, "--cache", "also an input")
+    induced = run_nhl(
+        "hierarchy", "build", "-s", "induced", "--model", model, "-o", f"{tmp_path}/./{model.name}"
+    )
+    assert_one_line_error(induced, "--output", "also an input")
+    assert {p: p.read_bytes() for p in snapshot} == snapshot
+    assert not out.exists()
+
+
+def test_show_never_overwrites_its_tree_or_parent(tmp_path):
+    from nhlcli.taxonomy import build_tree, load_class_list
+
+    tree = tmp_path / "fm.json"
+    build_tree("flat", load_class_list(_class_file(tmp_path)), name="fm").save(tree)
+    parent = _write(tmp_path, "parent.safetensors", b"not really a model")
+    snapshot = {p: p.read_bytes() for p in (tree, parent)}
+    spelled = f"./../{tmp_path.name}/fm.json"
+    for fmt, output in (("json", spelled), ("png", tree)):  # a text and a picture format
+        run = run_nhl("hierarchy", "show", "fm.json", "--format", fmt, "-o", output, cwd=tmp_path)
+        assert_one_line_error(run, "--output", "also an input")
+    on_parent = run_nhl("hierarchy", "show", tree, "--parent", parent, "--format", "dot", "-o", parent)
+    assert_one_line_error(on_parent, "--output", "also an input")
+    assert {p: p.read_bytes() for p in snapshot} == snapshot
+
+
+def test_show_never_overwrites_a_shipped_tree():
+    from nhlcli.taxonomy.sources import taxonomies_dir
+
+    shipped = taxonomies_dir() / "fashion-mnist-wordnet-l2.json"
+    before = shipped.read_bytes()
+    run = run_nhl("hierarchy", "show", "fashion-mnist-wordnet-l2", "--format", "json", "-o", shipped)
+    assert_one_line_error(run, "also an input")
+    assert shipped.read_bytes() == before
+
+
+def test_bad_output_paths_fail_in_one_line_before_any_work(tmp_path):
+    cls = _class_file(tmp_path)
+    build = ["hierarchy", "build", "-s", "flat", "-c", cls]
+    show = ["hierarchy", "show", "fashion-mnist-wordnet-l2", "--format", "mermaid"]
+    cases = [
+        ([*build, "-o", ""], ["--output is empty"]),
+        ([*build, "-o", tmp_path], ["--output", "is a directory"]),
+        ([*build, "-o", cls / "tree.json"], ["--output", "is a file, not a directory"]),
+        ([*build, "-o", "/proc/nhl-tree.json"], ["--output", "cannot write in /proc"]),
+        ([*show, "-o", tmp_path], ["--output", "is a directory"]),
+        ([*show, "-o", "/proc/nhl-tree.mmd"], ["--output", "cannot write in /proc"]),
+        ([*build, "-o", tmp_path / "t.json", "--cache", ""], ["--cache is empty"]),
+        ([*build, "-o", tmp_path / "t.json", "--cache", tmp_path], ["--cache", "is a directory"]),
+    ]
+    for args, fragments in cases:
+        assert_one_line_error(run_nhl(*args), *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cls.txt"]
+
+
+def test_setup_wordnet_refuses_a_target_that_overlaps_its_source(tmp_path):
+    source = tmp_path / "nltk" / "corpora" / "wordnet"
+    source.mkdir(parents=True)
+    for name in ("data.noun", "index.noun", "noun.exc", "index.sense"):
+        (source / name).write_text(f"{name} as shipped\n")
+    snapshot = {p: p.read_bytes() for p in source.iterdir()}
+    onto_itself = run_nhl("hierarchy", "setup-wordnet", "--from", source, "--to", f"{source}/./../../")
+    assert_one_line_error(onto_itself, "--to", "overlaps the --from directory")
+    empty = run_nhl("hierarchy", "setup-wordnet", "--from", source, "--to", "")
+    assert_one_line_error(empty, "--to is empty")
+    assert {p: p.read_bytes() for p in source.iterdir()} == snapshot
+
+
+# ------------------------------------------------------------------ inputs that were silently misread
+def test_an_extra_column_in_a_class_file_is_refused(tmp_path):
+    extra = _write(tmp_path, "extra.txt", "sandal.n.01\tSandal\n# note\nboot.n.01\tBoot\tbootee\tfootwear\n")
+    out = tmp_path / "tree.json"
+    run = run_nhl("hierarchy", "build", "-s", "flat", "-c", extra, "-o", out)
+    assert_one_line_error(run, "extra.txt, line 3", "4 tab-separated columns", "id<TAB>name<TAB>aliases")
+    assert not out.exists()
+
+
+def test_an_empty_class_list_is_refused_not_read_from_the_current_folder(tmp_path):
+    for folder in ("cat", "dog"):  # what --classes '' used to turn into classes
+        (tmp_path / folder).mkdir()
+    out = tmp_path / "tree.json"
+    run = run_nhl("hierarchy", "build", "-s", "flat", "--classes", "", "-o", out, cwd=tmp_path)
+    assert_one_line_error(run, "--classes is empty", "preset")
+    assert not out.exists()
+    valid = run_nhl("hierarchy", "validate", "fashion-mnist-wordnet-l2", "--classes", "", cwd=tmp_path)
+    assert_one_line_error(valid, "--classes is empty")
+
+
+def test_a_class_file_given_as_at_file_builds(tmp_path):
+    out = tmp_path / "tree.json"
+    run = run_nhl("hierarchy", "build", "-s", "flat", "-c", f"@{_class_file(tmp_path)}", "-o", out, "--json")
+    assert run.code == 0, run.err
+    assert json.loads(run.out)["name"] == "cls-flat-l1"
+    assert Tree.load(out).classes == ["sandal.n.01", "n03472535", "boot.n.01"]
+
+
+def test_a_tree_path_that_is_a_directory_says_so(tmp_path):
+    folder = tmp_path / "trees.json"
+    folder.mkdir()
+    for command, spec in (("show", tmp_path), ("validate", folder), ("stats", tmp_path)):
+        run = run_nhl("hierarchy", command, spec)
+        assert_one_line_error(run, "is a directory", "a tree is a JSON file", "shipped tree")
+        assert "does not exist" not in run.err
+
+
+def test_one_level_reads_one_level(tmp_path):
+    out = tmp_path / "flat.json"
+    built = run_nhl("hierarchy", "build", "-s", "flat", "-c", _class_file(tmp_path), "-o", out)
+    assert built.code == 0, built.err
+    assert "3 classes, 1 level (flat)" in " ".join(built.out.split())  # rich wraps long lines
+    outputs = [
+        built.out,
+        run_nhl("hierarchy", "show", out).out,
+        run_nhl("hierarchy", "stats", out).out,
+        run_nhl("hierarchy", "validate", out).out,
+    ]
+    picture = run_nhl("hierarchy", "show", out, "--format", "svg", "-o", tmp_path / "t.svg")
+    assert picture.code == 0, picture.err
+    outputs.append((tmp_path / "t.svg").read_text())
+    for text in map(" ".join, map(str.split, outputs)):
+        assert "1 level" in text and "1 levels" not in text
+    assert "(3 rows, level 1)" in " ".join(
+        picture.out.split()
+    )  # not "levels 1-1", nor "kept paths" without an expert

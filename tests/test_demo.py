@@ -7,11 +7,14 @@ import os
 import shlex
 from pathlib import Path
 
+import numpy as np
 from conftest import assert_one_line_error, make_tiny_data, run_nhl
+from PIL import Image
 from rich.console import Console
 
 from nhlcli.cli.demo import closing_table
-from nhlcli.demo import FOOTWEAR, DemoResult, demo_tree, recipe_args
+from nhlcli.data.fashion_mnist import read_idx_images
+from nhlcli.demo import DEFAULT_WORKDIR, FOOTWEAR, SAMPLE_IMAGES, DemoResult, demo_tree, recipe_args
 from nhlcli.errors import NhlError
 from nhlcli.model.files import load_model
 
@@ -24,11 +27,22 @@ def test_demo_trains_cuts_the_footwear_expert_and_compares(tmp_path):
     assert run.code == 0, run.err
     summary = json.loads((work / "report.json").read_text())  # the report the demo promises
     assert summary["tree_source"] == "wordnet"  # CI installs WordNet
+    assert summary["report"] == str(work / "report.json") and summary["tree"] == str(work / "tree.json")
     # the closing hint pastes as it is: quoted class names, the model the demo wrote
     line = next(x for x in run.out.splitlines() if x.startswith("nhl cutout "))
     args = shlex.split(line)
     assert args[args.index("--classes") + 1] == ",".join(FOOTWEAR)
     assert Path(args[2]) == work / "fashion-nhl.safetensors"
+    # test images for nhl predict: the first test image of each class, pixel for pixel
+    test_images = read_idx_images(data / "t10k-images-idx3-ubyte.gz")
+    assert [Path(i["file"]).name for i in summary["images"]] == list(SAMPLE_IMAGES)
+    for image in summary["images"]:
+        assert image["test_index"] == {"sandal": 5, "sneaker": 7, "ankle-boot": 9, "shirt": 6}[image["class"]]
+        with Image.open(image["file"]) as picture:
+            assert picture.format == "PNG" and picture.mode == "L"
+            assert np.array_equal(np.asarray(picture), test_images[image["test_index"]])
+    predict = shlex.split(next(x for x in run.out.splitlines() if x.startswith("nhl predict ")))
+    assert [Path(a) for a in predict[3:]] == [work / name for name in SAMPLE_IMAGES]
     full, expert = summary["full"], summary["expert"]
     model = load_model(full["file"])
     cut = load_model(expert["file"])
@@ -75,3 +89,12 @@ def test_demo_refuses_a_workdir_with_an_earlier_demos_files(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert_one_line_error(run_nhl("demo", "--workdir", plain), "not a directory")
+
+
+def test_demo_keeps_its_files_in_nhl_demo_by_default(tmp_path):
+    # without --workdir the files go to ./nhl-demo, where the README's next commands look for them;
+    # a test image left there by an earlier run is an earlier demo's file too
+    (tmp_path / DEFAULT_WORKDIR).mkdir()
+    (tmp_path / DEFAULT_WORKDIR / "sandal.png").write_bytes(b"an earlier run's image")
+    run = run_nhl("demo", cwd=tmp_path)
+    assert_one_line_error(run, DEFAULT_WORKDIR, "earlier demo", "sandal.png", "--overwrite")

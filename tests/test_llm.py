@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import assert_one_line_error, run_nhl
 
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import FASHION_MNIST, ClassEntry
@@ -250,7 +252,6 @@ def test_missing_key(llm_server: Any, tmp_path: Path, monkeypatch: pytest.Monkey
     ("status", "expected"),
     [
         (401, "rejected the API key in OPENAI_API_KEY"),
-        (404, "model 'test-model' was not found"),
         (500, "answered HTTP 500: overloaded"),
     ],
 )
@@ -260,6 +261,121 @@ def test_http_errors(llm_server: Any, tmp_path: Path, status: int, expected: str
         build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path))
     message = str(info.value)
     assert SECRET not in message and "\n" not in message
+
+
+HTML_PAGE = (
+    "<!DOCTYPE html>\n<html>\n<head><title>Welcome to nginx!</title></head>\n"
+    "<body><h1>Welcome to nginx!</h1>" + "<p>filler</p>" * 200 + "</body>\n</html>\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "what"),
+    [
+        (HTML_PAGE, "text/html", "an HTML page titled 'Welcome to nginx!'"),
+        ("{not json " + SECRET, "application/json", "a body that is not JSON: '{not json ***'"),
+        ("[1, 2, 3]", "application/json", "a JSON list"),
+        ('"hello"', "application/json", "a JSON string"),
+        ("", "application/json", "an empty body"),
+        ('{"status": "ok"}', "application/json", "a JSON object without 'choices'"),
+        ('{"choices": ["hi"]}', "application/json", "a first choice without a 'message' object"),
+        ('{"error": {"message": "quota used up"}}', "application/json", "an error: 'quota used up'"),
+    ],
+    ids=["html", "garbage-json", "json-list", "json-string", "empty", "no-choices", "bad-choice", "error"],
+)
+def test_a_server_that_is_not_openai_compatible_is_named(
+    llm_server: Any, tmp_path: Path, body: str, content_type: str, what: str
+) -> None:
+    llm_server.send_raw(body, content_type)
+    settings = make_settings(llm_server, tmp_path)
+    with pytest.raises(NhlError) as info:
+        build_llm_tree(FASHION_MNIST, 2, settings)
+    message = str(info.value)
+    assert f"the LLM server at {llm_server.base_url} did not answer like an OpenAI-compatible" in message
+    assert f"(it sent {what}" in message and "check --base-url" in message
+    assert "\n" not in message and len(message) < 400  # the page is named, not quoted
+    assert SECRET not in message
+    assert len(llm_server.requests) == 1  # not retried: the server, not the answer, is wrong
+    assert not settings.cache.exists()
+
+
+def test_a_server_that_is_not_openai_compatible_fails_the_cli_in_one_line(
+    llm_server: Any, tmp_path: Path
+) -> None:
+    llm_server.send_raw(HTML_PAGE, "text/html")
+    out = tmp_path / "tree.json"
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS} | {"OPENAI_API_KEY": SECRET}
+    run = run_nhl(
+        "hierarchy", "build", "--source", "llm", "--levels", "2", "--base-url", llm_server.base_url,
+        "-o", out, "--cache", tmp_path / "cache.json", env=env,
+    )  # fmt: skip
+    assert_one_line_error(run, "not answer like an OpenAI-compatible", "HTML page", "--base-url")
+    assert SECRET not in run.err
+    assert not out.exists() and not (tmp_path / "cache.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("The model `test-model` does not exist or you do not have access to it.", "model_not_found"),
+        ("The model `test-model` does not exist.", None),  # vLLM
+        ('model "test-model" not found, try pulling it first', None),  # Ollama
+    ],
+    ids=["openai", "vllm", "ollama"],
+)
+def test_an_unknown_model_is_reported_as_such(
+    llm_server: Any, tmp_path: Path, message: str, code: Any
+) -> None:
+    llm_server.fail(404, message, code=code)
+    with pytest.raises(NhlError, match=r"model 'test-model' was not found at .*--model") as info:
+        build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path))
+    assert "test-model" in str(info.value).split("HTTP 404: ", 1)[1]
+
+
+def test_a_base_url_without_v1_is_a_wrong_url_not_a_missing_model(llm_server: Any, tmp_path: Path) -> None:
+    root = llm_server.root_url
+    with pytest.raises(NhlError) as info:
+        build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path, base_url=root))
+    message = str(info.value)
+    assert f"has no chat completions API at {root}/chat/completions" in message
+    assert "HTTP 404: Not Found" in message and f"try --base-url {root}/v1" in message
+    assert "was not found" not in message and "--model" not in message
+    assert llm_server.requests == []  # the right path was never reached
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [("404 page not found", "text/plain"), ("<html><title>404 Not Found</title></html>", "text/html")],
+)
+def test_a_plain_404_at_v1_is_a_wrong_url(
+    llm_server: Any, tmp_path: Path, body: str, content_type: str
+) -> None:
+    llm_server.send_raw(body, content_type, status=404)
+    with pytest.raises(NhlError) as info:
+        build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path))
+    message = str(info.value)
+    assert f"has no chat completions API at {llm_server.base_url}/chat/completions" in message
+    assert "check --base-url" in message and "try --base-url" not in message  # it has /v1 already
+    assert "was not found" not in message and "<html>" not in message
+
+
+def test_an_empty_answer_is_sent_back(llm_server: Any, tmp_path: Path) -> None:
+    llm_server.answer(None, grouping(2))  # "content": null: a broken answer, not a broken server
+    tree = build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path))
+    assert tree.classes == IDS and len(llm_server.requests) == 2
+    assert "the answer was empty" in last_user_message(llm_server.requests[1])
+
+
+def test_an_answer_in_content_parts_is_read(llm_server: Any, tmp_path: Path) -> None:
+    answer = grouping(2)
+    parts = [{"type": "text", "text": answer[:40]}, {"type": "text", "text": answer[40:]}]
+    body = {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": parts}}],
+    }
+    llm_server.send_raw(json.dumps(body))
+    tree = build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path))
+    assert tree.classes == IDS and len(llm_server.requests) == 1
 
 
 def test_unreachable_server(tmp_path: Path, llm_server: Any) -> None:
@@ -305,7 +421,14 @@ def test_cache_keeps_answers_per_request(llm_server: Any, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("content", "expected"),
-    [("{not json", "is not a valid JSON file"), ('{"format": "other"}', "is not an nhl LLM cache")],
+    [
+        ("{not json", "is not a valid JSON file"),
+        ('{"format": "other"}', "is not an nhl LLM cache"),
+        ('{"format": "nhl-llm-cache", "version": "one", "entries": {}}', "invalid 'version' 'one'"),
+        ('{"format": "nhl-llm-cache", "version": 0, "entries": {}}', "invalid 'version' 0"),
+        ('{"format": "nhl-llm-cache", "entries": {}}', "has no 'version'"),
+        ('{"format": "nhl-llm-cache", "version": 7, "entries": {}}', "version 7, newer than this nhl"),
+    ],
 )
 def test_bad_cache_file(llm_server: Any, tmp_path: Path, content: str, expected: str) -> None:
     settings = make_settings(llm_server, tmp_path)
@@ -313,6 +436,7 @@ def test_bad_cache_file(llm_server: Any, tmp_path: Path, content: str, expected:
     with pytest.raises(NhlError, match=expected) as info:
         build_llm_tree(FASHION_MNIST, 2, settings)
     assert str(settings.cache) in str(info.value)
+    assert ("upgrade" in str(info.value)) == ("newer" in expected)  # only a newer file asks for an upgrade
     assert llm_server.requests == []
 
 

@@ -15,7 +15,7 @@ from test_training import nested_tree
 from nhlcli.data.loaders import build_transform
 from nhlcli.errors import NhlError
 from nhlcli.evaluation import ClassSubset, _SubsetTargets, attention_curve_file, evaluate_file
-from nhlcli.model.attention import TruthAttention, class_attention
+from nhlcli.model.attention import TruthAttention, class_attention, parse_attend
 from nhlcli.model.files import load_model, save_model
 from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, with_input_size
 from nhlcli.model.registry import create_model
@@ -220,6 +220,18 @@ def test_attention_needs_per_class_branches(setup):
         class_attention(setup["model"], [("appel", 2.0)])
 
 
+def test_a_class_takes_one_attention_scale(setup):
+    model = setup["model"]
+    with pytest.raises(NhlError, match="'apple' twice"):
+        parse_attend(["apple=2", "apple=3"])
+    with pytest.raises(NhlError, match="'apple' twice"):
+        class_attention(model, [("apple", 2.0), ("0", 3.0)])  # the same class by its index
+    # an inner node and a class below it are two nodes: their scales meet on shared nodes
+    both = class_attention(model, [("fruit", 2.0), ("apple", 3.0)], level=1)
+    fruit = setup["tree"].level(1).index("fruit")
+    assert both[1][fruit].item() == 6.0
+
+
 @pytest.mark.parametrize("level", [None, 1, "path"])
 def test_truth_attention_is_each_images_own_class_attention(setup, level):
     model, tree = setup["model"], setup["tree"]
@@ -330,13 +342,17 @@ def test_eval_attention_curve_through_the_cli(setup):
     "case",
     [
         "missing image", "not an image", "top-k 0", "attend without =", "unknown class", "flat model", "both",
-        "scale not a number", "negative scale", "flat curve",
+        "scale not a number", "negative scale", "flat curve", "attend twice", "attend twice by index",
     ],
 )  # fmt: skip
 def test_bad_inputs_give_one_error_line(setup, case, tmp_path):
     nhl, flat, image = setup["file"], setup["flat"], setup["images"]["rgb.jpg"]
     (tmp_path / "notes.jpg").write_text("hello")
     eval_args = ("eval", nhl, "--data", setup["data"], "--workers", "0", "--device", "cpu")
+
+    def twice(spelling: str) -> tuple[str, ...]:
+        return ("--attend", "apple=2", "--attend", f"{spelling}=3")
+
     runs = {
         "missing image": (("predict", nhl, image, tmp_path / "nope.jpg"), ["nope.jpg", "does not exist"]),
         "not an image": (("predict", nhl, tmp_path / "notes.jpg"), ["notes.jpg", "cannot read"]),
@@ -348,6 +364,8 @@ def test_bad_inputs_give_one_error_line(setup, case, tmp_path):
         "scale not a number": ((*eval_args, "--attend-truth", "1,x"), ["'x' is not a number"]),
         "negative scale": ((*eval_args, "--attend-truth", "1,-2"), ["finite number >= 0"]),
         "flat curve": (("eval", flat, "--data", setup["data"], "--attend-truth", "1,2"), ["an NHL model"]),
+        "attend twice": (("predict", nhl, image, *twice("apple")), ["apple", "twice"]),
+        "attend twice by index": ((*eval_args, *twice("0")), ["apple", "twice"]),
     }
     args, fragments = runs[case]
     assert_one_line_error(run_nhl(*args), *fragments)

@@ -8,10 +8,13 @@ import pytest
 import timm
 import torch
 from conftest import REPO, assert_one_line_error, make_tiny_data, run_nhl
-from safetensors.torch import load_file
-from test_training import CLASSES, nested_tree
+from safetensors.torch import load_file, save_file
+from test_training import CLASSES, nested_tree, tiny_model
 
-from nhlcli.model.files import load_model
+from nhlcli.errors import NhlError
+from nhlcli.model.files import load_model, save_model
+from nhlcli.model.registry import create_model
+from nhlcli.model.trunk import TrunkConfig
 
 
 def _prepare_lite0():
@@ -88,4 +91,106 @@ def test_pickled_pretrained_weights_are_refused(tmp_path):
     out = tmp_path / "m.safetensors"
     run = run_nhl("train", "--data", "fashion-mnist", "--pretrained-file", pth, "-o", out)
     assert_one_line_error(run, "only .safetensors weights are read")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------ files that fit, and files that do not
+@pytest.fixture(scope="module")
+def resnet18_weights(tmp_path_factory):
+    """timm weights for resnet18 (random, but not timm's initialisation), with its classifier."""
+    torch.manual_seed(1)
+    net = timm.create_model("resnet18")
+    with torch.no_grad():
+        for tensor in net.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) + 0.5)
+    path = tmp_path_factory.mktemp("r18") / "resnet18.safetensors"
+    save_file(net.state_dict(), str(path))
+    return path
+
+
+@pytest.mark.parametrize("in_chans", [3, 1])
+def test_timm_weights_load_into_the_trunk_and_the_count_is_reported(resnet18_weights, in_chans):
+    weights = load_file(str(resnet18_weights))
+    tree = nested_tree(2)
+    model = create_model(
+        tree, "nhl", TrunkConfig("resnet18", None, in_chans), pretrained_file=resnet18_weights
+    )
+    trunk = model.trunk.model.state_dict()
+    kept = [k for k in trunk if not k.endswith("num_batches_tracked")]
+    load = model.pretrained_load
+    assert (load.loaded, load.total) == (len(kept), len(kept))
+    assert load.describe() == "loaded 75 of 75 trunk weight tensors from resnet18.safetensors"
+    assert all(torch.equal(trunk[k], weights[k]) for k in kept if k != "conv1.weight")
+    stem = weights["conv1.weight"] if in_chans == 3 else weights["conv1.weight"].sum(1, keepdim=True)
+    assert torch.allclose(trunk["conv1.weight"], stem)  # grey input: the sum over colours, as timm does
+    flat = create_model(
+        tree, "flat", TrunkConfig("resnet18", None, in_chans), pretrained_file=resnet18_weights
+    )
+    assert flat.pretrained_load.loaded == flat.pretrained_load.total == 100  # layer4 too; no classifier
+    assert create_model(tree, "nhl", TrunkConfig("resnet18")).pretrained_load is None
+
+
+def test_a_file_with_too_few_of_the_backbones_tensors_is_refused(resnet18_weights, tmp_path):
+    weights = load_file(str(resnet18_weights))
+    names = sorted(weights)
+    for share, fits in ((0.3, False), (0.7, True)):
+        part = tmp_path / f"part{share}.safetensors"
+        save_file({k: weights[k] for k in names[: int(share * len(names))]}, str(part))
+        if fits:
+            model = create_model(nested_tree(2), "nhl", TrunkConfig("resnet18"), pretrained_file=part)
+            assert 0 < model.pretrained_load.loaded < model.pretrained_load.total
+        else:
+            with pytest.raises(NhlError, match="does not fit resnet18: only"):
+                create_model(nested_tree(2), "nhl", TrunkConfig("resnet18"), pretrained_file=part)
+
+
+def _foreign(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    save_file({"encoder.weight": torch.zeros(4, 4)}, str(path))
+    return path, ["does not fit resnet18", "0 of resnet18's"]
+
+
+def _nhl_model(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_model(tiny_model(nested_tree(2)), path)
+    return path, ["nhl model file", "not timm weights"]
+
+
+def _other_backbone(tmp_path):
+    path = tmp_path / "resnet50.safetensors"
+    save_file(timm.create_model("resnet50", num_classes=0).state_dict(), str(path))
+    return path, ["resnet18's names but other shapes", "another model"]
+
+
+def _empty(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(b"")
+    return path, ["empty (0 bytes)"]
+
+
+def _pickle_named_safetensors(tmp_path):
+    path = tmp_path / "trunk.safetensors"
+    path.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
+    return path, ["not a readable safetensors file"]
+
+
+def _bin(tmp_path):
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(b"PK\x03\x04" + b"\x00" * 64)  # a torch zip file
+    return path, ["only .safetensors weights are read"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_foreign, _nhl_model, _other_backbone, _empty, _pickle_named_safetensors, _bin],
+    ids=lambda f: f.__name__,
+)
+def test_pretrained_files_that_do_not_fit_are_one_line_errors(tmp_path, make):
+    path, fragments = make(tmp_path)
+    out = tmp_path / "m.safetensors"
+    run = run_nhl(
+        "train", "--data", "fashion-mnist", "--backbone", "resnet18", "--pretrained-file", path, "-o", out
+    )
+    assert_one_line_error(run, "--pretrained-file", *fragments)
     assert not out.exists()

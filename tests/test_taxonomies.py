@@ -184,3 +184,73 @@ def test_missing_wordnet_gives_both_routes(monkeypatch):
     assert "python -m nltk.downloader wordnet" in str(info.value)
     assert "nhl hierarchy setup-wordnet" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "sandal.n.01\tSandal\tslipper\tfootwear\n",
+            r"classes.txt, line 1: 4 tab-separated columns.*at most 3",
+        ),
+        ("sandal.n.01\n\n# c\nboot.n.01\tBoot\t\t\tx\n", r"classes.txt, line 4: 5 tab-separated columns"),
+        ("\tSandal\n", r"classes.txt, line 1: the class id \(first column\) is empty"),
+    ],
+)
+def test_class_file_lines_with_extra_or_missing_columns_are_refused(tmp_path, text, message):
+    listing = tmp_path / "classes.txt"
+    listing.write_text(text)
+    with pytest.raises(NhlError, match=message):
+        load_class_list(listing)
+
+
+def test_class_lists_empty_at_file_and_json_keys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cat").mkdir()  # an empty spec used to read the current folder's class folders
+    for empty in ("", "  "):
+        with pytest.raises(NhlError, match="--classes is empty"):
+            load_class_list(empty)
+    listing = tmp_path / "classes.txt"
+    listing.write_text("sandal.n.01\tSandal\tslipper\n")
+    (entry,) = load_class_list(f"@{listing}")
+    assert (entry.id, entry.name, entry.aliases) == ("sandal.n.01", "Sandal", ("slipper",))
+    keyed = tmp_path / "classes.json"
+    keyed.write_text(json.dumps([{"id": "sandal.n.01", "label": "Sandal"}]))
+    with pytest.raises(NhlError, match=r"item 0 has unknown key 'label'; a class object has 'id', 'name'"):
+        load_class_list(keyed)
+    keyed.write_text(json.dumps([{"id": "sandal.n.01", "aliases": "slipper"}]))
+    with pytest.raises(NhlError, match="'aliases' must be a list of strings"):
+        load_class_list(keyed)
+
+
+def test_group_and_level_counts_read_in_the_singular():
+    with pytest.raises(NhlError, match="gives 1 count but 3 levels need 2"):
+        parse_group_counts("4", 1000, 3)
+    with pytest.raises(NhlError, match="gives 2 counts but 2 levels need 1"):
+        parse_group_counts("4,8", 1000, 2)
+    with pytest.raises(NhlError, match=r"the flat source gives 1 level, not 2"):
+        build_tree("flat", FASHION_MNIST, levels=2)
+
+
+def test_setup_wordnet_checks_its_target_before_copying(tmp_path):
+    from nhlcli.taxonomy.wordnet import setup_wordnet
+
+    source = tmp_path / "data" / "corpora" / "wordnet"
+    source.mkdir(parents=True)
+    for name in ("data.noun", "index.noun", "noun.exc", "index.sense"):
+        (source / name).write_text(name)
+    a_file = tmp_path / "note.txt"
+    a_file.write_text("x")
+    cases = [
+        (tmp_path / "data", "overlaps the --from directory"),  # the copy would land on the source
+        (source, "overlaps the --from directory"),  # inside the source
+        (a_file, "is a file, not a directory"),
+        (a_file / "nltk_data", "is a file, not a directory"),
+        ("/proc/nltk_data", "cannot write"),
+        ("", "--to is empty"),
+    ]
+    for target, message in cases:
+        with pytest.raises(NhlError, match=message):
+            setup_wordnet(source, target)
+    assert sorted(p.name for p in source.iterdir()) == ["data.noun", "index.noun", "index.sense", "noun.exc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "note.txt"]

@@ -208,3 +208,29 @@ def test_a_time_budget_fixes_the_epochs_from_the_real_loop_and_records_them(tmp_
         flat_model(), folder, None, small_config(epochs=2, time_budget_s=1e6), checkpoint_dir=tmp_path / "c"
     )
     assert long.epochs_done == 2  # never more than asked
+
+
+def test_skip_bad_images_trains_past_corrupt_files_and_names_them(tmp_path):
+    data = make_tiny_data.make_image_folder(tmp_path / "d", CLASSES, per_class=4, size=16)
+    bad = make_tiny_data.write_bad_images(data / "train" / "banana")
+    out = tmp_path / "m.safetensors"
+    stopped = run_nhl("train", "--data", data, "-o", out, *SMALL, "--epochs", "1")
+    assert_one_line_error(stopped, "cannot decode", "--skip-bad-images")
+    assert not out.exists()
+    run = run_nhl("train", "--data", data, "-o", out, *SMALL, "--epochs", "1", "--skip-bad-images", "--json")
+    assert run.code == 0, run.err
+    named = json.loads(run.out)["bad_images"]
+    assert sorted(Path(p).name for p in named) == sorted(p.name for p in bad)
+    assert sorted(Path(p).name for p in read_metadata(out)["training"]["bad_images"]) == sorted(
+        p.name for p in bad
+    )
+
+
+def test_train_says_which_augmentation_it_picked_for_small_images(tmp_path, folder):
+    out = tmp_path / "m.safetensors"
+    args = ["--flat", "--input-size", "16", "--batch-size", "4", "--workers", "0", "--epochs", "1"]
+    run = run_nhl("train", "--data", folder, "-o", out, *args)
+    assert run.code == 0, run.err
+    assert "no RandAugment" in run.out
+    training = read_metadata(out)["training"]
+    assert training["augment"] is None and training["crop_scale"] == [0.8, 1.0]

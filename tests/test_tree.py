@@ -202,3 +202,44 @@ def test_a_name_shared_along_a_single_child_chain_means_the_class_and_others_sta
     assert tree.resolve("Dress") == "dress"  # the group and its only class: the same selection
     with pytest.raises(NhlError, match="'top' is ambiguous"):  # a group and one of two classes
         tree.resolve("top")
+
+
+@pytest.mark.parametrize(
+    "version, message",
+    [
+        (2, "tree file has version 2, newer than this nhl supports (version 1); upgrade nhlcli"),
+        ("1", "tree file has an invalid 'version' '1'"),
+        ("2.0", "tree file has an invalid 'version' '2.0'"),
+        (1.5, "tree file has an invalid 'version' 1.5"),
+        (True, "tree file has an invalid 'version' True"),
+        (0, "tree file has an invalid 'version' 0"),
+        (None, "tree file has no 'version'"),
+    ],
+)
+def test_only_a_newer_version_asks_for_a_newer_nhl(version, message):
+    data = small_tree_dict()
+    if version is None:
+        del data["version"]
+    else:
+        data["version"] = version
+    with pytest.raises(NhlError) as info:
+        Tree.from_dict(data)
+    text = str(info.value)
+    assert text.startswith(message), text
+    assert ("newer" in text or "upgrade" in text) == (version == 2)
+
+
+def test_a_tree_path_that_is_a_directory_is_not_called_missing(tmp_path):
+    with pytest.raises(NhlError, match="is a directory; a tree is a JSON file") as info:
+        Tree.load(tmp_path)
+    assert "does not exist" not in str(info.value)
+
+
+def test_counts_read_in_the_singular_for_one():
+    from nhlcli.taxonomy.render import to_rich
+    from nhlcli.taxonomy.tree import counted
+
+    assert (counted(1, "level"), counted(3, "level")) == ("1 level", "3 levels")
+    assert (counted(1, "class", "classes"), counted(0, "class", "classes")) == ("1 class", "0 classes")
+    title = str(to_rich(build_flat_tree(FASHION_MNIST[:1], name="one")).label)
+    assert "1 class, 1 level" in title

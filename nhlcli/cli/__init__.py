@@ -52,7 +52,7 @@ def _root(
 
 def main() -> None:
     """Console-script entry point (``nhl``)."""
-    from nhlcli.model.branches import keep_freed_cpu_memory
+    from nhlcli.memory import keep_freed_cpu_memory
 
     # a command is one short-lived process: reuse freed heap memory instead of page-faulting
     # large branch tensors afresh on every forward (see keep_freed_cpu_memory)

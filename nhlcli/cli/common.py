@@ -14,6 +14,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nhlcli.errors import NhlError
 
+CLASSES_HELP = (
+    "comma-separated, or @file with one per line. A name is a class, an inner node (every class below "
+    "it) or, on trees with WordNet ids, any WordNet concept ('shark', 'domestic cat', shark.n.01, "
+    "n01482330): the classes below it. Overlapping names union; 'nhl hierarchy resolve TREE NAME' "
+    "shows what a name means."
+)
+
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import tempfile
 from pathlib import Path
 
 import typer
@@ -11,7 +10,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from nhlcli.cli.common import console, friendly_errors, print_json
-from nhlcli.demo import DEMO_EPOCHS, FOOTWEAR, TRAIN_BUDGET_S, DemoResult, check_workdir, run_demo
+from nhlcli.demo import (
+    DEFAULT_WORKDIR,
+    DEMO_EPOCHS,
+    FOOTWEAR,
+    REPORT_FILE,
+    TRAIN_BUDGET_S,
+    DemoResult,
+    check_workdir,
+    run_demo,
+)
 
 
 def closing_table(result: DemoResult) -> Table:
@@ -53,8 +61,11 @@ def closing_table(result: DemoResult) -> Table:
 
 
 def demo_command(
-    workdir: Path | None = typer.Option(
-        None, "--workdir", "-w", help="Keep the tree, model, expert and report here (default: a temp dir)."
+    workdir: Path = typer.Option(
+        Path(DEFAULT_WORKDIR),
+        "--workdir",
+        "-w",
+        help=f"Where to keep the tree, model, expert, test images and {REPORT_FILE} (created if missing).",
     ),
     epochs: int | None = typer.Option(
         None,
@@ -66,36 +77,42 @@ def demo_command(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an earlier demo's files in --workdir (refused otherwise)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    as_json: bool = typer.Option(
+        False, "--json", help=f"Print the results as JSON (what {REPORT_FILE} holds)."
+    ),
 ) -> None:
     """Run the main job end to end on Fashion-MNIST: tree, training, eval, a footwear expert, its cost.
 
-    Needs the Fashion-MNIST files (Debian's dataset-fashion-mnist package, NHL_DATA, or a
-    download when online). Training times its own first steps and runs as many epochs as fit
-    7 minutes on this machine, so that the whole demo ends within 10 minutes.
+    Everything is kept in --workdir (nhl-demo/ here by default): tree.json, the model
+    fashion-nhl.safetensors, the expert footwear-expert.safetensors, four test images (sandal.png,
+    sneaker.png, ankle-boot.png, shirt.png) and report.json, the results as JSON. Needs the
+    Fashion-MNIST files (Debian's dataset-fashion-mnist package, NHL_DATA, or a download when
+    online). Training times its own first steps and runs as many epochs as fit 7 minutes on this
+    machine, so that the whole demo ends within 10 minutes.
     """
 
     def say(text: str) -> None:
         if not as_json:
             console.print(f"[bold cyan]{escape(text)}[/]")
 
-    if workdir is not None:
-        check_workdir(workdir, overwrite)  # before anything runs
-    with tempfile.TemporaryDirectory(prefix="nhl-demo-") as tmp:
-        result = run_demo(
-            workdir or Path(tmp), epochs=epochs, progress=not as_json, say=say, overwrite=overwrite
-        )
-        if as_json:
-            print_json(result.summary())
-            return
-        console.print(closing_table(result))
-        model = shlex.quote(result.full["file"]) if workdir else "MODEL"
-        where = f"files in {result.workdir}" if workdir else "rerun with --workdir DIR to keep the files"
-        command = f"nhl cutout {model} --classes {shlex.quote(','.join(FOOTWEAR))} -o expert.safetensors"
-        console.print(
-            f"done in {result.seconds:.0f} s ({result.train_seconds:.0f} s training); {escape(where)}. Next:"
-        )
-        console.print(escape(command), soft_wrap=True)
+    check_workdir(workdir, overwrite)  # before anything runs
+    result = run_demo(workdir, epochs=epochs, progress=not as_json, say=say, overwrite=overwrite)
+    if as_json:
+        print_json(result.summary())
+        return
+    console.print(closing_table(result))
+    model = shlex.quote(result.full["file"])
+    commands = [f"nhl cutout {model} --classes {shlex.quote(','.join(FOOTWEAR))} -o expert.safetensors"]
+    if result.images:
+        pictures = " ".join(shlex.quote(image["file"]) for image in result.images)
+        commands.append(f"nhl predict {model} {pictures}")
+    console.print(
+        f"done in {result.seconds:.0f} s ({result.train_seconds:.0f} s training); files and "
+        f"{REPORT_FILE} in {escape(str(result.workdir))}. Next:",
+        highlight=False,
+    )
+    for command in commands:
+        console.print(escape(command), soft_wrap=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from nhlcli.atomic import atomic_write_json
-from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.cli.common import CLASSES_HELP, console, friendly_errors, print_json
 from nhlcli.errors import NhlError
 
 BATCH_HELP = "The larger batch size latency and peak memory are measured at (besides batch 1)."
@@ -74,8 +75,7 @@ def cutout_command(
         ...,
         "--classes",
         "-c",
-        help="Classes to keep: names, aliases, WordNet ids, indices or inner nodes (a node keeps every class "
-        "below it), comma-separated, or @file with one per line.",
+        help="Classes to keep: " + CLASSES_HELP,
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the expert (.safetensors)."),
     report: Path | None = typer.Option(None, "--report", help="Also write the cost report as JSON here."),
@@ -94,7 +94,12 @@ def cutout_command(
     """
     from nhlcli.evaluation import split_labels
     from nhlcli.experts import compare, cutout_with_cost, save_expert
+    from nhlcli.paths import check_distinct_outputs, check_output_file
 
+    inputs = [model_file, classes[1:] if classes.startswith("@") else None]
+    check_output_file(output, inputs, label="--output")
+    check_output_file(report, inputs, label="--report")
+    check_distinct_outputs({"--output": output, "--report": report})
     labels = split_labels(classes)
     batches = _batches(batch_size)
     cut, parent_cost, expert_cost = cutout_with_cost(model_file, labels, batches, latency, threads)
@@ -103,6 +108,8 @@ def cutout_command(
         "parent": str(model_file),
         "expert": str(output),
         "kept_classes": [cut.model.tree.node(c).name for c in cut.model.tree.classes],
+        "resolved": cut.lineage["selection"],
+        "notes": list(cut.notes),
         "cut_seconds": round(cut.seconds, 3),
         "parent_cost": parent_cost,
         "expert_cost": expert_cost,
@@ -117,7 +124,9 @@ def cutout_command(
     console.print(cost_table(f"{model_file.name} -> {output.name}", columns, show_reduction=True))
     names = summary["kept_classes"]
     shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-    console.print(f"kept classes: {shown}")
+    console.print(f"kept classes: {escape(shown)}")
+    for note in cut.notes:
+        console.print(escape(note))
     console.print(f"wrote [bold]{output}[/] (cut in {cut.seconds:.2f} s)")
 
 
@@ -142,6 +151,12 @@ def profile_command(
     torch_file: Path | None = typer.Option(
         None, "--torch", help="For .onnx: the model file to time torch on (default: its source beside it)."
     ),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Only check the file: its tensor data against the sha256 recorded when it was saved, and "
+        "that it loads. Prints one line.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Params, GMACs, latency and peak memory of a model file; for an expert, against its parent.
@@ -150,7 +165,12 @@ def profile_command(
     """
     from nhlcli.experts import compare, cost_report
     from nhlcli.model.files import load_model
+    from nhlcli.paths import check_output_file
 
+    if verify:
+        _verify(model_file, as_json)
+        return
+    check_output_file(curve, [model_file, torch_file], label="--curve")
     if repeats < 1:
         raise NhlError(f"--repeats must be at least 1, got {repeats}")
     if model_file.suffix.lower() == ".onnx":
@@ -208,10 +228,13 @@ def profile_command(
     if as_json:
         print_json(result)
         return
+    from nhlcli.taxonomy.tree import counted
+
     tree = result["tree"]
     console.print(
         f"[bold]{model_file.name}[/]: {meta['kind']} model on {result['backbone']}, tree {tree['name']!r}: "
-        f"{tree['classes']} classes, {tree['levels']} level(s), nodes per level {tree['nodes_per_level']}"
+        f"{counted(tree['classes'], 'class', 'classes')}, {counted(tree['levels'], 'level')}, "
+        f"nodes per level {tree['nodes_per_level']}"
     )
     console.print(cost_table("cost", {"this file": result["cost"]}))
     if gated is not None:
@@ -236,6 +259,31 @@ def profile_command(
             console.print(cost_table("recorded at cut time", result["expert"]["at_cut"], show_reduction=True))
     if curve is not None:
         console.print(f"wrote the cost curve to [bold]{curve}[/]")
+
+
+def _verify(model_file: Path, as_json: bool) -> None:
+    """``nhl profile --verify``: the digest check and a load, reported in one line."""
+    from nhlcli.model.files import load_model, verify_model_file
+
+    if model_file.suffix.lower() == ".onnx":
+        raise NhlError(
+            f"--verify checks nhl model files (.safetensors); {model_file} is ONNX, which records no "
+            "digest: verify the model file it was exported from"
+        )
+    digest = verify_model_file(model_file)
+    load_model(model_file)  # the weights fit the model the metadata describes
+    if as_json:
+        print_json({"file": str(model_file), "verified": digest is not None, "tensor_sha256": digest})
+    elif digest is None:
+        console.print(
+            f"{escape(str(model_file))}: loads, but there is no digest to check (written by an nhl "
+            "from before model files recorded one)"
+        )
+    else:
+        console.print(
+            f"{escape(str(model_file))}: verified: the tensor data matches the digest recorded at save "
+            f"time (sha256 {digest[:12]}...) and the model loads"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from nhlcli.cli.common import ImageProgress, console, friendly_errors, print_json
 from nhlcli.errors import NhlError
+from nhlcli.taxonomy.tree import counted
 
 gates_app = typer.Typer(
     help=(
@@ -41,6 +44,14 @@ def parse_stages(text: str | None) -> list[int] | None:
 
 def _thr(t: float | None) -> str:
     return "inf" if t is None else f"{t:.4g}"
+
+
+def split_label(data: str | Path, split: str) -> str:
+    """The split as people should read it: Fashion-MNIST has no validation set, its ``val`` is the
+    10,000-image test set, so reports say ``test`` there rather than pass it off as validation."""
+    from nhlcli.data.fashion_mnist import NAME
+
+    return "test" if str(data) == NAME and split in ("val", "validation") else split
 
 
 def fit_command(
@@ -91,7 +102,9 @@ def fit_command(
     if as_json:
         print_json(report)
         return
-    table = Table(title=f"gates for {model_file.name} ({report['loss']} loss, {report['images']} images)")
+    table = Table(
+        title=f"gates for {model_file.name} ({report['loss']} loss, {counted(report['images'], 'image')})"
+    )
     table.add_column("gate")
     table.add_column("after stage", justify="right")
     table.add_column("features", justify="right")
@@ -112,7 +125,15 @@ def fit_command(
         )
     table.add_row("full network", "", "", "", f"{gated.base_macs() / 1e9:.4f}")
     console.print(table)
-    console.print(f"wrote {output}; next: nhl gates tune {output} --max-drop 0.5")
+    quoted = shlex.quote(str(output))
+    data_option = f"--data {shlex.quote(str(data))}"
+    console.print(
+        f"wrote {escape(str(output))}; next, tune on one half of the held-out images and report on the "
+        f"other:\nnhl gates tune {escape(quoted)} {escape(data_option)} --part 1/2 --max-drop 0.5\n"
+        f"nhl eval {escape(quoted)} {escape(data_option)} --part 2/2",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _exits_table(title: str, result: Mapping[str, Any], names: list[str]) -> Table:
@@ -177,7 +198,8 @@ def tune_command(
     names = exit_names(read_metadata(output or gated_file)["gates"]["stages"])
     console.print(
         _exits_table(
-            f"thresholds on {data} ({split}{', part ' + part if part else ''}, {result['images']} images)",
+            f"thresholds on {data} ({split_label(data, split)}{', part ' + part if part else ''}, "
+            f"{counted(result['images'], 'image')})",
             result,
             names,
         )
@@ -205,8 +227,10 @@ def sweep_command(
 ) -> None:
     """The accuracy-GMACs curve: thresholds tuned for allowed drops of 0 to 20 points (file unchanged)."""
     from nhlcli.gates.tune import plot_sweeps
-    from nhlcli.gates.workflow import sweep_file
+    from nhlcli.gates.workflow import data_input, sweep_file
+    from nhlcli.paths import check_output_file
 
+    check_output_file(plot, [gated_file, data_input(data)], label="--plot")
     if plot is not None and plot.suffix.lower() != ".png":
         raise NhlError(f"--plot {plot}: the picture is written as PNG; name it .png")
     with ImageProgress(not as_json) as progress:
@@ -214,11 +238,13 @@ def sweep_command(
             gated_file, data, split, part, None, route_top_k, batch_size, workers, device, progress
         )
     if plot is not None:
-        plot_sweeps({gated_file.stem: points}, plot, title=f"{gated_file.name} on {data} ({split})")
+        plot_sweeps(
+            {gated_file.stem: points}, plot, title=f"{gated_file.name} on {data} ({split_label(data, split)})"
+        )
     if as_json:
         print_json({"points": points, "plot": str(plot) if plot else None})
         return
-    where = f"{split}, part {part}" if part else split
+    where = f"{split_label(data, split)}, part {part}" if part else split_label(data, split)
     table = Table(title=f"{gated_file.name}: accuracy against cost on {data} ({where})")
     for col in ("allowed drop", "top-1", "GMACs / image", "fewer GMACs", "thresholds"):
         table.add_column(col, justify="right")
@@ -238,7 +264,7 @@ def sweep_command(
 
 def gated_report_table(report: Mapping[str, Any]) -> Table:
     """What ``nhl eval`` prints for a gated file: where images left and what it cost."""
-    title = f"gated inference on {report['images']} images"
+    title = f"gated inference on {counted(report['images'], 'image')}"
     if report.get("route_top_k"):
         title += f", routed through the top {report['route_top_k']} super-categories"
     table = Table(title=title)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from nhlcli.atomic import atomic_write_text
 from nhlcli.cli.common import console, friendly_errors, print_json
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.tree import Tree
+from nhlcli.taxonomy.tree import Tree, counted
 
 hierarchy_app = typer.Typer(
     help=(
@@ -26,7 +27,10 @@ TREE_ARG = typer.Argument(..., help="A tree file (.json) or the name of a shippe
 
 
 def _stats_table(stats: dict) -> Table:
-    table = Table(title=f"{stats['name'] or 'tree'}: {stats['classes']} classes, {stats['levels']} levels")
+    table = Table(
+        title=f"{stats['name'] or 'tree'}: {counted(stats['classes'], 'class', 'classes')}, "
+        f"{counted(stats['levels'], 'level')}"
+    )
     for col in (
         "level",
         "nodes",
@@ -95,10 +99,21 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of tables."),
 ) -> None:
     """Build a category tree for a class list and write it as JSON."""
+    from nhlcli.paths import check_distinct_outputs, check_output_file
     from nhlcli.taxonomy import build_tree, load_class_list
+    from nhlcli.taxonomy.build import built_groups, requested_groups, unshipped_name
+    from nhlcli.taxonomy.classes import class_list_path
+
+    # every input, so that neither output replaces one; checked before any work starts
+    class_file = class_list_path(classes) if classes.strip() else None
+    model_file = model if source == "induced" else None
+    inputs = [class_file, model_file]
+    check_output_file(output, inputs, label="--output")
+    check_output_file(cache, inputs, label="--cache")  # read and rewritten: an input and an output
+    check_distinct_outputs({"--output": output, "--cache": cache})
 
     entries = [] if source == "induced" else load_class_list(classes)
-    label = Path(classes).stem if Path(classes).exists() else classes
+    label = class_file.stem if class_file is not None and class_file.exists() else classes
     if source == "induced":
         label = Path(model or "model").stem
     settings = None
@@ -112,17 +127,28 @@ def build(
             max_retries=max_retries,
             timeout=timeout,
         )
-    model_file = model if source == "induced" else None
     tree = build_tree(
         source, entries, levels=levels, groups=groups, name="", llm=settings, model_file=model_file
     )
-    tree.name = name or f"{label}-{source}-l{tree.levels}"
+    tree.name = name or unshipped_name(f"{label}-{source}-l{tree.levels}", tree)
     tree.save(output)
     stats = tree.stats()
+    asked, built = (requested_groups(tree), built_groups(tree)) if groups else (None, None)
     if as_json:
-        print_json({"output": str(output), **stats})
+        extra = {"groups_requested": asked, "groups_built": built} if groups else {}
+        print_json({"output": str(output), **stats, **extra})
         return
-    console.print(f"wrote [bold]{output}[/]: {tree.num_classes} classes, {tree.levels} levels ({source})")
+    console.print(
+        f"wrote [bold]{output}[/]: {counted(tree.num_classes, 'class', 'classes')}, "
+        f"{counted(tree.levels, 'level')} ({source})"
+    )
+    if asked is not None and asked != built:
+        console.print(
+            f"--groups {','.join(map(str, asked))} gave {','.join(map(str, built))} groups per level: "
+            "groups far larger than the target size are split to keep sizes balanced",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(_stats_table(stats))
 
 
@@ -151,24 +177,29 @@ def show(
 
     For an expert model file the picture is its parent's tree with the kept paths highlighted.
     """
+    from nhlcli.paths import check_output_file
     from nhlcli.taxonomy.picture import PICTURE_FORMATS, draw_tree
     from nhlcli.taxonomy.render import FORMATS, render_text, to_rich
+    from nhlcli.taxonomy.sources import tree_source_file
 
     if fmt not in FORMATS + PICTURE_FORMATS:
         raise NhlError(f"--format {fmt!r}: choose one of {', '.join(FORMATS + PICTURE_FORMATS)}")
+    if fmt in PICTURE_FORMATS and output is None:
+        raise NhlError(f"--format {fmt} draws a picture: give the file with -o tree.{fmt}")
+    if fmt == "rich" and output is not None:
+        raise NhlError("--output needs --format dot, mermaid, json, png or svg")
+    check_output_file(output, [tree_source_file(tree_file), parent], label="--output")
     tree, highlight = _tree_and_highlight(tree_file, parent)
     if fmt in PICTURE_FORMATS:
-        if output is None:
-            raise NhlError(f"--format {fmt} draws a picture: give the file with -o tree.{fmt}")
         drawn = draw_tree(tree, output, fmt, depth, highlight)
         if as_json:
             print_json(drawn)
         else:
-            console.print(f"wrote {output} ({drawn['rows']} rows, levels 1-{drawn['depth']} and kept paths)")
+            shown = "level 1" if drawn["depth"] == 1 else f"levels 1-{drawn['depth']}"
+            kept = " and kept paths" if highlight else ""
+            console.print(f"wrote {output} ({counted(drawn['rows'], 'row')}, {shown}{kept})")
         return
     if fmt == "rich":
-        if output:
-            raise NhlError("--output needs --format dot, mermaid, json, png or svg")
         console.print(to_rich(tree, depth))
         return
     text = render_text(tree, fmt, depth)
@@ -203,6 +234,49 @@ def _tree_and_highlight(spec: str, parent: Path | None) -> tuple[Tree, list[str]
     return parent_tree, list(tree.iter_nodes())
 
 
+@hierarchy_app.command("resolve")
+@friendly_errors
+def resolve(
+    tree_file: str = typer.Argument(
+        ...,
+        help="A tree file (.json), a shipped tree's name, or a model file (.safetensors) to read its tree.",
+    ),
+    names: list[str] = typer.Argument(
+        ..., help="Names as --classes takes them: classes, inner nodes, or WordNet concepts ('shark')."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print each name's classes as JSON."),
+) -> None:
+    """What each name means as classes of a tree: the same resolution cutout, train, eval and
+    --attend use. Names that are no node of a WordNet tree resolve through WordNet's hyponyms."""
+    from nhlcli.taxonomy import resolve_tree
+
+    if tree_file.endswith(".safetensors"):
+        from nhlcli.model.files import read_metadata
+
+        tree = Tree.from_dict(read_metadata(tree_file)["tree"])
+    else:
+        tree = resolve_tree(tree_file)
+    labels = [part for name in names for part in name.split(",")]
+    selection = tree.select(labels, what="NAME")
+    if as_json:
+        print_json(
+            {"names": selection.to_dict(), "classes": list(selection.classes), "notes": selection.notes(tree)}
+        )
+        return
+    for match in selection.matches:
+        kept = [tree.node(c).name for c in match.classes]
+        shown = ", ".join(kept[:10]) + (f", ... ({len(kept)} in all)" if len(kept) > 10 else "")
+        console.print(
+            f"[bold]{escape(match.name)}[/] -> {counted(len(kept), 'class', 'classes')} "
+            f"({escape(match.how)}): {escape(shown)}",
+            highlight=False,
+        )
+    for note in selection.notes(tree):
+        console.print(escape(note), highlight=False)
+    if len(selection.matches) > 1:
+        console.print(f"together: {counted(len(selection.classes), 'class', 'classes')}")
+
+
 @hierarchy_app.command("validate")
 @friendly_errors
 def validate(
@@ -220,14 +294,17 @@ def validate(
     from nhlcli.taxonomy.match import match_classes
 
     tree = resolve_tree(tree_file)
-    if classes:
+    if classes is not None:
         match_classes(tree, load_class_list(classes))
     result = {"valid": True, "name": tree.name, "classes": tree.num_classes, "levels": tree.levels}
     if as_json:
         print_json(result)
     else:
         fits = f", matches {classes}" if classes else ""
-        console.print(f"[green]valid[/]: {tree.num_classes} classes, {tree.levels} levels{fits}")
+        console.print(
+            f"[green]valid[/]: {counted(tree.num_classes, 'class', 'classes')}, "
+            f"{counted(tree.levels, 'level')}{fits}"
+        )
 
 
 @hierarchy_app.command("stats")
@@ -282,11 +359,14 @@ def setup_wordnet_cmd(
         "--from",
         help="A WordNet 3.0 dict directory (Debian: apt-get install wordnet-base wordnet-sense-index).",
     ),
-    target: Path | None = typer.Option(
+    target: str | None = typer.Option(
         None, "--to", help="nltk data directory to install into (default: the first nltk searches)."
     ),
 ) -> None:
-    """Make WordNet 3.0 usable by nltk without a download (adds the missing lexnames file)."""
+    """Make WordNet 3.0 usable by nltk without a download (adds the missing lexnames file).
+
+    The target is checked (writable, not the source) before anything is copied.
+    """
     from nhlcli.taxonomy.wordnet import setup_wordnet
 
     dest = setup_wordnet(source, target)

@@ -11,8 +11,9 @@ from rich.table import Table
 from nhlcli.cli.common import console, friendly_errors, print_json
 
 ATTEND_HELP = (
-    "Scale a class's (or inner node's) branch feature maps: above 1 amplifies, below 1 inhibits "
-    "(paper 003, 4.4). Repeat for several classes."
+    "Scale the branch feature maps of a class, inner node or WordNet concept (names as for --classes): "
+    "above 1 amplifies, below 1 inhibits (paper 003, 4.4). Repeat for several classes. It scales "
+    "features, not scores, so on a weakly trained model a class's probability need not rise with its scale."
 )
 ROUTE_HELP = (
     "Gated NHL files only: run just the branches of each image's K most likely super-categories "

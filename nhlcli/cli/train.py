@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.cli.common import CLASSES_HELP, console, friendly_errors, print_json
 from nhlcli.cli.predict import ATTEND_HELP, ATTEND_LEVEL_HELP
 from nhlcli.errors import NhlError
 
@@ -93,8 +93,8 @@ def train_command(
         None,
         "--classes",
         "-c",
-        help="Train on these classes only (names, ids, groups or @file): the tree is cut to them "
-        "and images of other classes are left out (paper 003's subset baselines).",
+        help="Train on these classes only (the tree is cut to them and images of other classes are left "
+        "out; paper 003's subset baselines): " + CLASSES_HELP,
     ),
     freeze_trunk: bool = typer.Option(
         False,
@@ -191,7 +191,6 @@ def train_command(
     """
     from nhlcli.data import default_augmentation, default_workers, training_image_count
     from nhlcli.evaluation import split_labels
-    from nhlcli.experts.cutout import select_classes
     from nhlcli.model.nhl import BranchConfig, with_input_size
     from nhlcli.model.registry import create_model
     from nhlcli.model.trunk import TrunkConfig
@@ -210,8 +209,12 @@ def train_command(
         variant = "flat"
     tree = _tree_for(hierarchy, data, variant == "flat")
     selection = tuple(split_labels(classes)) if classes is not None else None
+    say = (lambda text: None) if as_json else (lambda text: console.print(escape(text)))
     if classes is not None:
-        tree = select_classes(tree, selection)
+        chosen = tree.select(selection)
+        for note in chosen.notes(tree):
+            say(note)
+        tree = chosen.subtree(tree)
     chans = (1 if data == "fashion-mnist" else 3) if in_chans is None else in_chans
     model = create_model(
         tree,
@@ -235,7 +238,9 @@ def train_command(
         crop_scale=_parse_scale(crop_scale), amp=False if no_amp else None, device=device,
         max_steps_per_epoch=max_steps, classes=selection, skip_bad_images=skip_bad_images or None,
     )  # fmt: skip
-    say = (lambda text: None) if as_json else (lambda text: console.print(escape(text)))
+    pretrained_load = getattr(model, "pretrained_load", None)
+    if pretrained_load is not None:
+        say(pretrained_load.describe())
     if not resume:
         if augment is None or crop_scale is None:
             side = model.input_config.size[-1]
@@ -273,19 +278,28 @@ def train_command(
             f"steps; {kept}"
         )
         raise typer.Exit(130)
+    from nhlcli.cli.gates import split_label
+    from nhlcli.taxonomy.tree import counted
+    from nhlcli.training.distributed import is_main_process
+
     if as_json:
-        print_json(result.summary())
+        summary = result.summary()
+        summary["pretrained"] = pretrained_load.to_dict() if pretrained_load is not None else None
+        print_json(summary)
+        return
+    if not is_main_process():  # under torchrun rank 0 wrote the file and says so, once
         return
     if result.already_done:
         console.print(
-            f"the run in {result.checkpoint_dir} had already finished its {result.epochs_done} epochs; "
-            f"wrote [bold]{escape(str(output))}[/] from its last checkpoint"
+            f"the run in {result.checkpoint_dir} had already finished its "
+            f"{counted(result.epochs_done, 'epoch')}; wrote [bold]{escape(str(output))}[/] from its "
+            "last checkpoint"
         )
         return
     last = result.history[-1]
     console.print(
-        f"wrote [bold]{escape(str(output))}[/]: val top-1 {last.val_top1:.2%}, top-5 {last.val_top5:.2%} "
-        f"after {result.epochs_done} epochs"
+        f"wrote [bold]{escape(str(output))}[/]: {split_label(data, 'val')} top-1 {last.val_top1:.2%}, "
+        f"top-5 {last.val_top5:.2%} after {counted(result.epochs_done, 'epoch')}"
     )
 
 
@@ -301,7 +315,7 @@ def eval_command(
         None,
         "--classes",
         "-c",
-        help="Only these classes (names, ids or groups, comma-separated): softmax over them.",
+        help="Only these classes, softmax over them: " + CLASSES_HELP,
     ),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
     workers: int | None = typer.Option(

@@ -8,7 +8,6 @@ from nhlcli.experts.cutout import (
     cutout_file,
     cutout_with_cost,
     save_expert,
-    select_classes,
 )
 
 __all__ = [
@@ -23,5 +22,4 @@ __all__ = [
     "measure_latency",
     "peak_memory",
     "save_expert",
-    "select_classes",
 ]

@@ -25,31 +25,11 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from nhlcli.errors import NhlError
-from nhlcli.model.files import file_digest, read_metadata, save_model
+from nhlcli.model.files import check_digest, file_digests, read_metadata, recorded_digest, save_model
 from nhlcli.model.nhl import NHLModel
 from nhlcli.taxonomy.tree import Tree
 
 _LEVEL_KEY = re.compile(r"^levels\.(\d+)\.")
-
-
-def select_classes(tree: Tree, labels: Sequence[str]) -> Tree:
-    """The sub-tree an expert for ``labels`` keeps (classes, ids, aliases, indices, inner nodes).
-
-    One-line errors for an empty selection, unknown labels (with the closest matches) and a class
-    selected twice (directly or through an inner node).
-    """
-    labels = [label.strip() for label in labels if label.strip()]
-    if not labels:
-        raise NhlError("the selection is empty; name the classes to keep, e.g. --classes shark,hammerhead")
-    chosen_by: dict[str, str] = {}
-    for label in labels:
-        for leaf in tree.leaves(tree.resolve(label)):
-            if leaf in chosen_by:
-                first = chosen_by[leaf]
-                how = "twice" if first == label else f"by both {first!r} and {label!r}"
-                raise NhlError(f"class {tree.node(leaf).name!r} is selected {how}; name each class once")
-            chosen_by[leaf] = label
-    return tree.subtree(labels)
 
 
 @dataclass(frozen=True)
@@ -126,7 +106,7 @@ def cut_model(model: nn.Module, labels: Sequence[str]) -> NHLModel:
     """The expert of an NHL model in memory for ``labels`` (shares no storage with ``model``)."""
     meta = model.config()
     _check_nhl(meta, "this model")
-    expert_tree = select_classes(model.tree, labels)
+    expert_tree = model.tree.select(labels).subtree(model.tree)
     plan = CutPlan.build(model.tree, expert_tree, model.branch_config.single_branch)
     state = {}
     with torch.no_grad():
@@ -166,22 +146,32 @@ class Cutout:
     lineage: dict[str, Any]
     seconds: float
     training: dict[str, Any] | None = None  # how the parent was trained, carried along
+    notes: tuple[str, ...] = ()  # how the names resolved, where a person should know (overlaps, senses)
 
 
 def cutout_file(parent: str | Path, labels: Sequence[str]) -> Cutout:
-    """Cut an expert for ``labels`` from the model file ``parent``, reading only what it keeps."""
+    """Cut an expert for ``labels`` from the model file ``parent``, reading only what it keeps.
+
+    The parent's tensor data is checked against the digest recorded when it was saved, so a
+    damaged parent never passes its damage on to an expert.
+    """
     started = time.perf_counter()
     parent = Path(parent)
     meta = read_metadata(parent)
+    recorded = recorded_digest(parent)
     _check_nhl(meta, str(parent))
-    parent_tree = Tree.from_dict(meta["tree"])
-    expert_tree = select_classes(parent_tree, labels)
+    try:
+        parent_tree = Tree.from_dict(meta["tree"])
+    except NhlError as exc:
+        raise NhlError(f"{parent}: cannot rebuild the model its metadata describes: {exc}") from exc
+    selection = parent_tree.select(labels)
+    expert_tree = selection.subtree(parent_tree)
     single = bool(meta["branches"].get("single_branch", False))
     plan = CutPlan.build(parent_tree, expert_tree, single)
-    # hashing the parent (its identity in the lineage) overlaps reading and rebuilding: sha256
-    # and file reads release the GIL
+    # hashing the parent (its identity in the lineage, and its data against the recorded digest)
+    # overlaps reading and rebuilding: sha256 and file reads release the GIL
     with ThreadPoolExecutor(max_workers=1) as pool:
-        hashing = pool.submit(file_digest, parent)
+        hashing = pool.submit(file_digests, parent)
         try:
             model = _expert_model(meta, expert_tree, _read_state(parent, plan))
         except RuntimeError as exc:
@@ -189,19 +179,21 @@ def cutout_file(parent: str | Path, labels: Sequence[str]) -> Cutout:
             raise NhlError(
                 f"{parent}: the weights do not fit the model its metadata describes ({first})"
             ) from exc
-        digest = hashing.result()
+        digest, data_digest = hashing.result()
+    check_digest(parent, recorded, data_digest)
     lineage = {
         "parent_file": parent.name,
         "parent_sha256": digest,
         "parent_classes": len(parent_tree.classes),
         # the full model at the start of the chain (differs from the parent for a re-cut)
         "root_sha256": (meta.get("expert") or {}).get("root_sha256", digest),
-        "selection": list(labels),
+        "selection": selection.to_dict(),  # what each name resolved to
         "classes": list(expert_tree.classes),
         "parent_cost": meta.get("cost"),
         "parent_tree": meta["tree"],  # to draw the kept paths inside it (nhl hierarchy show)
     }
-    return Cutout(model, lineage, time.perf_counter() - started, meta.get("training"))
+    notes = tuple(selection.notes(parent_tree))
+    return Cutout(model, lineage, time.perf_counter() - started, meta.get("training"), notes)
 
 
 def save_expert(cutout: Cutout, output: str | Path, cost: Mapping[str, Any] | None = None) -> Path:

@@ -153,12 +153,13 @@ def export_onnx(
     onnxruntime is installed) compares onnxruntime with torch and fails above ``tolerance``,
     leaving no file behind."""
     from nhlcli.model.files import load_model
+    from nhlcli.paths import check_output_file
 
+    output = check_output_file(output, [model_file], label="--output")
     onnx = _require("onnx")
     _require("onnxscript")
-    output = Path(output)
     if output.suffix.lower() != ".onnx":
-        raise NhlError(f"-o {output}: name the ONNX file .onnx")
+        raise NhlError(f"--output {output}: name the ONNX file .onnx")
     check = has_onnxruntime() if check is None else check
     model = load_model(model_file, "cpu")
     started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,36 @@ from nhlcli.gates.tune import (
     tune_thresholds,
 )
 from nhlcli.training.distributed import resolve_device
+
+
+def data_input(data: str | Path) -> Path | None:
+    """``--data`` as an input path for the output checks (``None`` for a named data set)."""
+    path = Path(data)
+    return path if str(data).strip() and path.exists() else None
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether two spellings name one file (``./x``, symlinks, hard links)."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_tune_output(gated_file: str | Path, output: str | Path | None, data: str | Path) -> Path | None:
+    """Where ``tune_file`` writes, checked before any work: ``output``, or the gated file itself
+    (tuning updates it in place by design, so ``-o`` naming the gated file means the same).
+    Returns the output to write, ``None`` for the gated file."""
+    from nhlcli.paths import check_output_file
+
+    inputs = [data_input(data)]
+    if output is not None and not _same_path(output, gated_file):
+        return check_output_file(output, inputs, label="--output")
+    check_output_file(gated_file, inputs, label="the gated file")
+    return None
 
 
 def carried_sections(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,7 +88,9 @@ def fit_file(
     until ``tune_file`` sets them)."""
     from nhlcli.evaluation import model_loader
     from nhlcli.model.files import load_model, save_model
+    from nhlcli.paths import check_output_file
 
+    check_output_file(output, [model_file, data_input(data)], label="--output")
     dev = resolve_device(device)
     model = load_model(model_file, dev)
     if isinstance(model, GatedModel):
@@ -104,9 +137,11 @@ def tune_file(
     device: str | torch.device | None = None,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Set a gated file's thresholds (tuned for a target, or given) and write them into the file."""
+    """Set a gated file's thresholds (tuned for a target, or given) and write them into the file
+    (or into ``output``)."""
     from nhlcli.model.files import save_model
 
+    output = check_tune_output(gated_file, output, data)
     dev = resolve_device(device)
     gated = load_gated(gated_file, dev)
     if thresholds is not None:

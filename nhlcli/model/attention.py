@@ -36,7 +36,14 @@ def parse_attend(values: Sequence[str]) -> list[tuple[str, float]]:
             raise NhlError(f"--attend {text!r}: {number!r} is not a number; write CLASS=SCALE") from None
         if not math.isfinite(scale) or scale < 0:
             raise NhlError(f"--attend {text!r}: the scale must be a finite number >= 0 (1 = unchanged)")
-        parsed.append((label.strip(), scale))
+        label = label.strip()
+        for earlier, value in parsed:
+            if earlier == label:
+                raise NhlError(
+                    f"--attend names {label!r} twice ({earlier}={value:g} and {text}); give each class "
+                    "one scale"
+                )
+        parsed.append((label, scale))
     return parsed
 
 
@@ -64,28 +71,33 @@ def _check_attendable(model: torch.nn.Module) -> Tree:
     return model.tree
 
 
-def _nodes_at(tree: Tree, node: str, depth: int) -> list[str]:
-    """The nodes at ``depth`` a node acts through: its ancestor there, or its descendants."""
-    path = tree.path(node)  # root .. node
-    if depth < len(path):
-        return [path[depth]]
-    below = [node]
-    for _ in range(depth - (len(path) - 1)):
-        below = [k for n in below for k in tree.children(n)]
-    return below
-
-
 def class_attention(
     model: torch.nn.Module, attend: Sequence[tuple[str, float]], level: int | str | None = None
 ) -> dict[int, torch.Tensor]:
-    """Per-level node scales for ``--attend CLASS=SCALE`` (several scales on one node multiply)."""
+    """Per-level node scales for ``--attend CLASS=SCALE``.
+
+    Names resolve as ``--classes`` does (a class, an inner node, or a WordNet concept: the nodes
+    above and below its classes). Each takes one scale: naming the same classes twice (also by
+    two spellings, e.g. name and WordNet id) is refused, since the user would expect one of them
+    to win. Scales of overlapping names (an inner node and a class below it) meet on shared nodes
+    and multiply there.
+    """
     tree = _check_attendable(model)
+    matches = tree.select([label for label, _ in attend], what="--attend").matches
+    named: dict[tuple[str, ...], str] = {}
+    for match in matches:
+        if match.classes in named:
+            raise NhlError(
+                f"--attend names the same classes twice ({named[match.classes]!r} and {match.name!r}); "
+                "give each class one scale"
+            )
+        named[match.classes] = match.name
     attention = {}
     for depth in attention_levels(tree, level):
         position = {n: i for i, n in enumerate(tree.level(depth))}
         scale = torch.ones(len(position))
-        for label, value in attend:
-            for node in _nodes_at(tree, tree.resolve(label), depth):
+        for match, (_, value) in zip(matches, attend, strict=True):
+            for node in {tree.path(c)[depth] for c in match.classes}:
                 scale[position[node]] *= value
         attention[depth] = scale
     return attention

@@ -25,7 +25,7 @@ leading node dimension and runs them together (choices measured on a 2-core AVX-
 
 The level allocates few but large tensors (800 MB for 1000 leaves at batch 8, 14x14), so CPU
 speed depends on the process allocator: first-touch page faults can cost as much as the
-arithmetic. :func:`keep_freed_cpu_memory` (and ``THP_MEM_ALLOC_ENABLE=1``, set before importing
+arithmetic. :func:`nhlcli.memory.keep_freed_cpu_memory` (and ``THP_MEM_ALLOC_ENABLE=1``, set before importing
 torch) make it fast and steady; see the benchmark.
 
 Contract relied on by expert cutouts: every parameter and buffer has the node dimension first,
@@ -40,9 +40,7 @@ bottleneck (``zero_init_last``) so that each block starts as its shortcut.
 
 from __future__ import annotations
 
-import ctypes
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,34 +53,12 @@ __all__ = [
     "BranchLevel",
     "LeafHeads",
     "ReferenceStack",
-    "keep_freed_cpu_memory",
     "loop_forward",
     "per_leaf_linears",
     "per_node_modules",
 ]
 
 _CL = torch.channels_last
-
-
-def keep_freed_cpu_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the kernel.
-
-    By default glibc serves allocations over 32 MB with fresh ``mmap`` pages and unmaps them
-    on free, so every large tensor is page-faulted (and zeroed by the kernel) again on each
-    forward. A batched level allocates few, large tensors, so on CPU this costs it about 40% of
-    its time at 1000 leaves (benchmarks/bench_branches.py ``--alloc``). This process-wide
-    setting serves large blocks from the heap and never trims it: freed memory is reused, and
-    resident memory stays at its peak, as with PyTorch's CUDA caching allocator. Call it once
-    at program start; returns whether it applied (glibc only).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))  # -1: never
 
 
 # --------------------------------------------------------------------------- state containers

@@ -9,6 +9,7 @@ comparison is like for like.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,11 +20,15 @@ from torch import nn
 
 from nhlcli.errors import NhlError
 from nhlcli.model.branches import BranchLevel, LeafHeads
-from nhlcli.model.trunk import Trunk, TrunkConfig, create_timm_model
+from nhlcli.model.trunk import PretrainedLoad, Trunk, TrunkConfig, create_timm_model, probe_input_size
 from nhlcli.taxonomy.tree import Tree
 
 # Branch widths by depth: the last ``levels`` of these (paper: 128, 64, 32 for three levels).
 WIDTH_LADDER = (256, 128, 64, 32)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def default_widths(levels: int) -> tuple[int, ...]:
@@ -62,6 +67,11 @@ class InputConfig:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
     crop_pct: float = 0.875
+
+    def __post_init__(self) -> None:
+        size = tuple(self.size)
+        if len(size) != 3 or not all(_positive_int(v) for v in size):
+            raise NhlError(f"input size must be 3 positive integers (channels, height, width), got {size}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -107,7 +117,7 @@ class NHLModel(nn.Module):
         self.tree = tree
         self.trunk = Trunk(trunk or TrunkConfig(), pretrained=pretrained, pretrained_file=pretrained_file)
         self.branch_config = (branches or BranchConfig()).resolved(tree.levels)
-        self.input_config = input_config or input_from_timm(self.trunk, self.trunk.config.in_chans)
+        self._input_config = input_config or input_from_timm(self.trunk, self.trunk.config.in_chans)
         cfg = self.branch_config
         levels = []
         in_channels = self.trunk.out_channels
@@ -129,6 +139,23 @@ class NHLModel(nn.Module):
     @property
     def classes(self) -> list[str]:
         return self.tree.classes
+
+    @property
+    def input_config(self) -> InputConfig:
+        return self._input_config
+
+    @input_config.setter
+    def input_config(self, config: InputConfig) -> None:
+        """A new input size is tried on the trunk first: a backbone that cannot take it (a
+        transformer with a fixed patch grid, too few pixels) fails here in one line."""
+        if tuple(config.size) != tuple(self._input_config.size):
+            probe_input_size(self.trunk, self.trunk.config.backbone, config.size)
+        self._input_config = config
+
+    @property
+    def pretrained_load(self) -> PretrainedLoad | None:
+        """What ``pretrained_file`` gave the trunk (``None`` without one)."""
+        return self.trunk.pretrained_load
 
     def forward(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits ``[B, num_classes]``; ``attention`` maps a level (1-based) to per-node scales."""
@@ -195,12 +222,24 @@ class FlatModel(nn.Module):
         self.tree = tree
         self.trunk_config = TrunkConfig(cfg.backbone, None, cfg.in_chans)
         self.model = create_timm_model(cfg.backbone, cfg.in_chans, pretrained, pretrained_file)
+        self.pretrained_load: PretrainedLoad | None = getattr(self.model, "nhl_pretrained_load", None)
         self.model.reset_classifier(tree.num_classes)
-        self.input_config = input_config or input_from_timm(self.model, cfg.in_chans)
+        self._input_config = input_config or input_from_timm(self.model, cfg.in_chans)
 
     @property
     def classes(self) -> list[str]:
         return self.tree.classes
+
+    @property
+    def input_config(self) -> InputConfig:
+        return self._input_config
+
+    @input_config.setter
+    def input_config(self, config: InputConfig) -> None:
+        """A new input size is tried on the network first (see ``NHLModel.input_config``)."""
+        if tuple(config.size) != tuple(self._input_config.size):
+            probe_input_size(self, self.trunk_config.backbone, config.size)
+        self._input_config = config
 
     def forward(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
         if attention:
@@ -273,8 +312,13 @@ def input_from_timm(model: nn.Module, in_chans: int) -> InputConfig:
 
 
 def with_input_size(config: InputConfig, size: int | Sequence[int]) -> InputConfig:
-    """The same normalisation at another input resolution (``--input-size``)."""
+    """The same normalisation at another input resolution (``--input-size``).
+
+    Refuses sizes below 1 pixel here, so that no caller turns 0 into "the default" by accident.
+    """
     h, w = (size, size) if isinstance(size, int) else size
+    if not all(_positive_int(v) for v in (h, w)):
+        raise NhlError(f"--input-size must be a positive number of pixels, got {size}")
     return InputConfig(
         (config.size[0], int(h), int(w)), config.mean, config.std, config.interpolation, config.crop_pct
     )

@@ -86,6 +86,9 @@ CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
 }
 
 PRESETS = ("imagenet-1k", "fashion-mnist", "cifar-100")
+# The columns of a line of a text class list, tab-separated; the last two are optional.
+TEXT_COLUMNS = ("id", "name", "aliases")
+JSON_KEYS = ("id", "name", "wordnet", "aliases")
 
 
 def timm_info_file(name: str) -> Path:
@@ -104,15 +107,28 @@ def imagenet_classes() -> tuple[ClassEntry, ...]:
     not pay for importing torch.
     """
     wnids = timm_info_file("imagenet_synsets.txt").read_text(encoding="utf-8").split()
-    lemmas = {}
-    for line in timm_info_file("imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines():
-        wnid, _, lemma = line.partition("\t")
-        lemmas[wnid] = lemma
+    lemmas = wordnet_lemmas()
     entries = []
     for wnid in wnids:
-        names = [n.strip() for n in lemmas.get(wnid, wnid).split(",") if n.strip()]
-        entries.append(ClassEntry(wnid, names[0], wnid, tuple(names[1:])))
+        names = lemmas.get(wnid) or (wnid,)
+        entries.append(ClassEntry(wnid, names[0], wnid, names[1:]))
     return tuple(entries)
+
+
+@lru_cache(maxsize=1)
+def wordnet_lemmas() -> dict[str, tuple[str, ...]]:
+    """WordNet's words for each ImageNet-21k noun id (``n01440764`` -> tench, Tinca tinca).
+
+    timm ships them (``imagenet_synset_to_lemma.txt``), so a bare WordNet id in a class list or
+    an ImageFolder gets its name without nltk's WordNet being installed.
+    """
+    lemmas: dict[str, tuple[str, ...]] = {}
+    for line in timm_info_file("imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines():
+        wnid, _, words = line.partition("\t")
+        names = tuple(n.strip() for n in words.split(",") if n.strip())
+        if names:
+            lemmas[wnid.strip()] = names
+    return lemmas
 
 
 def cifar100_classes() -> tuple[ClassEntry, ...]:
@@ -132,7 +148,8 @@ def preset_classes(name: str) -> list[ClassEntry]:
 
 
 def load_class_list(spec: str | Path) -> list[ClassEntry]:
-    """The classes named by ``spec``: a preset name, an ImageFolder directory, or a text/JSON file.
+    """The classes named by ``spec``: a preset name, an ImageFolder directory, or a text/JSON file
+    (also spelled ``@file``).
 
     Text files hold one class a line: ``id``, or ``id<TAB>name``, or ``id<TAB>name<TAB>alias,alias``;
     blank lines and ``#`` comments are skipped. An id that is a WordNet id (``n01440764``) or
@@ -140,9 +157,14 @@ def load_class_list(spec: str | Path) -> list[ClassEntry]:
     list of ids or of ``{"id", "name", "wordnet", "aliases"}`` objects.
     """
     text = str(spec)
+    if not text.strip():
+        raise NhlError(
+            f"--classes is empty; give a preset ({', '.join(PRESETS)}), a class-list file or an "
+            "ImageFolder directory"
+        )
     if text in PRESETS:
         return preset_classes(text)
-    path = Path(text)
+    path = class_list_path(text) or Path(text)
     if path.is_dir():
         entries = classes_from_image_folder(path)
     elif path.is_file():
@@ -153,6 +175,19 @@ def load_class_list(spec: str | Path) -> list[ClassEntry]:
         )
     _check_unique(entries, str(path))
     return entries
+
+
+def class_list_path(spec: str | Path) -> Path | None:
+    """The file or folder a class-list spec reads (``@file`` is the file); ``None`` for a preset.
+
+    Commands pass it to their output checks, so that an output never replaces the class list.
+    """
+    text = str(spec)
+    if text in PRESETS:
+        return None
+    if text.startswith("@") and not Path(text).exists() and len(text) > 1:
+        return Path(text[1:])  # the @file spelling other commands take for lists
+    return Path(text)
 
 
 def image_folder_root(path: Path) -> Path:
@@ -176,11 +211,19 @@ def classes_from_image_folder(path: Path) -> list[ClassEntry]:
 
 
 def _entry_from_id(class_id: str, name: str | None = None, aliases: Sequence[str] = ()) -> ClassEntry:
+    """A class from its id; a bare WordNet id gets WordNet's words as name and aliases, as an
+    ImageFolder's wnid folders do, so ``n01440764`` reads "tench" everywhere."""
     wordnet = class_id if WNID_RE.match(class_id) or SYNSET_NAME_RE.match(class_id) else None
+    aliases = tuple(aliases)
+    if name is None and WNID_RE.match(class_id):
+        words = wordnet_lemmas().get(class_id, ())
+        if words:
+            name = words[0]
+            aliases = tuple(dict.fromkeys((*words[1:], *aliases)))
     if name is None:
         name = class_id.split(".")[0] if SYNSET_NAME_RE.match(class_id) else class_id
         name = name.replace("_", " ")
-    return ClassEntry(class_id, name, wordnet, tuple(aliases))
+    return ClassEntry(class_id, name, wordnet, aliases)
 
 
 def _classes_from_text(path: Path) -> list[ClassEntry]:
@@ -188,14 +231,23 @@ def _classes_from_text(path: Path) -> list[ClassEntry]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise NhlError(f"{path} is not a UTF-8 text file of class names") from exc
+    except OSError as exc:
+        raise NhlError(f"cannot read class list {path}: {exc.strerror or exc}") from exc
     entries = []
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.strip().startswith("#"):
             continue
-        parts = [p.strip() for p in line.split("\t")]
+        parts = [p.strip() for p in line.rstrip().split("\t")]  # a leading tab is an empty id
+        if len(parts) > len(TEXT_COLUMNS):
+            raise NhlError(
+                f"{path}, line {number}: {len(parts)} tab-separated columns, but a class line has at "
+                f"most {len(TEXT_COLUMNS)}: {'<TAB>'.join(TEXT_COLUMNS)} (aliases separated by commas)"
+            )
+        if not parts[0]:
+            raise NhlError(f"{path}, line {number}: the class id (first column) is empty")
         aliases = [a.strip() for a in parts[2].split(",") if a.strip()] if len(parts) > 2 else []
-        entries.append(_entry_from_id(parts[0], parts[1] if len(parts) > 1 else None, aliases))
+        name = parts[1] if len(parts) > 1 and parts[1] else None
+        entries.append(_entry_from_id(parts[0], name, aliases))
     if not entries:
         raise NhlError(f"{path} lists no classes; write one class id or name per line")
     return entries
@@ -206,18 +258,37 @@ def _classes_from_json(path: Path) -> list[ClassEntry]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise NhlError(f"{path} is not valid JSON: {exc}") from exc
+    except OSError as exc:
+        raise NhlError(f"cannot read class list {path}: {exc.strerror or exc}") from exc
     if not isinstance(data, list) or not data:
         raise NhlError(f"{path} must hold a non-empty JSON list of class ids or objects")
     entries = []
     for i, item in enumerate(data):
-        if isinstance(item, str):
-            entries.append(_entry_from_id(item))
-        elif isinstance(item, dict) and isinstance(item.get("id"), str):
-            base = _entry_from_id(item["id"], item.get("name"), item.get("aliases") or ())
-            entries.append(ClassEntry(base.id, base.name, item.get("wordnet", base.wordnet), base.aliases))
+        if isinstance(item, str) and item.strip():
+            entries.append(_entry_from_id(item.strip()))
+        elif isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"].strip():
+            entries.append(_entry_from_object(item, f"{path}: item {i}"))
         else:
             raise NhlError(f"{path}: item {i} must be a class id or an object with an 'id'")
     return entries
+
+
+def _entry_from_object(item: dict[str, Any], where: str) -> ClassEntry:
+    """A class from a JSON object; unknown keys are refused rather than silently ignored."""
+    extra = sorted(set(item) - set(JSON_KEYS))
+    if extra:
+        raise NhlError(
+            f"{where} has unknown key{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}; "
+            f"a class object has {', '.join(map(repr, JSON_KEYS))}"
+        )
+    for key in ("name", "wordnet"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise NhlError(f"{where}: {key!r} must be a string")
+    aliases = item.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise NhlError(f"{where}: 'aliases' must be a list of strings")
+    base = _entry_from_id(item["id"].strip(), item.get("name") or None, aliases)
+    return ClassEntry(base.id, base.name, item.get("wordnet", base.wordnet), base.aliases)
 
 
 def _check_unique(entries: Sequence[ClassEntry], where: str) -> None:

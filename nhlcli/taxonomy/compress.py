@@ -21,7 +21,7 @@ import networkx as nx
 
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import ClassEntry, leaf_node
-from nhlcli.taxonomy.tree import ROOT_ID
+from nhlcli.taxonomy.tree import ROOT_ID, counted
 
 CLASS_KEY = "class"
 # A group larger than this many times the target size is split further, whatever the count.
@@ -43,8 +43,8 @@ def parse_group_counts(text: str | None, num_classes: int, levels: int) -> list[
         raise NhlError(f"--groups {text!r}: give whole numbers separated by commas, e.g. 10,100") from exc
     if len(counts) != levels - 1:
         raise NhlError(
-            f"--groups {text!r} gives {len(counts)} counts but {levels} levels need {levels - 1} "
-            "(one per level above the classes)"
+            f"--groups {text!r} gives {counted(len(counts), 'count')} but {counted(levels, 'level')} "
+            f"need {levels - 1} (one per level above the classes)"
         )
     if any(c < 1 for c in counts) or counts != sorted(counts) or counts[-1] > num_classes:
         raise NhlError(
@@ -211,9 +211,16 @@ def compress_hierarchy(
         attrs = graph.nodes[node]
         return str(attrs.get("name") or node), attrs.get("wnid")
 
+    def concept_aliases(node: Any) -> list[str]:
+        if isinstance(node, tuple):
+            return []
+        return list(graph.nodes[node].get("aliases") or ())
+
     def group_node(group: _Group, depth: int) -> dict[str, Any]:
+        aliases: list[str] = []
         if len(group.members) == 1:
             name, wnid = concept_label(group.members[0])
+            aliases = concept_aliases(group.members[0])
             base = group.members[0][1] if isinstance(group.members[0], tuple) else str(group.members[0])
         else:
             names = [concept_label(m)[0] for m in group.members]
@@ -229,6 +236,8 @@ def compress_hierarchy(
         out: dict[str, Any] = {"id": node_id, "name": name}
         if wnid:
             out["wnid"] = wnid
+        if aliases:
+            out["aliases"] = aliases
         return out
 
     def build(group: _Group, depth: int) -> list[dict[str, Any]]:

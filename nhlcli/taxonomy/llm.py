@@ -24,7 +24,7 @@ from nhlcli.atomic import atomic_write_text
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import ClassEntry, flat_nested, leaf_node
 from nhlcli.taxonomy.compress import check_levels, default_group_counts
-from nhlcli.taxonomy.tree import ROOT_ID, Tree, normalize_label, tool_stamp
+from nhlcli.taxonomy.tree import ROOT_ID, Tree, check_format_version, normalize_label, tool_stamp
 
 CACHE_FORMAT = "nhl-llm-cache"
 CACHE_VERSION = 1
@@ -183,12 +183,7 @@ class AnswerCache:
             raise NhlError(f"LLM cache {path} is not a valid JSON file ({reason}); {fix}") from exc
         if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
             raise NhlError(f"{path} is not an nhl LLM cache (no 'format': '{CACHE_FORMAT}'); {fix}")
-        version = data.get("version")
-        if not isinstance(version, int) or version > CACHE_VERSION:
-            raise NhlError(
-                f"LLM cache {path} has version {version!r}; this nhl reads version "
-                f"{CACHE_VERSION}: upgrade nhlcli or {fix}"
-            )
+        check_format_version(data.get("version"), CACHE_VERSION, f"LLM cache {path}", fix)
         entries = data.get("entries")
         if not isinstance(entries, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("answer"), str) for v in entries.values()
@@ -209,12 +204,115 @@ class AnswerCache:
 
 
 # ---------------------------------------------------------------------------------------- client
+BRIEF = 80  # characters of a server's body quoted in a message
+
+
+def _brief(text: str, limit: int = BRIEF) -> str:
+    """``text`` on one line, cut to ``limit`` characters: enough to recognise, never a whole page."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _html_page(text: str) -> str | None:
+    """``an HTML page titled '...'`` when ``text`` is HTML (a proxy's or web server's page), else None."""
+    stripped = text.lstrip()
+    if not stripped.startswith("<"):
+        return None
+    title = re.search(r"<title[^>]*>(.*?)</title>", stripped, re.IGNORECASE | re.DOTALL)
+    if title and title.group(1).strip():
+        return f"an HTML page titled {_brief(title.group(1), 60)!r}"
+    return "an HTML page"
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "null" if value is None else "object"
+
+
+class NotChatCompletion(ValueError):
+    """A response body that is not an OpenAI chat completion; the message says briefly what it was."""
+
+
+def completion_text(body: str, content_type: str = "") -> str | None:
+    """The answer text in a chat completions response body (``None`` for no choices).
+
+    Parsed here rather than by the openai client, which hands back whatever the server sent (a
+    str for an HTML page, a list, ...) or raises ``JSONDecodeError``; :class:`NotChatCompletion`
+    says what came instead.
+    """
+    text = body.strip()
+    if not text:
+        raise NotChatCompletion("an empty body")
+    page = _html_page(text)
+    if page or "html" in content_type.lower():
+        raise NotChatCompletion(page or f"an HTML page ({_brief(text)!r})")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise NotChatCompletion(f"a body that is not JSON: {_brief(text)!r}") from None
+    if not isinstance(data, dict):
+        raise NotChatCompletion(f"a JSON {_json_kind(data)} instead of an object: {_brief(text)!r}")
+    if "choices" not in data:
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            raise NotChatCompletion(f"an error: {_brief(error['message'], 160)!r}")
+        if isinstance(error, str):
+            raise NotChatCompletion(f"an error: {_brief(error, 160)!r}")
+        keys = ", ".join(repr(k) for k in list(data)[:6]) or "none"
+        raise NotChatCompletion(f"a JSON object without 'choices' (keys: {keys})")
+    choices = data["choices"]
+    if not isinstance(choices, list):
+        raise NotChatCompletion(f"'choices' that is a JSON {_json_kind(choices)}, not a list")
+    if not choices:
+        return None
+    first = choices[0]
+    message = first.get("message") if isinstance(first, dict) else None
+    if not isinstance(message, dict):
+        raise NotChatCompletion("a first choice without a 'message' object")
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else None
+    if parts is not None and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts):
+        return "".join(p["text"] for p in parts)  # content given as text parts
+    raise NotChatCompletion(f"a message whose 'content' is a JSON {_json_kind(content)}, not text")
+
+
 def _api_message(exc: Any) -> str:
-    """The server's own error message, without the client's "Error code: N - {...}" wrapping."""
+    """The server's own error message, briefly, without the client's "Error code: N - {...}" wrapping."""
     body = getattr(exc, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    return re.sub(r"^Error code: \d+ - ", "", str(getattr(exc, "message", exc)))
+    if isinstance(body, dict):
+        for key in ("message", "detail", "error"):
+            if isinstance(body.get(key), str):
+                return _brief(body[key], 200)
+    if isinstance(body, str):
+        return _html_page(body) or _brief(body, 200)
+    return _brief(re.sub(r"^Error code: \d+ - ", "", str(getattr(exc, "message", exc))), 200)
+
+
+def _names_model(exc: Any, model: str) -> bool:
+    """Whether a 404 says the model is unknown, rather than that the URL serves no such API.
+
+    OpenAI says so with code ``model_not_found``; other servers (vLLM, Ollama, llama.cpp) name
+    the model or say "model" in a JSON error, while a wrong path gets the web server's plain
+    "Not Found" (text, HTML or ``{"detail": "Not Found"}``).
+    """
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and body.get("code") == "model_not_found":
+        return True
+    message = body.get("message") if isinstance(body, dict) else body
+    if not isinstance(message, str) or _html_page(message):
+        return False
+    lower = message.lower()
+    named = re.search(rf"(?<![\w.:/-]){re.escape(model.lower())}(?![\w.:/-])", lower)
+    return bool(named or re.search(r"\bmodels?\b", lower))
 
 
 def _one_line(text: str, secret: str | None = None) -> str:
@@ -246,8 +344,29 @@ class _Chat:
             api_key=key, base_url=self.settings.base_url, timeout=self.settings.timeout, max_retries=0
         )
 
+    def _not_found(self, exc: Any, where: str) -> str:
+        """The message for HTTP 404: an unknown model, or a base URL without the API under it."""
+        detail = _one_line(_api_message(exc), self._key)
+        if _names_model(exc, self.settings.model):
+            return (
+                f"model {self.settings.model!r} was not found at {where} (HTTP 404: {detail}); pick a "
+                "model the server offers with --model"
+            )
+        request = getattr(getattr(exc, "response", None), "request", None)
+        url = str(request.url) if request is not None else f"{where}/chat/completions"
+        hint = (
+            f"; OpenAI-compatible servers usually serve it under /v1: try --base-url {where}/v1"
+            if not re.search(r"/v\d+\w*$", where)
+            else ""
+        )
+        return (
+            f"the LLM server at {where} has no chat completions API at {url} (HTTP 404: {detail}); "
+            f"check --base-url{hint}"
+        )
+
     def complete(self, messages: list[dict[str, str]]) -> str | None:
-        """One chat completion; every HTTP failure becomes a one-line :class:`NhlError`."""
+        """One chat completion; every HTTP failure and every unusable body becomes a one-line
+        :class:`NhlError`."""
         import openai
 
         if self._client is None:
@@ -255,7 +374,11 @@ class _Chat:
         s = self.settings
         where = str(self._client.base_url).rstrip("/")
         try:
-            response = self._client.chat.completions.create(model=s.model, messages=messages, temperature=0)
+            raw = self._client.chat.completions.with_raw_response.create(
+                model=s.model, messages=messages, temperature=0
+            )
+            response = raw.http_response
+            body = response.text
         except openai.APITimeoutError as exc:
             raise NhlError(
                 f"the LLM server at {where} did not answer within {s.timeout:g} s; raise "
@@ -273,11 +396,7 @@ class _Chat:
                 f"(HTTP {exc.status_code}); set a valid key"
             ) from exc
         except openai.NotFoundError as exc:
-            raise NhlError(
-                f"model {s.model!r} was not found at {where} (HTTP 404: "
-                f"{_one_line(_api_message(exc), self._key)}); pick a model the server offers "
-                "with --model"
-            ) from exc
+            raise NhlError(self._not_found(exc, where)) from exc
         except openai.APIStatusError as exc:
             raise NhlError(
                 f"the LLM server at {where} answered HTTP {exc.status_code}: "
@@ -287,9 +406,14 @@ class _Chat:
             raise NhlError(
                 f"the LLM server at {where} sent an unusable response: {_one_line(str(exc), self._key)}"
             ) from exc
-        if not response.choices:
-            return None
-        return response.choices[0].message.content
+        try:
+            return completion_text(body, response.headers.get("content-type", ""))
+        except NotChatCompletion as exc:
+            raise NhlError(
+                f"the LLM server at {where} did not answer like an OpenAI-compatible chat completions "
+                f"API (it sent {_one_line(str(exc), self._key)}); check --base-url: it must be the "
+                "API's root, under which POST /chat/completions answers (e.g. http://localhost:8000/v1)"
+            ) from exc
 
 
 def ask_checked(

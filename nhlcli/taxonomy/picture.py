@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nhlcli.atomic import atomic_write
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.tree import Tree
+from nhlcli.taxonomy.tree import Tree, counted
 
 PICTURE_FORMATS = ("png", "svg")
 MAX_ROWS = 60  # default collapse: the deepest level with at most this many nodes
@@ -124,7 +124,7 @@ def draw_tree(
         ax.set_xlim(-0.2, levels + 1.6)
         ax.set_ylim(rows - 0.5, -0.5)
         ax.axis("off")
-        what = f"{tree.num_classes} classes, {tree.levels} levels"
+        what = f"{counted(tree.num_classes, 'class', 'classes')}, {counted(tree.levels, 'level')}"
         if depth is None and limit < tree.levels:
             what += f", collapsed below level {limit}"
         if kept:

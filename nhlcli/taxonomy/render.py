@@ -6,7 +6,7 @@ from rich.markup import escape
 from rich.tree import Tree as RichTree
 
 from nhlcli.atomic import dumps_json
-from nhlcli.taxonomy.tree import Tree
+from nhlcli.taxonomy.tree import Tree, counted
 
 FORMATS = ("rich", "dot", "mermaid", "json")
 
@@ -35,7 +35,10 @@ def to_rich(tree: Tree, depth: int | None = None) -> RichTree:
             text += f" [cyan]{counts[node_id]} class{'es' if counts[node_id] != 1 else ''}[/]"
         return text
 
-    title = f"{escape(tree.name or 'tree')}: {tree.num_classes} classes, {tree.levels} levels"
+    title = (
+        f"{escape(tree.name or 'tree')}: {counted(tree.num_classes, 'class', 'classes')}, "
+        f"{counted(tree.levels, 'level')}"
+    )
     rich_root = RichTree(f"[bold magenta]{title}[/]\n{label(tree.root)}")
     stack = [(tree.root, rich_root)]
     while stack:

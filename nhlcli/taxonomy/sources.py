@@ -34,12 +34,27 @@ def shipped_tree(name: str) -> Tree:
     return Tree.load(path)
 
 
+def _is_tree_path(spec: str | Path) -> bool:
+    """Whether a TREE argument means a file (rather than a shipped tree's name)."""
+    path = Path(spec)
+    return path.suffix == ".json" or path.exists()
+
+
 def resolve_tree(spec: str | Path) -> Tree:
     """A tree from a file path or the name of a shipped tree."""
-    path = Path(spec)
-    if path.suffix == ".json" or path.exists():
-        return Tree.load(path)
+    if not str(spec).strip():
+        raise NhlError("the tree is empty; give a tree file (.json) or a shipped tree's name")
+    if _is_tree_path(spec):
+        return Tree.load(spec)
     return shipped_tree(str(spec))
+
+
+def tree_source_file(spec: str | Path) -> Path:
+    """The file a TREE argument reads (a shipped tree's own file for a name): an input that no
+    output may replace."""
+    if _is_tree_path(spec):
+        return Path(spec)
+    return taxonomies_dir() / f"{spec}.json"
 
 
 def _source(kind: str, **params: Any) -> dict[str, Any]:
@@ -94,7 +109,10 @@ def build_superclass_tree(entries: Sequence[ClassEntry], name: str = "") -> Tree
     for entry in entries:
         i = index[entry.id]
         gid = f"superclass-{int(ids[i]):03d}"
-        group = groups.setdefault(gid, {"id": gid, "name": names[i].split(",")[0].strip(), "children": []})
+        words = [w.strip() for w in names[i].split(",") if w.strip()]
+        group = groups.setdefault(gid, {"id": gid, "name": words[0], "children": []})
+        if len(words) > 1:
+            group["aliases"] = words[1:]
         group["children"].append(leaf_node(entry))
     root = {"id": ROOT_ID, "name": "entity", "children": list(groups.values())}
     return Tree.from_nested(
@@ -113,7 +131,8 @@ def breeds_graph() -> tuple[nx.DiGraph, str]:
     for line in (folder / "node_names.txt").read_text(encoding="utf-8").splitlines():
         node, _, label = line.partition("\t")
         wnid = node if node.startswith("n") and node[1:].isdigit() else None
-        graph.add_node(node, name=label.split(",")[0].strip() or node, wnid=wnid)
+        words = [w.strip() for w in label.split(",") if w.strip()]
+        graph.add_node(node, name=words[0] if words else node, wnid=wnid, aliases=tuple(words[1:]))
     for line in (folder / "class_hierarchy.txt").read_text(encoding="utf-8").splitlines():
         if line.strip():
             parent, child = line.split()

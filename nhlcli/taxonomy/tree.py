@@ -24,13 +24,16 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from nhlcli import __version__
 from nhlcli.atomic import atomic_write_json
 from nhlcli.errors import NhlError
+
+if TYPE_CHECKING:
+    from nhlcli.taxonomy.selection import Selection
 
 TREE_FORMAT = "nhl-tree"
 TREE_VERSION = 1
@@ -56,6 +59,31 @@ class Node:
 def normalize_label(text: str) -> str:
     """Fold case, underscores, hyphens, slashes and runs of spaces so that names match loosely."""
     return re.sub(r"[\s_\-/]+", " ", text.strip().lower()).strip()
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """``1 level``, ``3 levels``: a count with its noun, so messages never read "1 levels"."""
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
+def check_format_version(version: Any, supported: int, what: str, fix: str) -> int:
+    """The integer format version of a file nhl wrote; a clear message for a missing, garbled or newer one.
+
+    Only a whole number above ``supported`` asks for a newer nhl: anything else is a damaged
+    file, and saying "upgrade" for it would send the user the wrong way.
+    """
+    if version is None:
+        raise NhlError(f"{what} has no 'version' (this nhl writes version {supported}); {fix}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise NhlError(
+            f"{what} has an invalid 'version' {version!r} (a whole number such as {supported}); {fix}"
+        )
+    if version > supported:
+        raise NhlError(
+            f"{what} has version {version}, newer than this nhl supports (version {supported}); "
+            "upgrade nhlcli"
+        )
+    return version
 
 
 def tool_stamp() -> str:
@@ -108,10 +136,19 @@ class Tree:
     def load(cls, path: str | Path) -> Tree:
         """Read and validate a tree file; every problem becomes a one-line :class:`NhlError`."""
         path = Path(path)
-        if not path.is_file():
+        if path.is_dir():
+            raise NhlError(
+                f"tree {path} is a directory; a tree is a JSON file written by 'nhl hierarchy build' "
+                "or the name of a shipped tree (see 'nhl hierarchy list')"
+            )
+        if not path.exists():
             raise NhlError(f"tree file {path} does not exist; build one with 'nhl hierarchy build'")
+        if not path.is_file():
+            raise NhlError(f"tree {path} is not a regular file; a tree is a JSON file")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise NhlError(f"cannot read tree file {path}: {exc.strerror or exc}") from exc
         except UnicodeDecodeError as exc:
             raise NhlError(f"{path} is not a text file; a tree file is JSON written by nhl") from exc
         except json.JSONDecodeError as exc:
@@ -132,14 +169,9 @@ class Tree:
         fmt = data.get("format")
         if fmt != TREE_FORMAT:
             raise NhlError(f"not an nhl tree file (format is {fmt!r}, expected {TREE_FORMAT!r})")
-        version = data.get("version")
-        if not isinstance(version, int) or version < 1:
-            raise NhlError(f"tree file has no valid 'version' (got {version!r})")
-        if version > TREE_VERSION:
-            raise NhlError(
-                f"tree file version {version} is newer than this nhl supports ({TREE_VERSION}); "
-                "upgrade nhlcli"
-            )
+        check_format_version(
+            data.get("version"), TREE_VERSION, "tree file", "fix it or rebuild it with 'nhl hierarchy build'"
+        )
         classes = data.get("classes")
         if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
             raise NhlError("'classes' must be a non-empty list of class ids (the model's logit order)")
@@ -339,16 +371,21 @@ class Tree:
         raise NhlError(f"unknown class or node {label!r}{hint}")
 
     def _label_lookup(self) -> dict[str, list[str]]:
+        """Normalized label -> node ids; ids, names and WordNet ids come before aliases, so a
+        class named ``screen`` is never shadowed by a group that also answers to ``screen``."""
         if self._lookup is None:
-            lookup: dict[str, list[str]] = {}
+            primary: dict[str, list[str]] = {}
+            secondary: dict[str, list[str]] = {}
             for node_id in self.iter_nodes():
                 attrs = self._graph.nodes[node_id]
-                labels = {node_id, attrs.get("name") or node_id, *(attrs.get("aliases") or ())}
+                labels = {node_id, attrs.get("name") or node_id}
                 if attrs.get("wnid"):
                     labels.add(attrs["wnid"])
                 for key in {normalize_label(x) for x in labels}:
-                    lookup.setdefault(key, []).append(node_id)
-            self._lookup = lookup
+                    primary.setdefault(key, []).append(node_id)
+                for key in {normalize_label(x) for x in attrs.get("aliases") or ()}:
+                    secondary.setdefault(key, []).append(node_id)
+            self._lookup = {**secondary, **primary}
         return self._lookup
 
     def lowest_common_ancestor(self, labels: Sequence[str]) -> str:
@@ -362,6 +399,13 @@ class Tree:
                 break
             common = step[0]
         return common
+
+    def select(self, names: Sequence[str], what: str = "--classes") -> Selection:
+        """The classes ``names`` mean (classes, nodes, or WordNet concepts), unioned: the one
+        resolution behind every class list (see :mod:`nhlcli.taxonomy.selection`)."""
+        from nhlcli.taxonomy.selection import select
+
+        return select(self, names, what)
 
     def subtree(self, labels: Sequence[str], name: str | None = None) -> Tree:
         """The tree restricted to the classes below ``labels`` (classes or inner nodes).

@@ -17,6 +17,7 @@ from typing import Any
 import networkx as nx
 
 from nhlcli.errors import NhlError
+from nhlcli.paths import check_output_dir
 from nhlcli.taxonomy.classes import SYNSET_NAME_RE, WNID_RE, ClassEntry
 from nhlcli.taxonomy.compress import check_levels, compress_hierarchy, parse_group_counts
 from nhlcli.taxonomy.tree import Tree, tool_stamp
@@ -107,8 +108,19 @@ def setup_wordnet(source: str | Path, target: str | Path | None = None) -> Path:
             f"{src} is not a WordNet 3.0 dict directory (missing {', '.join(missing) or 'directory'}); "
             "on Debian: apt-get install wordnet-base wordnet-sense-index, then use /usr/share/wordnet"
         )
-    root = Path(target) if target else default_nltk_data_dir()
+    if target is not None and not str(target).strip():
+        raise NhlError("--to is empty; give an nltk data directory, or leave --to out for nltk's default")
+    root = Path(target) if target is not None else default_nltk_data_dir()
     dest = root / "corpora" / "wordnet"
+    label = "--to" if target is not None else "nltk's data directory"
+    check_output_dir(root, label=label)
+    here, there = src.resolve(), dest.resolve()
+    if here.is_relative_to(there) or there.is_relative_to(here):  # copying onto or into itself
+        raise NhlError(
+            f"{label} {root}: the copy would go to {dest}, which is or overlaps the --from directory "
+            f"{src}; choose an nltk data directory outside it"
+        )
+    check_output_dir(dest, inputs=[src], label=label)
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
         if f.is_file():
@@ -155,6 +167,11 @@ def synset_name(synset: Any) -> str:
     return synset.lemma_names()[0].replace("_", " ")
 
 
+def synset_aliases(synset: Any) -> tuple[str, ...]:
+    """The synset's other words, so its node answers to each (``selachian`` for elasmobranch)."""
+    return tuple(lemma.replace("_", " ") for lemma in synset.lemma_names()[1:])
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where WordNet puts one class: its synset, or ``None``, and whether the match is ambiguous."""
@@ -196,14 +213,19 @@ def _parent(synset: Any) -> Any | None:
     return max(parents, key=lambda p: (p.max_depth(), p.name()))
 
 
+def _add_concept(graph: nx.DiGraph, synset: Any) -> None:
+    wnid = synset_id(synset)
+    graph.add_node(wnid, name=synset_name(synset), wnid=wnid, aliases=synset_aliases(synset))
+
+
 def hypernym_graph(synsets: Sequence[Any]) -> tuple[nx.DiGraph, str]:
     """The tree of chosen hypernyms above ``synsets``, keyed by WordNet id, and its root."""
     graph = nx.DiGraph()
     for synset in synsets:
         node = synset
-        graph.add_node(synset_id(node), name=synset_name(node), wnid=synset_id(node))
+        _add_concept(graph, node)
         while (up := _parent(node)) is not None:
-            graph.add_node(synset_id(up), name=synset_name(up), wnid=synset_id(up))
+            _add_concept(graph, up)
             if graph.has_edge(synset_id(up), synset_id(node)):
                 break
             graph.add_edge(synset_id(up), synset_id(node))
@@ -248,3 +270,67 @@ def build_wordnet_tree(
         "tool": tool_stamp(),
     }
     return Tree.from_nested(nested, [e.id for e in entries], name=name, source=source)
+
+
+# ---------------------------------------------------------------------- concepts -> classes
+@dataclass(frozen=True)
+class Concept:
+    """A WordNet noun concept and the classes of a tree below it (its hyponym closure)."""
+
+    synset: str  # e.g. "shark.n.01"
+    wnid: str  # e.g. "n01482330"
+    lemmas: tuple[str, ...]
+    classes: tuple[str, ...]  # class ids, in the tree's class order
+
+
+def _up(synset: Any) -> list[Any]:
+    return synset.hypernyms() + synset.instance_hypernyms()
+
+
+@lru_cache(maxsize=4096)
+def concepts_above(wnid: str) -> frozenset[str]:
+    """The WordNet ids of ``wnid`` and every concept above it (all hypernym paths, not just one)."""
+    wn = wordnet_reader()
+    try:
+        synset = wn.synset_from_pos_and_offset("n", int(wnid[1:]))
+    except Exception:  # nltk raises WordNetError or a bare Exception on a bad offset
+        return frozenset()
+    return frozenset({wnid, *(synset_id(s) for s in synset.closure(_up))})
+
+
+def _senses(name: str) -> list[Any]:
+    """The noun synsets ``name`` may mean: a WordNet id, a synset name, or a word (most frequent first)."""
+    wn = wordnet_reader()
+    text = name.strip()
+    try:
+        if WNID_RE.match(text):
+            return [wn.synset_from_pos_and_offset("n", int(text[1:]))]
+        if SYNSET_NAME_RE.match(text):
+            return [wn.synset(text)]
+    except Exception:
+        return []
+    return wn.synsets(text.replace(" ", "_"), pos="n")
+
+
+def covering_concepts(name: str, class_wnids: dict[str, str]) -> list[Concept]:
+    """The noun senses of ``name`` that have classes of ``class_wnids`` (class id -> WordNet id)
+    below them, most frequent sense first. Empty when no sense covers a class."""
+    found = []
+    for synset in _senses(name):
+        wnid = synset_id(synset)
+        covered = tuple(c for c, w in class_wnids.items() if wnid in concepts_above(w))
+        if covered:
+            lemmas = tuple(lemma.replace("_", " ") for lemma in synset.lemma_names())
+            found.append(Concept(synset.name(), wnid, lemmas, covered))
+    return found
+
+
+def concept_words(class_wnids: dict[str, str]) -> list[str]:
+    """Every word (lemma) of every concept above the classes: the names that would resolve."""
+    wn = wordnet_reader()
+    ids = set().union(*(concepts_above(w) for w in class_wnids.values()))
+    words = set()
+    for wnid in ids:
+        synset = wn.synset_from_pos_and_offset("n", int(wnid[1:]))
+        words.update(lemma.replace("_", " ").lower() for lemma in synset.lemma_names())
+    return sorted(words)

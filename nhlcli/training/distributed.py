@@ -8,6 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from nhlcli.errors import NhlError
+from nhlcli.taxonomy.tree import counted
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -27,9 +30,41 @@ class DistInfo:
         return self.rank == 0
 
 
+DEVICE_HELP = "use --device cpu, or leave --device out to take the GPU when there is one"
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The device asked for, or the GPU when there is one and the CPU otherwise."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """The device asked for, or the GPU when there is one and the CPU otherwise.
+
+    A device torch does not know, or one this machine does not have, fails here in one line
+    rather than deep inside torch at the first tensor moved.
+    """
+    if isinstance(device, str):
+        device = device.strip()
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise NhlError(
+            f"--device {device!r} is not a device torch knows; {DEVICE_HELP} (cuda:N picks GPU N)"
+        ) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NhlError(f"--device {device}: no CUDA GPU is visible on this machine; {DEVICE_HELP}")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise NhlError(
+                f"--device {device}: this machine has {counted(count, 'CUDA GPU')}, numbered 0 to {count - 1}"
+            )
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise NhlError(f"--device {device}: Apple's MPS is not available on this machine; {DEVICE_HELP}")
+        return dev
+    raise NhlError(f"--device {device}: nhl runs on cpu, cuda or mps, not {dev.type}; {DEVICE_HELP}")
 
 
 def setup(device: str | None = None) -> DistInfo:
@@ -47,6 +82,17 @@ def setup(device: str | None = None) -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(rank, world, local, dev)
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or the only one): under torchrun every rank runs the same
+    command, and only rank 0 should write files or tell the user what it wrote.
+
+    Reads torchrun's ``RANK`` when no process group is up (e.g. after training tore it down).
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def teardown(info: DistInfo) -> None:
