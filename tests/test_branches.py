@@ -150,7 +150,23 @@ def test_level_one_identity_shortcut():
         assert_close(level(x), torch.cat([m(x) for m in ref], 1))
 
 
-def test_select_is_exact(fused):
+def keep_rows(module, rows, *args):
+    """``module`` rebuilt for the nodes ``rows`` only, by row selection on its node-first state
+    (what :mod:`nhlcli.model.slicing` does to every branch tensor)."""
+    kind = type(module)
+    new = (
+        kind(len(rows), *args)
+        if kind is LeafHeads
+        else kind(
+            len(rows), *args, module.in_channels, module.width, module.blocks_per_node, module.expansion
+        )
+    )
+    index = torch.tensor(rows)
+    new.load_state_dict({k: v.index_select(0, index) for k, v in module.state_dict().items()})
+    return new.eval()
+
+
+def test_row_selection_on_node_first_state_is_exact(fused):
     levels, heads = make_stack(2)
     for m in (*levels, heads):
         m.eval()
@@ -162,8 +178,12 @@ def test_select_is_exact(fused):
     par2 = [keep1.index(P2[i]) for i in keep2]
     keep3 = [i for i, p in enumerate(P3) if p in keep2]
     par3 = [keep2.index(P3[i]) for i in keep3]
-    cut = [levels[0].select(keep1, None), levels[1].select(keep2, par2), levels[2].select(keep3, par3)]
-    cut_heads = heads.select(keep3)
+    cut = [
+        keep_rows(levels[0], keep1, None),
+        keep_rows(levels[1], keep2, par2),
+        keep_rows(levels[2], keep3, par3),
+    ]
+    cut_heads = keep_rows(heads, keep3, heads.in_channels)
     with torch.no_grad():
         outs, logits = run_batched(cut, cut_heads, x)
     for level, out, ref, keep in zip(cut, outs, full, (keep1, keep2, keep3), strict=True):
@@ -171,17 +191,6 @@ def test_select_is_exact(fused):
         expect = torch.cat([ref[:, i * c : (i + 1) * c] for i in keep], 1)
         assert (out - expect).abs().max().item() <= 1e-5
     assert (logits - full_logits[:, keep3]).abs().max().item() <= 1e-5
-    # the cutout keeps the node-first state, eval mode and BN settings
-    assert all(t.shape[0] == len(keep3) for t in cut[2].state_dict().values())
-    assert not cut[2].training
-
-
-def test_select_rejects_bad_input():
-    level = BranchLevel(4, [0, 0, 1, 1], 8, 2)
-    with pytest.raises(ValueError):
-        level.select([0, 7], [0, 0])
-    with pytest.raises(ValueError):
-        level.select([0], None)
 
 
 @pytest.mark.parametrize("training", [False, True])

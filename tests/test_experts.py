@@ -333,3 +333,25 @@ def test_cli_cutout_bad_inputs(model_files, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
     # the file format keeps the parent's weights untouched
     assert load_file(str(nhl)).keys() == NHLModel.from_config(read_metadata(nhl)).state_dict().keys()
+
+
+def test_nhl_cutout_costs_the_parent_without_reading_its_weights_whole(tmp_path, monkeypatch):
+    """The cut reads only the kept rows; the parent's cost comes from a skeleton of its shape."""
+    from nhlcli.experts import cutout_with_cost
+    from nhlcli.model import files
+
+    tree = random_tree(2, 12, seed=3)
+    parent_model = tiny_nhl(tree)
+    parent = save_model(parent_model, tmp_path / "p.safetensors")
+
+    def whole_read(*args, **kwargs):
+        raise AssertionError("the parent's weights were read whole")
+
+    monkeypatch.setattr(files, "load_weights", whole_read)
+    monkeypatch.setattr(files, "load_model", whole_read)
+    cut, parent_cost, expert_cost = cutout_with_cost(parent, [tree.classes[0]], (1,), latency=False)
+    assert parent_cost["params"] == parent_model.parameter_groups()
+    assert parent_cost["gmacs"] > expert_cost["gmacs"] > 0
+    x = torch.randn(2, 3, 32, 32)
+    full, kept = kept_logits(parent_model, cut.model, x)
+    assert torch.allclose(full, kept, atol=1e-5)

@@ -3,7 +3,6 @@
 from nhlcli.experts.cost import compare, cost_report, count_macs, measure_latency, peak_memory
 from nhlcli.experts.cutout import (
     Cutout,
-    CutPlan,
     cut_model,
     cutout_file,
     cutout_with_cost,
@@ -11,7 +10,6 @@ from nhlcli.experts.cutout import (
 )
 
 __all__ = [
-    "CutPlan",
     "Cutout",
     "compare",
     "cost_report",

@@ -5,14 +5,13 @@ classes. Every branch tensor has the node dimension first, so cutting is row sel
 weights are recomputed and the expert's logits are exactly the parent's logits for the kept
 classes (its softmax then runs over those classes only, eq. 3).
 
-Two entry points share one :class:`CutPlan`: :func:`cut_model` for a model in memory, and
-:func:`cutout_file`, which reads only the rows it keeps from the parent's safetensors file, so
-cutting a 1000-class model never holds the full branch weights in memory.
+Two entry points share one :class:`~nhlcli.model.slicing.SlicePlan`: :func:`cut_model` for a
+model in memory, and :func:`cutout_file`, which reads only the rows it keeps from the parent's
+safetensors file, so cutting a 1000-class model never holds the full branch weights in memory.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,62 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from nhlcli.errors import NhlError
 from nhlcli.model.files import check_digest, file_digests, read_metadata, recorded_digest, save_model
 from nhlcli.model.nhl import NHLModel
+from nhlcli.model.slicing import SlicePlan, read_sliced_state, slice_state
 from nhlcli.taxonomy.tree import Tree
-
-_LEVEL_KEY = re.compile(r"^levels\.(\d+)\.")
-
-
-@dataclass(frozen=True)
-class CutPlan:
-    """Which rows of each parent tensor an expert keeps.
-
-    ``level_rows[d]`` are the kept node positions of branch level ``d + 1`` (in the parent's
-    level order), ``leaf_rows`` the kept leaf heads; trunk tensors are kept whole.
-    """
-
-    parent: Tree
-    expert: Tree
-    level_rows: tuple[tuple[int, ...], ...]
-    leaf_rows: tuple[int, ...]
-
-    @classmethod
-    def build(cls, parent: Tree, expert: Tree, single_branch: bool = False) -> CutPlan:
-        level_rows = []
-        for depth in range(1, parent.levels + 1):
-            if single_branch:  # one branch feeds every class; it stays whole
-                level_rows.append((0,))
-                continue
-            position = {n: i for i, n in enumerate(parent.level(depth))}
-            level_rows.append(tuple(position[n] for n in expert.level(depth)))
-        leaf_position = {n: i for i, n in enumerate(parent.level(parent.levels))}
-        leaf_rows = tuple(leaf_position[n] for n in expert.level(expert.levels))
-        return cls(parent, expert, tuple(level_rows), leaf_rows)
-
-    def rows(self, key: str) -> tuple[int, ...] | None:
-        """The kept rows (dim 0) of the state-dict tensor ``key``; ``None`` keeps it whole."""
-        match = _LEVEL_KEY.match(key)
-        if match:
-            return self.level_rows[int(match.group(1))]
-        if key.startswith("heads."):
-            return self.leaf_rows
-        return None
-
-
-def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
-    """Consecutive runs ``[start, stop)`` of ``rows``, in order (subtrees are mostly contiguous)."""
-    runs: list[tuple[int, int]] = []
-    for r in rows:
-        if runs and runs[-1][1] == r:
-            runs[-1] = (runs[-1][0], r + 1)
-        else:
-            runs.append((r, r + 1))
-    return runs
 
 
 def _expert_model(meta: Mapping[str, Any], expert_tree: Tree, state: dict[str, torch.Tensor]) -> NHLModel:
@@ -107,35 +57,9 @@ def cut_model(model: nn.Module, labels: Sequence[str]) -> NHLModel:
     meta = model.config()
     _check_nhl(meta, "this model")
     expert_tree = model.tree.select(labels).subtree(model.tree)
-    plan = CutPlan.build(model.tree, expert_tree, model.branch_config.single_branch)
-    state = {}
-    with torch.no_grad():
-        for key, value in model.state_dict().items():
-            rows = plan.rows(key)
-            if rows is None:
-                state[key] = value.detach().clone()
-            else:
-                state[key] = value.index_select(0, torch.tensor(rows, device=value.device)).clone()
+    plan = SlicePlan.build(model.tree, expert_tree, model.branch_config.single_branch)
+    state = slice_state(model.state_dict(), plan)
     return _expert_model(meta, expert_tree, state).to(next(model.parameters()).device)
-
-
-def _read_state(path: Path, plan: CutPlan) -> dict[str, torch.Tensor]:
-    """The expert's tensors, reading only the kept rows of each branch tensor from ``path``."""
-    state = {}
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
-                rows = plan.rows(key)
-                if rows is None:
-                    state[key] = handle.get_tensor(key)
-                    continue
-                part = handle.get_slice(key)
-                pieces = [part[start:stop] for start, stop in _runs(rows)]
-                state[key] = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-    except (SafetensorError, OSError, ValueError) as exc:
-        reason = " ".join(str(exc).split())
-        raise NhlError(f"{path}: cannot read the weights ({reason}); the file may be truncated") from exc
-    return state
 
 
 @dataclass
@@ -167,13 +91,13 @@ def cutout_file(parent: str | Path, labels: Sequence[str]) -> Cutout:
     selection = parent_tree.select(labels)
     expert_tree = selection.subtree(parent_tree)
     single = bool(meta["branches"].get("single_branch", False))
-    plan = CutPlan.build(parent_tree, expert_tree, single)
+    plan = SlicePlan.build(parent_tree, expert_tree, single)
     # hashing the parent (its identity in the lineage, and its data against the recorded digest)
     # overlaps reading and rebuilding: sha256 and file reads release the GIL
     with ThreadPoolExecutor(max_workers=1) as pool:
         hashing = pool.submit(file_digests, parent)
         try:
-            model = _expert_model(meta, expert_tree, _read_state(parent, plan))
+            model = _expert_model(meta, expert_tree, read_sliced_state(parent, plan))
         except RuntimeError as exc:
             first = " ".join(str(exc).split())[:300]
             raise NhlError(
@@ -216,13 +140,17 @@ def cutout_with_cost(
 ) -> tuple[Cutout, dict[str, Any], dict[str, Any]]:
     """Cut an expert and measure parent and expert side by side (what ``nhl cutout`` reports).
 
+    Only the expert's rows of the parent file are read; the parent is costed as a skeleton.
+
     The parent's report goes into the expert's lineage, so ``save_expert`` records both.
     """
     from nhlcli.experts.cost import cost_report
-    from nhlcli.model.files import load_model
+    from nhlcli.model.registry import model_from_config
 
     cut = cutout_file(parent, labels)
-    full = load_model(parent)
+    # the parent's cost from a skeleton of the same shape (fresh weights): params, MACs and
+    # latency do not depend on the values, and the parent's weights are never read whole
+    full = model_from_config(read_metadata(parent)).eval()
     parent_cost = cost_report(full, batch_sizes, latency=latency, threads=threads)
     del full
     expert_cost = cost_report(cut.model, batch_sizes, latency=latency, threads=threads)

@@ -119,17 +119,11 @@ class BranchPath(nn.Module):
 
     def __init__(self, model: nn.Module, nodes: Sequence[str]) -> None:
         super().__init__()
-        from nhlcli.experts.cutout import CutPlan
-        from nhlcli.model.nhl import tree_parent_index
+        from nhlcli.model.slicing import sliced_branches
 
         tree: Tree = model.tree
         sub = tree.subtree(list(nodes))
-        plan = CutPlan.build(tree, sub)
-        self.levels = nn.ModuleList(
-            level.select(rows, tree_parent_index(sub, depth))
-            for depth, (level, rows) in enumerate(zip(model.levels, plan.level_rows, strict=True), start=1)
-        )
-        self.heads = model.heads.select(plan.leaf_rows)
+        self.levels, self.heads = sliced_branches(model, sub)
         leaf_position = {c: i for i, c in enumerate(sub.level(sub.levels))}
         self.register_buffer(
             "class_to_leaf", torch.tensor([leaf_position[c] for c in sub.classes]), persistent=False

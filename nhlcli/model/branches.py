@@ -29,9 +29,9 @@ arithmetic. :func:`nhlcli.memory.keep_freed_cpu_memory` (and ``THP_MEM_ALLOC_ENA
 torch) make it fast and steady; see the benchmark.
 
 Contract relied on by expert cutouts: every parameter and buffer has the node dimension first,
-so ``select`` is ``index_select(0)`` on every state tensor. :func:`per_node_modules` and
-:class:`ReferenceStack` build ordinary per-node ``nn.Conv2d``/``nn.BatchNorm2d`` modules with
-the same weights: the test oracle and the benchmark baseline.
+so slicing (:mod:`nhlcli.model.slicing`) is ``index_select(0)`` on every state tensor.
+:func:`per_node_modules` and :class:`ReferenceStack` build ordinary per-node
+``nn.Conv2d``/``nn.BatchNorm2d`` modules with the same weights: the test oracle and the benchmark baseline.
 
 Initialisation follows torchvision's ResNet (Kaiming normal, fan-out, for convolutions; BN
 weight 1, bias 0) and, like timm's ResNet, zero-initialises the last BN weight of every
@@ -505,33 +505,6 @@ class BranchLevel(nn.Module):
         self._folded = None
         return super()._apply(fn, recurse)
 
-    # ----------------------------------------------------------------- cutouts
-    def select(self, keep: Sequence[int], parent_index: Sequence[int] | None) -> BranchLevel:
-        """A level with only the nodes ``keep`` (in that order), computing exactly their outputs.
-
-        ``parent_index`` indexes the (also reduced) previous level; ``None`` for level 1.
-        """
-        keep = [int(k) for k in keep]
-        if not keep or any(not 0 <= k < self.num_nodes for k in keep):
-            raise ValueError(f"keep must be a non-empty list of node indices in [0, {self.num_nodes})")
-        if (parent_index is None) != (self.parent_index is None):
-            raise ValueError("parent_index must be None exactly for a level-1 (trunk-fed) level")
-        new = BranchLevel(
-            len(keep), parent_index, self.in_channels, self.width, self.blocks_per_node, self.expansion
-        )
-        ref = next(iter(self.parameters()))
-        index = torch.tensor(keep, dtype=torch.long, device=ref.device)
-        with torch.no_grad():
-            state = {k: v.index_select(0, index).clone() for k, v in self.state_dict().items()}
-        new.load_state_dict(state, assign=True)
-        for mod_new, mod_old in zip(new.modules(), self.modules(), strict=True):
-            if isinstance(mod_new, NodeBatchNorm):
-                mod_new.eps, mod_new.momentum = mod_old.eps, mod_old.momentum
-        new.train(self.training)
-        for p_new, p_old in zip(new.parameters(), self.parameters(), strict=True):
-            p_new.requires_grad_(p_old.requires_grad)
-        return new
-
 
 class LeafHeads(nn.Module):
     """Global average pooling + one linear unit per leaf: logits ``[B, num_leaves]``."""
@@ -566,19 +539,6 @@ class LeafHeads(nn.Module):
             pooled = x.mean(dim=(2, 3))
         pooled = pooled.view(b, self.num_leaves, self.in_channels)
         return torch.einsum("blc,lc->bl", pooled, self.weight) + self.bias
-
-    def select(self, keep: Sequence[int]) -> LeafHeads:
-        """Heads for the leaves ``keep`` only, in that order."""
-        keep = [int(k) for k in keep]
-        if not keep or any(not 0 <= k < self.num_leaves for k in keep):
-            raise ValueError(f"keep must be a non-empty list of leaf indices in [0, {self.num_leaves})")
-        new = LeafHeads(len(keep), self.in_channels, self.shared)
-        index = torch.tensor(keep, dtype=torch.long, device=self.weight.device)
-        with torch.no_grad():
-            state = {k: v.index_select(0, index).clone() for k, v in self.state_dict().items()}
-        new.load_state_dict(state, assign=True)
-        new.train(self.training)
-        return new
 
 
 # --------------------------------------------------------------------------- reference (oracle)

@@ -95,6 +95,27 @@ def tree_parent_index(tree: Tree, depth: int) -> list[int] | None:
     return [position[tree.parent(n)] for n in tree.level(depth)]
 
 
+def build_branches(
+    tree: Tree, config: BranchConfig, in_channels: int, init: bool = True
+) -> tuple[nn.ModuleList, LeafHeads]:
+    """The branch levels and leaf heads of ``tree`` on a trunk with ``in_channels`` outputs.
+
+    ``init=False`` leaves the weights unallocated (meta tensors), for ``load_state_dict(...,
+    assign=True)``.
+    """
+    levels = []
+    with torch.device("cpu" if init else "meta"):
+        for depth, width in enumerate(config.widths, start=1):
+            nodes = [tree.root] if config.single_branch else tree.level(depth)
+            parents = None if config.single_branch else tree_parent_index(tree, depth)
+            levels.append(
+                BranchLevel(len(nodes), parents, in_channels, width, config.blocks, config.expansion)
+            )
+            in_channels = width * config.expansion
+        heads = LeafHeads(tree.num_classes, in_channels, shared=config.single_branch)
+    return nn.ModuleList(levels), heads
+
+
 class NHLModel(nn.Module):
     """Trunk + nested branches; ``forward`` returns one logit per class in ``tree.classes`` order."""
 
@@ -118,17 +139,9 @@ class NHLModel(nn.Module):
         self.trunk = Trunk(trunk or TrunkConfig(), pretrained=pretrained, pretrained_file=pretrained_file)
         self.branch_config = (branches or BranchConfig()).resolved(tree.levels)
         self._input_config = input_config or input_from_timm(self.trunk, self.trunk.config.in_chans)
-        cfg = self.branch_config
-        levels = []
-        in_channels = self.trunk.out_channels
-        with torch.device("cpu" if init_branches else "meta"):
-            for depth, width in enumerate(cfg.widths, start=1):
-                nodes = [tree.root] if cfg.single_branch else tree.level(depth)
-                parents = None if cfg.single_branch else tree_parent_index(tree, depth)
-                levels.append(BranchLevel(len(nodes), parents, in_channels, width, cfg.blocks, cfg.expansion))
-                in_channels = width * cfg.expansion
-            self.levels = nn.ModuleList(levels)
-            self.heads = LeafHeads(tree.num_classes, in_channels, shared=cfg.single_branch)
+        self.levels, self.heads = build_branches(
+            tree, self.branch_config, self.trunk.out_channels, init=init_branches
+        )
         leaf_position = {c: i for i, c in enumerate(tree.level(tree.levels))}
         self.register_buffer(
             "class_to_leaf",
