@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from nhlcli.evaluation import model_loader
+from nhlcli.data.loaders import model_loader
 from nhlcli.gates import (
     GateTraining,
     collect_exits,

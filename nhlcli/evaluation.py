@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nhlcli.data.loaders import model_loader
 from nhlcli.errors import NhlError
 from nhlcli.model.attention import TruthAttention, attention_levels, class_attention, parse_attend
 from nhlcli.taxonomy.tree import Tree
@@ -125,41 +126,6 @@ def describe_attention(summary: Mapping[str, Any] | None) -> str:
         what = ", ".join(f"{c['name']} x{c['scale']:g}" for c in summary["classes"])
     where = "on every level of the path" if summary["level"] == "path" else f"at level {summary['levels'][0]}"
     return f"{what} {where}"
-
-
-def model_loader(
-    model: nn.Module,
-    data: str | Path,
-    split: str = "val",
-    batch_size: int = 64,
-    workers: int = 2,
-    tree: Tree | None = None,
-    subset: bool = False,
-    part: str | None = None,
-) -> Any:
-    """A loader over ``data`` through the model's own evaluation transform, labelled by ``tree``
-    (default the model's); the data of an expert, or of a model trained on some of the data's
-    classes (``nhl train --classes``), is restricted to the model's classes."""
-    from nhlcli.data import create_eval_loader
-
-    meta = getattr(model, "metadata", {})
-    is_expert = bool(meta.get("expert")) or bool((meta.get("training") or {}).get("classes"))
-    inp = model.input_config
-    return create_eval_loader(
-        data,
-        tree or model.tree,
-        input_size=inp.size[1],
-        mean=inp.mean,
-        std=inp.std,
-        in_chans=inp.size[0],
-        interpolation=inp.interpolation,
-        crop_pct=inp.crop_pct,
-        split=split,
-        batch_size=batch_size,
-        workers=workers,
-        subset=subset or is_expert,
-        part=part,
-    )
 
 
 def evaluate_file(

@@ -29,6 +29,7 @@ from nhlcli.data.loaders import (
     create_eval_loader,
     create_loaders,
     make_loader,
+    model_loader,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "channel_stats",
     "create_eval_loader",
     "create_loaders",
+    "model_loader",
     "dataset_for_tree",
     "default_augmentation",
     "default_workers",

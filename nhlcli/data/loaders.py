@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 from timm.data import create_transform
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
@@ -262,3 +264,36 @@ def take_part(dataset: Dataset, part: str) -> Subset:
         raise DataError(f"--part {part}: i must lie between 1 and k")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
     return Subset(dataset, sorted(order[i - 1 :: k].tolist()))
+
+
+def model_loader(
+    model: nn.Module,
+    data: str | Path,
+    split: str = "val",
+    batch_size: int = 64,
+    workers: int = 2,
+    tree: Tree | None = None,
+    subset: bool = False,
+    part: str | None = None,
+) -> Any:
+    """A loader over ``data`` through the model's own evaluation transform, labelled by ``tree``
+    (default the model's); the data of an expert, or of a model trained on some of the data's
+    classes (``nhl train --classes``), is restricted to the model's classes."""
+    meta = getattr(model, "metadata", {})
+    is_expert = bool(meta.get("expert")) or bool((meta.get("training") or {}).get("classes"))
+    inp = model.input_config
+    return create_eval_loader(
+        data,
+        tree or model.tree,
+        input_size=inp.size[1],
+        mean=inp.mean,
+        std=inp.std,
+        in_chans=inp.size[0],
+        interpolation=inp.interpolation,
+        crop_pct=inp.crop_pct,
+        split=split,
+        batch_size=batch_size,
+        workers=workers,
+        subset=subset or is_expert,
+        part=part,
+    )

@@ -86,7 +86,7 @@ def fit_file(
 ) -> GatedModel:
     """Fit gates on a model file (NHL, expert or flat) and save the gated file (thresholds closed
     until ``tune_file`` sets them)."""
-    from nhlcli.evaluation import model_loader
+    from nhlcli.data.loaders import model_loader
     from nhlcli.model.files import load_model, save_model
     from nhlcli.paths import check_output_file
 
@@ -114,7 +114,7 @@ def record_file(
     device: torch.device,
     progress: Any = None,
 ) -> ExitRecord:
-    from nhlcli.evaluation import model_loader
+    from nhlcli.data.loaders import model_loader
 
     loader = model_loader(gated, data, split, batch_size, workers, part=part)
     if progress is not None:
@@ -208,7 +208,7 @@ def evaluate_gated_model(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Gated inference over a data split (what ``nhl eval`` reports for a gated file)."""
-    from nhlcli.evaluation import model_loader
+    from nhlcli.data.loaders import model_loader
 
     check_gated_options(model, route_top_k, ())
     loader = model_loader(model, data, split, batch_size, workers, part=part)
