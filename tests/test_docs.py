@@ -229,13 +229,13 @@ SETUP = (
 
 
 def tutorial_steps() -> list[DocCommand]:
-    """The tutorial's commands in order, each simple command a step, setup steps left out."""
+    """The tutorial's command lines in order, as written, setup lines left out."""
     steps = []
     for command in shell_commands(REPO / "docs" / "tutorial.md"):
-        for words in simple_commands(command.text):
-            text = shlex.join(words)
-            if not any(p.match(text) for p in SETUP):
-                steps.append(DocCommand(command.file, command.line, text))
+        setup = [any(p.match(shlex.join(words)) for p in SETUP) for words in simple_commands(command.text)]
+        assert all(setup) or not any(setup), f"{command.where}: setup and tutorial steps on one line"
+        if not any(setup):
+            steps.append(command)
     return steps
 
 

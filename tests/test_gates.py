@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 
 import pytest
 import timm
@@ -345,3 +346,26 @@ def test_cli_bad_gate_inputs_get_one_line_errors(gated_files, tmp_path):
     )
     run = run_nhl("cutout", nhl_gated, "--classes", "apple", "-o", tmp_path / "e.safetensors")
     assert_one_line_error(run, "gated", "gates fit")
+
+
+def test_the_fit_hint_tunes_on_one_half_and_reports_on_the_other(gated_files, tmp_path):
+    root, data = gated_files
+    gated_file = tmp_path / "hint gated.safetensors"
+    run = run_nhl(
+        "gates", "fit", root / "flat.safetensors", "-o", gated_file, "--data", data, "--epochs", "1",
+        "--workers", "0",
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    tune = shlex.split(next(line for line in run.out.splitlines() if line.startswith("nhl gates tune ")))
+    report = shlex.split(next(line for line in run.out.splitlines() if line.startswith("nhl eval ")))
+    assert tune[3] == report[2] == str(gated_file)  # quoted, so the lines paste as they are
+    assert tune[tune.index("--part") + 1] == "1/2" and report[report.index("--part") + 1] == "2/2"
+    assert tune[tune.index("--data") + 1] == report[report.index("--data") + 1] == str(data)
+
+
+def test_fashion_mnist_held_out_split_is_called_test():
+    from nhlcli.cli.gates import split_label
+
+    assert split_label("fashion-mnist", "val") == "test"  # Fashion-MNIST has no validation set
+    assert split_label("fashion-mnist", "train") == "train"
+    assert split_label("path/to/imagefolder", "val") == "val"

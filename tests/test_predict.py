@@ -224,7 +224,7 @@ def test_a_class_takes_one_attention_scale(setup):
     model = setup["model"]
     with pytest.raises(NhlError, match="'apple' twice"):
         parse_attend(["apple=2", "apple=3"])
-    with pytest.raises(NhlError, match="'apple' twice"):
+    with pytest.raises(NhlError, match="same classes twice \\('apple' and '0'\\)"):
         class_attention(model, [("apple", 2.0), ("0", 3.0)])  # the same class by its index
     # an inner node and a class below it are two nodes: their scales meet on shared nodes
     both = class_attention(model, [("fruit", 2.0), ("apple", 3.0)], level=1)
@@ -264,7 +264,7 @@ def test_evaluate_file_attention_options(setup):
     }
     assert truth["attention"] == {"mode": "truth", "level": "last", "levels": [2], "scale": 1.0}
     steered = evaluate_file(setup["file"], setup["data"], attend={"fruit": 0.0}, attend_level=1, **common)
-    assert steered["attention"]["classes"] == [{"id": "fruit", "name": "fruit", "scale": 0.0}]
+    assert steered["attention"]["classes"] == [{"id": "fruit", "name": "fruit", "classes": 4, "scale": 0.0}]
     assert steered["loss"] != plain["loss"]
     with pytest.raises(NhlError, match="--attend-level needs"):
         evaluate_file(setup["file"], setup["data"], attend_level="path", **common)

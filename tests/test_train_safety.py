@@ -169,7 +169,7 @@ def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, folder):
     out.unlink()
     run = run_nhl("train", "--data", folder, "-o", out, *SMALL, "--epochs", "1", "--resume")
     assert run.code == 0, run.err
-    assert "already finished its 1 epochs" in " ".join(run.out.split()) and "2/1" not in run.out
+    assert "already finished its 1 epoch;" in " ".join(run.out.split()) and "2/1" not in run.out
     assert out.is_file()
 
 

@@ -243,3 +243,58 @@ def test_counts_read_in_the_singular_for_one():
     assert (counted(1, "class", "classes"), counted(0, "class", "classes")) == ("1 class", "0 classes")
     title = str(to_rich(build_flat_tree(FASHION_MNIST[:1], name="one")).label)
     assert "1 class, 1 level" in title
+
+
+def test_bare_wordnet_ids_in_a_class_list_get_wordnet_names(tmp_path):
+    from nhlcli.taxonomy import load_class_list
+
+    listing = tmp_path / "classes.txt"
+    # an ImageNet-1k class, one that is not (a cat), one named by the line, one WordNet lacks words for
+    listing.write_text("n01440764\nn02121620\nn01443537\tgoldie\nn99999999\n")
+    entries = load_class_list(listing)
+    assert [e.name for e in entries] == ["tench", "cat", "goldie", "n99999999"]
+    assert entries[0].aliases == ("Tinca tinca",) and entries[0].wordnet == "n01440764"
+    assert entries[2].aliases == ()  # a name given on the line is the user's; no words are added
+    as_json = tmp_path / "classes.json"
+    as_json.write_text(json.dumps(["n01440764", {"id": "n02121620", "aliases": ["kitty"]}]))
+    assert [(e.name, e.aliases) for e in load_class_list(as_json)] == [
+        ("tench", ("Tinca tinca",)),
+        ("cat", ("true cat", "kitty")),
+    ]
+    # the same names an ImageFolder of wnid folders gets
+    for folder in ("n01440764", "n02121620"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    assert [e.name for e in load_class_list(tmp_path / "data")] == ["tench", "cat"]
+
+
+@pytest.mark.needs_data  # WordNet
+def test_a_build_with_other_group_counts_never_takes_a_shipped_trees_name():
+    from nhlcli.taxonomy import build_tree, load_class_list, shipped_tree
+    from nhlcli.taxonomy.build import built_groups, requested_groups, unshipped_name
+
+    entries = load_class_list("fashion-mnist")
+    default = build_tree("wordnet", entries, levels=2)
+    assert unshipped_name("fashion-mnist-wordnet-l2", default) == "fashion-mnist-wordnet-l2"
+    assert built_groups(default) == [len(shipped_tree("fashion-mnist-wordnet-l2").level(1))]
+    other = build_tree("wordnet", entries, levels=2, groups="4")
+    assert requested_groups(other) == [4] and built_groups(other) == [5]
+    assert unshipped_name("fashion-mnist-wordnet-l2", other) == "fashion-mnist-wordnet-l2-g4"
+    assert unshipped_name("my-own-name", other) == "my-own-name"
+
+
+@pytest.mark.needs_data  # WordNet
+def test_hierarchy_build_says_when_the_groups_differ_from_the_request(tmp_path):
+    from conftest import run_nhl
+
+    out = tmp_path / "t.json"
+    args = ("hierarchy", "build", "--classes", "fashion-mnist", "--levels", "2", "-o", out)
+    run = run_nhl(*args, "--groups", "4")
+    assert run.code == 0, run.err
+    lines = [line for line in run.out.splitlines() if "--groups" in line]
+    assert len(lines) == 1 and "--groups 4 gave 5 groups per level" in lines[0], run.out
+    assert Tree.load(out).name == "fashion-mnist-wordnet-l2-g4"
+    as_json = json.loads(run_nhl(*args, "--groups", "4", "--json").out)
+    assert (as_json["groups_requested"], as_json["groups_built"]) == ([4], [5])
+    picture = run_nhl("hierarchy", "show", out, "-f", "png", "-o", tmp_path / "t.png")
+    assert picture.code == 0, picture.err
+    assert "wrote" in picture.out and "kept paths" not in picture.out  # only an expert has kept paths

@@ -50,7 +50,10 @@ def export_command(
 
 def onnx_profile_table(report: dict) -> Table:
     """onnxruntime latency beside torch's for the same model, per batch size."""
-    table = Table(title=f"{Path(report['file']).name}: {report['classes']} classes, opset {report['opset']}")
+    from nhlcli.taxonomy.tree import counted
+
+    classes = counted(report["classes"], "class", "classes")
+    table = Table(title=f"{Path(report['file']).name}: {classes}, opset {report['opset']}")
     table.add_column("")
     table.add_column("onnxruntime", justify="right")
     table.add_column("torch eager", justify="right")
