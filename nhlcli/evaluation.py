@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nhlcli.data.datasets import split_name
 from nhlcli.data.loaders import model_loader
 from nhlcli.errors import NhlError
 from nhlcli.model.attention import TruthAttention, attention_levels, class_attention, parse_attend
@@ -164,7 +165,13 @@ def evaluate_file(
         report = evaluate_gated_model(
             model, data, split, batch_size, workers, dev, route_top_k, part, progress
         )
-        return {**report, "model": str(model_file), "data": str(data), "split": split, "part": part}
+        return {
+            **report,
+            "model": str(model_file),
+            "data": str(data),
+            "split": split_name(data, split),
+            "part": part,
+        }
     net, labels = _restrict(model, classes, dev)
     # attention acts on the full model's branches: build it from ``model``, never from ``net``
     attention: Mapping[int, torch.Tensor] | Callable[[torch.Tensor], Mapping[int, torch.Tensor]] | None = None
@@ -183,7 +190,7 @@ def evaluate_file(
     report["num_classes"] = len(tree.classes)
     report["model"] = str(model_file)
     report["data"] = str(data)
-    report["split"] = split
+    report["split"] = split_name(data, split)
     report["attention"] = attention_summary(model.tree, pairs, attend_level, attend_truth)
     return report
 
@@ -302,7 +309,7 @@ def attention_curve_file(
     return {
         "model": str(model_file),
         "data": str(data),
-        "split": split,
+        "split": split_name(data, split),
         "images": curve[0]["images"],
         "num_classes": len(net.tree.classes),
         "attention": {**summary, "scales": list(scales)},

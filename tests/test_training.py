@@ -246,10 +246,9 @@ def test_ddp_two_processes_on_cpu_write_one_valid_file(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summaries = [json.loads(chunk) for chunk in _json_objects(proc.stdout)]
-    assert len(summaries) == 2  # each rank reports; only rank 0 wrote the file
+    assert len(summaries) == 1  # rank 0 alone reports, and alone wrote the file
     assert out.is_file() and not list(tmp_path.glob(".ddp.safetensors.*"))
     assert load_model(out).tree.classes == CLASSES
-    assert summaries[0]["val_top1"] == summaries[1]["val_top1"]  # metrics reduced over ranks
 
 
 def _json_objects(text: str) -> list[str]:

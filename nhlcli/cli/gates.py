@@ -46,14 +46,6 @@ def _thr(t: float | None) -> str:
     return "inf" if t is None else f"{t:.4g}"
 
 
-def split_label(data: str | Path, split: str) -> str:
-    """The split as people should read it: Fashion-MNIST has no validation set, its ``val`` is the
-    10,000-image test set, so reports say ``test`` there rather than pass it off as validation."""
-    from nhlcli.data.fashion_mnist import NAME
-
-    return "test" if str(data) == NAME and split in ("val", "validation") else split
-
-
 def fit_command(
     model_file: Path = typer.Argument(..., help="An nhl model, expert or flat model file."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the gated file."),
@@ -171,6 +163,7 @@ def tune_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Set the exit thresholds: the lowest average GMACs that reaches a target top-1 on held-out data."""
+    from nhlcli.data.datasets import split_name
     from nhlcli.gates.gated import exit_names, parse_thresholds
     from nhlcli.gates.workflow import tune_file
     from nhlcli.model.files import read_metadata
@@ -198,7 +191,7 @@ def tune_command(
     names = exit_names(read_metadata(output or gated_file)["gates"]["stages"])
     console.print(
         _exits_table(
-            f"thresholds on {data} ({split_label(data, split)}{', part ' + part if part else ''}, "
+            f"thresholds on {data} ({split_name(data, split)}{', part ' + part if part else ''}, "
             f"{counted(result['images'], 'image')})",
             result,
             names,
@@ -226,6 +219,7 @@ def sweep_command(
     as_json: bool = typer.Option(False, "--json", help="Print the curve as JSON."),
 ) -> None:
     """The accuracy-GMACs curve: thresholds tuned for allowed drops of 0 to 20 points (file unchanged)."""
+    from nhlcli.data.datasets import split_name
     from nhlcli.gates.tune import plot_sweeps
     from nhlcli.gates.workflow import data_input, sweep_file
     from nhlcli.paths import check_output_file
@@ -239,12 +233,12 @@ def sweep_command(
         )
     if plot is not None:
         plot_sweeps(
-            {gated_file.stem: points}, plot, title=f"{gated_file.name} on {data} ({split_label(data, split)})"
+            {gated_file.stem: points}, plot, title=f"{gated_file.name} on {data} ({split_name(data, split)})"
         )
     if as_json:
         print_json({"points": points, "plot": str(plot) if plot else None})
         return
-    where = f"{split_label(data, split)}, part {part}" if part else split_label(data, split)
+    where = f"{split_name(data, split)}, part {part}" if part else split_name(data, split)
     table = Table(title=f"{gated_file.name}: accuracy against cost on {data} ({where})")
     for col in ("allowed drop", "top-1", "GMACs / image", "fewer GMACs", "thresholds"):
         table.add_column(col, justify="right")

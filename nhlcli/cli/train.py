@@ -13,6 +13,7 @@ from rich.table import Table
 from nhlcli.cli.common import CLASSES_HELP, console, friendly_errors, print_json
 from nhlcli.cli.predict import ATTEND_HELP, ATTEND_LEVEL_HELP
 from nhlcli.errors import NhlError
+from nhlcli.taxonomy.tree import counted
 
 BUILTIN_DEFAULT_TREE = {"fashion-mnist": "fashion-mnist-wordnet-l2"}
 
@@ -209,7 +210,11 @@ def train_command(
         variant = "flat"
     tree = _tree_for(hierarchy, data, variant == "flat")
     selection = tuple(split_labels(classes)) if classes is not None else None
-    say = (lambda text: None) if as_json else (lambda text: console.print(escape(text)))
+    from nhlcli.training.distributed import is_main_process
+
+    # under torchrun every rank runs this command: rank 0 alone speaks, in text or JSON
+    speaks = is_main_process()
+    say = (lambda text: None) if as_json or not speaks else (lambda text: console.print(escape(text)))
     if classes is not None:
         chosen = tree.select(selection)
         for note in chosen.notes(tree):
@@ -264,7 +269,7 @@ def train_command(
         say(f"resumed with {option_name(key)} {now} (the run had {before})")
     if result.bad_images:
         shown = ", ".join(result.bad_images[:5]) + (" ..." if len(result.bad_images) > 5 else "")
-        say(f"left out {len(result.bad_images)} image(s) that could not be read: {shown}")
+        say(f"left out {counted(len(result.bad_images), 'image')} that could not be read: {shown}")
     if result.interrupted:
         at = result.interrupted_at or {}
         kept = (
@@ -278,16 +283,14 @@ def train_command(
             f"steps; {kept}"
         )
         raise typer.Exit(130)
-    from nhlcli.cli.gates import split_label
-    from nhlcli.taxonomy.tree import counted
-    from nhlcli.training.distributed import is_main_process
+    from nhlcli.data.datasets import split_name
 
+    if not speaks:  # under torchrun rank 0 wrote the file and says so, once
+        return
     if as_json:
         summary = result.summary()
         summary["pretrained"] = pretrained_load.to_dict() if pretrained_load is not None else None
         print_json(summary)
-        return
-    if not is_main_process():  # under torchrun rank 0 wrote the file and says so, once
         return
     if result.already_done:
         console.print(
@@ -298,7 +301,7 @@ def train_command(
         return
     last = result.history[-1]
     console.print(
-        f"wrote [bold]{escape(str(output))}[/]: {split_label(data, 'val')} top-1 {last.val_top1:.2%}, "
+        f"wrote [bold]{escape(str(output))}[/]: {split_name(data, 'val')} top-1 {last.val_top1:.2%}, "
         f"top-5 {last.val_top5:.2%} after {counted(result.epochs_done, 'epoch')}"
     )
 
@@ -379,7 +382,7 @@ def eval_command(
             f"(x{report['speedup']:.2f}, {report['threads']} threads)"
         )
         return
-    table = Table(title=f"{model_file.name} on {data} ({split}, {report['images']} images)")
+    table = Table(title=f"{model_file.name} on {data} ({report['split']}, {report['images']} images)")
     table.add_column("class")
     table.add_column("accuracy", justify="right")
     for name, acc in report["per_class"].items():
@@ -387,7 +390,7 @@ def eval_command(
     console.print(table)
     console.print(
         f"top-1 [bold]{report['top1']:.2%}[/]  top-{report['top5_k']} {report['top5']:.2%}  "
-        f"loss {report['loss']:.4f}  over {report['num_classes']} classes"
+        f"loss {report['loss']:.4f}  over {counted(report['num_classes'], 'class', 'classes')}"
     )
     if report["attention"]:
         console.print(f"attention: {escape(describe_attention(report['attention']))}")

@@ -11,7 +11,7 @@ choose defaults from the machine and the data.
 
 from nhlcli.data.bad import bad_image_names, split_bad, unreadable_split_error
 from nhlcli.data.base import SPLITS, LabeledDataset, bad_target
-from nhlcli.data.datasets import BUILTIN, TreeDataset, dataset_for_tree, open_dataset, tree_leaves
+from nhlcli.data.datasets import BUILTIN, TreeDataset, dataset_for_tree, open_dataset, split_name, tree_leaves
 from nhlcli.data.defaults import (
     AugmentChoice,
     default_augmentation,
@@ -57,6 +57,7 @@ __all__ = [
     "holdout_indices",
     "make_loader",
     "open_dataset",
+    "split_name",
     "split_bad",
     "training_image_count",
     "tree_leaves",

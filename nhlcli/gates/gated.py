@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nhlcli.errors import NhlError
 from nhlcli.gates.loss import LOSSES, exit_scores
 from nhlcli.gates.stages import StagedNetwork
-from nhlcli.taxonomy.tree import Tree
+from nhlcli.taxonomy.tree import Tree, counted
 
 GATE_PREFIX = "gates."
 
@@ -75,8 +75,8 @@ class GateSpec:
 def check_thresholds(thresholds: Sequence[float | None], gates: int) -> None:
     if len(thresholds) != gates:
         raise NhlError(
-            f"{len(thresholds)} threshold(s) given but the model has {gates} gate(s); give one per gate "
-            "(inf never exits)"
+            f"{counted(len(thresholds), 'threshold')} given but the model has {counted(gates, 'gate')}; "
+            "give one per gate (inf never exits)"
         )
     for t in thresholds:
         if t is not None and math.isnan(t):

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nhlcli.data.datasets import split_name
 from nhlcli.errors import NhlError
 from nhlcli.gates.fit import GateTraining, fit_gates
 from nhlcli.gates.gated import GatedModel, check_thresholds
@@ -99,7 +100,7 @@ def fit_file(
     if progress is not None:
         progress.start(len(loader.dataset), "fitting gates")
     gated = fit_gates(model, loader, stages, route, config, dev, progress.advance if progress else None)
-    gated.spec.fit.update({"data": str(data), "split": split})
+    gated.spec.fit.update({"data": str(data), "split": split_name(data, split)})
     save_model(gated, output, **carried_sections(getattr(model, "metadata", {})))
     return gated
 
@@ -157,7 +158,9 @@ def tune_file(
     else:
         result = tune_thresholds(gated, record, target_from(record, target_accuracy, max_drop))
     gated.set_thresholds(result["thresholds"])
-    result.update({"data": str(data), "split": split, "part": part, "images": len(record.labels)})
+    result.update(
+        {"data": str(data), "split": split_name(data, split), "part": part, "images": len(record.labels)}
+    )
     result["route_top_k"] = route_top_k
     gated.spec.tune = result
     save_model(gated, output or gated_file, **carried_sections(gated.metadata))

@@ -21,7 +21,7 @@ from torch import nn
 from nhlcli.errors import NhlError
 from nhlcli.model.branches import BranchLevel, LeafHeads
 from nhlcli.model.trunk import PretrainedLoad, Trunk, TrunkConfig, create_timm_model, probe_input_size
-from nhlcli.taxonomy.tree import Tree
+from nhlcli.taxonomy.tree import Tree, counted
 
 # Branch widths by depth: the last ``levels`` of these (paper: 128, 64, 32 for three levels).
 WIDTH_LADDER = (256, 128, 64, 32)
@@ -47,7 +47,9 @@ class BranchConfig:
     def resolved(self, levels: int) -> BranchConfig:
         widths = tuple(self.widths) or default_widths(levels)
         if len(widths) != levels:
-            raise NhlError(f"--widths gives {len(widths)} values but the tree has {levels} levels")
+            raise NhlError(
+                f"--widths gives {counted(len(widths), 'value')} but the tree has {counted(levels, 'level')}"
+            )
         if any(w < 1 for w in widths) or self.blocks < 1:
             raise NhlError("branch widths and blocks must be positive")
         if self.single_branch and levels != 1:

@@ -149,9 +149,9 @@ def load_pretrained_tensors(
     if wrong:
         k = wrong[0]
         raise NhlError(
-            f"--pretrained-file {path}: {len(wrong)} tensor(s) have {backbone}'s names but other shapes "
-            f"(e.g. {k}: {tuple(tensors[k].shape)} in the file, {tuple(own[k].shape)} in {backbone}); these "
-            "are weights of another model"
+            f"--pretrained-file {path}: {counted(len(wrong), 'tensor')} have {backbone}'s names but other "
+            f"shapes (e.g. {k}: {tuple(tensors[k].shape)} in the file, {tuple(own[k].shape)} in {backbone}); "
+            "these are weights of another model"
         )
     fits = {k: v for k, v in tensors.items() if k in own}
     loaded = [k for k in counted if k in fits]

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nhlcli.data import bad_image_names, split_bad, unreadable_image_message, unreadable_split_error
+from nhlcli.data import (
+    bad_image_names,
+    split_bad,
+    split_name,
+    unreadable_image_message,
+    unreadable_split_error,
+)
 from nhlcli.errors import NhlError
 from nhlcli.model.files import save_model
 from nhlcli.training import checkpoint as ckpt
@@ -526,7 +532,13 @@ def _train(
     bad_indices: set[int] = set()
     bad_names: list[str] = list(state.meta.get("extra", {}).get("bad_images", [])) if state else []
     epochs = config.epochs
-    bar = _Progress(progress and info.is_main and start_epoch < epochs, epochs, steps_per_epoch, start_epoch)
+    bar = _Progress(
+        progress and info.is_main and start_epoch < epochs,
+        epochs,
+        steps_per_epoch,
+        start_epoch,
+        split_name(data, "val"),
+    )
     epoch, steps_done = start_epoch, 0
     try:
         with bar:
@@ -668,8 +680,8 @@ def _batches(loader: Iterable[Any]) -> Iterator[Any]:
 class _Progress:
     """A rich progress bar: epoch, step, loss, accuracy, images/s and time left (rank 0 only)."""
 
-    def __init__(self, enabled: bool, epochs: int, steps: int, start_epoch: int) -> None:
-        self.enabled = enabled
+    def __init__(self, enabled: bool, epochs: int, steps: int, start_epoch: int, held_out: str) -> None:
+        self.enabled, self.held_out = enabled, held_out
         self.epochs, self.steps = epochs, steps
         self.progress = None
         if enabled:
@@ -720,9 +732,9 @@ class _Progress:
 
     def epoch_done(self, record: EpochRecord) -> None:
         if self.progress:
-            self.progress.update(self.task, val=f"val {record.val_top1:.1%}")
+            self.progress.update(self.task, val=f"{self.held_out} {record.val_top1:.1%}")
             self.progress.console.print(
                 f"epoch {record.epoch}: train loss {record.train_loss:.3f} acc {record.train_top1:.1%}, "
-                f"val top-1 {record.val_top1:.1%} top-5 {record.val_top5:.1%}, "
+                f"{self.held_out} top-1 {record.val_top1:.1%} top-5 {record.val_top5:.1%}, "
                 f"{record.images_per_s:.0f} img/s, {record.seconds:.0f} s"
             )
