@@ -309,6 +309,7 @@ def test_input_checks():
         BranchLevel(3, [0, 1], 8, 2)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     levels, heads = make_stack(2)

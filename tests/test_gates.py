@@ -307,7 +307,7 @@ def test_cli_bad_gate_inputs_get_one_line_errors(gated_files, tmp_path):
     assert run.code == 0, run.err
     assert load_model(gated_file).spec.loss == "ce"
     run = run_nhl("gates", "tune", gated_file, "--data", data, "--thresholds", "1,2", "--workers", "0")
-    assert_one_line_error(run, "2 threshold(s) given", "4 gate(s)")
+    assert_one_line_error(run, "2 thresholds given", "4 gates")
     run = run_nhl("gates", "tune", gated_file, "--data", data, "--target-accuracy", "100", "--workers", "0")
     assert_one_line_error(run, "cannot be reached", "full network")
     run = run_nhl("eval", gated_file, "--data", data, "--route-top-k", "1", "--workers", "0")
@@ -364,8 +364,8 @@ def test_the_fit_hint_tunes_on_one_half_and_reports_on_the_other(gated_files, tm
 
 
 def test_fashion_mnist_held_out_split_is_called_test():
-    from nhlcli.cli.gates import split_label
+    from nhlcli.data import split_name
 
-    assert split_label("fashion-mnist", "val") == "test"  # Fashion-MNIST has no validation set
-    assert split_label("fashion-mnist", "train") == "train"
-    assert split_label("path/to/imagefolder", "val") == "val"
+    assert split_name("fashion-mnist", "val") == "test"  # Fashion-MNIST has no validation set
+    assert split_name("fashion-mnist", "train") == "train"
+    assert split_name("path/to/imagefolder", "val") == "val"

@@ -14,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from nhlcli.errors import NhlError
+from nhlcli.taxonomy.tree import counted
 
 # Which backbones a trunk can be cut from: what this module needs of a timm model.
 CUTTABLE = (
@@ -144,7 +145,7 @@ def load_pretrained_tensors(
         )
     own = model.state_dict()
     _adapt_input_conv(model, tensors, own)
-    counted = [k for k in own if not k.endswith("num_batches_tracked")]
+    compared = [k for k in own if not k.endswith("num_batches_tracked")]
     wrong = [k for k in tensors if k in own and tuple(tensors[k].shape) != tuple(own[k].shape)]
     if wrong:
         k = wrong[0]
@@ -154,17 +155,17 @@ def load_pretrained_tensors(
             "these are weights of another model"
         )
     fits = {k: v for k, v in tensors.items() if k in own}
-    loaded = [k for k in counted if k in fits]
-    if len(loaded) < MIN_PRETRAINED_SHARE * len(counted):
+    loaded = [k for k in compared if k in fits]
+    if len(loaded) < MIN_PRETRAINED_SHARE * len(compared):
         example = next(iter(tensors), None)
         named = f" (its tensors are named like {example!r})" if example and not loaded else ""
         raise NhlError(
             f"--pretrained-file {path} does not fit {backbone}: only {len(loaded)} of {backbone}'s "
-            f"{len(counted)} weight tensors are in the file by name and shape{named}; give timm weights "
+            f"{len(compared)} weight tensors are in the file by name and shape{named}; give timm weights "
             f"for {backbone}"
         )
     model.load_state_dict(fits, strict=False)
-    return PretrainedLoad(str(path), len(loaded), len(counted), frozenset(loaded))
+    return PretrainedLoad(str(path), len(loaded), len(compared), frozenset(loaded))
 
 
 def create_timm_model(
