@@ -180,7 +180,7 @@ def run_demo(
     tree_file = tree.save(workdir / TREE_FILE)
     result = DemoResult(workdir, source, epochs or 0)
     say(
-        f"1/5 tree: {counted(len(tree.classes), 'class', 'classes')}, {counted(tree.levels, 'level')}, "
+        f"1/5 tree: {counted(len(tree.classes), 'class')}, {counted(tree.levels, 'level')}, "
         f"from {source} -> {tree_file}"
     )
 

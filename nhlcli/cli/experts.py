@@ -233,7 +233,7 @@ def profile_command(
     tree = result["tree"]
     console.print(
         f"[bold]{model_file.name}[/]: {meta['kind']} model on {result['backbone']}, tree {tree['name']!r}: "
-        f"{counted(tree['classes'], 'class', 'classes')}, {counted(tree['levels'], 'level')}, "
+        f"{counted(tree['classes'], 'class')}, {counted(tree['levels'], 'level')}, "
         f"nodes per level {tree['nodes_per_level']}"
     )
     console.print(cost_table("cost", {"this file": result["cost"]}))

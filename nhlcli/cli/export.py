@@ -52,7 +52,7 @@ def onnx_profile_table(report: dict) -> Table:
     """onnxruntime latency beside torch's for the same model, per batch size."""
     from nhlcli.taxonomy.tree import counted
 
-    classes = counted(report["classes"], "class", "classes")
+    classes = counted(report["classes"], "class")
     table = Table(title=f"{Path(report['file']).name}: {classes}, opset {report['opset']}")
     table.add_column("")
     table.add_column("onnxruntime", justify="right")

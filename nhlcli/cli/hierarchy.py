@@ -28,7 +28,7 @@ TREE_ARG = typer.Argument(..., help="A tree file (.json) or the name of a shippe
 
 def _stats_table(stats: dict) -> Table:
     table = Table(
-        title=f"{stats['name'] or 'tree'}: {counted(stats['classes'], 'class', 'classes')}, "
+        title=f"{stats['name'] or 'tree'}: {counted(stats['classes'], 'class')}, "
         f"{counted(stats['levels'], 'level')}"
     )
     for col in (
@@ -139,7 +139,7 @@ def build(
         print_json({"output": str(output), **stats, **extra})
         return
     console.print(
-        f"wrote [bold]{output}[/]: {counted(tree.num_classes, 'class', 'classes')}, "
+        f"wrote [bold]{output}[/]: {counted(tree.num_classes, 'class')}, "
         f"{counted(tree.levels, 'level')} ({source})"
     )
     if asked is not None and asked != built:
@@ -267,14 +267,14 @@ def resolve(
         kept = [tree.node(c).name for c in match.classes]
         shown = ", ".join(kept[:10]) + (f", ... ({len(kept)} in all)" if len(kept) > 10 else "")
         console.print(
-            f"[bold]{escape(match.name)}[/] -> {counted(len(kept), 'class', 'classes')} "
+            f"[bold]{escape(match.name)}[/] -> {counted(len(kept), 'class')} "
             f"({escape(match.how)}): {escape(shown)}",
             highlight=False,
         )
     for note in selection.notes(tree):
         console.print(escape(note), highlight=False)
     if len(selection.matches) > 1:
-        console.print(f"together: {counted(len(selection.classes), 'class', 'classes')}")
+        console.print(f"together: {counted(len(selection.classes), 'class')}")
 
 
 @hierarchy_app.command("validate")
@@ -302,8 +302,7 @@ def validate(
     else:
         fits = f", matches {classes}" if classes else ""
         console.print(
-            f"[green]valid[/]: {counted(tree.num_classes, 'class', 'classes')}, "
-            f"{counted(tree.levels, 'level')}{fits}"
+            f"[green]valid[/]: {counted(tree.num_classes, 'class')}, {counted(tree.levels, 'level')}{fits}"
         )
 
 

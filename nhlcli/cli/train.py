@@ -390,7 +390,7 @@ def eval_command(
     console.print(table)
     console.print(
         f"top-1 [bold]{report['top1']:.2%}[/]  top-{report['top5_k']} {report['top5']:.2%}  "
-        f"loss {report['loss']:.4f}  over {counted(report['num_classes'], 'class', 'classes')}"
+        f"loss {report['loss']:.4f}  over {counted(report['num_classes'], 'class')}"
     )
     if report["attention"]:
         console.print(f"attention: {escape(describe_attention(report['attention']))}")

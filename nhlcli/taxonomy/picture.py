@@ -124,7 +124,7 @@ def draw_tree(
         ax.set_xlim(-0.2, levels + 1.6)
         ax.set_ylim(rows - 0.5, -0.5)
         ax.axis("off")
-        what = f"{counted(tree.num_classes, 'class', 'classes')}, {counted(tree.levels, 'level')}"
+        what = f"{counted(tree.num_classes, 'class')}, {counted(tree.levels, 'level')}"
         if depth is None and limit < tree.levels:
             what += f", collapsed below level {limit}"
         if kept:

@@ -36,7 +36,7 @@ def to_rich(tree: Tree, depth: int | None = None) -> RichTree:
         return text
 
     title = (
-        f"{escape(tree.name or 'tree')}: {counted(tree.num_classes, 'class', 'classes')}, "
+        f"{escape(tree.name or 'tree')}: {counted(tree.num_classes, 'class')}, "
         f"{counted(tree.levels, 'level')}"
     )
     rich_root = RichTree(f"[bold magenta]{title}[/]\n{label(tree.root)}")

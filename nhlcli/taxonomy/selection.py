@@ -81,15 +81,14 @@ class Selection:
             )
             more = f" and {len(overlaps) - 4} more" if len(overlaps) > 4 else ""
             lines.append(
-                f"{counted(len(overlaps), 'class', 'classes')} named more than once, each kept once: "
-                f"{shown}{more}"
+                f"{counted(len(overlaps), 'class')} named more than once, each kept once: {shown}{more}"
             )
         for match in self.matches:
             if match.node is not None and match.concept is not None:
                 in_node = len(tree.leaves(match.node))
                 if len(match.classes) > in_node:
                     lines.append(
-                        f"{match.name!r}: node {match.node} holds {counted(in_node, 'class', 'classes')} and "
+                        f"{match.name!r}: node {match.node} holds {counted(in_node, 'class')} and "
                         f"WordNet's {match.concept} puts {len(match.classes) - in_node} more of this tree "
                         f"below it; all {len(match.classes)} kept (name the node by its id for its own alone)"
                     )

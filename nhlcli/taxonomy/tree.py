@@ -62,8 +62,10 @@ def normalize_label(text: str) -> str:
 
 
 def counted(n: int, singular: str, plural: str | None = None) -> str:
-    """``1 level``, ``3 levels``: a count with its noun, so messages never read "1 levels"."""
-    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+    """``1 level``, ``3 levels``, ``2 classes``: a count with its noun, so messages never read "1 levels"."""
+    if n == 1:
+        return f"{n} {singular}"
+    return f"{n} {plural or singular + ('es' if singular.endswith('s') else 's')}"
 
 
 def check_format_version(version: Any, supported: int, what: str, fix: str) -> int:
