@@ -46,13 +46,17 @@ import random  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from nhlcli.memory import keep_freed_cpu_memory  # noqa: E402
-from nhlcli.model.branches import BranchLevel, LeafHeads, ReferenceStack  # noqa: E402
+from nhlcli.model.branches import BranchLevel, LeafHeads  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the per-node oracle
+from branch_oracle import ReferenceStack  # noqa: E402
 
 
 def level_sizes(leaves: int, levels: int) -> list[int]:

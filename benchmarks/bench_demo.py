@@ -73,7 +73,7 @@ def time_workers(steps: int, rounds: int) -> dict[int, list[float]]:
                 augment=None, crop_scale=(0.8, 1.0), workers=workers, max_steps_per_epoch=steps,
             )  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
-                result = train(model, "fashion-mnist", Path(tmp) / "m.safetensors", config, progress=False)
+                result = train(model, "fashion-mnist", Path(tmp) / "m.safetensors", config)
             rates[workers].append(round(result.history[-1].images_per_s, 1))
     return rates
 

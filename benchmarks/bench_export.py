@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 
 from nhlcli.experts import cut_model
-from nhlcli.experts.cost import count_macs, measure_latency
 from nhlcli.export import export_onnx
 from nhlcli.export.onnx import onnx_latency
 from nhlcli.memory import keep_freed_cpu_memory
-from nhlcli.model.files import load_model, save_model
+from nhlcli.model.files import save_model
+from nhlcli.model.loading import open_model
 from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig
+from nhlcli.profiling import count_macs, measure_latency
 from nhlcli.taxonomy import shipped_tree
 
 
@@ -49,7 +50,7 @@ def main() -> None:
             save_model(cut_model(model, rng.sample(leaves, k)), expert_file)
             onnx_file = expert_file.with_suffix(".onnx")
             export = export_onnx(expert_file, onnx_file)
-            expert = load_model(expert_file)
+            expert = open_model(expert_file)
             size = expert.input_config.size
             for b in batches:
                 eager = measure_latency(expert, b, repeats=args.repeats, budget_s=30)

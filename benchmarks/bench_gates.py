@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from nhlcli.data.loaders import model_loader
+from nhlcli.evaluation import evaluate_gated
 from nhlcli.gates import (
     GateTraining,
     collect_exits,
-    evaluate_gated,
     plot_sweeps,
     simulate,
     sweep,

@@ -315,9 +315,9 @@ class Study:
 
 def trainable_params(model_file: Path) -> int:
     """Parameters a frozen-trunk run trained: the model's minus the frozen trunk's."""
-    from nhlcli.model.files import load_model
+    from nhlcli.model.loading import open_model
 
-    model = load_model(model_file)
+    model = open_model(model_file)
     groups = model.parameter_groups()
     if model.kind == "nhl":
         return groups["branches"]
@@ -545,11 +545,11 @@ def cost_plots(study: Study, docs: Path) -> dict[str, Any]:
     from bench_experts import imagenet100_tree
 
     from nhlcli.experts.curve import cost_curve, plot_cost_curve
-    from nhlcli.model.files import load_model
+    from nhlcli.model.loading import open_model
     from nhlcli.model.registry import create_model
     from nhlcli.model.trunk import TrunkConfig
 
-    fm = load_model(study.workdir / sorted_runs(study.workdir / "runs", tag("N2HL (WordNet)"))[0]["model"])
+    fm = open_model(study.workdir / sorted_runs(study.workdir / "runs", tag("N2HL (WordNet)"))[0]["model"])
     in100 = create_model(imagenet100_tree(), "nhl", TrunkConfig("resnet50")).eval()
     out = {}
     for key, model, title in (

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nhlcli.errors import NhlError
+from nhlcli.progress import TrainingProgress
 
 # The default Fashion-MNIST configuration (the README's and the benchmark's: 10 epochs). The
 # demo trains as many epochs as fit its training budget on the machine it runs on, at most
@@ -145,7 +146,7 @@ def check_workdir(workdir: str | Path, overwrite: bool = False) -> Path:
 def run_demo(
     workdir: str | Path = DEFAULT_WORKDIR,
     epochs: int | None = None,
-    progress: bool = True,
+    progress: TrainingProgress | None = None,
     say: Callable[[str], None] = print,
     batch_size: int = 16,
     overwrite: bool = False,
@@ -167,11 +168,11 @@ def run_demo(
     from nhlcli.model.nhl import with_input_size
     from nhlcli.model.registry import create_model
     from nhlcli.model.trunk import TrunkConfig
-    from nhlcli.taxonomy.tree import counted
+    from nhlcli.text import counted
     from nhlcli.training.loop import TrainConfig, train
 
     if epochs is not None and epochs < 1:
-        raise NhlError(f"--epochs must be at least 1, got {epochs}")
+        raise NhlError(f"must be at least 1, got {epochs}", "epochs")
     started = time.perf_counter()
     workdir = check_workdir(workdir, overwrite)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +218,7 @@ def run_demo(
     say("3/5 evaluating on the 10,000 test images")
     workers = config.workers
     full_eval = evaluate_file(full_file, "fashion-mnist", workers=workers)
-    footwear_eval = evaluate_file(full_file, "fashion-mnist", classes=",".join(FOOTWEAR), workers=workers)
+    footwear_eval = evaluate_file(full_file, "fashion-mnist", classes=FOOTWEAR, workers=workers)
 
     say(f"4/5 cutting the footwear expert ({', '.join(FOOTWEAR)})")
     cut, full_cost, expert_cost = cutout_with_cost(full_file, list(FOOTWEAR), (1, batch_size))

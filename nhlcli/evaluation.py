@@ -2,21 +2,107 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from nhlcli.data.bad import split_bad
 from nhlcli.data.datasets import split_name
 from nhlcli.data.loaders import model_loader
+from nhlcli.devices import autocast_for, resolve_device
+from nhlcli.distributed import DistInfo, all_sum
 from nhlcli.errors import NhlError
-from nhlcli.model.attention import TruthAttention, attention_levels, class_attention, parse_attend
+from nhlcli.model.attention import TruthAttention, attention_levels, check_attend, class_attention
+from nhlcli.model.gated import GatedModel
 from nhlcli.taxonomy.tree import Tree
-from nhlcli.training.distributed import DistInfo, resolve_device
 
-AttendSpec = Mapping[str, float] | Sequence[str] | Sequence[tuple[str, float]]
+AttendSpec = Mapping[str, float] | Sequence[tuple[str, float]]
+
+
+Scales = Mapping[int, torch.Tensor]  # top-down attention: level -> per-node (or per-sample) scales
+
+
+class Tally:
+    """Running counts of one evaluation: per-class hits, top-5 hits and summed loss, so that
+    several evaluations can share one pass over the data (and DDP ranks sum them at the end)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.correct = torch.zeros(num_classes, dtype=torch.float64)
+        self.total = torch.zeros(num_classes, dtype=torch.float64)
+        self.top5_hits = 0.0
+        self.loss_sum = 0.0
+        self.k = min(5, num_classes)
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        logits = logits.float()
+        self.loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        top = logits.topk(self.k, dim=1).indices
+        hit1 = (top[:, 0] == targets).double().cpu()
+        self.top5_hits += (top == targets[:, None]).any(dim=1).sum().item()
+        t = targets.cpu()
+        self.correct.index_add_(0, t, hit1)
+        self.total.index_add_(0, t, torch.ones_like(hit1))
+
+    def report(self, classes: list[str], info: DistInfo) -> dict[str, Any]:
+        """Top-1, top-5, mean loss and per-class accuracy, summed over DDP ranks."""
+        num_classes = len(classes)
+        counts = all_sum(info, self.top5_hits, self.loss_sum, *self.correct.tolist(), *self.total.tolist())
+        top5_hits, loss_sum = counts[0], counts[1]
+        correct = torch.tensor(counts[2 : 2 + num_classes])
+        total = torch.tensor(counts[2 + num_classes :])
+        n = float(total.sum())
+        if n == 0:
+            raise NhlError("the evaluation data holds no images")
+        per_class = {
+            c: (float(correct[i] / total[i]) if total[i] > 0 else None) for i, c in enumerate(classes)
+        }
+        return {
+            "images": int(n),
+            "top1": float(correct.sum() / n),
+            "top5": top5_hits / n,
+            "top5_k": self.k,
+            "loss": loss_sum / n,
+            "per_class": per_class,
+        }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    info: DistInfo | None = None,
+    attention: Scales | Callable[[torch.Tensor], Scales] | None = None,
+    amp: bool = True,
+    bad_indices: set[int] | None = None,
+) -> dict[str, Any]:
+    """Top-1, top-5, mean loss and per-class accuracy over ``loader`` (summed over DDP ranks).
+
+    ``attention``: per-level node scales for every batch, or a callable giving them from each
+    batch's targets (per-sample attention, e.g. :class:`~nhlcli.model.attention.TruthAttention`).
+    Images a skip-bad-images loader could not decode are left out, their indices added to
+    ``bad_indices`` when given.
+    """
+    info = info or DistInfo(device=device)
+    model.eval()
+    tally = Tally(len(model.classes))
+    for batch_images, batch_targets in loader:
+        images, targets, bad = split_bad(batch_images, batch_targets)
+        if bad_indices is not None:
+            bad_indices.update(bad)
+        if not targets.numel():
+            continue
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        scales = attention(targets) if callable(attention) else attention
+        with autocast_for(device, amp):
+            logits = model(images, scales) if scales else model(images)
+        tally.add(logits, targets)
+    return tally.report(list(model.classes), info)
 
 
 class ClassSubset(nn.Module):
@@ -52,24 +138,11 @@ class _SubsetTargets:
         return self.attention(self.index.to(targets.device)[targets])
 
 
-def split_labels(text: str | None) -> list[str]:
-    """``"a,b"`` or ``@file`` (one label a line) into labels."""
-    if not text:
-        return []
-    if text.startswith("@"):
-        path = Path(text[1:])
-        if not path.is_file():
-            raise NhlError(f"--classes {text}: file {path} does not exist")
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def attend_pairs(attend: AttendSpec | None) -> list[tuple[str, float]]:
-    """``{"tabby": 2}``, ``["tabby=2"]`` (the CLI's form) or ``[("tabby", 2)]`` as checked pairs."""
+    """``{"tabby": 2}`` or ``[("tabby", 2)]`` as checked pairs."""
     if not attend:
         return []
-    items = attend.items() if isinstance(attend, Mapping) else attend
-    return parse_attend([item if isinstance(item, str) else f"{item[0]}={item[1]}" for item in items])
+    return check_attend(list(attend.items() if isinstance(attend, Mapping) else attend))
 
 
 def check_attention_options(
@@ -78,11 +151,12 @@ def check_attention_options(
     """Reject option combinations that mean nothing, before any model is loaded."""
     if attend and truth is not None:
         raise NhlError(
-            "--attend and --attend-truth exclude each other: steer towards chosen classes (--attend) "
-            "or towards each image's own class (--attend-truth), not both"
+            "and --attend-truth exclude each other: steer towards chosen classes (--attend) "
+            "or towards each image's own class (--attend-truth), not both",
+            "attend",
         )
     if level is not None and not attend and truth is None:
-        raise NhlError("--attend-level needs --attend CLASS=SCALE or --attend-truth SCALE")
+        raise NhlError("needs --attend CLASS=SCALE or --attend-truth SCALE", "attend_level")
 
 
 def attention_summary(
@@ -103,7 +177,7 @@ def attention_summary(
     if truth is not None:
         summary["scale"] = float(truth)
     else:
-        matches = tree.select([label for label, _ in attend], what="--attend").matches
+        matches = tree.select([label for label, _ in attend], option="attend").matches
         summary["classes"] = [
             {
                 "id": match.node or match.concept,
@@ -133,7 +207,7 @@ def evaluate_file(
     model_file: str | Path,
     data: str | Path,
     split: str = "val",
-    classes: str | None = None,
+    classes: Sequence[str] | None = None,
     batch_size: int = 64,
     workers: int = 2,
     device: str | None = None,
@@ -153,15 +227,11 @@ def evaluate_file(
     ``attend`` scales chosen classes' branches, ``attend_truth`` each image's own class path
     (paper 003, 4.4); ``attend_level`` picks the level (default the last, an int, or "path").
     """
-    from nhlcli.training.loop import evaluate
-
     dev = resolve_device(device)
     pairs = attend_pairs(attend)
     check_attention_options(pairs, attend_level, attend_truth)
     model = _load_for_eval(model_file, dev, ungated_only=bool(pairs or attend_truth is not None or classes))
-    if "gates" in model.metadata or route_top_k is not None:
-        from nhlcli.gates.workflow import evaluate_gated_model
-
+    if isinstance(model, GatedModel) or route_top_k is not None:
         report = evaluate_gated_model(
             model, data, split, batch_size, workers, dev, route_top_k, part, progress
         )
@@ -197,10 +267,10 @@ def evaluate_file(
 
 def _load_for_eval(model_file: str | Path, device: torch.device, ungated_only: bool) -> nn.Module:
     """The model file, refused when it is gated and the evaluation needs the ungated network."""
-    from nhlcli.model.files import load_model
+    from nhlcli.model.loading import open_model
 
-    model = load_model(model_file, device)
-    if ungated_only and "gates" in model.metadata:
+    model = open_model(model_file, device)
+    if ungated_only and isinstance(model, GatedModel):
         raise NhlError(
             "a gated file is evaluated whole: --attend, --attend-truth and --classes need the ungated "
             "model (or cut an expert first and fit gates on it)"
@@ -208,28 +278,14 @@ def _load_for_eval(model_file: str | Path, device: torch.device, ungated_only: b
     return model
 
 
-def _restrict(model: nn.Module, classes: str | None, device: torch.device) -> tuple[nn.Module, list[str]]:
-    """The model limited to ``--classes`` (softmax over them), or the model itself."""
-    labels = split_labels(classes)
+def _restrict(
+    model: nn.Module, classes: Sequence[str] | None, device: torch.device
+) -> tuple[nn.Module, list[str]]:
+    """The model limited to ``classes`` (softmax over them), or the model itself."""
+    labels = list(classes or [])
     if not labels:
         return model, labels
     return ClassSubset(model, model.tree.select(labels).subtree(model.tree)).to(device), labels
-
-
-def parse_scales(text: str) -> list[float]:
-    """``--attend-truth 0.5,1,2`` into scales, each once, in the order given (checked later by
-    :class:`~nhlcli.model.attention.TruthAttention`)."""
-    scales: list[float] = []
-    for item in (part.strip() for part in text.split(",")):
-        try:
-            scale = float(item)
-        except ValueError:
-            raise NhlError(
-                f"--attend-truth {text!r}: {item!r} is not a number; write e.g. 2 or 0.5,1,2"
-            ) from None
-        if scale not in scales:
-            scales.append(scale)
-    return scales
 
 
 @torch.no_grad()
@@ -249,8 +305,6 @@ def attention_curve(
     point equals ``evaluate_file(..., attend_truth=scale)``. ``subset``: the model restricted to
     some classes (targets then index the subset's classes).
     """
-    from nhlcli.training.loop import Tally
-
     device = device or torch.device("cpu")
     oracles: list[Callable[[torch.Tensor], Mapping[int, torch.Tensor]]] = [
         TruthAttention(model, scale, level) for scale in scales
@@ -281,7 +335,7 @@ def attention_curve_file(
     data: str | Path,
     scales: Sequence[float],
     split: str = "val",
-    classes: str | None = None,
+    classes: Sequence[str] | None = None,
     batch_size: int = 64,
     workers: int = 2,
     device: str | None = None,
@@ -292,7 +346,7 @@ def attention_curve_file(
     """``nhl eval --attend-truth 0.5,1,2,...``: paper 003's oracle curve (4.4) in one pass over
     the data, with the scale of largest top-1."""
     if not scales:
-        raise NhlError("--attend-truth: give at least one scale, e.g. 0.5,1,2")
+        raise NhlError("give at least one scale, e.g. 0.5,1,2", "attend_truth")
     dev = resolve_device(device)
     model = _load_for_eval(model_file, dev, ungated_only=True)
     net, labels = _restrict(model, classes, dev)
@@ -317,3 +371,105 @@ def attention_curve_file(
         "best_scale": best["scale"],
         "best_top1": best["top1"],
     }
+
+
+def check_gated_options(model: nn.Module, route_top_k: int | None, attend: Sequence[Any]) -> None:
+    """Options a gated file takes (routing) and refuses (attention); sets the routing."""
+    if not isinstance(model, GatedModel):
+        raise NhlError(
+            "needs a gated file with a routing gate; make one with "
+            "'nhl gates fit MODEL -o gated.safetensors'",
+            "route_top_k",
+        )
+    if attend:
+        raise NhlError("top-down attention and gates do not combine; use the ungated model to attend")
+    model.set_route_top_k(route_top_k)
+
+
+def evaluate_gated_model(
+    model: nn.Module,
+    data: str | Path,
+    split: str,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    route_top_k: int | None = None,
+    part: str | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Gated inference over a data split (what ``nhl eval`` reports for a gated file)."""
+    check_gated_options(model, route_top_k, ())
+    loader = model_loader(model, data, split, batch_size, workers, part=part)
+    if progress is not None:
+        progress.start(len(loader.dataset), "gated inference")
+    return evaluate_gated(model, loader, device, progress=progress.advance if progress else None)
+
+
+@torch.no_grad()
+def evaluate_gated(
+    gated: GatedModel,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    baseline: bool = True,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Real gated inference: top-1, average GMACs, exit fractions (and accuracy at each exit), and
+    throughput of the model's compute, against the ungated model on the same batches (one-time
+    construction of routed branch sets is left out of the timing)."""
+    gated.eval()
+    gates = len(gated.exits)
+    hits = torch.zeros(gates + 1, dtype=torch.float64)
+    counts = torch.zeros(gates + 1, dtype=torch.float64)
+    macs_sum, gated_s, base_s, n = 0.0, 0.0, 0.0, 0
+
+    def timed(run: Any, images: torch.Tensor) -> tuple[Any, float]:
+        start = time.perf_counter()
+        out = run(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out, time.perf_counter() - start
+
+    for step, (images, targets) in enumerate(batches):
+        images = images.to(device)
+        # alternate which model runs first: the first run after a batch arrives competes with
+        # the loader preparing the next one
+        order = ("gated", "base") if step % 2 == 0 or not baseline else ("base", "gated")
+        for which in order:
+            if which == "gated":
+                setup = gated.setup_seconds
+                out, seconds = timed(gated.run, images)
+                gated_s += seconds - (gated.setup_seconds - setup)
+            elif baseline:
+                base_s += timed(gated.model, images)[1]
+        correct = (out.logits.argmax(1).cpu() == targets.cpu()).double()
+        hits.index_add_(0, out.exits, correct)
+        counts.index_add_(0, out.exits, torch.ones_like(correct))
+        macs_sum += float(out.macs.sum())
+        n += len(targets)
+        if progress is not None:
+            progress(len(targets))
+    if n == 0:
+        raise NhlError("the evaluation data holds no images")
+    report: dict[str, Any] = {
+        "images": n,
+        "top1": float(hits.sum() / n),
+        "gmacs": macs_sum / n / 1e9,
+        "full_gmacs": gated.base_macs() / 1e9,
+        "thresholds": gated.thresholds,
+        "route_top_k": gated.route_top_k,
+        "exits": [
+            {
+                "name": name,
+                "fraction": float(counts[i] / n),
+                "top1": float(hits[i] / counts[i]) if counts[i] else None,
+            }
+            for i, name in enumerate(gated.exit_names())
+        ],
+        "images_per_s": n / gated_s if gated_s else None,
+        "threads": torch.get_num_threads(),
+    }
+    report["gmacs_reduction_percent"] = round(100 * (1 - report["gmacs"] / report["full_gmacs"]), 2)
+    if baseline:
+        report["ungated_images_per_s"] = n / base_s if base_s else None
+        report["speedup"] = base_s / gated_s if gated_s else None
+    return report

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from nhlcli.errors import NhlError
+from nhlcli.model.gated import GatedModel
 
 # Pillow modes of grey images; everything else is turned into RGB.
 _GREY_MODES = {"1", "L", "LA", "La", "I", "F"}
@@ -104,7 +105,7 @@ def _model_device(model: nn.Module) -> torch.device:
 def check_top_k(top_k: int, num_classes: int) -> int:
     """``top_k`` clipped to the number of classes; below 1 is an error."""
     if top_k < 1:
-        raise NhlError(f"--top-k {top_k}: ask for at least 1 class")
+        raise NhlError(f"{top_k}: ask for at least 1 class", "top_k")
     return min(top_k, num_classes)
 
 
@@ -125,7 +126,7 @@ def predict_images(
     hinge gate gets the softmax of its margins, a ranking rather than a calibrated probability.
     """
     if batch_size < 1:
-        raise NhlError(f"--batch-size must be at least 1, got {batch_size}")
+        raise NhlError(f"must be at least 1, got {batch_size}", "batch_size")
     tree = model.tree
     k = check_top_k(top_k, len(tree.classes))
     paths = [Path(p) for p in paths]
@@ -144,7 +145,7 @@ def predict_images(
             batch = torch.stack([transform(load_image(p)) for p in chunk]).to(device)
             gated = None
             with torch.no_grad():
-                if hasattr(model, "run"):  # a gated model: each image stops at its exit
+                if isinstance(model, GatedModel):  # each image stops at its exit
                     gated = model.run(batch)
                     logits = gated.logits
                 else:

@@ -1,4 +1,4 @@
-"""Shared test helpers: run the real ``nhl`` command in a subprocess."""
+"""Shared test helpers: run the real ``nhl`` command in a subprocess; tiny trees, models and batches."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+
+from nhlcli.gates import GateTraining
+from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, with_input_size
+from nhlcli.model.trunk import TrunkConfig
+from nhlcli.taxonomy import Tree
+from nhlcli.taxonomy.classes import ClassEntry
+from nhlcli.taxonomy.sources import build_flat_tree
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,3 +68,76 @@ def assert_one_line_error(run: Run, *fragments: str) -> None:
 @pytest.fixture
 def nhl():
     return run_nhl
+
+
+# --------------------------------------------------------------------------- tiny trees and models
+CLASSES = ["apple", "banana", "cherry", "daisy", "elm", "fig"]
+
+
+def nested_tree(levels: int) -> Tree:
+    """A hand-made tree with uneven fan-out whose leaf order differs from the class order."""
+    if levels == 1:
+        return flat_tree()
+    fruit = [{"id": c, "name": c} for c in ("cherry", "apple", "banana", "fig")]
+    plant = [{"id": c, "name": c} for c in ("daisy", "elm")]
+    root = {
+        "id": "root",
+        "name": "all",
+        "children": [
+            {"id": "fruit", "name": "fruit", "children": fruit},
+            {"id": "plant", "name": "plant", "children": plant},
+        ],
+    }
+    return Tree.from_nested(_pad(root, levels), CLASSES, name=f"toy-l{levels}")
+
+
+def _pad(node: dict, levels: int, depth: int = 0) -> dict:
+    """Insert single-child chains so every class sits at depth ``levels``."""
+    kids = node.get("children")
+    if not kids:
+        for d in range(levels - depth):
+            node = {"id": f"{node['id']}~{d}", "name": node["name"], "children": [node]}
+        return node
+    return {**node, "children": [_pad(k, levels, depth + 1) for k in kids]}
+
+
+def two_level_tree() -> Tree:
+    """fruit (4 classes) and plant (2 classes); the leaf order differs from the class order."""
+    return nested_tree(2)
+
+
+def flat_tree() -> Tree:
+    return build_flat_tree([ClassEntry(c, c) for c in CLASSES], name="flat")
+
+
+def tiny_model(
+    tree: Tree,
+    backbone: str = "resnet18",
+    size: int = 32,
+    in_chans: int = 3,
+    width: int = 8,
+    kind: str = "nhl",
+    seed: int | None = None,
+) -> torch.nn.Module:
+    """The one small model the tests build: NHL (branch width ``width`` at every level) or flat,
+    at ``size`` pixels, in eval mode; ``seed`` fixes the initial weights."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    trunk = TrunkConfig(backbone, None, in_chans)
+    if kind == "nhl":
+        model = NHLModel(tree, trunk, BranchConfig(widths=(width,) * tree.levels))
+    else:
+        model = FlatModel(tree, trunk)
+    model.input_config = with_input_size(model.input_config, size)
+    return model.eval()
+
+
+QUICK = GateTraining(epochs=3)  # gates fitted in seconds, for tests that need a gated model
+
+
+def random_batches(n: int = 48, batch: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random 32-pixel images with labels over :data:`CLASSES`."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 32, 32, generator=generator)
+    y = torch.randint(0, len(CLASSES), (n,), generator=generator)
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]

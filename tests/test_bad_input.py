@@ -12,20 +12,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, make_tiny_data, run_nhl
+from conftest import (
+    CLASSES,
+    QUICK,
+    assert_one_line_error,
+    make_tiny_data,
+    random_batches,
+    run_nhl,
+    tiny_model,
+    two_level_tree,
+)
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_gates import QUICK, random_batches, small_model
-from test_predict import CLASSES, tiny_model, two_level_tree
 
 from nhlcli.atomic import atomic_write_json
+from nhlcli.devices import resolve_device
 from nhlcli.errors import NhlError
 from nhlcli.gates import fit_gates
 from nhlcli.gates.workflow import check_tune_output
-from nhlcli.model.files import DIGEST_KEY, METADATA_KEY, load_model, save_model, verify_model_file
+from nhlcli.model.files import DIGEST_KEY, METADATA_KEY, save_model, verify_model_file
+from nhlcli.model.loading import open_model
 from nhlcli.model.nhl import FlatModel, InputConfig, NHLModel, with_input_size
 from nhlcli.model.trunk import TrunkConfig
-from nhlcli.training.distributed import resolve_device
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +42,7 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-input")
     torch.manual_seed(0)
     save_model(tiny_model(two_level_tree()), root / "m.safetensors")
-    gated = fit_gates(small_model("nhl", "resnet18"), random_batches(n=16), config=QUICK)
+    gated = fit_gates(tiny_model(two_level_tree(), "resnet18", seed=0), random_batches(n=16), config=QUICK)
     save_model(gated, root / "gated.safetensors")
     data = make_tiny_data.make_image_folder(root / "data", CLASSES, per_class=2, size=32)
     return {"root": root, "model": root / "m.safetensors", "gated": root / "gated.safetensors", "data": data}
@@ -160,7 +168,7 @@ def test_a_flipped_byte_in_the_tensor_data_is_found_by_verify_and_cutout(files, 
     start = _data_offset(intact)
     content[start + (len(content) - start) // 2] ^= 0x04  # one bit, in the middle of the weights
     damaged.write_bytes(bytes(content))
-    load_model(damaged)  # the damage does not show when loading: that is why the digest is there
+    open_model(damaged)  # the damage does not show when loading: that is why the digest is there
     assert_one_line_error(run_nhl("profile", damaged, "--verify"), "damaged.safetensors", "does not match",
                           "digest recorded at save time", "damaged")  # fmt: skip
     out = tmp_path / "expert.safetensors"
@@ -177,7 +185,7 @@ def test_a_file_without_a_digest_still_loads_and_verify_says_there_is_none(files
     older = tmp_path / "older.safetensors"
     save_file(load_file(str(files["model"])), str(older), metadata=meta)
     assert verify_model_file(older) is None
-    load_model(older)
+    open_model(older)
     run = run_nhl("profile", older, "--verify", "--json")
     assert run.code == 0, run.err
     assert json.loads(run.out)["verified"] is False
@@ -216,7 +224,7 @@ def test_hand_edited_metadata_fails_in_one_line_naming_the_file_and_the_key(file
     edit, fragment = EDITS[case]
     path = _edited(files["model"], tmp_path / "edited.safetensors", edit)
     with pytest.raises(NhlError, match="edited.safetensors") as error:
-        load_model(path)
+        open_model(path)
     assert fragment in str(error.value) and "metadata is damaged" in str(error.value)
 
 
@@ -265,7 +273,9 @@ def test_unknown_or_missing_devices_are_one_line_errors(files):
         with pytest.raises(NhlError, match="no CUDA GPU is visible"):
             resolve_device("cuda")
     image = next((files["data"] / "val" / "apple").iterdir())
-    assert_one_line_error(run_nhl("predict", files["model"], image, "--device", "tpu"), "tpu", "--device cpu")
+    assert_one_line_error(
+        run_nhl("predict", files["model"], image, "--device", "tpu"), "tpu", "--device", "use cpu"
+    )
     if not torch.cuda.is_available():
         assert_one_line_error(run_nhl("predict", files["model"], image, "--device", "cuda"), "no CUDA GPU")
 
@@ -302,10 +312,10 @@ def test_a_transformer_at_a_size_it_cannot_take_says_which_backbones_can(tmp_pat
 def test_sizes_and_channels_below_one_are_refused():
     config = InputConfig()
     for size in (0, -8, (32, 0)):
-        with pytest.raises(NhlError, match="--input-size must be a positive"):
+        with pytest.raises(NhlError, match="input_size must be a positive"):
             with_input_size(config, size)
     for chans in (0, -1):
-        with pytest.raises(NhlError, match="--in-chans must be at least 1"):
+        with pytest.raises(NhlError, match="in_chans must be at least 1"):
             TrunkConfig("resnet18", None, chans)
     with pytest.raises(NhlError, match="positive integers"):
         InputConfig(size=(3, 0, 0))

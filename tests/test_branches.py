@@ -7,15 +7,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from branch_oracle import ReferenceStack, per_node_modules
 
-from nhlcli.model import branches
-from nhlcli.model.branches import (
-    BranchLevel,
-    LeafHeads,
-    NodeBatchNorm,
-    ReferenceStack,
-    per_node_modules,
-)
+from nhlcli.model import branch_kernels
+from nhlcli.model.branches import BranchLevel, LeafHeads, NodeBatchNorm
 
 IN = 12  # trunk channels
 P2 = [0, 1, 1, 2, 2, 2, 2, 2]  # level-1 parents with 1, 2 and 5 children
@@ -69,7 +64,7 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> None:
 @pytest.fixture(params=[True, False], ids=["onednn", "plain"])
 def fused(request, monkeypatch):
     """Run the inference path with and without oneDNN's fused convolutions."""
-    monkeypatch.setattr(branches, "_ONEDNN_FUSED", [request.param and branches._ONEDNN_FUSED[0]])
+    monkeypatch.setattr(branch_kernels, "_ONEDNN_FUSED", [request.param and branch_kernels._ONEDNN_FUSED[0]])
     return request.param
 
 

@@ -16,7 +16,7 @@ from nhlcli.cli.demo import closing_table
 from nhlcli.data.fashion_mnist import read_idx_images
 from nhlcli.demo import DEFAULT_WORKDIR, FOOTWEAR, SAMPLE_IMAGES, DemoResult, demo_tree, recipe_args
 from nhlcli.errors import NhlError
-from nhlcli.model.files import load_model
+from nhlcli.model.loading import open_model
 
 
 def test_demo_trains_cuts_the_footwear_expert_and_compares(tmp_path):
@@ -44,8 +44,8 @@ def test_demo_trains_cuts_the_footwear_expert_and_compares(tmp_path):
     predict = shlex.split(next(x for x in run.out.splitlines() if x.startswith("nhl predict ")))
     assert [Path(a) for a in predict[3:]] == [work / name for name in SAMPLE_IMAGES]
     full, expert = summary["full"], summary["expert"]
-    model = load_model(full["file"])
-    cut = load_model(expert["file"])
+    model = open_model(full["file"])
+    cut = open_model(expert["file"])
     assert [cut.tree.node(c).name.lower() for c in cut.tree.classes] == list(FOOTWEAR)
     assert cut.metadata["expert"]["parent_sha256"]
     assert (work / "tree.json").is_file()

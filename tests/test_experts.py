@@ -7,18 +7,19 @@ import random
 
 import pytest
 import torch
-from conftest import assert_one_line_error, make_tiny_data, run_nhl
+from conftest import assert_one_line_error, make_tiny_data, run_nhl, tiny_model
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from nhlcli.errors import NhlError
 from nhlcli.experts import compare, cost_report, count_macs, cut_model, cutout_file, save_expert
-from nhlcli.experts.cost import peak_memory
 from nhlcli.experts.curve import cost_curve, default_points
-from nhlcli.model.files import load_model, read_metadata, save_model
-from nhlcli.model.nhl import BranchConfig, NHLModel, with_input_size
+from nhlcli.model.files import read_metadata, save_model
+from nhlcli.model.loading import open_model
+from nhlcli.model.nhl import NHLModel, with_input_size
 from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig
+from nhlcli.profiling import peak_memory
 from nhlcli.taxonomy import Tree
 
 
@@ -66,12 +67,6 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def tiny_nhl(tree: Tree, backbone: str = "resnet18", size: int = 32, in_chans: int = 3) -> NHLModel:
-    model = NHLModel(tree, TrunkConfig(backbone, None, in_chans), BranchConfig(widths=(8,) * tree.levels))
-    model.input_config = with_input_size(model.input_config, size)
-    return randomise(model)
-
-
 def kept_logits(parent: NHLModel, expert: NHLModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         full, cut = parent(x), expert(x)
@@ -84,7 +79,7 @@ def kept_logits(parent: NHLModel, expert: NHLModel, x: torch.Tensor) -> tuple[to
 def test_expert_logits_equal_parent_logits_on_kept_classes(backbone, levels):
     tree = random_tree(levels, 14, seed=levels)
     assert tree.levels == levels
-    parent = tiny_nhl(tree, backbone)
+    parent = randomise(tiny_model(tree, backbone))
     x = torch.randn(3, 3, 32, 32)
     rng = random.Random(levels)
     for k in (1, 2, 5, 13):
@@ -102,7 +97,7 @@ def test_expert_logits_equal_parent_logits_on_kept_classes(backbone, levels):
 def test_inner_node_keeps_every_class_below_it():
     tree = random_tree(3, 14, seed=7)
     group = tree.level(1)[0]
-    expert = cut_model(tiny_nhl(tree), [tree.node(group).name])
+    expert = cut_model(randomise(tiny_model(tree)), [tree.node(group).name])
     assert set(expert.tree.classes) == set(tree.leaves(group))
 
 
@@ -121,7 +116,7 @@ def _independent_param_count(parent: NHLModel, kept: list[str]) -> int:
 @pytest.mark.parametrize("levels", [1, 3])
 def test_expert_params_are_trunk_plus_kept_paths(levels):
     tree = random_tree(levels, 12, seed=3)
-    parent = tiny_nhl(tree)
+    parent = randomise(tiny_model(tree))
     kept = tree.classes[2:7]
     expert = cut_model(parent, kept)
     counted = sum(p.numel() for p in expert.parameters())
@@ -133,7 +128,7 @@ def test_expert_params_are_trunk_plus_kept_paths(levels):
 
 def test_expert_file_loads_without_parent_and_recut_equals_direct_cut(tmp_path):
     tree = random_tree(3, 12, seed=5)
-    parent = tiny_nhl(tree)
+    parent = randomise(tiny_model(tree))
     parent_file = save_model(parent, tmp_path / "parent.safetensors")
     first = cutout_file(parent_file, tree.classes[:8])
     save_expert(first, tmp_path / "first.safetensors")
@@ -150,7 +145,7 @@ def test_expert_file_loads_without_parent_and_recut_equals_direct_cut(tmp_path):
     with torch.no_grad():
         expected = parent(x)[:, [tree.class_index(c) for c in kept]]
     parent_file.unlink()  # the expert needs nothing from its parent
-    loaded = load_model(tmp_path / "recut.safetensors")
+    loaded = open_model(tmp_path / "recut.safetensors")
     direct_state, recut_state = direct.model.state_dict(), loaded.state_dict()
     assert direct_state.keys() == recut_state.keys()
     assert all(torch.equal(direct_state[k], recut_state[k]) for k in direct_state)
@@ -160,7 +155,7 @@ def test_expert_file_loads_without_parent_and_recut_equals_direct_cut(tmp_path):
 
 def test_file_cut_reads_only_kept_rows_and_matches_memory_cut(tmp_path):
     tree = random_tree(2, 12, seed=11)
-    parent = tiny_nhl(tree)
+    parent = randomise(tiny_model(tree))
     path = save_model(parent, tmp_path / "p.safetensors")
     kept = [tree.classes[i] for i in (0, 5, 9)]
     from_file, in_memory = cutout_file(path, kept).model.state_dict(), cut_model(parent, kept).state_dict()
@@ -180,7 +175,7 @@ def test_phl_1branch_expert_keeps_the_shared_branch():
 
 def test_selection_errors():
     tree = random_tree(2, 10, seed=1)
-    parent = tiny_nhl(tree)
+    parent = randomise(tiny_model(tree))
     with pytest.raises(NhlError, match="empty"):
         cut_model(parent, [])
     with pytest.raises(NhlError, match="closest"):
@@ -196,7 +191,7 @@ def test_selection_errors():
 
 def test_macs_and_cost_report_shrink_with_the_expert():
     tree = random_tree(3, 12, seed=4)
-    parent = tiny_nhl(tree)
+    parent = randomise(tiny_model(tree))
     expert = cut_model(parent, tree.classes[:2])
     full_macs, expert_macs = count_macs(parent), count_macs(expert)
     trunk_macs = count_macs(parent.trunk.eval(), (3, 32, 32))
@@ -213,7 +208,7 @@ def test_macs_and_cost_report_shrink_with_the_expert():
 
 
 def test_peak_memory_counts_weights_and_grows_with_batch():
-    model = tiny_nhl(random_tree(2, 6, seed=0))
+    model = randomise(tiny_model(random_tree(2, 6, seed=0)))
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     small, large = peak_memory(model, 1), peak_memory(model, 16)
     assert weights < small < large
@@ -225,7 +220,7 @@ def test_cost_curve_points_and_monotone_params():
     assert default_points(1000) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
     assert default_points(3) == [1, 2, 3]
     tree = random_tree(2, 12, seed=9)
-    rows = cost_curve(tiny_nhl(tree))
+    rows = cost_curve(randomise(tiny_model(tree)))
     related = [r for r in rows if r["selection"] == "related"]
     assert [r["classes"] for r in related] == [1, 2, 5, 10, 12]
     params = [r["params"] for r in related]
@@ -240,7 +235,7 @@ def test_cost_curve_points_and_monotone_params():
 def model_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("experts")
     tree = random_tree(2, 6, seed=8)
-    save_model(tiny_nhl(tree), root / "nhl.safetensors")
+    save_model(randomise(tiny_model(tree)), root / "nhl.safetensors")
     flat = create_model(tree, "flat", TrunkConfig("resnet18"))
     flat.input_config = with_input_size(flat.input_config, 32)
     save_model(flat, root / "flat.safetensors")
@@ -262,7 +257,7 @@ def test_cli_cutout_writes_expert_and_report(model_files, tmp_path):
     assert summary["parent_cost"]["threads"] >= 1
     assert [r["batch"] for r in summary["expert_cost"]["latency"]] == [1, 4]
     assert summary["reduction_percent"]["params"]["branches"] > 0
-    expert = load_model(out)
+    expert = open_model(out)
     assert expert.tree.classes == kept
     assert expert.metadata["cost"]["gmacs"] == summary["expert_cost"]["gmacs"]
     # profile an expert: its cost now and the comparison recorded at cut time
@@ -301,7 +296,7 @@ def test_cli_eval_on_expert_restricts_data(tmp_path):
         ]},
         names,
     )  # fmt: skip
-    parent = save_model(tiny_nhl(tree), tmp_path / "p.safetensors")
+    parent = save_model(randomise(tiny_model(tree)), tmp_path / "p.safetensors")
     out = tmp_path / "fruit.safetensors"
     assert run_nhl("cutout", parent, "--classes", "apple,banana", "-o", out, "--no-latency").code == 0
     run = run_nhl("eval", out, "--data", data, "--split", "train", "--workers", "0", "--json")
@@ -338,17 +333,17 @@ def test_cli_cutout_bad_inputs(model_files, tmp_path):
 def test_nhl_cutout_costs_the_parent_without_reading_its_weights_whole(tmp_path, monkeypatch):
     """The cut reads only the kept rows; the parent's cost comes from a skeleton of its shape."""
     from nhlcli.experts import cutout_with_cost
-    from nhlcli.model import files
+    from nhlcli.model import files, loading
 
     tree = random_tree(2, 12, seed=3)
-    parent_model = tiny_nhl(tree)
+    parent_model = randomise(tiny_model(tree))
     parent = save_model(parent_model, tmp_path / "p.safetensors")
 
     def whole_read(*args, **kwargs):
         raise AssertionError("the parent's weights were read whole")
 
     monkeypatch.setattr(files, "load_weights", whole_read)
-    monkeypatch.setattr(files, "load_model", whole_read)
+    monkeypatch.setattr(loading, "open_model", whole_read)
     cut, parent_cost, expert_cost = cutout_with_cost(parent, [tree.classes[0]], (1,), latency=False)
     assert parent_cost["params"] == parent_model.parameter_groups()
     assert parent_cost["gmacs"] > expert_cost["gmacs"] > 0

@@ -10,16 +10,23 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import assert_one_line_error, run_nhl
+from conftest import (
+    QUICK,
+    assert_one_line_error,
+    flat_tree,
+    random_batches,
+    run_nhl,
+    tiny_model,
+    two_level_tree,
+)
 from PIL import Image
-from test_gates import QUICK, random_batches, small_model
-from test_predict import flat_tree, two_level_tree
 
 from nhlcli.errors import NhlError
 from nhlcli.experts import cut_model, cutout_file, save_expert
 from nhlcli.export import export_onnx, read_onnx_metadata
 from nhlcli.gates import fit_gates
-from nhlcli.model.files import load_model, save_model
+from nhlcli.model.files import save_model
+from nhlcli.model.loading import open_model
 from nhlcli.taxonomy.picture import draw_tree
 
 
@@ -29,7 +36,7 @@ from nhlcli.taxonomy.picture import draw_tree
 )
 def test_experts_export_with_parity_and_a_dynamic_batch(tmp_path, tree_name, backbone):
     tree = flat_tree() if tree_name == "phl" else two_level_tree()
-    model = small_model("nhl", backbone, tree)
+    model = tiny_model(tree, backbone, seed=0)
     save_model(model, tmp_path / "full.safetensors")
     cut = cutout_file(tmp_path / "full.safetensors", ["apple", "daisy", "fig"])
     save_expert(cut, tmp_path / "expert.safetensors")
@@ -38,7 +45,7 @@ def test_experts_export_with_parity_and_a_dynamic_batch(tmp_path, tree_name, bac
     assert [r["batch"] for r in report["parity"]["batches"]] == [1, 7]
     # an independent run: onnxruntime on batches of 1 and 7 against the torch expert
     session = ort.InferenceSession(str(tmp_path / "expert.onnx"), providers=["CPUExecutionProvider"])
-    expert = load_model(tmp_path / "expert.safetensors")
+    expert = open_model(tmp_path / "expert.safetensors")
     for batch in (1, 7):
         x = torch.randn(batch, 3, 32, 32)
         (got,) = session.run(None, {"images": x.numpy()})
@@ -53,7 +60,7 @@ def test_experts_export_with_parity_and_a_dynamic_batch(tmp_path, tree_name, bac
 
 
 def test_a_gated_file_exports_its_gates_as_outputs_with_thresholds_in_the_metadata(tmp_path):
-    gated = fit_gates(small_model("nhl", "resnet18"), random_batches(n=16), config=QUICK)
+    gated = fit_gates(tiny_model(two_level_tree(), "resnet18", seed=0), random_batches(n=16), config=QUICK)
     gated.set_thresholds([None, 1.5, 2.0, None])
     save_model(gated, tmp_path / "gated.safetensors")
     report = export_onnx(tmp_path / "gated.safetensors", tmp_path / "gated.onnx")
@@ -67,7 +74,7 @@ def test_a_gated_file_exports_its_gates_as_outputs_with_thresholds_in_the_metada
 
 
 def test_a_failed_parity_check_leaves_no_file(tmp_path, monkeypatch):
-    save_model(small_model("flat", "resnet18"), tmp_path / "flat.safetensors")
+    save_model(tiny_model(flat_tree(), "resnet18", kind="flat", seed=0), tmp_path / "flat.safetensors")
     monkeypatch.setattr("nhlcli.export.onnx.parity", lambda model, path: {"max_abs_diff": 0.5, "batches": []})
     with pytest.raises(NhlError, match="disagree by 0.5"):
         export_onnx(tmp_path / "flat.safetensors", tmp_path / "flat.onnx")
@@ -75,7 +82,7 @@ def test_a_failed_parity_check_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_cli_export_and_profile_an_onnx_expert(tmp_path):
-    model = small_model("nhl", "resnet18")
+    model = tiny_model(two_level_tree(), "resnet18", seed=0)
     expert = cut_model(model, ["apple", "banana"])
     save_model(expert, tmp_path / "expert.safetensors")
     run = run_nhl("export", tmp_path / "expert.safetensors", "-o", tmp_path / "expert.onnx", "--json")
@@ -115,7 +122,7 @@ def test_tree_pictures_are_valid_images_sized_to_the_tree(tmp_path):
 
 
 def test_an_expert_picture_highlights_exactly_its_classes_inside_the_parent_tree(tmp_path):
-    save_model(small_model("nhl", "resnet18"), tmp_path / "full.safetensors")
+    save_model(tiny_model(two_level_tree(), "resnet18", seed=0), tmp_path / "full.safetensors")
     cut = cutout_file(tmp_path / "full.safetensors", ["banana", "elm"])
     save_expert(cut, tmp_path / "expert.safetensors")
     run = run_nhl("hierarchy", "show", tmp_path / "expert.safetensors", "-f", "svg", "-o", tmp_path / "e.svg")

@@ -9,48 +9,36 @@ import shlex
 import pytest
 import timm
 import torch
-from conftest import assert_one_line_error, make_tiny_data, run_nhl
+from conftest import (
+    CLASSES,
+    QUICK,
+    assert_one_line_error,
+    flat_tree,
+    make_tiny_data,
+    nested_tree,
+    random_batches,
+    run_nhl,
+    tiny_model,
+    two_level_tree,
+)
 from PIL import Image
-from test_predict import CLASSES, flat_tree, two_level_tree
-from test_training import nested_tree
 from torch.utils.flop_counter import FlopCounterMode
 
 from nhlcli.errors import NhlError
+from nhlcli.evaluation import evaluate_gated
 from nhlcli.experts import cut_model
-from nhlcli.experts.cost import count_macs
 from nhlcli.gates import (
     GateTraining,
     collect_exits,
-    evaluate_gated,
     fit_gates,
     hinge_loss,
     simulate,
     tune_thresholds,
 )
 from nhlcli.gates.fit import train_linear
-from nhlcli.model.files import load_model, save_model
-from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, with_input_size
-from nhlcli.model.trunk import TrunkConfig
-
-QUICK = GateTraining(epochs=3)
-
-
-def small_model(kind: str, backbone: str, tree=None, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    tree = tree or (two_level_tree() if kind == "nhl" else flat_tree())
-    if kind == "nhl":
-        model = NHLModel(tree, TrunkConfig(backbone, None, 3), BranchConfig(widths=(8,) * tree.levels))
-    else:
-        model = FlatModel(tree, TrunkConfig(backbone, None, 3))
-    model.input_config = with_input_size(model.input_config, 32)
-    return model.eval()
-
-
-def random_batches(n: int = 48, batch: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, 32, 32, generator=generator)
-    y = torch.randint(0, len(CLASSES), (n,), generator=generator)
-    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
+from nhlcli.model.files import save_model
+from nhlcli.model.loading import open_model
+from nhlcli.profiling import count_macs
 
 
 # --------------------------------------------------------------------------- the loss
@@ -94,7 +82,7 @@ def test_a_gate_trained_on_separable_features_separates_them():
     [("nhl", "resnet18"), ("flat", "resnet18"), ("nhl", "convnextv2_atto"), ("flat", "convnextv2_atto")],
 )
 def test_thresholds_at_infinity_equal_the_ungated_model_and_at_minus_infinity_exit_first(kind, backbone):
-    model = small_model(kind, backbone)
+    model = tiny_model(two_level_tree() if kind == "nhl" else flat_tree(), backbone, kind=kind, seed=0)
     batches = random_batches()
     gated = fit_gates(model, batches, config=QUICK)
     x = torch.cat([b[0] for b in batches])
@@ -126,7 +114,7 @@ def independent_exit_macs(gated, backbone: str) -> list[int]:
 
 @pytest.mark.parametrize(("kind", "backbone"), [("nhl", "resnet18"), ("flat", "convnextv2_atto")])
 def test_average_gmacs_is_the_exit_fractions_times_the_cost_up_to_each_gate(kind, backbone):
-    model = small_model(kind, backbone)
+    model = tiny_model(two_level_tree() if kind == "nhl" else flat_tree(), backbone, kind=kind, seed=0)
     batches = random_batches(n=64)
     gated = fit_gates(model, batches, config=QUICK)
     record = collect_exits(gated, batches, torch.device("cpu"))
@@ -147,7 +135,7 @@ def test_average_gmacs_is_the_exit_fractions_times_the_cost_up_to_each_gate(kind
 
 
 def test_tuning_reaches_the_target_at_lower_cost_and_refuses_an_unreachable_one():
-    model = small_model("nhl", "resnet18")
+    model = tiny_model(two_level_tree(), "resnet18", seed=0)
     batches = random_batches(n=64)
     gated = fit_gates(model, batches, config=QUICK)
     record = collect_exits(gated, batches, torch.device("cpu"))
@@ -162,7 +150,7 @@ def test_tuning_reaches_the_target_at_lower_cost_and_refuses_an_unreachable_one(
 # --------------------------------------------------------------------------- routing
 def test_routing_through_every_super_category_equals_the_full_model_and_top_1_keeps_exact_logits():
     tree = nested_tree(3)
-    model = small_model("nhl", "resnet18", tree)
+    model = tiny_model(tree, "resnet18", seed=0)
     batches = random_batches()
     gated = fit_gates(model, batches, config=QUICK)
     x = torch.cat([b[0] for b in batches])
@@ -188,7 +176,7 @@ def test_routing_through_every_super_category_equals_the_full_model_and_top_1_ke
 
 
 def test_gates_fit_on_an_expert_answer_over_its_classes_and_route_through_its_subtree():
-    model = small_model("nhl", "resnet18", nested_tree(3))
+    model = tiny_model(nested_tree(3), "resnet18", seed=0)
     expert = cut_model(model, ["apple", "banana", "daisy"])
     batches = [(x, y % 3) for x, y in random_batches()]
     gated = fit_gates(expert, batches, config=QUICK)
@@ -201,7 +189,9 @@ def test_gates_fit_on_an_expert_answer_over_its_classes_and_route_through_its_su
 
 
 def test_a_flat_model_has_no_routing_gate():
-    gated = fit_gates(small_model("flat", "resnet18"), random_batches(n=16), config=QUICK)
+    gated = fit_gates(
+        tiny_model(flat_tree(), "resnet18", kind="flat", seed=0), random_batches(n=16), config=QUICK
+    )
     assert gated.route is None
     with pytest.raises(NhlError, match="routing gate"):
         gated.set_route_top_k(1)
@@ -212,8 +202,8 @@ def test_a_flat_model_has_no_routing_gate():
 def gated_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("gates")
     data = make_tiny_data.make_image_folder(root / "data", CLASSES, per_class=12, size=32)
-    save_model(small_model("nhl", "resnet18"), root / "nhl.safetensors")
-    save_model(small_model("flat", "resnet18"), root / "flat.safetensors")
+    save_model(tiny_model(two_level_tree(), "resnet18", seed=0), root / "nhl.safetensors")
+    save_model(tiny_model(flat_tree(), "resnet18", kind="flat", seed=0), root / "flat.safetensors")
     return root, data
 
 
@@ -237,19 +227,21 @@ def test_cli_fit_tune_eval_sweep_predict_on_a_gated_nhl_file(gated_files, tmp_pa
     assert run.code == 0, run.err
     fit = json.loads(run.out)
     assert [g["stage"] for g in fit["gates"]] == [0, 1, 2, 3] and fit["route"]["outputs"] == 2
-    loaded = load_model(gated_file)
+    loaded = open_model(gated_file)
     assert loaded.thresholds == [None] * 4  # closed until tuned
 
     run = run_nhl("gates", "tune", gated_file, "--data", data, "--max-drop", "10", "--workers", "0", "--json")
     assert run.code == 0, run.err
     tuned = json.loads(run.out)
     assert tuned["top1"] >= tuned["full_top1"] - 0.10 - 1e-9
-    assert load_model(gated_file).thresholds == tuned["thresholds"]  # stored in the file
+    assert open_model(gated_file).thresholds == tuned["thresholds"]  # stored in the file
 
     run = run_nhl("profile", gated_file, "--no-latency", "--json")
     assert run.code == 0, run.err
     profile = json.loads(run.out)
-    assert profile["cost"]["gmacs"] == round(count_macs(small_model("nhl", "resnet18")) / 1e9, 6)  # ungated
+    assert profile["cost"]["gmacs"] == round(
+        count_macs(tiny_model(two_level_tree(), "resnet18", seed=0)) / 1e9, 6
+    )  # ungated
     assert [e["name"] for e in profile["gates"]["exits"]] == loaded.exit_names()
     assert profile["gates"]["thresholds"] == tuned["thresholds"]
 
@@ -280,7 +272,7 @@ def test_cli_fit_tune_eval_sweep_predict_on_a_gated_nhl_file(gated_files, tmp_pa
     run = run_nhl("predict", gated_file, image, "--json")
     assert run.code == 0, run.err
     prediction = json.loads(run.out)["predictions"][0]
-    assert prediction["exit"] in load_model(gated_file).exit_names() and prediction["gmacs"] > 0
+    assert prediction["exit"] in open_model(gated_file).exit_names() and prediction["gmacs"] > 0
 
     run = run_nhl("gates", "tune", gated_file, "--data", data, "--workers", "0")
     assert_one_line_error(run, "--target-accuracy", "--max-drop")
@@ -305,7 +297,7 @@ def test_cli_bad_gate_inputs_get_one_line_errors(gated_files, tmp_path):
         "ce",
     )
     assert run.code == 0, run.err
-    assert load_model(gated_file).spec.loss == "ce"
+    assert open_model(gated_file).spec.loss == "ce"
     run = run_nhl("gates", "tune", gated_file, "--data", data, "--thresholds", "1,2", "--workers", "0")
     assert_one_line_error(run, "2 thresholds given", "4 gates")
     run = run_nhl("gates", "tune", gated_file, "--data", data, "--target-accuracy", "100", "--workers", "0")

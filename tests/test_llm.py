@@ -16,8 +16,8 @@ from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import FASHION_MNIST, ClassEntry
 from nhlcli.taxonomy.hybrid import build_hybrid_tree
 from nhlcli.taxonomy.llm import CACHE_FORMAT, LLMSettings, build_llm_tree
+from nhlcli.taxonomy.sources import build_wordnet_tree
 from nhlcli.taxonomy.tree import Tree
-from nhlcli.taxonomy.wordnet import build_wordnet_tree
 
 try:  # tests/ is on sys.path while it is not a package
     from llm_server import ScriptedLLMServer

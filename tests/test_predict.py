@@ -8,40 +8,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, make_tiny_data, run_nhl
+from conftest import (
+    CLASSES,
+    assert_one_line_error,
+    flat_tree,
+    make_tiny_data,
+    run_nhl,
+    tiny_model,
+    two_level_tree,
+)
 from PIL import Image
-from test_training import nested_tree
 
 from nhlcli.data.loaders import build_transform
 from nhlcli.errors import NhlError
 from nhlcli.evaluation import ClassSubset, _SubsetTargets, attention_curve_file, evaluate_file
-from nhlcli.model.attention import TruthAttention, class_attention, parse_attend
-from nhlcli.model.files import load_model, save_model
-from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, with_input_size
+from nhlcli.model.attention import TruthAttention, check_attend, class_attention
+from nhlcli.model.files import save_model
+from nhlcli.model.loading import open_model
+from nhlcli.model.nhl import FlatModel, with_input_size
 from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig
 from nhlcli.prediction import load_image, predict_images
-from nhlcli.taxonomy import Tree
-from nhlcli.taxonomy.classes import ClassEntry
-from nhlcli.taxonomy.sources import build_flat_tree
 
-CLASSES = ["apple", "banana", "cherry", "daisy", "elm", "fig"]
 FRUIT = ["apple", "banana", "cherry", "fig"]
-
-
-def two_level_tree() -> Tree:
-    """fruit (4 classes) and plant (2 classes); the leaf order differs from the class order."""
-    return nested_tree(2)
-
-
-def flat_tree() -> Tree:
-    return build_flat_tree([ClassEntry(c, c) for c in CLASSES], name="flat")
-
-
-def tiny_model(tree: Tree, in_chans: int = 3, size: int = 32) -> NHLModel:
-    model = NHLModel(tree, TrunkConfig("resnet18", None, in_chans), BranchConfig(widths=(8,) * tree.levels))
-    model.input_config = with_input_size(model.input_config, size)
-    return model.eval()
 
 
 def write_images(folder: Path) -> dict[str, Path]:
@@ -210,7 +199,7 @@ def test_attention_acts_only_on_the_scaled_branches(setup):
 
 
 def test_attention_needs_per_class_branches(setup):
-    flat = load_model(setup["flat"])
+    flat = open_model(setup["flat"])
     with pytest.raises(NhlError, match="NHL model"):
         class_attention(flat, [("apple", 2.0)])
     one_branch = create_model(flat_tree(), "phl-1branch", TrunkConfig("resnet18"))
@@ -223,7 +212,7 @@ def test_attention_needs_per_class_branches(setup):
 def test_a_class_takes_one_attention_scale(setup):
     model = setup["model"]
     with pytest.raises(NhlError, match="'apple' twice"):
-        parse_attend(["apple=2", "apple=3"])
+        check_attend([("apple", 2.0), ("apple", 3.0)])
     with pytest.raises(NhlError, match="same classes twice \\('apple' and '0'\\)"):
         class_attention(model, [("apple", 2.0), ("0", 3.0)])  # the same class by its index
     # an inner node and a class below it are two nodes: their scales meet on shared nodes
@@ -257,8 +246,9 @@ def test_evaluate_file_attention_options(setup):
     common = dict(workers=0, device="cpu", batch_size=4)
     plain = evaluate_file(setup["file"], setup["data"], **common)
     assert plain["attention"] is None
-    subset = evaluate_file(setup["file"], setup["data"], classes="daisy,apple", **common)
-    truth = evaluate_file(setup["file"], setup["data"], classes="daisy,apple", attend_truth=1.0, **common)
+    pair = ["daisy", "apple"]
+    subset = evaluate_file(setup["file"], setup["data"], classes=pair, **common)
+    truth = evaluate_file(setup["file"], setup["data"], classes=pair, attend_truth=1.0, **common)
     assert {k: truth[k] for k in ("top1", "top5", "loss", "per_class")} == {
         k: subset[k] for k in ("top1", "top5", "loss", "per_class")
     }
@@ -266,11 +256,11 @@ def test_evaluate_file_attention_options(setup):
     steered = evaluate_file(setup["file"], setup["data"], attend={"fruit": 0.0}, attend_level=1, **common)
     assert steered["attention"]["classes"] == [{"id": "fruit", "name": "fruit", "classes": 4, "scale": 0.0}]
     assert steered["loss"] != plain["loss"]
-    with pytest.raises(NhlError, match="--attend-level needs"):
+    with pytest.raises(NhlError, match="attend_level needs"):
         evaluate_file(setup["file"], setup["data"], attend_level="path", **common)
 
 
-@pytest.mark.parametrize("classes, level", [(None, None), ("daisy,apple,elm", "path")])
+@pytest.mark.parametrize("classes, level", [(None, None), (["daisy", "apple", "elm"], "path")])
 def test_attention_curve_equals_one_evaluation_per_scale(setup, classes, level):
     common = dict(classes=classes, workers=0, device="cpu", batch_size=4, attend_level=level)
     scales = [0.0, 1.0, 3.0]
@@ -294,7 +284,7 @@ def test_predict_json_through_the_cli(setup):
     assert run.code == 0, run.err
     report = json.loads(run.out)
     assert report["attention"] is None and report["top_k"] == 3 and report["num_classes"] == 6
-    expected = predict_images(load_model(setup["file"]), images, top_k=3)
+    expected = predict_images(open_model(setup["file"]), images, top_k=3)
     for got, want in zip(report["predictions"], expected, strict=True):
         assert got["file"] == want["file"]
         assert [r["id"] for r in got["top"]] == [r["id"] for r in want["top"]]

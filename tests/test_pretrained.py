@@ -7,12 +7,12 @@ import importlib.util
 import pytest
 import timm
 import torch
-from conftest import REPO, assert_one_line_error, make_tiny_data, run_nhl
+from conftest import CLASSES, REPO, assert_one_line_error, make_tiny_data, nested_tree, run_nhl, tiny_model
 from safetensors.torch import load_file, save_file
-from test_training import CLASSES, nested_tree, tiny_model
 
 from nhlcli.errors import NhlError
-from nhlcli.model.files import load_model, save_model
+from nhlcli.model.files import save_model
+from nhlcli.model.loading import open_model
 from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig
 
@@ -74,7 +74,7 @@ def test_frozen_pretrained_trunk_keeps_the_imagenet_weights(tmp_path, lite0, kin
         out,
     )
     assert run.code == 0, run.err
-    model = load_model(out)
+    model = open_model(out)
     pretrained = load_file(str(lite0))
     trained = (model.trunk.model if kind == "nhl" else model.model).state_dict()
     frozen = [k for k in trained if k.startswith(("conv_stem", "bn1", "blocks.0", "blocks.4"))]

@@ -10,14 +10,12 @@ import json
 
 import pytest
 import torch
-from conftest import assert_one_line_error, make_tiny_data, run_nhl
+from conftest import assert_one_line_error, make_tiny_data, run_nhl, tiny_model
 
 from nhlcli.errors import NhlError
 from nhlcli.experts import cut_model
 from nhlcli.model.attention import class_attention
 from nhlcli.model.files import read_metadata, save_model
-from nhlcli.model.nhl import BranchConfig, NHLModel, with_input_size
-from nhlcli.model.trunk import TrunkConfig
 from nhlcli.taxonomy import Tree, shipped_tree
 from nhlcli.taxonomy.wordnet import wordnet_reader
 
@@ -120,16 +118,10 @@ def test_trees_without_wordnet_ids_keep_their_own_names():
         tree.select(["dog"])
 
 
-def tiny_model(tree: Tree) -> NHLModel:
-    model = NHLModel(tree, TrunkConfig("resnet18", None, 3), BranchConfig(widths=(4,) * tree.levels))
-    model.input_config = with_input_size(model.input_config, 32)
-    return model.eval()
-
-
 def test_the_cards_command_cuts_the_sharks_and_records_what_each_name_meant(tmp_path):
     """``nhl cutout --classes shark,hammerhead`` on a 1000-class model over a shipped tree."""
     tree = shipped_tree("imagenet-1k-wordnet-l3")
-    parent = save_model(tiny_model(tree), tmp_path / "in1k.safetensors")
+    parent = save_model(tiny_model(tree, width=4), tmp_path / "in1k.safetensors")
     out = tmp_path / "sharks.safetensors"
     run = run_nhl("cutout", parent, "--classes", "shark,hammerhead", "-o", out, "--no-latency")
     assert run.code == 0, run.err
@@ -157,7 +149,7 @@ def test_hierarchy_resolve_prints_what_names_mean():
 
 def test_attend_on_a_concept_scales_each_node_of_its_classes_once():
     tree = shipped_tree("imagenet-1k-wordnet-l3")
-    model = tiny_model(tree)
+    model = tiny_model(tree, width=4)
     sharks = tree.select(["shark"]).classes
     for depth, scale in class_attention(model, [("shark", 2.0)], level="path").items():
         nodes = {tree.path(c)[depth] for c in sharks}
@@ -179,10 +171,12 @@ def test_train_and_eval_classes_take_concepts_and_refuse_a_repeat(tmp_path):
     assert run.code == 0, run.err
     assert read_metadata(out)["training"]["classes"] == ["shark"]
     assert Tree.from_dict(read_metadata(out)["tree"]).classes == folders[:3]
-    whole = save_model(tiny_model(Tree.load(tree_file)), tmp_path / "whole.safetensors")
+    whole = save_model(tiny_model(Tree.load(tree_file), width=4), tmp_path / "whole.safetensors")
     report = run_nhl("eval", whole, "--data", data, "--workers", "0", "--classes", "shark", "--json")
     assert report.code == 0, report.err
     assert json.loads(report.out)["num_classes"] == 3
     twice = run_nhl("eval", whole, "--data", data, "--workers", "0", "--classes", "shark,shark")
     assert_one_line_error(twice, "twice")
-    assert cut_model(tiny_model(Tree.load(tree_file)), ["teleost fish"]).tree.classes == ["n01440764"]
+    assert cut_model(tiny_model(Tree.load(tree_file), width=4), ["teleost fish"]).tree.classes == [
+        "n01440764"
+    ]

@@ -9,7 +9,7 @@ import pytest
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy import build_tree, load_class_list, shipped_tree, shipped_tree_names
 from nhlcli.taxonomy.classes import FASHION_MNIST, cifar100_classes, imagenet_classes
-from nhlcli.taxonomy.compress import default_group_counts, parse_group_counts
+from nhlcli.taxonomy.compress import check_group_counts, default_group_counts
 from nhlcli.taxonomy.sources import taxonomies_dir
 
 SHARKS = ["great white shark", "tiger shark", "hammerhead"]
@@ -137,16 +137,17 @@ def test_unknown_wordnet_names_say_how_to_fix():
 def test_group_counts_default_and_validation():
     assert default_group_counts(1000, 3) == [10, 100]
     assert default_group_counts(1000, 1) == []
-    assert parse_group_counts("5,50", 1000, 3) == [5, 50]
-    for bad in ("5", "50,5", "a,b", "0,10"):
-        with pytest.raises(NhlError, match="--groups"):
-            parse_group_counts(bad, 1000, 3)
+    assert check_group_counts([5, 50], 1000, 3) == [5, 50]
+    for bad in ([5], [50, 5], [0, 10], [5, 5000]):
+        with pytest.raises(NhlError, match="groups") as error:
+            check_group_counts(bad, 1000, 3)
+        assert error.value.option == "groups"  # the CLI spells it --groups
 
 
 def test_group_counts_steer_the_wordnet_build():
     entries = list(imagenet_classes())
-    coarse = build_tree("wordnet", entries, levels=2, groups="8")
-    fine = build_tree("wordnet", entries, levels=2, groups="60")
+    coarse = build_tree("wordnet", entries, levels=2, groups=[8])
+    fine = build_tree("wordnet", entries, levels=2, groups=[60])
     assert len(coarse.level(1)) < len(fine.level(1))
     assert coarse.stats()["per_level"][0]["classes_per_node_mean"] > 40
 
@@ -208,7 +209,7 @@ def test_class_lists_empty_at_file_and_json_keys(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cat").mkdir()  # an empty spec used to read the current folder's class folders
     for empty in ("", "  "):
-        with pytest.raises(NhlError, match="--classes is empty"):
+        with pytest.raises(NhlError, match="classes is empty"):
             load_class_list(empty)
     listing = tmp_path / "classes.txt"
     listing.write_text("sandal.n.01\tSandal\tslipper\n")
@@ -225,9 +226,9 @@ def test_class_lists_empty_at_file_and_json_keys(tmp_path, monkeypatch):
 
 def test_group_and_level_counts_read_in_the_singular():
     with pytest.raises(NhlError, match="gives 1 count but 3 levels need 2"):
-        parse_group_counts("4", 1000, 3)
+        check_group_counts([4], 1000, 3)
     with pytest.raises(NhlError, match="gives 2 counts but 2 levels need 1"):
-        parse_group_counts("4,8", 1000, 2)
+        check_group_counts([4, 8], 1000, 2)
     with pytest.raises(NhlError, match=r"the flat source gives 1 level, not 2"):
         build_tree("flat", FASHION_MNIST, levels=2)
 
@@ -247,7 +248,7 @@ def test_setup_wordnet_checks_its_target_before_copying(tmp_path):
         (a_file, "is a file, not a directory"),
         (a_file / "nltk_data", "is a file, not a directory"),
         ("/proc/nltk_data", "cannot write"),
-        ("", "--to is empty"),
+        ("", "to is empty"),
     ]
     for target, message in cases:
         with pytest.raises(NhlError, match=message):

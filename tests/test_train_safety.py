@@ -7,14 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import assert_one_line_error, make_tiny_data, run_nhl
+from conftest import assert_one_line_error, make_tiny_data, run_nhl, tiny_model
 
 from nhlcli.errors import NhlError
 from nhlcli.model.files import read_metadata
-from nhlcli.model.nhl import with_input_size
-from nhlcli.model.registry import create_model
-from nhlcli.model.trunk import TrunkConfig
 from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.sources import build_flat_tree
 from nhlcli.training import TrainConfig, train
@@ -36,11 +32,10 @@ def folder(tmp_path_factory) -> Path:
 
 
 def flat_model():
-    torch.manual_seed(0)  # fixed initial weights: an unlucky draw can diverge on 4-image batches
-    tree = build_flat_tree([ClassEntry(c, c) for c in CLASSES], name="toy")
-    model = create_model(tree, "flat", TrunkConfig("resnet18"))
-    model.input_config = with_input_size(model.input_config, 16)
-    return model
+    # fixed initial weights: an unlucky draw can diverge on 4-image batches
+    return tiny_model(
+        build_flat_tree([ClassEntry(c, c) for c in CLASSES], name="toy"), kind="flat", size=16, seed=0
+    )
 
 
 def small_config(**changes) -> TrainConfig:
@@ -81,19 +76,17 @@ def test_train_checks_its_output_path_before_training(tmp_path, folder, output, 
 
 def test_a_fresh_run_refuses_to_discard_an_unfinished_runs_checkpoint(tmp_path, folder):
     ckdir = tmp_path / "ck"
-    train(flat_model(), folder, None, small_config(epochs=1), checkpoint_dir=ckdir, progress=False)
+    train(flat_model(), folder, None, small_config(epochs=1), checkpoint_dir=ckdir)
     sidecar = json.loads((ckdir / "last.json").read_text())
     sidecar["extra"]["config"]["epochs"] = 3  # as if interrupted after 1 of 3 epochs
     (ckdir / "last.json").write_text(json.dumps(sidecar))
     with pytest.raises(NhlError, match="unfinished run .1 of 3 epochs.*--resume.*--overwrite"):
-        train(flat_model(), folder, None, small_config(), checkpoint_dir=ckdir, progress=False)
+        train(flat_model(), folder, None, small_config(), checkpoint_dir=ckdir)
     assert json.loads((ckdir / "last.json").read_text()) == sidecar  # untouched
-    again = train(
-        flat_model(), folder, None, small_config(), checkpoint_dir=ckdir, progress=False, overwrite=True
-    )
+    again = train(flat_model(), folder, None, small_config(), checkpoint_dir=ckdir, overwrite=True)
     assert again.epochs_done == 2 and load_checkpoint(ckdir).epoch == 2
     # a finished run's checkpoint is redundant with its model file: a new run may replace it
-    train(flat_model(), folder, None, small_config(epochs=1), checkpoint_dir=ckdir, progress=False)
+    train(flat_model(), folder, None, small_config(epochs=1), checkpoint_dir=ckdir)
     with pytest.raises(NhlError, match="--resume .* --overwrite"):
         train(flat_model(), folder, None, small_config(), checkpoint_dir=ckdir, resume=True, overwrite=True)
 
@@ -144,7 +137,7 @@ class _InterruptAt:
 
 
 def test_ctrl_c_mid_epoch_keeps_the_last_whole_epoch_and_resume_trains_each_step_once(tmp_path, folder):
-    from nhlcli.training.distributed import DistInfo
+    from nhlcli.distributed import DistInfo
     from nhlcli.training.loop import _make_loaders
 
     model = flat_model()
@@ -154,13 +147,13 @@ def test_ctrl_c_mid_epoch_keeps_the_last_whole_epoch_and_resume_trains_each_step
     assert steps >= 2
     ckdir = tmp_path / "ck"
     loaders = (_InterruptAt(train_loader, epoch=2, step=2), val_loader)
-    stopped = train(model, folder, None, config, checkpoint_dir=ckdir, progress=False, loaders=loaders)
+    stopped = train(model, folder, None, config, checkpoint_dir=ckdir, loaders=loaders)
     assert stopped.interrupted and stopped.epochs_done == 1
     assert stopped.interrupted_at == {"epoch": 2, "steps_done": 1, "steps": steps}
     saved = load_checkpoint(ckdir)
     assert saved.epoch == 1 and saved.step == steps  # the end of epoch 1, not weights from mid-epoch 2
     out = tmp_path / "m.safetensors"
-    done = train(flat_model(), folder, out, config, checkpoint_dir=ckdir, resume=True, progress=False)
+    done = train(flat_model(), folder, out, config, checkpoint_dir=ckdir, resume=True)
     assert done.epochs_done == 3
     assert load_checkpoint(ckdir).step == 3 * steps  # no step trained twice
 
@@ -202,7 +195,7 @@ def test_train_refuses_values_that_would_mean_something_else(tmp_path, folder, a
 
 def test_a_time_budget_fixes_the_epochs_from_the_real_loop_and_records_them(tmp_path, folder):
     out = tmp_path / "m.safetensors"
-    short = train(flat_model(), folder, out, small_config(epochs=6, time_budget_s=1e-3), progress=False)
+    short = train(flat_model(), folder, out, small_config(epochs=6, time_budget_s=1e-3))
     assert short.epochs_done == 1 and short.time_budget["epochs"] == 1
     assert short.time_budget["epoch_seconds"] >= 0
     assert read_metadata(out)["training"]["epochs"] == 1  # what ran, not what was asked

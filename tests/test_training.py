@@ -10,54 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, make_tiny_data, run_nhl
+from conftest import CLASSES, assert_one_line_error, make_tiny_data, nested_tree, run_nhl, tiny_model
 from safetensors.torch import save_file
 
 from nhlcli.errors import NhlError
-from nhlcli.model.files import load_model, read_metadata, save_model
-from nhlcli.model.nhl import BranchConfig, NHLModel, with_input_size
+from nhlcli.model.files import read_metadata, save_model
+from nhlcli.model.loading import open_model
+from nhlcli.model.nhl import NHLModel, with_input_size
 from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig
 from nhlcli.taxonomy import Tree
-from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.sources import build_flat_tree
 from nhlcli.training import TrainConfig, train
 from nhlcli.training.checkpoint import load_checkpoint
-
-CLASSES = ["apple", "banana", "cherry", "daisy", "elm", "fig"]
-
-
-def nested_tree(levels: int) -> Tree:
-    """A hand-made tree with uneven fan-out whose leaf order differs from the class order."""
-    if levels == 1:
-        return build_flat_tree([ClassEntry(c, c) for c in CLASSES], name="flat")
-    fruit = [{"id": c, "name": c} for c in ("cherry", "apple", "banana", "fig")]
-    plant = [{"id": c, "name": c} for c in ("daisy", "elm")]
-    root = {
-        "id": "root",
-        "name": "all",
-        "children": [
-            {"id": "fruit", "name": "fruit", "children": fruit},
-            {"id": "plant", "name": "plant", "children": plant},
-        ],
-    }
-    return Tree.from_nested(_pad(root, levels), CLASSES, name=f"toy-l{levels}")
-
-
-def _pad(node: dict, levels: int, depth: int = 0) -> dict:
-    """Insert single-child chains so every class sits at depth ``levels``."""
-    kids = node.get("children")
-    if not kids:
-        for d in range(levels - depth):
-            node = {"id": f"{node['id']}~{d}", "name": node["name"], "children": [node]}
-        return node
-    return {**node, "children": [_pad(k, levels, depth + 1) for k in kids]}
-
-
-def tiny_model(tree: Tree, backbone: str = "resnet18", size: int = 32) -> NHLModel:
-    model = NHLModel(tree, TrunkConfig(backbone), BranchConfig(widths=tuple([8] * tree.levels)))
-    model.input_config = with_input_size(model.input_config, size)
-    return model
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "convnextv2_atto"])
@@ -102,10 +67,10 @@ def test_training_lowers_loss_and_files_round_trip(tmp_path):
     model = tiny_model(tree)
     config = TrainConfig(epochs=3, batch_size=12, lr=3e-3, warmup_epochs=0, workers=0, augment=None, seed=1)
     out = tmp_path / "model.safetensors"
-    result = train(model, data, out, config, progress=False)
+    result = train(model, data, out, config)
     losses = [h.train_loss for h in result.history]
     assert losses[-1] < losses[0]
-    loaded = load_model(out)
+    loaded = open_model(out)
     x = torch.randn(3, 3, 32, 32)
     model.eval()
     assert torch.equal(model(x), loaded(x))
@@ -126,7 +91,6 @@ def test_resume_continues_from_the_saved_epoch_and_optimizer(tmp_path):
         None,
         TrainConfig(**{**config.__dict__, "epochs": 1}),
         checkpoint_dir=ckdir,
-        progress=False,
     )
     assert first.epochs_done == 1
     saved = load_checkpoint(ckdir)
@@ -140,7 +104,6 @@ def test_resume_continues_from_the_saved_epoch_and_optimizer(tmp_path):
         config,
         checkpoint_dir=ckdir,
         resume=True,
-        progress=False,
     )
     assert resumed.epochs_done == 2 and len(resumed.history) == 2
     assert resumed.history[0] == first.history[0]
@@ -157,8 +120,8 @@ def test_flat_model_uses_the_same_loop_and_file_format(tmp_path):
     model = create_model(tree, "flat", TrunkConfig("resnet18"))
     model.input_config = with_input_size(model.input_config, 32)
     out = tmp_path / "flat.safetensors"
-    train(model, data, out, TrainConfig(epochs=1, batch_size=8, workers=0, augment=None), progress=False)
-    loaded = load_model(out)
+    train(model, data, out, TrainConfig(epochs=1, batch_size=8, workers=0, augment=None))
+    loaded = open_model(out)
     assert read_metadata(out)["kind"] == "flat"
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model.eval()(x), loaded(x))
@@ -168,17 +131,17 @@ def test_bad_model_files_give_clear_errors(tmp_path):
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign))
     with pytest.raises(NhlError, match="without nhl metadata"):
-        load_model(foreign)
+        open_model(foreign)
     model = tiny_model(nested_tree(2))
     good = save_model(model, tmp_path / "good.safetensors")
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(NhlError, match="truncated"):
-        load_model(truncated)
+        open_model(truncated)
     pickle_like = tmp_path / "model.safetensors.pth"
     pickle_like.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
     with pytest.raises(NhlError, match="not a readable safetensors file"):
-        load_model(pickle_like)
+        open_model(pickle_like)
 
 
 def test_cli_train_bad_inputs(tmp_path):
@@ -248,7 +211,7 @@ def test_ddp_two_processes_on_cpu_write_one_valid_file(tmp_path):
     summaries = [json.loads(chunk) for chunk in _json_objects(proc.stdout)]
     assert len(summaries) == 1  # rank 0 alone reports, and alone wrote the file
     assert out.is_file() and not list(tmp_path.glob(".ddp.safetensors.*"))
-    assert load_model(out).tree.classes == CLASSES
+    assert open_model(out).tree.classes == CLASSES
 
 
 def _json_objects(text: str) -> list[str]:
@@ -319,7 +282,7 @@ def test_paper_variants_build_run_and_round_trip(tmp_path, variant):
     assert model.trunk.config.split == (stages - 1 if variant == "phl-latesp" else stages - 2)
     nodes = model.levels[0].num_nodes
     assert nodes == (1 if variant == "phl-1branch" else len(CLASSES))
-    loaded = load_model(save_model(model, tmp_path / f"{variant}.safetensors"))
+    loaded = open_model(save_model(model, tmp_path / f"{variant}.safetensors"))
     assert torch.equal(model(x), loaded(x))
     with pytest.raises(NhlError, match="1-level tree"):
         create_model(nested_tree(2), variant, TrunkConfig("resnet18"))
@@ -375,14 +338,14 @@ def test_train_on_some_classes_keeps_only_their_images_and_eval_follows(tmp_path
     meta = read_metadata(out)
     assert Tree.from_dict(meta["tree"]).classes == ["banana", "elm"]
     assert meta["training"]["classes"] == ["banana", "elm"]
-    assert load_model(out)(torch.randn(1, 3, 16, 16)).shape == (1, 2)
+    assert open_model(out)(torch.randn(1, 3, 16, 16)).shape == (1, 2)
     report = json.loads(run_nhl("eval", out, "--data", data, "--workers", "0", "--json").out)
     assert report["num_classes"] == 2
     assert report["images"] == 4  # the val images of banana and elm only (2 of each)
     nested = run_nhl("train", *common, "--hierarchy", nested_tree(2).save(tmp_path / "t.json"),
                      "--classes", "cherry,daisy", "-o", tmp_path / "nested.safetensors")  # fmt: skip
     assert nested.code == 0, nested.err
-    assert load_model(tmp_path / "nested.safetensors").tree.classes == ["cherry", "daisy"]
+    assert open_model(tmp_path / "nested.safetensors").tree.classes == ["cherry", "daisy"]
     unknown = run_nhl("train", *common, "--flat", "--classes", "bananna", "-o", tmp_path / "x.safetensors")
     assert_one_line_error(unknown, "bananna", "banana")
     assert not (tmp_path / "x.safetensors").exists()
@@ -403,7 +366,7 @@ def test_frozen_trunk_flat_model_trains_only_what_an_nhl_model_replaces(tmp_path
     flat.input_config = with_input_size(flat.input_config, 16)
     before = {k: v.clone() for k, v in flat.model.state_dict().items()}
     config = TrainConfig(epochs=1, batch_size=4, workers=0, augment=None)
-    train(flat, data, tmp_path / "f.safetensors", config, progress=False)
+    train(flat, data, tmp_path / "f.safetensors", config)
     after = flat.model.state_dict()
     # the frozen layers keep their weights and BatchNorm statistics; the head learns
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("layer1"))

@@ -237,7 +237,7 @@ def test_a_tree_path_that_is_a_directory_is_not_called_missing(tmp_path):
 
 def test_counts_read_in_the_singular_for_one():
     from nhlcli.taxonomy.render import to_rich
-    from nhlcli.taxonomy.tree import counted
+    from nhlcli.text import counted
 
     assert (counted(1, "level"), counted(3, "level")) == ("1 level", "3 levels")
     assert (counted(1, "class", "classes"), counted(0, "class", "classes")) == ("1 class", "0 classes")
@@ -276,7 +276,7 @@ def test_a_build_with_other_group_counts_never_takes_a_shipped_trees_name():
     default = build_tree("wordnet", entries, levels=2)
     assert unshipped_name("fashion-mnist-wordnet-l2", default) == "fashion-mnist-wordnet-l2"
     assert built_groups(default) == [len(shipped_tree("fashion-mnist-wordnet-l2").level(1))]
-    other = build_tree("wordnet", entries, levels=2, groups="4")
+    other = build_tree("wordnet", entries, levels=2, groups=[4])
     assert requested_groups(other) == [4] and built_groups(other) == [5]
     assert unshipped_name("fashion-mnist-wordnet-l2", other) == "fashion-mnist-wordnet-l2-g4"
     assert unshipped_name("my-own-name", other) == "my-own-name"

@@ -1,10 +1,12 @@
-"""What every command shares: consoles, one-line errors, JSON output, progress over images."""
+"""What every command shares: consoles, one-line errors, option lists, JSON output, progress."""
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -22,6 +24,73 @@ CLASSES_HELP = (
 )
 
 console = Console()
+
+T = TypeVar("T")
+
+
+def parse_list(text: str, flag: str, item: Callable[[str], T] = str, example: str = "") -> list[T]:
+    """The one parser of comma lists on the command line: items stripped, empty ones dropped.
+
+    ``item`` turns each part into its value and raises ``ValueError`` (or :class:`NhlError`)
+    for a bad one; the error then names the flag and shows ``example``.
+    """
+    values: list[T] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            values.append(item(part))
+        except (ValueError, NhlError) as exc:
+            hint = f"; e.g. {flag} {example}" if example else ""
+            reason = str(exc) if isinstance(exc, NhlError) else f"{part!r} is not valid"
+            raise NhlError(f"{flag} {text!r}: {reason}{hint}") from None
+    return values
+
+
+def parse_names(text: str | None, flag: str = "--classes") -> list[str]:
+    """Class names: ``"a,b"``, or ``@file`` with one name a line."""
+    if not text:
+        return []
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise NhlError(f"{flag} {text}: file {path} does not exist")
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return parse_list(text, flag)
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise NhlError(f"{text!r} is not a whole number") from None
+
+
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise NhlError(f"{text!r} is not a number") from None
+
+
+def threshold(text: str) -> float | None:
+    """A gate threshold: a number, or ``inf``/``none``/``never`` (the gate never exits)."""
+    if text.lower() in ("inf", "+inf", "none", "never"):
+        return None
+    return number(text)
+
+
+def class_scale(text: str) -> tuple[str, float]:
+    """``CLASS=SCALE`` (``--attend``): the class name and a finite scale >= 0."""
+    label, sep, value = text.rpartition("=")
+    if not sep or not label.strip():
+        raise NhlError(f"{text!r}: write CLASS=SCALE")
+    scale = number(value)
+    if not math.isfinite(scale) or scale < 0:
+        raise NhlError(f"{text!r}: the scale must be a finite number >= 0 (1 = unchanged)")
+    return label.strip(), scale
+
+
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,7 +104,7 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except NhlError as exc:
-            message = " ".join(str(exc).split())
+            message = " ".join(exc.for_command_line().split())
             err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
             raise typer.Exit(1) from None
 
@@ -77,3 +146,77 @@ class ImageProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.bar.stop()
+
+
+def parse_attend(values: list[str] | None) -> list[tuple[str, float]]:
+    """``--attend tabby=2 --attend dog=0.5`` as (class, scale) pairs (the library checks repeats)."""
+    pairs = []
+    for value in values or []:
+        try:
+            pairs.append(class_scale(value))
+        except NhlError as exc:
+            raise NhlError(f"--attend {exc}; e.g. --attend tabby=2.0") from None
+    return pairs
+
+
+def unique(values: list[T]) -> list[T]:
+    """Each value once, in the order given."""
+    return list(dict.fromkeys(values))
+
+
+class TrainingBar:
+    """A rich progress bar for training: epoch, step, loss, accuracy, images/s, time left, and
+    one line per finished epoch (implements :class:`nhlcli.progress.TrainingProgress`)."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+
+    def begin(self, epochs: int, steps: int, start_epoch: int, held_out: str) -> None:
+        self.held_out, self.epochs, self.steps = held_out, epochs, steps
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[rate]:.0f} img/s"
+            ),
+            TextColumn("{task.fields[val]}"),
+            TimeRemainingColumn(),
+        )
+        self.task = self.progress.add_task(
+            "train",
+            total=epochs * steps,
+            completed=start_epoch * steps,
+            epoch=start_epoch + 1,
+            epochs=epochs,
+            loss=0.0,
+            acc=0.0,
+            rate=0.0,
+            val="",
+        )
+        self.progress.start()
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def set_epochs(self, epochs: int) -> None:
+        """A time budget fixed the run's length: the bar's total follows."""
+        self.epochs = epochs
+        if self.progress:
+            self.progress.update(self.task, total=epochs * self.steps, epochs=epochs)
+
+    def step(self, epoch: int, i: int, loss: float, acc: float, rate: float) -> None:
+        if self.progress:
+            self.progress.update(
+                self.task, completed=epoch * self.steps + i, epoch=epoch + 1, loss=loss, acc=acc, rate=rate
+            )
+
+    def epoch_done(self, record: Any) -> None:
+        if self.progress:
+            self.progress.update(self.task, val=f"{self.held_out} {record.val_top1:.1%}")
+            self.progress.console.print(
+                f"epoch {record.epoch}: train loss {record.train_loss:.3f} acc {record.train_top1:.1%}, "
+                f"{self.held_out} top-1 {record.val_top1:.1%} top-5 {record.val_top5:.1%}, "
+                f"{record.images_per_s:.0f} img/s, {record.seconds:.0f} s"
+            )

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.cli.common import TrainingBar, console, friendly_errors, print_json
 from nhlcli.demo import (
     DEFAULT_WORKDIR,
     DEMO_EPOCHS,
@@ -96,7 +96,9 @@ def demo_command(
             console.print(f"[bold cyan]{escape(text)}[/]")
 
     check_workdir(workdir, overwrite)  # before anything runs
-    result = run_demo(workdir, epochs=epochs, progress=not as_json, say=say, overwrite=overwrite)
+    result = run_demo(
+        workdir, epochs=epochs, progress=None if as_json else TrainingBar(), say=say, overwrite=overwrite
+    )
     if as_json:
         print_json(result.summary())
         return

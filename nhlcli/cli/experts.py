@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nhlcli.atomic import atomic_write_json
-from nhlcli.cli.common import CLASSES_HELP, console, friendly_errors, print_json
+from nhlcli.cli.common import CLASSES_HELP, console, friendly_errors, parse_names, print_json
 from nhlcli.errors import NhlError
 
 BATCH_HELP = "The larger batch size latency and peak memory are measured at (besides batch 1)."
@@ -92,7 +92,6 @@ def cutout_command(
     logits equal the parent's logits for those classes; its softmax runs over them alone. It
     loads without the parent file. The cost report compares parent and expert.
     """
-    from nhlcli.evaluation import split_labels
     from nhlcli.experts import compare, cutout_with_cost, save_expert
     from nhlcli.paths import check_distinct_outputs, check_output_file
 
@@ -100,7 +99,7 @@ def cutout_command(
     check_output_file(output, inputs, label="--output")
     check_output_file(report, inputs, label="--report")
     check_distinct_outputs({"--output": output, "--report": report})
-    labels = split_labels(classes)
+    labels = parse_names(classes)
     batches = _batches(batch_size)
     cut, parent_cost, expert_cost = cutout_with_cost(model_file, labels, batches, latency, threads)
     save_expert(cut, output, cost=expert_cost)
@@ -164,7 +163,8 @@ def profile_command(
     An .onnx file from nhl export: params, GMACs and onnxruntime latency beside torch's.
     """
     from nhlcli.experts import compare, cost_report
-    from nhlcli.model.files import load_model
+    from nhlcli.model.gated import GatedModel
+    from nhlcli.model.loading import open_model
     from nhlcli.paths import check_output_file
 
     if verify:
@@ -183,9 +183,9 @@ def profile_command(
         else:
             console.print(onnx_profile_table(report))
         return
-    model = load_model(model_file)
+    model = open_model(model_file)
     meta = model.metadata
-    gated = model if "gates" in meta else None
+    gated = model if isinstance(model, GatedModel) else None
     if gated is not None:  # the cost of the network the gates sit on; the exits below
         model = gated.model
     result: dict[str, Any] = {
@@ -228,7 +228,7 @@ def profile_command(
     if as_json:
         print_json(result)
         return
-    from nhlcli.taxonomy.tree import counted
+    from nhlcli.text import counted
 
     tree = result["tree"]
     console.print(
@@ -263,7 +263,8 @@ def profile_command(
 
 def _verify(model_file: Path, as_json: bool) -> None:
     """``nhl profile --verify``: the digest check and a load, reported in one line."""
-    from nhlcli.model.files import load_model, verify_model_file
+    from nhlcli.model.files import verify_model_file
+    from nhlcli.model.loading import open_model
 
     if model_file.suffix.lower() == ".onnx":
         raise NhlError(
@@ -271,7 +272,7 @@ def _verify(model_file: Path, as_json: bool) -> None:
             "digest: verify the model file it was exported from"
         )
     digest = verify_model_file(model_file)
-    load_model(model_file)  # the weights fit the model the metadata describes
+    open_model(model_file)  # the weights fit the model the metadata describes
     if as_json:
         print_json({"file": str(model_file), "verified": digest is not None, "tensor_sha256": digest})
     elif digest is None:

@@ -50,7 +50,7 @@ def export_command(
 
 def onnx_profile_table(report: dict) -> Table:
     """onnxruntime latency beside torch's for the same model, per batch size."""
-    from nhlcli.taxonomy.tree import counted
+    from nhlcli.text import counted
 
     classes = counted(report["classes"], "class")
     table = Table(title=f"{Path(report['file']).name}: {classes}, opset {report['opset']}")

@@ -11,9 +11,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nhlcli.cli.common import ImageProgress, console, friendly_errors, print_json
+from nhlcli.cli.common import (
+    ImageProgress,
+    console,
+    friendly_errors,
+    parse_list,
+    print_json,
+    threshold,
+    whole_number,
+)
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.tree import counted
+from nhlcli.text import counted
 
 gates_app = typer.Typer(
     help=(
@@ -36,10 +44,7 @@ def parse_stages(text: str | None) -> list[int] | None:
         return None
     if text.strip().lower() == "none":
         return []
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise NhlError(f"--stages {text!r}: give stage numbers such as 1,2,3 (or 'none')") from None
+    return parse_list(text, "--stages", whole_number, "1,2,3 (or 'none')")
 
 
 def _thr(t: float | None) -> str:
@@ -164,11 +169,11 @@ def tune_command(
 ) -> None:
     """Set the exit thresholds: the lowest average GMACs that reaches a target top-1 on held-out data."""
     from nhlcli.data.datasets import split_name
-    from nhlcli.gates.gated import exit_names, parse_thresholds
     from nhlcli.gates.workflow import tune_file
     from nhlcli.model.files import read_metadata
+    from nhlcli.model.gated import exit_names
 
-    given = parse_thresholds(thresholds) if thresholds is not None else None
+    given = parse_list(thresholds, "--thresholds", threshold, "1.5,2,inf") if thresholds is not None else None
     with ImageProgress(not as_json) as progress:
         result = tune_file(
             gated_file,

@@ -9,9 +9,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from nhlcli.atomic import atomic_write_text
-from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.cli.common import console, friendly_errors, parse_list, print_json, whole_number
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.tree import Tree, counted
+from nhlcli.taxonomy.tree import Tree
+from nhlcli.text import counted
 
 hierarchy_app = typer.Typer(
     help=(
@@ -107,6 +108,8 @@ def build(
     # every input, so that neither output replaces one; checked before any work starts
     class_file = class_list_path(classes) if classes.strip() else None
     model_file = model if source == "induced" else None
+    if source == "induced" and not model:
+        raise NhlError("the induced source needs --model FILE: a flat model trained with 'nhl train --flat'")
     inputs = [class_file, model_file]
     check_output_file(output, inputs, label="--output")
     check_output_file(cache, inputs, label="--cache")  # read and rewritten: an input and an output
@@ -127,8 +130,20 @@ def build(
             max_retries=max_retries,
             timeout=timeout,
         )
+    weights = None
+    if model_file is not None:
+        from nhlcli.model.loading import classifier_weights
+
+        weights, entries = classifier_weights(model_file)
     tree = build_tree(
-        source, entries, levels=levels, groups=groups, name="", llm=settings, model_file=model_file
+        source,
+        entries,
+        levels=levels,
+        groups=parse_list(groups, "--groups", whole_number, "10,100") if groups else None,
+        name="",
+        llm=settings,
+        class_weights=weights,
+        weights_name=Path(model_file).name if model_file else "",
     )
     tree.name = name or unshipped_name(f"{label}-{source}-l{tree.levels}", tree)
     tree.save(output)
@@ -256,8 +271,8 @@ def resolve(
         tree = Tree.from_dict(read_metadata(tree_file)["tree"])
     else:
         tree = resolve_tree(tree_file)
-    labels = [part for name in names for part in name.split(",")]
-    selection = tree.select(labels, what="NAME")
+    labels = [label for name in names for label in parse_list(name, "NAME")]
+    selection = tree.select(labels, option="NAME")
     if as_json:
         print_json(
             {"names": selection.to_dict(), "classes": list(selection.classes), "notes": selection.notes(tree)}

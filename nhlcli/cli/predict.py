@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.cli.common import console, friendly_errors, parse_attend, print_json
 
 ATTEND_HELP = (
     "Scale the branch feature maps of a class, inner node or WordNet concept (names as for --classes): "
@@ -40,19 +40,20 @@ def predict_command(
     A gated file (nhl gates) also says where each image left the network and what it cost.
     """
 
+    from nhlcli.devices import resolve_device
     from nhlcli.evaluation import attend_pairs, attention_summary, check_attention_options, describe_attention
     from nhlcli.model.attention import class_attention
-    from nhlcli.model.files import load_model
+    from nhlcli.model.gated import GatedModel
+    from nhlcli.model.loading import open_model
     from nhlcli.prediction import check_top_k, predict_images
-    from nhlcli.training.distributed import resolve_device
 
     check_top_k(top_k, 1)
-    pairs = attend_pairs(attend)
+    pairs = attend_pairs(parse_attend(attend))
     check_attention_options(pairs, attend_level, None)
     dev = resolve_device(device)
-    model = load_model(model_file, dev)
-    if route_top_k is not None or hasattr(model, "run"):
-        from nhlcli.gates.workflow import check_gated_options
+    model = open_model(model_file, dev)
+    if route_top_k is not None or isinstance(model, GatedModel):
+        from nhlcli.evaluation import check_gated_options
 
         check_gated_options(model, route_top_k, pairs)
     attention = class_attention(model, pairs, attend_level) if pairs else None

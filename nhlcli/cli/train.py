@@ -10,33 +10,33 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nhlcli.cli.common import CLASSES_HELP, console, friendly_errors, print_json
+from nhlcli.cli.common import (
+    CLASSES_HELP,
+    TrainingBar,
+    console,
+    friendly_errors,
+    number,
+    parse_attend,
+    parse_list,
+    parse_names,
+    print_json,
+    unique,
+    whole_number,
+)
 from nhlcli.cli.predict import ATTEND_HELP, ATTEND_LEVEL_HELP
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.tree import counted
+from nhlcli.text import counted
 
 BUILTIN_DEFAULT_TREE = {"fashion-mnist": "fashion-mnist-wordnet-l2"}
 
 
-def _parse_ints(text: str | None, what: str) -> tuple[int, ...]:
-    if not text:
-        return ()
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise NhlError(f"{what} {text!r}: give whole numbers separated by commas") from exc
-
-
-def _parse_scale(text: str | None) -> tuple[float, float] | None:
+def _parse_crop_scale(text: str | None) -> tuple[float, float] | None:
     if not text:
         return None
-    try:
-        low, high = (float(x) for x in text.split(","))
-    except ValueError as exc:
-        raise NhlError(f"--crop-scale {text!r}: give two numbers such as 0.5,1") from exc
-    if not 0 < low <= high <= 1:
-        raise NhlError(f"--crop-scale {text!r}: need 0 < low <= high <= 1")
-    return low, high
+    bounds = parse_list(text, "--crop-scale", number, "0.5,1")
+    if len(bounds) != 2 or not 0 < bounds[0] <= bounds[1] <= 1:
+        raise NhlError(f"--crop-scale {text!r}: give two numbers 0 < low <= high <= 1, such as 0.5,1")
+    return bounds[0], bounds[1]
 
 
 def _tree_for(hierarchy: str | None, data: str, flat: bool):
@@ -191,7 +191,6 @@ def train_command(
     from the last whole epoch.
     """
     from nhlcli.data import default_augmentation, default_workers, training_image_count
-    from nhlcli.evaluation import split_labels
     from nhlcli.model.nhl import BranchConfig, with_input_size
     from nhlcli.model.registry import create_model
     from nhlcli.model.trunk import TrunkConfig
@@ -209,8 +208,8 @@ def train_command(
     if flat:
         variant = "flat"
     tree = _tree_for(hierarchy, data, variant == "flat")
-    selection = tuple(split_labels(classes)) if classes is not None else None
-    from nhlcli.training.distributed import is_main_process
+    selection = tuple(parse_names(classes)) if classes is not None else None
+    from nhlcli.distributed import is_main_process
 
     # under torchrun every rank runs this command: rank 0 alone speaks, in text or JSON
     speaks = is_main_process()
@@ -225,7 +224,9 @@ def train_command(
         tree,
         variant,
         TrunkConfig(backbone, split, chans),
-        BranchConfig(_parse_ints(widths, "--widths"), blocks) if variant != "flat" else None,
+        BranchConfig(tuple(parse_list(widths or "", "--widths", whole_number, "128,64,32")), blocks)
+        if variant != "flat"
+        else None,
         pretrained=pretrained,
         pretrained_file=pretrained_file,
     )
@@ -240,7 +241,7 @@ def train_command(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, workers=workers,
         augment=None if augment is None else ("" if augment == "none" else augment),
-        crop_scale=_parse_scale(crop_scale), amp=False if no_amp else None, device=device,
+        crop_scale=_parse_crop_scale(crop_scale), amp=False if no_amp else None, device=device,
         max_steps_per_epoch=max_steps, classes=selection, skip_bad_images=skip_bad_images or None,
     )  # fmt: skip
     pretrained_load = getattr(model, "pretrained_load", None)
@@ -263,7 +264,7 @@ def train_command(
     config = replace(config, augment=config.augment or None)
     result = train(
         model, data, output, config, checkpoint_dir=ckdir, resume=resume, overwrite=overwrite,
-        progress=not as_json,
+        progress=None if as_json else TrainingBar(),
     )  # fmt: skip
     for key, (before, now) in result.resumed_changes.items():
         say(f"resumed with {option_name(key)} {now} (the run had {before})")
@@ -346,26 +347,32 @@ def eval_command(
     from nhlcli.cli.common import ImageProgress
     from nhlcli.cli.gates import gated_report_table
     from nhlcli.data import default_workers
-    from nhlcli.evaluation import attention_curve_file, describe_attention, evaluate_file, parse_scales
+    from nhlcli.evaluation import attention_curve_file, describe_attention, evaluate_file
 
     if workers is None:
         workers = default_workers(data)
     elif workers < 0:
         raise NhlError(f"--workers must be 0 or more, got {workers}")
-    scales = parse_scales(attend_truth) if attend_truth is not None else []
+    scales = (
+        unique(parse_list(attend_truth, "--attend-truth", number, "0.5,1,2"))
+        if attend_truth is not None
+        else []
+    )
+    pairs = parse_attend(attend)
     with ImageProgress(not as_json) as progress:
         common = dict(
-            split=split, classes=classes, batch_size=batch_size, workers=workers, device=device,
+            split=split, classes=parse_names(classes) or None, batch_size=batch_size, workers=workers,
+            device=device,
             attend_level=attend_level, part=part, progress=progress,
         )  # fmt: skip
         if len(scales) > 1:
-            if attend or route_top_k is not None:
+            if pairs or route_top_k is not None:
                 raise NhlError("several --attend-truth scales go without --attend and --route-top-k")
             report = attention_curve_file(model_file, data, scales, **common)
         else:
             truth = scales[0] if scales else None
             report = evaluate_file(
-                model_file, data, attend=attend, attend_truth=truth, route_top_k=route_top_k, **common
+                model_file, data, attend=pairs, attend_truth=truth, route_top_k=route_top_k, **common
             )
     if as_json:
         print_json(report)

@@ -1,6 +1,5 @@
 """Experts: cut a trained NHL model down to some classes, and measure what that saves."""
 
-from nhlcli.experts.cost import compare, cost_report, count_macs, measure_latency, peak_memory
 from nhlcli.experts.cutout import (
     Cutout,
     cut_model,
@@ -8,6 +7,7 @@ from nhlcli.experts.cutout import (
     cutout_with_cost,
     save_expert,
 )
+from nhlcli.profiling import compare, cost_report, count_macs, measure_latency, peak_memory
 
 __all__ = [
     "Cutout",

@@ -16,8 +16,8 @@ from torch import nn
 
 from nhlcli.atomic import atomic_write
 from nhlcli.errors import NhlError
-from nhlcli.experts.cost import count_macs
 from nhlcli.experts.cutout import cut_model
+from nhlcli.profiling import count_macs
 
 STEPS = (1, 2, 5)
 
@@ -33,8 +33,9 @@ def default_points(num_classes: int) -> list[int]:
 
 def cost_curve(model: nn.Module, points: Sequence[int] | None = None, seed: int = 0) -> list[dict[str, Any]]:
     """Params and GMACs of experts of k classes, for each k in ``points`` and both selections."""
-    if getattr(model, "kind", None) != "nhl":
-        raise NhlError("a cost curve needs an NHL model (a flat model has no per-class branches to cut)")
+    problem = getattr(model, "cut_problem", "cannot be cut into experts")
+    if problem:
+        raise NhlError(f"a cost curve cuts experts, and this model {problem}")
     tree = model.tree
     leaves = tree.level(tree.levels)
     points = sorted(set(points or default_points(len(leaves))))

@@ -24,32 +24,27 @@ from torch import nn
 
 from nhlcli.errors import NhlError
 from nhlcli.model.files import check_digest, file_digests, read_metadata, recorded_digest, save_model
+from nhlcli.model.loading import FILE_SECTIONS
 from nhlcli.model.nhl import NHLModel
+from nhlcli.model.registry import model_from_config, model_kind
 from nhlcli.model.slicing import SlicePlan, read_sliced_state, slice_state
 from nhlcli.taxonomy.tree import Tree
 
 
 def _expert_model(meta: Mapping[str, Any], expert_tree: Tree, state: dict[str, torch.Tensor]) -> NHLModel:
-    model = NHLModel.from_config({**meta, "tree": expert_tree.to_dict()}, init_branches=False)
+    model = NHLModel.from_config({**meta, "tree": expert_tree.to_dict()}, skeleton=True)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
 def _check_nhl(meta: Mapping[str, Any], source: str) -> None:
-    if "gates" in meta:
-        raise NhlError(
-            f"{source} is a gated file; cut the expert from the ungated model, then fit gates on the "
-            "expert with 'nhl gates fit EXPERT -o gated.safetensors'"
-        )
-    if meta.get("kind") == "flat":
-        raise NhlError(
-            f"{source} is a flat model, which has no per-class branches to cut; train an NHL model "
-            "(nhl train without --flat), or evaluate the flat model on your classes with nhl eval --classes"
-        )
-    if meta.get("kind") != "nhl":
-        raise NhlError(
-            f"{source}: cannot cut a model of kind {meta.get('kind')!r}; cutout needs an NHL model"
-        )
+    """Refuse what cannot be cut, in the words of the model kind or file section at fault."""
+    for key, section in FILE_SECTIONS.items():
+        if key in meta:
+            raise NhlError(f"{source} {section.cut_problem}")
+    problem = model_kind(meta).cut_problem
+    if problem:
+        raise NhlError(f"{source} {problem}")
 
 
 def cut_model(model: nn.Module, labels: Sequence[str]) -> NHLModel:
@@ -144,8 +139,7 @@ def cutout_with_cost(
 
     The parent's report goes into the expert's lineage, so ``save_expert`` records both.
     """
-    from nhlcli.experts.cost import cost_report
-    from nhlcli.model.registry import model_from_config
+    from nhlcli.profiling import cost_report
 
     cut = cutout_file(parent, labels)
     # the parent's cost from a skeleton of the same shape (fresh weights): params, MACs and

@@ -24,6 +24,7 @@ from torch import nn
 
 from nhlcli.atomic import atomic_write
 from nhlcli.errors import NhlError
+from nhlcli.model.gated import GatedModel
 
 OPSET = 18
 TOLERANCE = 1e-4
@@ -55,7 +56,7 @@ class _Exportable(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.gated = hasattr(model, "staged")
+        self.gated = isinstance(model, GatedModel)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not self.gated:
@@ -65,7 +66,7 @@ class _Exportable(nn.Module):
 
 
 def output_names(model: nn.Module) -> list[str]:
-    gates = len(model.exits) if hasattr(model, "staged") else 0
+    gates = len(model.exits) if isinstance(model, GatedModel) else 0
     return ["logits", *[f"gate_{g + 1}" for g in range(gates)]]
 
 
@@ -88,7 +89,7 @@ def onnx_metadata(model: nn.Module, source: str | Path, opset: int) -> dict[str,
     file_meta = getattr(model, "metadata", {}) or {}
     if file_meta.get("cost"):
         meta["cost"] = file_meta["cost"]
-    if hasattr(model, "staged"):
+    if isinstance(model, GatedModel):
         meta["gates"] = {
             "outputs": output_names(model)[1:],
             "stages": model.spec.stages,
@@ -152,16 +153,16 @@ def export_onnx(
     """Export a model file (full, expert, flat or gated) to ONNX; ``check`` (default: when
     onnxruntime is installed) compares onnxruntime with torch and fails above ``tolerance``,
     leaving no file behind."""
-    from nhlcli.model.files import load_model
+    from nhlcli.model.loading import open_model
     from nhlcli.paths import check_output_file
 
     output = check_output_file(output, [model_file], label="--output")
     onnx = _require("onnx")
     _require("onnxscript")
     if output.suffix.lower() != ".onnx":
-        raise NhlError(f"--output {output}: name the ONNX file .onnx")
+        raise NhlError(f"{output}: name the ONNX file .onnx", "output")
     check = has_onnxruntime() if check is None else check
-    model = load_model(model_file, "cpu")
+    model = open_model(model_file, "cpu")
     started = time.perf_counter()
     report: dict[str, Any] = {"source": str(model_file), "output": str(output), "opset": opset}
 
@@ -226,7 +227,7 @@ def onnx_latency(
     budget_s: float = 5.0,
 ) -> dict[str, Any]:
     """Median onnxruntime wall time of one run at ``batch`` (the torch report's protocol)."""
-    from nhlcli.experts.cost import latency_row, timed_runs
+    from nhlcli.profiling import latency_row, timed_runs
 
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
@@ -247,13 +248,13 @@ def profile_onnx(
     """Params (from the graph's initializers), GMACs (counted on the torch model at export) and
     onnxruntime latency, beside the torch latency of the same model file when it can be found
     (``torch_file``, or the exported source next to the ONNX file)."""
-    from nhlcli.experts.cost import measure_latency
+    from nhlcli.profiling import measure_latency
 
     path = Path(path)
     meta = read_onnx_metadata(path)
     if threads is not None:
         if threads < 1:
-            raise NhlError(f"--threads must be at least 1, got {threads}")
+            raise NhlError(f"must be at least 1, got {threads}", "threads")
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     size = meta["input_size"]
@@ -269,9 +270,9 @@ def profile_onnx(
     }
     source = Path(torch_file) if torch_file else path.parent / meta["nhl_source"]
     if source.is_file():
-        from nhlcli.model.files import load_model
+        from nhlcli.model.loading import open_model
 
-        model = load_model(source, "cpu")
+        model = open_model(source, "cpu")
         report["torch_file"] = str(source)
         report["torch"] = [measure_latency(model, b, repeats=repeats) for b in batch_sizes]
     return report

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from nhlcli.errors import NhlError
-from nhlcli.gates.gated import GatedModel, GateSpec
 from nhlcli.gates.loss import LOSSES, gate_loss
+from nhlcli.model.gated import GatedModel, GateSpec
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,7 @@ class GateTraining:
 
 def default_stages(model: nn.Module) -> list[int]:
     """Every stage an exit can follow: NHL up to the split point, flat up to its next-to-last."""
-    from nhlcli.gates.stages import StagedNetwork
-
-    staged = StagedNetwork(model)
-    last = staged.split if model.kind == "nhl" else staged.split - 1
-    return list(range(last + 1))
+    return list(range(model.staged().last_exit + 1))
 
 
 def super_targets(model: nn.Module) -> torch.Tensor:
@@ -132,13 +128,13 @@ def fit_gates(
     """
     config = config or GateTraining()
     if config.loss not in LOSSES:
-        raise NhlError(f"--loss {config.loss!r}: choose one of {', '.join(LOSSES)}")
+        raise NhlError(f"{config.loss!r}: choose one of {', '.join(LOSSES)}", "loss")
     if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
         raise NhlError("gate training needs --epochs and --batch-size of at least 1 and a positive --lr")
     device = torch.device(device)
     model = model.to(device).eval()
     if route is None:
-        route = model.kind == "nhl" and not model.branch_config.single_branch and len(model.tree.level(1)) > 1
+        route = model.staged().route_problem is None and len(model.tree.level(1)) > 1
     stages = list(default_stages(model) if stages is None else stages)
     if not stages and not route:
         raise NhlError("no gates to fit: give --stages or keep the routing gate")

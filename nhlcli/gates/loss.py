@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("hinge", "ce")
+from nhlcli.model.gated import LOSSES, exit_scores
+
+__all__ = ["LOSSES", "exit_scores", "gate_loss", "hinge_loss", "one_vs_all_targets"]
 
 
 def one_vs_all_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -27,14 +29,8 @@ def hinge_loss(distances: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.relu(1 - y * distances).sum(dim=1).mean()
 
 
-def gate_loss(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    if kind == "hinge":
+def gate_loss(loss: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The training loss of gates trained with ``loss`` (one of :data:`LOSSES`)."""
+    if loss == "hinge":
         return hinge_loss(outputs, targets)
     return F.cross_entropy(outputs, targets)
-
-
-def exit_scores(kind: str, outputs: torch.Tensor) -> torch.Tensor:
-    """What a sample exits on: the largest margin (hinge) or the largest softmax probability (ce)."""
-    if kind == "hinge":
-        return outputs.max(dim=1).values
-    return outputs.softmax(dim=1).max(dim=1).values

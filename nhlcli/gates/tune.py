@@ -10,7 +10,6 @@ point lost (later gates see the samples earlier gates let go), while the target 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any
 import torch
 
 from nhlcli.errors import NhlError
-from nhlcli.gates.gated import GatedModel
 from nhlcli.gates.loss import exit_scores
+from nhlcli.model.gated import GatedModel
 
 SWEEP_DROPS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
 CANDIDATES = 100  # thresholds tried per gate: quantiles of its scores on the tuning data
@@ -162,11 +161,11 @@ def target_from(record: ExitRecord, target_accuracy: float | None, max_drop: flo
         raise NhlError("give exactly one of --target-accuracy, --max-drop or --thresholds")
     if max_drop is not None:
         if not 0 <= max_drop <= 100:
-            raise NhlError(f"--max-drop {max_drop}: give percentage points between 0 and 100, e.g. 0.5")
+            raise NhlError(f"{max_drop}: give percentage points between 0 and 100, e.g. 0.5", "max_drop")
         return record.full_accuracy - max_drop / 100
     assert target_accuracy is not None
     if not 0 < target_accuracy <= 100:
-        raise NhlError(f"--target-accuracy {target_accuracy}: give a top-1 in percent, e.g. 91.5")
+        raise NhlError(f"{target_accuracy}: give a top-1 in percent, e.g. 91.5", "target_accuracy")
     return target_accuracy / 100
 
 
@@ -219,73 +218,3 @@ def plot_sweeps(curves: dict[str, list[dict[str, Any]]], output: str | Path, tit
     path = atomic_write(output, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
-
-
-@torch.no_grad()
-def evaluate_gated(
-    gated: GatedModel,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device,
-    baseline: bool = True,
-    progress: Any = None,
-) -> dict[str, Any]:
-    """Real gated inference: top-1, average GMACs, exit fractions (and accuracy at each exit), and
-    throughput of the model's compute, against the ungated model on the same batches (one-time
-    construction of routed branch sets is left out of the timing)."""
-    gated.eval()
-    gates = len(gated.exits)
-    hits = torch.zeros(gates + 1, dtype=torch.float64)
-    counts = torch.zeros(gates + 1, dtype=torch.float64)
-    macs_sum, gated_s, base_s, n = 0.0, 0.0, 0.0, 0
-
-    def timed(run: Any, images: torch.Tensor) -> tuple[Any, float]:
-        start = time.perf_counter()
-        out = run(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return out, time.perf_counter() - start
-
-    for step, (images, targets) in enumerate(batches):
-        images = images.to(device)
-        # alternate which model runs first: the first run after a batch arrives competes with
-        # the loader preparing the next one
-        order = ("gated", "base") if step % 2 == 0 or not baseline else ("base", "gated")
-        for which in order:
-            if which == "gated":
-                setup = gated.setup_seconds
-                out, seconds = timed(gated.run, images)
-                gated_s += seconds - (gated.setup_seconds - setup)
-            elif baseline:
-                base_s += timed(gated.model, images)[1]
-        correct = (out.logits.argmax(1).cpu() == targets.cpu()).double()
-        hits.index_add_(0, out.exits, correct)
-        counts.index_add_(0, out.exits, torch.ones_like(correct))
-        macs_sum += float(out.macs.sum())
-        n += len(targets)
-        if progress is not None:
-            progress(len(targets))
-    if n == 0:
-        raise NhlError("the evaluation data holds no images")
-    report: dict[str, Any] = {
-        "images": n,
-        "top1": float(hits.sum() / n),
-        "gmacs": macs_sum / n / 1e9,
-        "full_gmacs": gated.base_macs() / 1e9,
-        "thresholds": gated.thresholds,
-        "route_top_k": gated.route_top_k,
-        "exits": [
-            {
-                "name": name,
-                "fraction": float(counts[i] / n),
-                "top1": float(hits[i] / counts[i]) if counts[i] else None,
-            }
-            for i, name in enumerate(gated.exit_names())
-        ],
-        "images_per_s": n / gated_s if gated_s else None,
-        "threads": torch.get_num_threads(),
-    }
-    report["gmacs_reduction_percent"] = round(100 * (1 - report["gmacs"] / report["full_gmacs"]), 2)
-    if baseline:
-        report["ungated_images_per_s"] = n / base_s if base_s else None
-        report["speedup"] = base_s / gated_s if gated_s else None
-    return report

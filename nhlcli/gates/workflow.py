@@ -8,22 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from nhlcli.data.datasets import split_name
+from nhlcli.devices import resolve_device
 from nhlcli.errors import NhlError
 from nhlcli.gates.fit import GateTraining, fit_gates
-from nhlcli.gates.gated import GatedModel, check_thresholds
 from nhlcli.gates.tune import (
     ExitRecord,
     collect_exits,
-    evaluate_gated,
     simulate,
     sweep,
     target_from,
     tune_thresholds,
 )
-from nhlcli.training.distributed import resolve_device
+from nhlcli.model.gated import GatedModel, check_thresholds
 
 
 def data_input(data: str | Path) -> Path | None:
@@ -62,9 +60,9 @@ def carried_sections(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_gated(path: str | Path, device: torch.device) -> GatedModel:
-    from nhlcli.model.files import load_model
+    from nhlcli.model.loading import open_model
 
-    model = load_model(path, device)
+    model = open_model(path, device)
     if not isinstance(model, GatedModel):
         raise NhlError(
             f"{path} has no gates; fit them first with 'nhl gates fit {path} -o gated.safetensors'"
@@ -88,12 +86,13 @@ def fit_file(
     """Fit gates on a model file (NHL, expert or flat) and save the gated file (thresholds closed
     until ``tune_file`` sets them)."""
     from nhlcli.data.loaders import model_loader
-    from nhlcli.model.files import load_model, save_model
+    from nhlcli.model.files import save_model
+    from nhlcli.model.loading import open_model
     from nhlcli.paths import check_output_file
 
     check_output_file(output, [model_file, data_input(data)], label="--output")
     dev = resolve_device(device)
-    model = load_model(model_file, dev)
+    model = open_model(model_file, dev)
     if isinstance(model, GatedModel):
         raise NhlError(f"{model_file} already has gates; fit on the ungated model it was made from")
     loader = model_loader(model, data, split, batch_size, workers)
@@ -185,36 +184,3 @@ def sweep_file(
     gated.set_route_top_k(route_top_k)
     record = record_file(gated, data, split, part, batch_size, workers, dev, progress)
     return sweep(gated, record, *(() if drops is None else (drops,)))
-
-
-def check_gated_options(model: nn.Module, route_top_k: int | None, attend: Sequence[Any]) -> None:
-    """Options a gated file takes (routing) and refuses (attention); sets the routing."""
-    if not isinstance(model, GatedModel):
-        raise NhlError(
-            "--route-top-k needs a gated file with a routing gate; make one with "
-            "'nhl gates fit MODEL -o gated.safetensors'"
-        )
-    if attend:
-        raise NhlError("top-down attention and gates do not combine; use the ungated model to attend")
-    model.set_route_top_k(route_top_k)
-
-
-def evaluate_gated_model(
-    model: nn.Module,
-    data: str | Path,
-    split: str,
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-    route_top_k: int | None = None,
-    part: str | None = None,
-    progress: Any = None,
-) -> dict[str, Any]:
-    """Gated inference over a data split (what ``nhl eval`` reports for a gated file)."""
-    from nhlcli.data.loaders import model_loader
-
-    check_gated_options(model, route_top_k, ())
-    loader = model_loader(model, data, split, batch_size, workers, part=part)
-    if progress is not None:
-        progress.start(len(loader.dataset), "gated inference")
-    return evaluate_gated(model, loader, device, progress=progress.advance if progress else None)

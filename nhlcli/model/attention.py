@@ -23,28 +23,26 @@ from nhlcli.taxonomy.tree import Tree
 PATH = "path"
 
 
-def parse_attend(values: Sequence[str]) -> list[tuple[str, float]]:
-    """``["tabby=2", "dog=0.5"]`` -> ``[("tabby", 2.0), ("dog", 0.5)]``, with one-line errors."""
-    parsed = []
-    for text in values:
-        label, sep, number = text.rpartition("=")
-        if not sep or not label.strip():
-            raise NhlError(f"--attend {text!r}: write CLASS=SCALE, e.g. --attend tabby=2.0")
-        try:
-            scale = float(number)
-        except ValueError:
-            raise NhlError(f"--attend {text!r}: {number!r} is not a number; write CLASS=SCALE") from None
+def check_attend(pairs: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """``[("tabby", 2.0), ("dog", 0.5)]`` checked: finite scales >= 0, each class named once."""
+    checked: list[tuple[str, float]] = []
+    for label, scale in pairs:
+        label, scale = str(label).strip(), float(scale)
+        if not label:
+            raise NhlError("has an empty class name; name each class to scale", "attend")
         if not math.isfinite(scale) or scale < 0:
-            raise NhlError(f"--attend {text!r}: the scale must be a finite number >= 0 (1 = unchanged)")
-        label = label.strip()
-        for earlier, value in parsed:
+            raise NhlError(
+                f"{label}={scale:g}: the scale must be a finite number >= 0 (1 = unchanged)", "attend"
+            )
+        for earlier, value in checked:
             if earlier == label:
                 raise NhlError(
-                    f"--attend names {label!r} twice ({earlier}={value:g} and {text}); give each class "
-                    "one scale"
+                    f"names {label!r} twice ({earlier}={value:g} and {label}={scale:g}); give each class "
+                    "one scale",
+                    "attend",
                 )
-        parsed.append((label, scale))
-    return parsed
+        checked.append((label, scale))
+    return checked
 
 
 def attention_levels(tree: Tree, level: int | str | None) -> list[int]:
@@ -56,18 +54,16 @@ def attention_levels(tree: Tree, level: int | str | None) -> list[int]:
     try:
         depth = int(level)
     except ValueError:
-        raise NhlError(f"--attend-level {level!r}: give a level from 1 to {tree.levels} or 'path'") from None
+        raise NhlError(f"{level!r}: give a level from 1 to {tree.levels} or 'path'", "attend_level") from None
     if not 1 <= depth <= tree.levels:
-        raise NhlError(f"--attend-level {depth}: this model's branches have levels 1 to {tree.levels}")
+        raise NhlError(f"{depth}: this model's branches have levels 1 to {tree.levels}", "attend_level")
     return [depth]
 
 
 def _check_attendable(model: torch.nn.Module) -> Tree:
-    if getattr(model, "kind", None) != "nhl":
-        raise NhlError("top-down attention needs an NHL model; a flat model has no per-class branches")
-    if model.branch_config.single_branch:
-        raise NhlError("this phl-1branch model has one branch shared by all classes; attention needs "
-                       "per-class branches (any other variant)")  # fmt: skip
+    problem = getattr(model, "attention_problem", "top-down attention needs a model with per-class branches")
+    if problem:
+        raise NhlError(problem)
     return model.tree
 
 
@@ -83,13 +79,14 @@ def class_attention(
     and multiply there.
     """
     tree = _check_attendable(model)
-    matches = tree.select([label for label, _ in attend], what="--attend").matches
+    matches = tree.select([label for label, _ in attend], option="attend").matches
     named: dict[tuple[str, ...], str] = {}
     for match in matches:
         if match.classes in named:
             raise NhlError(
-                f"--attend names the same classes twice ({named[match.classes]!r} and {match.name!r}); "
-                "give each class one scale"
+                f"names the same classes twice ({named[match.classes]!r} and {match.name!r}); "
+                "give each class one scale",
+                "attend",
             )
         named[match.classes] = match.name
     attention = {}
@@ -118,7 +115,7 @@ class TruthAttention:
     def __init__(self, model: torch.nn.Module, scale: float, level: int | str | None = None) -> None:
         tree = _check_attendable(model)
         if not math.isfinite(scale) or scale < 0:
-            raise NhlError(f"--attend-truth {scale}: the scale must be a finite number >= 0")
+            raise NhlError(f"{scale}: the scale must be a finite number >= 0", "attend_truth")
         self.scale = float(scale)
         self.tables = {d: ancestor_table(tree, d) for d in attention_levels(tree, level)}
         self.sizes = {d: len(tree.level(d)) for d in self.tables}

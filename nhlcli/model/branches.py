@@ -30,8 +30,8 @@ torch) make it fast and steady; see the benchmark.
 
 Contract relied on by expert cutouts: every parameter and buffer has the node dimension first,
 so slicing (:mod:`nhlcli.model.slicing`) is ``index_select(0)`` on every state tensor.
-:func:`per_node_modules` and :class:`ReferenceStack` build ordinary per-node
-``nn.Conv2d``/``nn.BatchNorm2d`` modules with the same weights: the test oracle and the benchmark baseline.
+``tests/branch_oracle.py`` builds ordinary per-node ``nn.Conv2d``/``nn.BatchNorm2d`` modules
+with the same weights: the test oracle and the benchmark baseline.
 
 Initialisation follows torchvision's ResNet (Kaiming normal, fan-out, for convolutions; BN
 weight 1, bias 0) and, like timm's ResNet, zero-initialises the last BN weight of every
@@ -49,14 +49,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "BranchLevel",
-    "LeafHeads",
-    "ReferenceStack",
-    "loop_forward",
-    "per_leaf_linears",
-    "per_node_modules",
-]
+from nhlcli.model.branch_kernels import (
+    channels_last,
+    conv,
+    conv_add_relu_,
+    repeat_groups,
+    select_groups,
+    use_onednn,
+)
+
+__all__ = ["BranchLevel", "LeafHeads"]
 
 _CL = torch.channels_last
 
@@ -152,80 +154,6 @@ def _state_key(module: nn.Module, device: torch.device, dtype: torch.dtype) -> t
         return (device, dtype, tuple((t.data_ptr(), t._version) for t in state))
     except RuntimeError:  # inference tensors have no version counter: do not cache
         return None
-
-
-# --------------------------------------------------------------------------- layout helpers
-def _cl(x: Tensor) -> Tensor:
-    return x.contiguous(memory_format=_CL)
-
-
-def _node_view(x: Tensor, n: int) -> Tensor:
-    """``[B, n*C, H, W]`` channels-last as a ``[B*H*W, n, C]`` view (never a copy)."""
-    b, c, h, w = x.shape
-    return x.permute(0, 2, 3, 1).view(b * h * w, n, c // n)
-
-
-def _select_groups(x: Tensor, groups: int, index: Tensor) -> Tensor:
-    """Channel groups ``index`` of ``x`` (``groups`` groups), channels-last in and out."""
-    b, c, h, w = x.shape
-    v = x.permute(0, 2, 3, 1).reshape(b, h, w, groups, c // groups).index_select(3, index)
-    return v.flatten(3).permute(0, 3, 1, 2)
-
-
-def _repeat_groups(x: Tensor, groups: int, repeats: int) -> Tensor:
-    """Each channel group of ``x`` repeated ``repeats`` times (identity shortcut of children)."""
-    b, c, h, w = x.shape
-    v = x.permute(0, 2, 3, 1).reshape(b, h, w, groups, 1, c // groups).expand(-1, -1, -1, -1, repeats, -1)
-    return v.reshape(b, h, w, c * repeats).permute(0, 3, 1, 2)
-
-
-# torch.ops.mkldnn._convolution_pointwise* are what torch.compile's CPU backend emits for fused
-# convolutions; if this torch lacks them we fall back to plain ops (set once, on first failure).
-_ONEDNN_FUSED = [
-    hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-    and hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
-]
-
-
-def _use_onednn(x: Tensor) -> bool:
-    """Whether oneDNN's fused convolution ops (conv + bias + ReLU, conv + add + ReLU) apply."""
-    return (
-        _ONEDNN_FUSED[0]
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-    )
-
-
-def _conv(
-    x: Tensor, w: Tensor, bias: Tensor | None, groups: int, padding: int, relu: bool, fused: bool
-) -> Tensor:
-    """Grouped convolution (stride 1) + bias [+ ReLU], fused by oneDNN where available."""
-    if fused:
-        try:
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, w, bias, [padding] * 2, [1, 1], [1, 1], groups, "relu" if relu else "none", [], ""
-            )
-        except (RuntimeError, AttributeError):
-            _ONEDNN_FUSED[0] = False
-    y = F.conv2d(x, w, bias, padding=padding, groups=groups)
-    return y.relu_() if relu else y
-
-
-def _conv_add_relu_(s: Tensor, u: Tensor, w: Tensor, groups: int, fused: bool) -> Tensor:
-    """``s = relu(s + grouped_conv1x1(u, w))`` in place: the bottleneck's last 1x1 + residual."""
-    if fused:
-        try:  # oneDNN: one pass over s
-            return torch.ops.mkldnn._convolution_pointwise_.binary(
-                s, u, w, None, [0, 0], [1, 1], [1, 1], groups, "add", 1.0, "relu", [], None
-            )
-        except (RuntimeError, AttributeError):
-            _ONEDNN_FUSED[0] = False
-    # s[node] += u[node] @ w[node]^T for all nodes at once (one strided batched GEMM).
-    wt = w.view(groups, -1, w.shape[1]).transpose(1, 2)
-    _node_view(s, groups).transpose(0, 1).baddbmm_(_node_view(u, groups).transpose(0, 1), wt)
-    return s.relu_()
 
 
 # --------------------------------------------------------------------------- execution plan
@@ -333,7 +261,7 @@ class BranchLevel(nn.Module):
     def _bucket_input(self, x: Tensor, bucket: _Bucket, groups_in: int) -> Tensor:
         if not bucket.parents or bucket.parents == tuple(range(groups_in)):
             return x
-        return _select_groups(x, groups_in, self._index(bucket.parents, x.device))
+        return select_groups(x, groups_in, self._index(bucket.parents, x.device))
 
     def _bucket_weights(self, weight: Tensor, bias: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
         """Per bucket: a 1x1 weight ``[n, C, K]`` (and bias ``[n, C]``) as grouped conv arguments."""
@@ -368,7 +296,7 @@ class BranchLevel(nn.Module):
         c = weights[0][0].shape[0] // len(self._buckets[0].nodes)
         out = x.new_empty((bsz, h, wd, self.num_nodes, c))
         for bucket, (w, b) in zip(self._buckets, weights, strict=True):
-            part = _cl(conv(self._bucket_input(x, bucket, groups_in), w, b, bucket.groups))
+            part = channels_last(conv(self._bucket_input(x, bucket, groups_in), w, b, bucket.groups))
             part = part.permute(0, 2, 3, 1).unflatten(3, (len(bucket.nodes), c))
             out.index_copy_(3, self._index(bucket.nodes, x.device), part)
         return out.flatten(3).permute(0, 3, 1, 2)
@@ -376,8 +304,8 @@ class BranchLevel(nn.Module):
     def _parent_features(self, x: Tensor, groups_in: int) -> Tensor:
         """Each node's parent features (identity shortcut of a level's first block)."""
         if self.parent_index is None:
-            return _repeat_groups(x, 1, self.num_nodes)
-        return _select_groups(x, groups_in, self._index(tuple(self.parent_index), x.device))
+            return repeat_groups(x, 1, self.num_nodes)
+        return select_groups(x, groups_in, self._index(tuple(self.parent_index), x.device))
 
     def _check_input(self, x: Tensor) -> int:
         if x.dim() != 4:
@@ -399,7 +327,7 @@ class BranchLevel(nn.Module):
         """Run every node; ``scale`` (``[num_nodes]``, or ``[B, num_nodes]`` per sample) multiplies
         each node's output maps (top-down attention)."""
         groups_in = self._check_input(x)
-        x = _cl(x)
+        x = channels_last(x)
         infer = not (self.training or torch.is_grad_enabled())
         if infer:
             y = self._run_infer(x, groups_in, self._folded_params(x.device, x.dtype))
@@ -444,26 +372,26 @@ class BranchLevel(nn.Module):
     def _run_infer(self, x: Tensor, groups_in: int, params: list[dict[str, Any]]) -> Tensor:
         """No-grad eval path: folded BN; the last 1x1 adds into the shortcut in place, then ReLU."""
         n = self.num_nodes
-        fused = _use_onednn(x)
+        fused = use_onednn(x)
 
         def conv_relu(inp: Tensor, w: Tensor, b: Tensor | None, groups: int) -> Tensor:
-            return _conv(inp, w, b, groups, 0, relu=True, fused=fused)
+            return conv(inp, w, b, groups, 0, relu=True, fused=fused)
 
         def conv_plain(inp: Tensor, w: Tensor, b: Tensor | None, groups: int) -> Tensor:
-            return _conv(inp, w, b, groups, 0, relu=False, fused=fused)
+            return conv(inp, w, b, groups, 0, relu=False, fused=fused)
 
         for i, p in enumerate(params):
             if i == 0:
                 u = self._per_parent(x, groups_in, p["w1_buckets"], conv_relu)
             else:
                 u = conv_relu(x, p["w1"], p["b1"], n)
-            u = _cl(_conv(_cl(u), p["w2"], p["b2"], n, 1, relu=True, fused=fused))
+            u = channels_last(conv(channels_last(u), p["w2"], p["b2"], n, 1, relu=True, fused=fused))
             if "wp_buckets" in p:
-                s = _cl(self._per_parent(x, groups_in, p["wp_buckets"], conv_plain))
+                s = channels_last(self._per_parent(x, groups_in, p["wp_buckets"], conv_plain))
             else:
                 s = self._parent_features(x, groups_in) if i == 0 else x
-                s = _cl(s + p["bp"].view(1, -1, 1, 1))
-            x = _conv_add_relu_(s, u, p["w3"], n, fused)
+                s = channels_last(s + p["bp"].view(1, -1, 1, 1))
+            x = conv_add_relu_(s, u, p["w3"], n, fused)
         return x
 
     def _folded_params(self, device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
@@ -481,7 +409,7 @@ class BranchLevel(nn.Module):
                 t1 = t1.to(device=device, dtype=dtype)
                 w2 = blk.conv2.weight * s2[:, :, None, None, None]
                 p: dict[str, Any] = {
-                    "w2": _cl(blk.conv2.as_conv(w2)).to(device=device, dtype=dtype),
+                    "w2": channels_last(blk.conv2.as_conv(w2)).to(device=device, dtype=dtype),
                     "b2": t2.reshape(-1).to(device=device, dtype=dtype),
                     "w3": blk.conv3.as_conv(blk.conv3.weight * s3[:, :, None]).to(device=device, dtype=dtype),
                 }
@@ -539,122 +467,3 @@ class LeafHeads(nn.Module):
             pooled = x.mean(dim=(2, 3))
         pooled = pooled.view(b, self.num_leaves, self.in_channels)
         return torch.einsum("blc,lc->bl", pooled, self.weight) + self.bias
-
-
-# --------------------------------------------------------------------------- reference (oracle)
-class _RefBottleneck(nn.Module):
-    """torchvision's ``Bottleneck`` (stride 1) written out, for one node."""
-
-    def __init__(self, in_channels: int, width: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Sequential | None = None
-        if in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
-
-
-def _copy_bn(dst: nn.BatchNorm2d, src: NodeBatchNorm, i: int) -> None:
-    dst.eps, dst.momentum = src.eps, src.momentum
-    dst.weight.copy_(src.weight[i])
-    dst.bias.copy_(src.bias[i])
-    dst.running_mean.copy_(src.running_mean[i])
-    dst.running_var.copy_(src.running_var[i])
-
-
-def per_node_modules(level: BranchLevel) -> nn.ModuleList:
-    """One ordinary ``nn.Sequential`` of bottlenecks per node, carrying the level's weights."""
-    nodes = []
-    with torch.no_grad():
-        for i in range(level.num_nodes):
-            seq = []
-            for blk in level.blocks:
-                ref = _RefBottleneck(blk.in_channels, blk.width, blk.out_channels)
-                ref.conv1.weight.copy_(blk.conv1.weight[i].view_as(ref.conv1.weight))
-                ref.conv2.weight.copy_(blk.conv2.weight[i])
-                ref.conv3.weight.copy_(blk.conv3.weight[i].view_as(ref.conv3.weight))
-                _copy_bn(ref.bn1, blk.bn1, i)
-                _copy_bn(ref.bn2, blk.bn2, i)
-                _copy_bn(ref.bn3, blk.bn3, i)
-                if blk.downsample is not None and ref.downsample is not None:
-                    ref.downsample[0].weight.copy_(
-                        blk.downsample["conv"].weight[i].view_as(ref.downsample[0].weight)
-                    )
-                    _copy_bn(ref.downsample[1], blk.downsample["bn"], i)
-                seq.append(ref)
-            nodes.append(nn.Sequential(*seq))
-    ref_param = next(iter(level.parameters()))
-    return nn.ModuleList(nodes).to(device=ref_param.device, dtype=ref_param.dtype).train(level.training)
-
-
-def per_leaf_linears(heads: LeafHeads) -> nn.ModuleList:
-    """One ``nn.Linear(C, 1)`` per leaf, carrying the heads' weights."""
-    linears = []
-    with torch.no_grad():
-        for i in range(heads.num_leaves):
-            lin = nn.Linear(heads.in_channels, 1)
-            lin.weight.copy_(heads.weight[i].view(1, -1))
-            lin.bias.copy_(heads.bias[i].view(1))
-            linears.append(lin)
-    return nn.ModuleList(linears).to(device=heads.weight.device, dtype=heads.weight.dtype)
-
-
-def loop_forward(
-    node_modules: Sequence[nn.ModuleList],
-    parent_indices: Sequence[Sequence[int] | None],
-    x: Tensor,
-    leaf_linears: nn.ModuleList | None = None,
-    scales: Sequence[Tensor | None] | None = None,
-) -> tuple[list[list[Tensor]], Tensor | None]:
-    """The plain way: a Python loop over every node of every level (the oracle and baseline).
-
-    Returns the per-level lists of node outputs and, with ``leaf_linears``, the leaf logits.
-    """
-    prev: list[Tensor] | None = None
-    outputs: list[list[Tensor]] = []
-    for depth, (mods, parents) in enumerate(zip(node_modules, parent_indices, strict=True)):
-        scale = scales[depth] if scales is not None else None
-        level_out = []
-        for i, mod in enumerate(mods):
-            inp = x if parents is None or prev is None else prev[parents[i]]
-            out = mod(inp)
-            if scale is not None:
-                out = out * scale[i]
-            level_out.append(out)
-        outputs.append(level_out)
-        prev = level_out
-    logits = None
-    if leaf_linears is not None and prev is not None:
-        logits = torch.cat(
-            [lin(out.mean(dim=(2, 3))) for lin, out in zip(leaf_linears, prev, strict=True)], dim=1
-        )
-    return outputs, logits
-
-
-class ReferenceStack(nn.Module):
-    """Per-node module copies of a stack of levels (+ heads), run by :func:`loop_forward`."""
-
-    def __init__(self, levels: Sequence[BranchLevel], heads: LeafHeads | None = None) -> None:
-        super().__init__()
-        self.nodes = nn.ModuleList(per_node_modules(level) for level in levels)
-        self.parent_indices = [level.parent_index for level in levels]
-        self.leaves = per_leaf_linears(heads) if heads is not None else None
-
-    def forward(
-        self, x: Tensor, scales: Sequence[Tensor | None] | None = None
-    ) -> tuple[list[list[Tensor]], Tensor | None]:
-        return loop_forward(list(self.nodes), self.parent_indices, x, self.leaves, scales)

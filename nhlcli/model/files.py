@@ -174,14 +174,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         )
     problem = metadata_problem(meta)
     if problem:
-        raise NhlError(
-            f"{path}: the nhl metadata is damaged: {problem} (was it edited by hand?); use an intact "
-            "copy of the model file"
-        )
+        raise damaged_metadata(path, problem)
     return meta
 
 
-def _positive_int(value: Any) -> bool:
+def positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
@@ -192,13 +189,12 @@ def _numbers(value: Any) -> bool:
 
 
 def metadata_problem(meta: Mapping[str, Any]) -> str | None:
-    """What is wrong with the keys a model is rebuilt from (``None``: nothing), so that a damaged
-    or hand-edited file fails in one line naming the key instead of deep inside the rebuild."""
-    kind = meta.get("kind")
-    if kind not in ("nhl", "flat"):
-        return f"'kind' is {kind!r}, expected 'nhl' or 'flat'"
-    sections = ["trunk", "tree", "input"] + (["branches"] if kind == "nhl" else [])
-    for key in sections:
+    """What is wrong with the keys every model kind is rebuilt from (``None``: nothing), so that a
+    damaged or hand-edited file fails in one line naming the key instead of deep inside the
+    rebuild. Each kind checks its own sections (``config_problem`` of its class)."""
+    if not isinstance(meta.get("kind"), str):
+        return f"'kind' is {meta.get('kind')!r}, expected the model kind's name (e.g. 'nhl' or 'flat')"
+    for key in ("trunk", "tree", "input"):
         if key not in meta:
             return f"the key {key!r} is missing"
         if not isinstance(meta[key], dict):
@@ -206,7 +202,7 @@ def metadata_problem(meta: Mapping[str, Any]) -> str | None:
     trunk, inp = meta["trunk"], meta["input"]
     if not isinstance(trunk.get("backbone"), str) or not trunk["backbone"]:
         return "'trunk.backbone' is missing or not a name"
-    if not _positive_int(trunk.get("in_chans")):
+    if not positive_int(trunk.get("in_chans")):
         return f"'trunk.in_chans' must be a positive integer, got {trunk.get('in_chans')!r}"
     split = trunk.get("split")
     if split is not None and (not isinstance(split, int) or isinstance(split, bool)):
@@ -214,7 +210,7 @@ def metadata_problem(meta: Mapping[str, Any]) -> str | None:
     if set(trunk) - {"backbone", "split", "in_chans"}:
         return f"'trunk' has unknown keys {sorted(set(trunk) - {'backbone', 'split', 'in_chans'})}"
     size = inp.get("size")
-    if not (isinstance(size, list) and len(size) == 3 and all(_positive_int(v) for v in size)):
+    if not (isinstance(size, list) and len(size) == 3 and all(positive_int(v) for v in size)):
         return f"'input.size' must be 3 positive integers (channels, height, width), got {size!r}"
     if size[0] != trunk["in_chans"]:
         return f"'input.size' has {size[0]} channels but 'trunk.in_chans' is {trunk['in_chans']}"
@@ -223,15 +219,15 @@ def metadata_problem(meta: Mapping[str, Any]) -> str | None:
             return f"'input.{key}' must be {size[0]} numbers (one per channel), got {inp.get(key)!r}"
     if any(v <= 0 for v in inp["std"]):
         return "'input.std' must be positive"
-    if kind == "nhl":
-        branches = meta["branches"]
-        widths = branches.get("widths")
-        if not (isinstance(widths, list) and widths and all(_positive_int(w) for w in widths)):
-            return f"'branches.widths' must be a list of positive integers, got {widths!r}"
-        for key in ("blocks", "expansion"):
-            if not _positive_int(branches.get(key)):
-                return f"'branches.{key}' must be a positive integer, got {branches.get(key)!r}"
     return None
+
+
+def damaged_metadata(path: str | Path, problem: str) -> NhlError:
+    """The one error every damaged-metadata finding reads as."""
+    return NhlError(
+        f"{path}: the nhl metadata is damaged: {problem} (was it edited by hand?); use an intact "
+        "copy of the model file"
+    )
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -241,36 +237,3 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as exc:
         reason = " ".join(str(exc).split())
         raise NhlError(f"{path}: cannot read the weights ({reason}); the file may be truncated") from exc
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model a file describes and load its weights strictly, in eval mode."""
-    from nhlcli.model.registry import model_from_config
-
-    meta = read_metadata(path)
-    try:
-        model = model_from_config(meta, skeleton=True)
-    except NhlError as exc:  # e.g. a damaged tree, or a backbone this timm does not have
-        raise NhlError(f"{path}: cannot rebuild the model its metadata describes: {exc}") from exc
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise NhlError(
-            f"{path}: the nhl metadata is damaged ({type(exc).__name__}: {exc}); use an intact copy "
-            "of the model file"
-        ) from exc
-    state = load_weights(path)
-    gate_state = {k[len("gates.") :]: state.pop(k) for k in [k for k in state if k.startswith("gates.")]}
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-        model.metadata = meta
-        if "gates" in meta:
-            from nhlcli.gates.gated import GatedModel, GateSpec
-
-            model = GatedModel(model, GateSpec.from_dict(meta["gates"]))
-            model.load_gate_state(gate_state)
-        elif gate_state:
-            raise RuntimeError(f"unexpected gate tensors {sorted(gate_state)[:3]}")
-    except RuntimeError as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise NhlError(f"{path}: the weights do not fit the model its metadata describes ({first})") from exc
-    model.metadata = meta
-    return model.to(device).eval()

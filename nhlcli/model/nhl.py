@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.data import resolve_model_data_config
 from torch import nn
 
 from nhlcli.errors import NhlError
 from nhlcli.model.branches import BranchLevel, LeafHeads
+from nhlcli.model.files import positive_int
+from nhlcli.model.stages import HEAD_MODULES, StagedNetwork, stage_channels, stage_segments
 from nhlcli.model.trunk import PretrainedLoad, Trunk, TrunkConfig, create_timm_model, probe_input_size
-from nhlcli.taxonomy.tree import Tree, counted
+from nhlcli.taxonomy.tree import Tree
+from nhlcli.text import counted
 
 # Branch widths by depth: the last ``levels`` of these (paper: 128, 64, 32 for three levels).
 WIDTH_LADDER = (256, 128, 64, 32)
@@ -48,7 +52,8 @@ class BranchConfig:
         widths = tuple(self.widths) or default_widths(levels)
         if len(widths) != levels:
             raise NhlError(
-                f"--widths gives {counted(len(widths), 'value')} but the tree has {counted(levels, 'level')}"
+                f"gives {counted(len(widths), 'value')} but the tree has {counted(levels, 'level')}",
+                "widths",
             )
         if any(w < 1 for w in widths) or self.blocks < 1:
             raise NhlError("branch widths and blocks must be positive")
@@ -122,6 +127,7 @@ class NHLModel(nn.Module):
     """Trunk + nested branches; ``forward`` returns one logit per class in ``tree.classes`` order."""
 
     kind = "nhl"
+    cut_problem: str | None = None  # experts are cut from NHL models
 
     def __init__(
         self,
@@ -172,6 +178,16 @@ class NHLModel(nn.Module):
         """What ``pretrained_file`` gave the trunk (``None`` without one)."""
         return self.trunk.pretrained_load
 
+    @property
+    def attention_problem(self) -> str | None:
+        """Why top-down attention cannot steer this model (``None``: it can)."""
+        if self.branch_config.single_branch:
+            return (
+                "this phl-1branch model has one branch shared by all classes; attention needs "
+                "per-class branches (any other variant)"
+            )
+        return None
+
     def forward(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits ``[B, num_classes]``; ``attention`` maps a level (1-based) to per-node scales."""
         return self.forward_branches(self.trunk(x), attention)
@@ -194,8 +210,26 @@ class NHLModel(nn.Module):
             "input": self.input_config.to_dict(),
         }
 
+    @staticmethod
+    def config_problem(meta: Mapping[str, Any]) -> str | None:
+        """What is wrong with the NHL-only part of a file's metadata (``None``: nothing)."""
+        branches = meta.get("branches")
+        if branches is None:
+            return "the key 'branches' is missing"
+        if not isinstance(branches, dict):
+            return "'branches' is not an object"
+        widths = branches.get("widths")
+        if not (isinstance(widths, list) and widths and all(positive_int(w) for w in widths)):
+            return f"'branches.widths' must be a list of positive integers, got {widths!r}"
+        for key in ("blocks", "expansion"):
+            if not positive_int(branches.get(key)):
+                return f"'branches.{key}' must be a positive integer, got {branches.get(key)!r}"
+        return None
+
     @classmethod
-    def from_config(cls, meta: Mapping[str, Any], init_branches: bool = True) -> NHLModel:
+    def from_config(cls, meta: Mapping[str, Any], skeleton: bool = False) -> NHLModel:
+        """The model a file's metadata describes; ``skeleton`` leaves the branch weights
+        unallocated (the caller loads every weight with ``assign=True``)."""
         branches = meta["branches"]
         return cls(
             Tree.from_dict(meta["tree"]),
@@ -207,7 +241,25 @@ class NHLModel(nn.Module):
                 bool(branches.get("single_branch", False)),
             ),
             InputConfig.from_dict(meta["input"]),
-            init_branches=init_branches,
+            init_branches=not skeleton,
+        )
+
+    def staged(self) -> StagedNetwork:
+        """The trunk's stages up to the split point, then every branch as the last segment:
+        exits may follow any of these stages, routing picks among the level-1 branches."""
+        timm_model, backbone = self.trunk.model, self.trunk.config.backbone
+        stages, _ = stage_segments(timm_model, backbone, self.trunk.config.split)
+        single = self.branch_config.single_branch
+        return StagedNetwork(
+            stages,
+            _Branches(self),
+            stage_channels(timm_model, len(stages)),
+            backbone,
+            last_exit=len(stages) - 1,
+            last_exit_name="the split point",
+            route_problem="routing needs per-node branches; a single-branch model (phl-1branch) has one"
+            if single
+            else None,
         )
 
     def parameter_groups(self) -> dict[str, int]:
@@ -223,6 +275,13 @@ class FlatModel(nn.Module):
     """A plain timm classifier over the tree's classes (the papers' baselines), same file format."""
 
     kind = "flat"
+    cut_problem: str | None = (
+        "is a flat model, which has no per-class branches to cut; train an NHL model (nhl train "
+        "without --flat), or evaluate the flat model on your classes with nhl eval --classes"
+    )
+    attention_problem: str | None = (
+        "top-down attention needs an NHL model; a flat model has no per-class branches"
+    )
 
     def __init__(
         self,
@@ -269,10 +328,31 @@ class FlatModel(nn.Module):
             "input": self.input_config.to_dict(),
         }
 
+    @staticmethod
+    def config_problem(meta: Mapping[str, Any]) -> str | None:
+        """A flat model needs nothing beyond the sections every kind has."""
+        return None
+
     @classmethod
-    def from_config(cls, meta: Mapping[str, Any]) -> FlatModel:
+    def from_config(cls, meta: Mapping[str, Any], skeleton: bool = False) -> FlatModel:
+        """The model a file's metadata describes (a timm classifier is small: ``skeleton`` is moot)."""
         return cls(
             Tree.from_dict(meta["tree"]), TrunkConfig(**meta["trunk"]), InputConfig.from_dict(meta["input"])
+        )
+
+    def staged(self) -> StagedNetwork:
+        """Every stage, then the rest of the network and timm's ``forward_head``; an exit after
+        the last stage would stop where the model stops, so exits end one stage earlier."""
+        backbone = self.trunk_config.backbone
+        stages, rest = stage_segments(self.model, backbone, skip=HEAD_MODULES)
+        return StagedNetwork(
+            stages,
+            _Head(self.model, rest),
+            stage_channels(self.model, len(stages)),
+            backbone,
+            last_exit=len(stages) - 2,
+            last_exit_name="the last stage",
+            route_problem="routing needs an NHL model: a flat model has no tree of branches to route through",
         )
 
     def freeze_trunk(self, split: int | None = None) -> list[str]:
@@ -310,19 +390,18 @@ class FlatModel(nn.Module):
 
 
 def input_from_timm(model: nn.Module, in_chans: int) -> InputConfig:
-    """The input size and normalisation timm records for a backbone (its pretrained config)."""
-    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    size = tuple(cfg.get("input_size", (3, 224, 224)))
-    mean = tuple(cfg.get("mean", InputConfig.mean))
-    std = tuple(cfg.get("std", InputConfig.std))
+    """The input size and normalisation timm records for a backbone
+    (``timm.data.resolve_model_data_config``), for ``in_chans`` channels."""
+    cfg = resolve_model_data_config(model)
+    size, mean, std = tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"])
     if in_chans != len(mean):  # e.g. grey images: one channel with the average statistics
         mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
     return InputConfig(
         size=(in_chans, int(size[1]), int(size[2])),
         mean=mean,
         std=std,
-        interpolation=cfg.get("interpolation", "bilinear"),
-        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        interpolation=cfg["interpolation"],
+        crop_pct=float(cfg["crop_pct"]),
     )
 
 
@@ -333,7 +412,30 @@ def with_input_size(config: InputConfig, size: int | Sequence[int]) -> InputConf
     """
     h, w = (size, size) if isinstance(size, int) else size
     if not all(_positive_int(v) for v in (h, w)):
-        raise NhlError(f"--input-size must be a positive number of pixels, got {size}")
+        raise NhlError(f"must be a positive number of pixels, got {size}", "input_size")
     return InputConfig(
         (config.size[0], int(h), int(w)), config.mean, config.std, config.interpolation, config.crop_pct
     )
+
+
+class _Branches(nn.Module):
+    """An NHL model's branches and leaf heads: trunk output -> logits."""
+
+    def __init__(self, model: NHLModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_branches(features)
+
+
+class _Head(nn.Module):
+    """What follows a flat model's last stage: leftover modules, then timm's ``forward_head``."""
+
+    def __init__(self, timm_model: nn.Module, rest: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.rest = nn.Sequential(*rest)
+        self.timm_model = timm_model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.timm_model.forward_head(self.rest(x))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from nhlcli.errors import NhlError
+from nhlcli.model.files import damaged_metadata
 from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel
 from nhlcli.model.trunk import TrunkConfig
 from nhlcli.taxonomy.tree import Tree
@@ -48,18 +50,27 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def model_from_config(meta: Mapping[str, Any], skeleton: bool = False) -> nn.Module:
-    """Rebuild a model from file metadata (weights are loaded by the caller).
-
-    ``skeleton``: leave the branch weights unallocated; the caller must then load every weight
-    with ``load_state_dict(state, strict=True, assign=True)``.
-    """
+def model_kind(meta: Mapping[str, Any], path: str | Path = "") -> Any:
+    """The model class a file's ``kind`` names (its ``from_config``, ``config_problem``, ``cut_problem``)."""
     kind = meta.get("kind")
     if kind not in MODEL_KINDS:
-        raise NhlError(f"unknown model kind {kind!r} in the file; this nhl knows {', '.join(MODEL_KINDS)}")
-    if kind == "nhl":
-        return NHLModel.from_config(meta, init_branches=not skeleton)
-    return MODEL_KINDS[kind].from_config(meta)
+        raise NhlError(
+            f"{path or 'the file'}: unknown model kind {kind!r}; this nhl knows {', '.join(MODEL_KINDS)}"
+        )
+    return MODEL_KINDS[kind]
+
+
+def model_from_config(meta: Mapping[str, Any], skeleton: bool = False, path: str | Path = "") -> nn.Module:
+    """Rebuild a model from file metadata (weights are loaded by the caller).
+
+    ``skeleton``: leave the large weights unallocated; the caller must then load every weight
+    with ``load_state_dict(state, strict=True, assign=True)``. ``path`` names the file in errors.
+    """
+    model_class = model_kind(meta, path)
+    problem = model_class.config_problem(meta)
+    if problem:
+        raise damaged_metadata(path or "the file", problem)
+    return model_class.from_config(meta, skeleton=skeleton)
 
 
 def create_model(

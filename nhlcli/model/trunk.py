@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.tree import counted
+from nhlcli.text import counted
 
 # Which backbones a trunk can be cut from: what this module needs of a timm model.
 CUTTABLE = (
@@ -43,7 +43,7 @@ class TrunkConfig:
     def __post_init__(self) -> None:
         chans = self.in_chans
         if not isinstance(chans, numbers.Integral) or isinstance(chans, bool) or chans < 1:
-            raise NhlError(f"--in-chans must be at least 1 (1 for grey, 3 for colour images), got {chans}")
+            raise NhlError(f"must be at least 1 (1 for grey, 3 for colour images), got {chans}", "in_chans")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,16 +80,18 @@ def read_pretrained_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     path = Path(path)
     if path.suffix != ".safetensors":
         raise NhlError(
-            f"--pretrained-file {path}: only .safetensors weights are read (nhl never unpickles "
-            "a file); convert it with safetensors.torch.save_file"
+            f"{path}: only .safetensors weights are read (nhl never unpickles "
+            "a file); convert it with safetensors.torch.save_file",
+            "pretrained_file",
         )
     if not path.exists():
-        raise NhlError(f"--pretrained-file {path} does not exist")
+        raise NhlError(f"{path} does not exist", "pretrained_file")
     if not path.is_file():
-        raise NhlError(f"--pretrained-file {path} is not a file; give a .safetensors file of timm weights")
+        raise NhlError(f"{path} is not a file; give a .safetensors file of timm weights", "pretrained_file")
     if path.stat().st_size == 0:
         raise NhlError(
-            f"--pretrained-file {path} is empty (0 bytes); give a .safetensors file of timm weights"
+            f"{path} is empty (0 bytes); give a .safetensors file of timm weights",
+            "pretrained_file",
         )
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -98,8 +100,8 @@ def read_pretrained_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise NhlError(
-            f"--pretrained-file {path} is not a readable safetensors file ({reason}); it may be "
-            "truncated or another format"
+            f"{path} is not a readable safetensors file ({reason}); it may be truncated or another format",
+            "pretrained_file",
         ) from exc
     return tensors, meta
 
@@ -140,8 +142,9 @@ def load_pretrained_tensors(
 
     if METADATA_KEY in meta:
         raise NhlError(
-            f"--pretrained-file {path} is an nhl model file, not timm weights for the trunk; give "
-            f"timm weights for {backbone} as .safetensors"
+            f"{path} is an nhl model file, not timm weights for the trunk; give "
+            f"timm weights for {backbone} as .safetensors",
+            "pretrained_file",
         )
     own = model.state_dict()
     _adapt_input_conv(model, tensors, own)
@@ -150,9 +153,10 @@ def load_pretrained_tensors(
     if wrong:
         k = wrong[0]
         raise NhlError(
-            f"--pretrained-file {path}: {counted(len(wrong), 'tensor')} have {backbone}'s names but other "
+            f"{path}: {counted(len(wrong), 'tensor')} have {backbone}'s names but other "
             f"shapes (e.g. {k}: {tuple(tensors[k].shape)} in the file, {tuple(own[k].shape)} in {backbone}); "
-            "these are weights of another model"
+            "these are weights of another model",
+            "pretrained_file",
         )
     fits = {k: v for k, v in tensors.items() if k in own}
     loaded = [k for k in compared if k in fits]
@@ -160,9 +164,10 @@ def load_pretrained_tensors(
         example = next(iter(tensors), None)
         named = f" (its tensors are named like {example!r})" if example and not loaded else ""
         raise NhlError(
-            f"--pretrained-file {path} does not fit {backbone}: only {len(loaded)} of {backbone}'s "
+            f"{path} does not fit {backbone}: only {len(loaded)} of {backbone}'s "
             f"{len(compared)} weight tensors are in the file by name and shape{named}; give timm weights "
-            f"for {backbone}"
+            f"for {backbone}",
+            "pretrained_file",
         )
     model.load_state_dict(fits, strict=False)
     return PretrainedLoad(str(path), len(loaded), len(compared), frozenset(loaded))

@@ -2,78 +2,140 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.compress import check_levels
-from nhlcli.taxonomy.tree import Tree, counted
+from nhlcli.taxonomy.tree import Tree
+from nhlcli.text import counted
 
-SOURCES = ("wordnet", "superclass", "breeds", "llm", "hybrid", "flat", "induced")
-DEFAULT_LEVELS = {"wordnet": 3, "superclass": 2, "breeds": 3, "llm": 3, "hybrid": 3, "flat": 1, "induced": 3}
-FIXED_LEVELS = {"superclass": 2, "flat": 1}
+
+@dataclass(frozen=True)
+class SourceInputs:
+    """What a source may need beyond the class list: LLM settings, or a flat model's class weights."""
+
+    llm: Any = None
+    class_weights: np.ndarray | None = None
+    weights_name: str = ""
+
+
+@dataclass(frozen=True)
+class TreeSource:
+    """A registry entry: how a source builds a tree and which level counts it accepts."""
+
+    build: Callable[[Sequence[ClassEntry], int, str | None, str, SourceInputs], Tree]
+    default_levels: int
+    description: str
+    fixed_levels: int | None = None
+    takes_groups: bool = False
+
+
+def _wordnet(entries, levels, groups, name, inputs):  # noqa: ANN001, ANN202 (registry adapters)
+    from nhlcli.taxonomy.sources import build_wordnet_tree
+
+    return build_wordnet_tree(entries, levels, groups, name=name)
+
+
+def _superclass(entries, levels, groups, name, inputs):  # noqa: ANN001, ANN202
+    from nhlcli.taxonomy.sources import build_superclass_tree
+
+    return build_superclass_tree(entries, name=name)
+
+
+def _breeds(entries, levels, groups, name, inputs):  # noqa: ANN001, ANN202
+    from nhlcli.taxonomy.sources import build_breeds_tree
+
+    return build_breeds_tree(entries, levels, groups, name=name)
+
+
+def _flat(entries, levels, groups, name, inputs):  # noqa: ANN001, ANN202
+    from nhlcli.taxonomy.sources import build_flat_tree
+
+    return build_flat_tree(entries, name=name)
+
+
+def _llm_settings(inputs: SourceInputs) -> Any:
+    from nhlcli.taxonomy.llm import LLMSettings
+
+    return inputs.llm if isinstance(inputs.llm, LLMSettings) else LLMSettings()
+
+
+def _llm(entries, levels, groups, name, inputs):  # noqa: ANN001, ANN202
+    from nhlcli.taxonomy.llm import build_llm_tree
+
+    return build_llm_tree(entries, levels, _llm_settings(inputs), name=name)
+
+
+def _hybrid(entries, levels, groups, name, inputs):  # noqa: ANN001, ANN202
+    from nhlcli.taxonomy.hybrid import build_hybrid_tree
+
+    return build_hybrid_tree(entries, levels, _llm_settings(inputs), groups=groups, name=name)
+
+
+def _induced(entries, levels, groups, name, inputs):  # noqa: ANN001, ANN202
+    from nhlcli.taxonomy.induced import build_induced_tree
+
+    if inputs.class_weights is None:
+        raise NhlError(
+            "the induced source needs a flat model's class weights: a flat model trained with "
+            "'nhl train --flat' (nhlcli.model.loading.classifier_weights reads them from its file)"
+        )
+    return build_induced_tree(
+        inputs.class_weights, entries, levels, groups, name=name, origin=inputs.weights_name
+    )
+
+
+# Every tree source by name: a new source is one entry here (and its builder in its own module).
+TREE_SOURCES: dict[str, TreeSource] = {
+    "wordnet": TreeSource(_wordnet, 3, "WordNet 3.0 hypernyms (nltk)", takes_groups=True),
+    "superclass": TreeSource(_superclass, 2, "a dataset's published superclasses", fixed_levels=2),
+    "breeds": TreeSource(_breeds, 3, "BREEDS' calibrated WordNet hierarchy", takes_groups=True),
+    "llm": TreeSource(_llm, 3, "groups an LLM chose (cached to JSON)"),
+    "hybrid": TreeSource(_hybrid, 3, "WordNet where it knows the class, an LLM elsewhere", takes_groups=True),
+    "flat": TreeSource(_flat, 1, "one level: every class under the root", fixed_levels=1),
+    "induced": TreeSource(_induced, 3, "clusters of a trained flat model's class weights", takes_groups=True),
+}
+SOURCES = tuple(TREE_SOURCES)
+DEFAULT_LEVELS = {name: source.default_levels for name, source in TREE_SOURCES.items()}
 
 
 def build_tree(
     source: str,
     entries: Sequence[ClassEntry],
     levels: int | None = None,
-    groups: str | None = None,
+    groups: Sequence[int] | None = None,
     name: str = "",
     llm: object | None = None,
-    model_file: str | None = None,
+    class_weights: np.ndarray | None = None,
+    weights_name: str = "",
 ) -> Tree:
-    """Build a tree for ``entries`` from ``source`` (one of :data:`SOURCES`).
+    """Build a tree for ``entries`` from ``source`` (a name in :data:`TREE_SOURCES`).
 
     ``levels`` defaults per source; ``groups`` (``"10,100"``) sets the number of groups per
-    inner level for the sources that compress a hierarchy (wordnet, breeds, hybrid); ``llm`` is
-    an :class:`nhlcli.taxonomy.llm.LLMSettings` for the llm and hybrid sources; ``model_file``
-    the trained flat model the induced source clusters (its classes replace ``entries``).
+    inner level for the sources that compress a hierarchy (wordnet, breeds, hybrid, induced);
+    ``llm`` is an :class:`nhlcli.taxonomy.llm.LLMSettings` for the llm and hybrid sources;
+    ``class_weights`` the ``[classes, features]`` classifier rows of a flat model for the
+    induced source (``entries`` are then that model's classes).
     """
-    if source not in SOURCES:
+    if source not in TREE_SOURCES:
         raise NhlError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
-    if source != "induced" and not entries:
+    spec = TREE_SOURCES[source]
+    if not entries:
         raise NhlError("the class list is empty")
-    levels = DEFAULT_LEVELS[source] if levels is None else levels
+    levels = spec.default_levels if levels is None else levels
     check_levels(levels)
-    if source in FIXED_LEVELS and levels != FIXED_LEVELS[source]:
-        raise NhlError(f"the {source} source gives {counted(FIXED_LEVELS[source], 'level')}, not {levels}")
-    if groups and source not in ("wordnet", "breeds", "hybrid", "induced"):
-        raise NhlError(f"--groups applies to the wordnet, breeds, hybrid and induced sources, not {source}")
-    if source == "induced":
-        from nhlcli.taxonomy.induced import build_induced_tree
-
-        if not model_file:
-            raise NhlError(
-                "the induced source needs --model FILE: a flat model trained with 'nhl train --flat'"
-            )
-        return build_induced_tree(model_file, levels, groups, name=name)
-    if source == "wordnet":
-        from nhlcli.taxonomy.wordnet import build_wordnet_tree
-
-        return build_wordnet_tree(entries, levels, groups, name=name)
-    if source == "superclass":
-        from nhlcli.taxonomy.sources import build_superclass_tree
-
-        return build_superclass_tree(entries, name=name)
-    if source == "breeds":
-        from nhlcli.taxonomy.sources import build_breeds_tree
-
-        return build_breeds_tree(entries, levels, groups, name=name)
-    if source == "flat":
-        from nhlcli.taxonomy.sources import build_flat_tree
-
-        return build_flat_tree(entries, name=name)
-    from nhlcli.taxonomy.llm import LLMSettings
-
-    settings = llm if isinstance(llm, LLMSettings) else LLMSettings()
-    if source == "llm":
-        from nhlcli.taxonomy.llm import build_llm_tree
-
-        return build_llm_tree(entries, levels, settings, name=name)
-    from nhlcli.taxonomy.hybrid import build_hybrid_tree
-
-    return build_hybrid_tree(entries, levels, settings, groups=groups, name=name)
+    if spec.fixed_levels is not None and levels != spec.fixed_levels:
+        raise NhlError(f"the {source} source gives {counted(spec.fixed_levels, 'level')}, not {levels}")
+    if groups and not spec.takes_groups:
+        takes = ", ".join(n for n, s in TREE_SOURCES.items() if s.takes_groups)
+        raise NhlError(f"group counts apply to the {takes} sources, not {source}")
+    inputs = SourceInputs(llm=llm, class_weights=class_weights, weights_name=weights_name)
+    return spec.build(entries, levels, groups, name, inputs)
 
 
 def built_groups(tree: Tree) -> list[int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.tree import ROOT_ID
+from nhlcli.taxonomy.labels import ROOT_ID
 
 WNID_RE = re.compile(r"^n\d{8}$")
 SYNSET_NAME_RE = re.compile(r"^[\w.'\-]+\.n\.\d\d$")
@@ -159,8 +159,8 @@ def load_class_list(spec: str | Path) -> list[ClassEntry]:
     text = str(spec)
     if not text.strip():
         raise NhlError(
-            f"--classes is empty; give a preset ({', '.join(PRESETS)}), a class-list file or an "
-            "ImageFolder directory"
+            f"is empty; give a preset ({', '.join(PRESETS)}), a class-list file or an ImageFolder directory",
+            "classes",
         )
     if text in PRESETS:
         return preset_classes(text)
@@ -171,7 +171,8 @@ def load_class_list(spec: str | Path) -> list[ClassEntry]:
         entries = _classes_from_json(path) if path.suffix == ".json" else _classes_from_text(path)
     else:
         raise NhlError(
-            f"--classes {text!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file or directory"
+            f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file or directory",
+            "classes",
         )
     _check_unique(entries, str(path))
     return entries

@@ -21,7 +21,8 @@ import networkx as nx
 
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import ClassEntry, leaf_node
-from nhlcli.taxonomy.tree import ROOT_ID, counted
+from nhlcli.taxonomy.labels import ROOT_ID
+from nhlcli.text import counted
 
 CLASS_KEY = "class"
 # A group larger than this many times the target size is split further, whatever the count.
@@ -33,23 +34,23 @@ def default_group_counts(num_classes: int, levels: int) -> list[int]:
     return [max(1, min(num_classes, round(num_classes ** (k / levels)))) for k in range(1, levels)]
 
 
-def parse_group_counts(text: str | None, num_classes: int, levels: int) -> list[int]:
-    """Parse ``--groups 10,100`` (one count per inner level) or fall back to the default."""
-    if not text:
+def check_group_counts(groups: Sequence[int] | None, num_classes: int, levels: int) -> list[int]:
+    """Group counts per inner level (``[10, 100]``), checked, or the default for none."""
+    if not groups:
         return default_group_counts(num_classes, levels)
-    try:
-        counts = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise NhlError(f"--groups {text!r}: give whole numbers separated by commas, e.g. 10,100") from exc
+    counts = [int(c) for c in groups]
+    text = ",".join(map(str, counts))
     if len(counts) != levels - 1:
         raise NhlError(
-            f"--groups {text!r} gives {counted(len(counts), 'count')} but {counted(levels, 'level')} "
-            f"need {levels - 1} (one per level above the classes)"
+            f"{text} gives {counted(len(counts), 'count')} but {counted(levels, 'level')} "
+            f"need {levels - 1} (one per level above the classes)",
+            "groups",
         )
     if any(c < 1 for c in counts) or counts != sorted(counts) or counts[-1] > num_classes:
         raise NhlError(
-            f"--groups {text!r}: counts must be at least 1, non-decreasing and at most the number "
-            f"of classes ({num_classes})"
+            f"{text}: counts must be at least 1, non-decreasing and at most the number "
+            f"of classes ({num_classes})",
+            "groups",
         )
     return counts
 
@@ -197,7 +198,7 @@ def compress_hierarchy(
     ``group_counts`` gives the number of groups at each inner level (default: geometric).
     """
     if levels < 1:
-        raise NhlError("--levels must be at least 1")
+        raise NhlError("must be at least 1", "levels")
     n = len(entries)
     counts = list(group_counts) if group_counts else default_group_counts(n, levels)
     ct = _ConceptTree(graph, root, entries, concept_of)
@@ -265,4 +266,4 @@ def compress_hierarchy(
 
 def check_levels(levels: int) -> None:
     if not 1 <= levels <= 4:
-        raise NhlError(f"--levels {levels}: the nested model supports 1 to 4 levels")
+        raise NhlError(f"{levels}: the nested model supports 1 to 4 levels", "levels")

@@ -12,7 +12,7 @@ from typing import Any
 
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import ClassEntry, flat_nested, leaf_node
-from nhlcli.taxonomy.compress import check_levels, compress_hierarchy, parse_group_counts
+from nhlcli.taxonomy.compress import check_group_counts, check_levels, compress_hierarchy
 from nhlcli.taxonomy.llm import (
     PROMPT_VERSION,
     SYSTEM_PROMPT,
@@ -90,7 +90,7 @@ def build_hybrid_tree(
     entries: Sequence[ClassEntry],
     levels: int,
     settings: LLMSettings,
-    groups: str | None = None,
+    groups: Sequence[int] | None = None,
     name: str = "",
 ) -> Tree:
     """A WordNet tree of ``levels`` levels in which an LLM places the classes WordNet cannot.
@@ -127,7 +127,7 @@ def build_hybrid_tree(
         return Tree.from_dict({**tree.to_dict(), "source": source(None, ids)})
     graph, root = hypernym_graph([placements[e.id].synset for e in placed])
     concept_of = {e.id: synset_id(placements[e.id].synset) for e in placed}
-    counts = parse_group_counts(groups, len(placed), levels)
+    counts = check_group_counts(groups, len(placed), levels)
     nested = compress_hierarchy(graph, root, placed, concept_of, levels, counts)
     if unplaced:
         inner = _innermost(nested, levels)

@@ -11,7 +11,6 @@ classes they hold.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -19,27 +18,8 @@ import numpy as np
 
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import WNID_RE, ClassEntry
-from nhlcli.taxonomy.compress import check_levels, compress_hierarchy, parse_group_counts
+from nhlcli.taxonomy.compress import check_group_counts, check_levels, compress_hierarchy
 from nhlcli.taxonomy.tree import Tree, tool_stamp
-
-
-def classifier_weights(model_file: str | Path) -> tuple[np.ndarray, list[ClassEntry]]:
-    """The flat model's class weight rows ``[num_classes, features]`` and its classes."""
-    from nhlcli.model.files import load_model
-
-    model = load_model(model_file)
-    if getattr(model, "kind", None) != "flat":
-        raise NhlError(
-            f"{model_file} is an {getattr(model, 'kind', '?')} model; induced trees need a flat model "
-            "(train one with 'nhl train --flat')"
-        )
-    weight = model.model.get_classifier().weight.detach().float().cpu().numpy()
-    tree = model.tree
-    entries = []
-    for class_id in tree.classes:
-        node = tree.node(class_id)
-        entries.append(ClassEntry(class_id, node.name, node.wnid, node.aliases))
-    return weight.reshape(weight.shape[0], -1), entries
 
 
 def _merge_names(members: list[list[int]], entries: Sequence[ClassEntry]) -> list[tuple[str, str | None]]:
@@ -89,18 +69,31 @@ def induced_hierarchy(weight: np.ndarray, entries: Sequence[ClassEntry]) -> tupl
 
 
 def build_induced_tree(
-    model_file: str | Path, levels: int, groups: str | None = None, name: str = ""
+    weight: np.ndarray,
+    entries: Sequence[ClassEntry],
+    levels: int,
+    groups: Sequence[int] | None = None,
+    name: str = "",
+    origin: str = "",
 ) -> Tree:
-    """A tree of ``levels`` levels from a trained flat model's classifier weights."""
+    """A tree of ``levels`` levels from a trained flat model's classifier weights.
+
+    ``weight`` has one row per class of ``entries``; ``origin`` names the model file it came
+    from (recorded in the tree's source).
+    """
     check_levels(levels)
-    weight, entries = classifier_weights(model_file)
+    if weight.ndim != 2 or weight.shape[0] != len(entries):
+        raise NhlError(
+            f"class weights of shape {tuple(weight.shape)} do not match {len(entries)} classes; "
+            "give one weight row per class"
+        )
     graph, root = induced_hierarchy(weight, entries)
-    counts = parse_group_counts(groups, len(entries), levels)
+    counts = check_group_counts(groups, len(entries), levels)
     concept_of = {e.id: f"leaf:{i}" for i, e in enumerate(entries)}
     nested = compress_hierarchy(graph, root, entries, concept_of, levels, counts)
     source = {
         "kind": "induced",
-        "params": {"levels": levels, "groups": counts, "linkage": "ward", "model": Path(model_file).name},
+        "params": {"levels": levels, "groups": counts, "linkage": "ward", "model": origin},
         "tool": tool_stamp(),
     }
     return Tree.from_nested(nested, [e.id for e in entries], name=name, source=source)

@@ -24,7 +24,8 @@ from nhlcli.atomic import atomic_write_text
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import ClassEntry, flat_nested, leaf_node
 from nhlcli.taxonomy.compress import check_levels, default_group_counts
-from nhlcli.taxonomy.tree import ROOT_ID, Tree, check_format_version, normalize_label, tool_stamp
+from nhlcli.taxonomy.labels import ROOT_ID, normalize_label
+from nhlcli.taxonomy.tree import Tree, check_format_version, tool_stamp
 
 CACHE_FORMAT = "nhl-llm-cache"
 CACHE_VERSION = 1

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from nhlcli.atomic import atomic_write
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.tree import Tree, counted
+from nhlcli.taxonomy.tree import Tree
+from nhlcli.text import counted
 
 PICTURE_FORMATS = ("png", "svg")
 MAX_ROWS = 60  # default collapse: the deepest level with at most this many nodes
@@ -77,7 +78,7 @@ def draw_tree(
         )
     limit = picture_depth(tree) if depth is None else depth
     if limit < 1:
-        raise NhlError(f"--depth {depth}: draw at least level 1")
+        raise NhlError(f"{depth}: draw at least level 1", "depth")
     visible = {n for n in tree.iter_nodes() if tree.node(n).depth <= limit} | kept
     pos = _layout(tree, visible)
     rows = 1 + max(y for _, y in pos.values())

@@ -6,7 +6,8 @@ from rich.markup import escape
 from rich.tree import Tree as RichTree
 
 from nhlcli.atomic import dumps_json
-from nhlcli.taxonomy.tree import Tree, counted
+from nhlcli.taxonomy.tree import Tree
+from nhlcli.text import counted
 
 FORMATS = ("rich", "dot", "mermaid", "json")
 

@@ -17,10 +17,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.tree import Tree, counted, normalize_label
+from nhlcli.taxonomy.labels import normalize_label
+from nhlcli.text import counted
+
+if TYPE_CHECKING:  # the tree calls in here (Tree.select); only type hints point back
+    from nhlcli.taxonomy.tree import Tree
 
 
 @dataclass(frozen=True)
@@ -176,17 +180,18 @@ def _concept_match(tree: Tree, name: str, unknown: NhlError) -> NameMatch:
     return NameMatch(name, classes, concept=first.synset, other_senses=tuple(c.synset for c in concepts[1:]))
 
 
-def select(tree: Tree, names: Sequence[str], what: str = "--classes") -> Selection:
+def select(tree: Tree, names: Sequence[str], option: str = "classes") -> Selection:
     """Resolve every name and union the classes; one-line errors for an empty list, an unknown
-    name (with the closest matches) and a name given twice."""
+    name (with the closest matches) and a name given twice. ``option`` is the argument the
+    names came in, for the messages."""
     names = [n.strip() for n in names if n.strip()]
     if not names:
-        raise NhlError(f"{what} is empty; name the classes to keep, e.g. {what} shark,hammerhead")
+        raise NhlError("is empty; name the classes to keep, e.g. shark,hammerhead", option)
     seen: dict[str, str] = {}
     for name in names:
         key = normalize_label(name)
         if key in seen:
-            raise NhlError(f"{what} names {name!r} twice; name each class once")
+            raise NhlError(f"names {name!r} twice; name each class once", option)
         seen[key] = name
     matches = tuple(resolve_name(tree, n) for n in names)
     chosen = {c for m in matches for c in m.classes}

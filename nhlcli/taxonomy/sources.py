@@ -1,4 +1,4 @@
-"""Tree sources that need no network: flat, imagenet-superclass, BREEDS, and the shipped trees."""
+"""Tree sources that need no network: flat, WordNet, imagenet-superclass, BREEDS, and the shipped trees."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import networkx as nx
 
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import CIFAR100_SUPERCLASSES, ClassEntry, flat_nested, leaf_node
-from nhlcli.taxonomy.compress import check_levels, compress_hierarchy, parse_group_counts
-from nhlcli.taxonomy.tree import ROOT_ID, Tree, tool_stamp
+from nhlcli.taxonomy.compress import check_group_counts, check_levels, compress_hierarchy
+from nhlcli.taxonomy.labels import ROOT_ID
+from nhlcli.taxonomy.tree import Tree, tool_stamp
+from nhlcli.taxonomy.wordnet import hypernym_graph, place_class, place_classes, synset_id
 
 
 def taxonomies_dir() -> Path:
@@ -142,7 +144,7 @@ def breeds_graph() -> tuple[nx.DiGraph, str]:
 
 
 def build_breeds_tree(
-    entries: Sequence[ClassEntry], levels: int, groups: str | None = None, name: str = ""
+    entries: Sequence[ClassEntry], levels: int, groups: Sequence[int] | None = None, name: str = ""
 ) -> Tree:
     """A tree of ``levels`` levels from BREEDS' hierarchy, compressed like the WordNet source."""
     check_levels(levels)
@@ -153,7 +155,7 @@ def build_breeds_tree(
     left_out = [e for e in entries if e.id not in concept_of]
     if left_out:
         concept_of.update(_breeds_ancestors(left_out, in_breeds | {root}, root))
-    counts = parse_group_counts(groups, len(entries), levels)
+    counts = check_group_counts(groups, len(entries), levels)
     nested = compress_hierarchy(graph, root, entries, concept_of, levels, counts)
     source = _source("breeds", levels=levels, groups=counts, placed_by_wordnet=sorted(e.id for e in left_out))
     return Tree.from_nested(nested, [e.id for e in entries], name=name, source=source)
@@ -161,11 +163,41 @@ def build_breeds_tree(
 
 def _breeds_ancestors(entries: Sequence[ClassEntry], nodes: set[str], root: str) -> dict[str, str]:
     """For classes BREEDS leaves out (110 of ImageNet-1k), their nearest WordNet ancestor in BREEDS."""
-    from nhlcli.taxonomy.wordnet import hypernym_graph, place_class
-
     placed = {}
     for entry in entries:
         graph, top = hypernym_graph([place_class(entry).synset])
         path = nx.shortest_path(graph, top, entry.id)
         placed[entry.id] = next((n for n in reversed(path[:-1]) if n in nodes), root)
     return placed
+
+
+def wordnet_nested(
+    entries: Sequence[ClassEntry], levels: int, groups: Sequence[int] | None = None
+) -> tuple[dict[str, Any], list[int]]:
+    """The nested tree dict of ``entries`` from WordNet hypernyms, and the group counts used."""
+    placements = place_classes(entries)
+    unplaced = [e.id for e in entries if placements[e.id].synset is None]
+    if unplaced:
+        shown = ", ".join(repr(u) for u in unplaced[:5])
+        raise NhlError(
+            f"WordNet has no noun for {len(unplaced)} class(es): {shown}; give their WordNet ids "
+            "(nNNNNNNNN or name.n.NN) in the class list, or use --source hybrid"
+        )
+    graph, root = hypernym_graph([placements[e.id].synset for e in entries])
+    concept_of = {e.id: synset_id(placements[e.id].synset) for e in entries}
+    counts = check_group_counts(groups, len(entries), levels)
+    return compress_hierarchy(graph, root, entries, concept_of, levels, counts), counts
+
+
+def build_wordnet_tree(
+    entries: Sequence[ClassEntry], levels: int, groups: Sequence[int] | None = None, name: str = ""
+) -> Tree:
+    """A tree of exactly ``levels`` levels from WordNet 3.0's hypernyms (nltk)."""
+    check_levels(levels)
+    nested, counts = wordnet_nested(entries, levels, groups)
+    source = {
+        "kind": "wordnet",
+        "params": {"levels": levels, "groups": counts, "wordnet": "3.0"},
+        "tool": tool_stamp(),
+    }
+    return Tree.from_nested(nested, [e.id for e in entries], name=name, source=source)

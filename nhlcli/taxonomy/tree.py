@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,13 +30,13 @@ import networkx as nx
 from nhlcli import __version__
 from nhlcli.atomic import atomic_write_json
 from nhlcli.errors import NhlError
+from nhlcli.taxonomy.labels import normalize_label
 
 if TYPE_CHECKING:
     from nhlcli.taxonomy.selection import Selection
 
 TREE_FORMAT = "nhl-tree"
 TREE_VERSION = 1
-ROOT_ID = "root"
 
 
 @dataclass(frozen=True)
@@ -54,18 +53,6 @@ class Node:
     @property
     def is_leaf(self) -> bool:
         return not self.children
-
-
-def normalize_label(text: str) -> str:
-    """Fold case, underscores, hyphens, slashes and runs of spaces so that names match loosely."""
-    return re.sub(r"[\s_\-/]+", " ", text.strip().lower()).strip()
-
-
-def counted(n: int, singular: str, plural: str | None = None) -> str:
-    """``1 level``, ``3 levels``, ``2 classes``: a count with its noun, so messages never read "1 levels"."""
-    if n == 1:
-        return f"{n} {singular}"
-    return f"{n} {plural or singular + ('es' if singular.endswith('s') else 's')}"
 
 
 def check_format_version(version: Any, supported: int, what: str, fix: str) -> int:
@@ -402,12 +389,12 @@ class Tree:
             common = step[0]
         return common
 
-    def select(self, names: Sequence[str], what: str = "--classes") -> Selection:
+    def select(self, names: Sequence[str], option: str = "classes") -> Selection:
         """The classes ``names`` mean (classes, nodes, or WordNet concepts), unioned: the one
         resolution behind every class list (see :mod:`nhlcli.taxonomy.selection`)."""
         from nhlcli.taxonomy.selection import select
 
-        return select(self, names, what)
+        return select(self, names, option)
 
     def subtree(self, labels: Sequence[str], name: str | None = None) -> Tree:
         """The tree restricted to the classes below ``labels`` (classes or inner nodes).

@@ -19,8 +19,6 @@ import networkx as nx
 from nhlcli.errors import NhlError
 from nhlcli.paths import check_output_dir
 from nhlcli.taxonomy.classes import SYNSET_NAME_RE, WNID_RE, ClassEntry
-from nhlcli.taxonomy.compress import check_levels, compress_hierarchy, parse_group_counts
-from nhlcli.taxonomy.tree import Tree, tool_stamp
 
 MISSING_WORDNET = (
     "WordNet data for nltk was not found: run 'python -m nltk.downloader wordnet' (online), or "
@@ -109,7 +107,7 @@ def setup_wordnet(source: str | Path, target: str | Path | None = None) -> Path:
             "on Debian: apt-get install wordnet-base wordnet-sense-index, then use /usr/share/wordnet"
         )
     if target is not None and not str(target).strip():
-        raise NhlError("--to is empty; give an nltk data directory, or leave --to out for nltk's default")
+        raise NhlError("is empty; give an nltk data directory, or none for nltk's default", "to")
     root = Path(target) if target is not None else default_nltk_data_dir()
     dest = root / "corpora" / "wordnet"
     label = "--to" if target is not None else "nltk's data directory"
@@ -238,38 +236,6 @@ def hypernym_graph(synsets: Sequence[Any]) -> tuple[nx.DiGraph, str]:
 
 def place_classes(entries: Sequence[ClassEntry]) -> dict[str, Placement]:
     return {e.id: place_class(e) for e in entries}
-
-
-def wordnet_nested(
-    entries: Sequence[ClassEntry], levels: int, groups: str | None = None
-) -> tuple[dict[str, Any], list[int]]:
-    """The nested tree dict of ``entries`` from WordNet hypernyms, and the group counts used."""
-    placements = place_classes(entries)
-    unplaced = [e.id for e in entries if placements[e.id].synset is None]
-    if unplaced:
-        shown = ", ".join(repr(u) for u in unplaced[:5])
-        raise NhlError(
-            f"WordNet has no noun for {len(unplaced)} class(es): {shown}; give their WordNet ids "
-            "(nNNNNNNNN or name.n.NN) in the class list, or use --source hybrid"
-        )
-    graph, root = hypernym_graph([placements[e.id].synset for e in entries])
-    concept_of = {e.id: synset_id(placements[e.id].synset) for e in entries}
-    counts = parse_group_counts(groups, len(entries), levels)
-    return compress_hierarchy(graph, root, entries, concept_of, levels, counts), counts
-
-
-def build_wordnet_tree(
-    entries: Sequence[ClassEntry], levels: int, groups: str | None = None, name: str = ""
-) -> Tree:
-    """A tree of exactly ``levels`` levels from WordNet 3.0's hypernyms (nltk)."""
-    check_levels(levels)
-    nested, counts = wordnet_nested(entries, levels, groups)
-    source = {
-        "kind": "wordnet",
-        "params": {"levels": levels, "groups": counts, "wordnet": "3.0"},
-        "tool": tool_stamp(),
-    }
-    return Tree.from_nested(nested, [e.id for e in entries], name=name, source=source)
 
 
 # ---------------------------------------------------------------------- concepts -> classes

@@ -1,5 +1,5 @@
-"""Training: the loop, checkpoints for resume, and torchrun (DDP) support."""
+"""Training: the loop and checkpoints for resume (torchrun support is in ``nhlcli.distributed``)."""
 
-from nhlcli.training.loop import EpochRecord, TrainConfig, TrainResult, evaluate, train
+from nhlcli.training.loop import EpochRecord, TrainConfig, TrainResult, train
 
-__all__ = ["EpochRecord", "TrainConfig", "TrainResult", "evaluate", "train"]
+__all__ = ["EpochRecord", "TrainConfig", "TrainResult", "train"]

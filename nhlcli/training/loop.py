@@ -7,6 +7,7 @@ precision on GPU, a fixed seed, validation every epoch, an atomic checkpoint eve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -28,10 +29,13 @@ from nhlcli.data import (
     unreadable_image_message,
     unreadable_split_error,
 )
+from nhlcli.devices import autocast_for
+from nhlcli.distributed import DistInfo, all_sum, barrier, setup, teardown
 from nhlcli.errors import NhlError
+from nhlcli.evaluation import evaluate
 from nhlcli.model.files import save_model
+from nhlcli.progress import SilentProgress, TrainingProgress
 from nhlcli.training import checkpoint as ckpt
-from nhlcli.training.distributed import DistInfo, all_sum, barrier, setup, teardown
 
 
 @dataclass
@@ -93,8 +97,8 @@ def validate_config(config: TrainConfig) -> None:
             raise NhlError(f"{option_name(name)} must be {need}, got {getattr(config, name)}")
     if config.warmup_epochs > config.epochs:
         raise NhlError(
-            f"--warmup-epochs {config.warmup_epochs:g} is longer than the run ({config.epochs} epochs); "
-            "shorten the warmup"
+            f"{config.warmup_epochs:g} is longer than the run ({config.epochs} epochs); shorten the warmup",
+            "warmup_epochs",
         )
 
 
@@ -158,105 +162,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU runs bfloat16 matrix maths natively (AVX512-BF16 or AMX), so that CPU
-    autocast speeds training up instead of emulating bf16 in software."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-
-
-def _autocast(device: torch.device, enabled: bool, training: bool = False) -> Any:
-    """Mixed precision: fp16/bf16 on GPU; bf16 for CPU training where the CPU has native bf16
-    (evaluation on CPU stays float32, so reported accuracies match the exported expert's)."""
-    if device.type == "cuda" and enabled:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    if device.type == "cpu" and enabled and training and cpu_has_fast_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
-
-
-Scales = Mapping[int, torch.Tensor]  # top-down attention: level -> per-node (or per-sample) scales
-
-
-class Tally:
-    """Running counts of one evaluation: per-class hits, top-5 hits and summed loss, so that
-    several evaluations can share one pass over the data (and DDP ranks sum them at the end)."""
-
-    def __init__(self, num_classes: int) -> None:
-        self.correct = torch.zeros(num_classes, dtype=torch.float64)
-        self.total = torch.zeros(num_classes, dtype=torch.float64)
-        self.top5_hits = 0.0
-        self.loss_sum = 0.0
-        self.k = min(5, num_classes)
-
-    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        logits = logits.float()
-        self.loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-        top = logits.topk(self.k, dim=1).indices
-        hit1 = (top[:, 0] == targets).double().cpu()
-        self.top5_hits += (top == targets[:, None]).any(dim=1).sum().item()
-        t = targets.cpu()
-        self.correct.index_add_(0, t, hit1)
-        self.total.index_add_(0, t, torch.ones_like(hit1))
-
-    def report(self, classes: list[str], info: DistInfo) -> dict[str, Any]:
-        """Top-1, top-5, mean loss and per-class accuracy, summed over DDP ranks."""
-        num_classes = len(classes)
-        counts = all_sum(info, self.top5_hits, self.loss_sum, *self.correct.tolist(), *self.total.tolist())
-        top5_hits, loss_sum = counts[0], counts[1]
-        correct = torch.tensor(counts[2 : 2 + num_classes])
-        total = torch.tensor(counts[2 + num_classes :])
-        n = float(total.sum())
-        if n == 0:
-            raise NhlError("the evaluation data holds no images")
-        per_class = {
-            c: (float(correct[i] / total[i]) if total[i] > 0 else None) for i, c in enumerate(classes)
-        }
-        return {
-            "images": int(n),
-            "top1": float(correct.sum() / n),
-            "top5": top5_hits / n,
-            "top5_k": self.k,
-            "loss": loss_sum / n,
-            "per_class": per_class,
-        }
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Any,
-    device: torch.device,
-    info: DistInfo | None = None,
-    attention: Scales | Callable[[torch.Tensor], Scales] | None = None,
-    amp: bool = True,
-    bad_indices: set[int] | None = None,
-) -> dict[str, Any]:
-    """Top-1, top-5, mean loss and per-class accuracy over ``loader`` (summed over DDP ranks).
-
-    ``attention``: per-level node scales for every batch, or a callable giving them from each
-    batch's targets (per-sample attention, e.g. :class:`~nhlcli.model.attention.TruthAttention`).
-    Images a skip-bad-images loader could not decode are left out, their indices added to
-    ``bad_indices`` when given.
-    """
-    info = info or DistInfo(device=device)
-    model.eval()
-    tally = Tally(len(model.classes))
-    for batch_images, batch_targets in loader:
-        images, targets, bad = split_bad(batch_images, batch_targets)
-        if bad_indices is not None:
-            bad_indices.update(bad)
-        if not targets.numel():
-            continue
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        scales = attention(targets) if callable(attention) else attention
-        with _autocast(device, amp):
-            logits = model(images, scales) if scales else model(images)
-        tally.add(logits, targets)
-    return tally.report(list(model.classes), info)
-
-
 def train(
     model: nn.Module,
     data: str | Path,
@@ -264,7 +169,7 @@ def train(
     config: TrainConfig,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
-    progress: bool = True,
+    progress: TrainingProgress | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     loaders: tuple[Any, Any] | None = None,
     overwrite: bool = False,
@@ -373,7 +278,7 @@ def resume_changes(stored: Mapping[str, Any], config: TrainConfig) -> dict[str, 
         listed = ", ".join(f"{option_name(k)} {now[k]} (the run's: {stored[k]})" for k in recipe)
         raise NhlError(
             f"--resume continues the run with the recipe it started with, and {listed} would change it; "
-            "drop the option, or start a new run with --overwrite"
+            "drop the option, or start a new run with --overwrite",
         )
     return {k: [stored[k], now[k]] for k in differ if k in RUNTIME_FIELDS}
 
@@ -422,7 +327,7 @@ def _time_validation(model: nn.Module, loader: Any, device: torch.device, amp: b
     model.eval()
     times, start = [], time.perf_counter()
     for i, (images, _) in enumerate(loader):
-        with _autocast(device, amp):
+        with autocast_for(device, amp):
             model(images.to(device))
         now = time.perf_counter()
         if i > 0:
@@ -441,7 +346,7 @@ def _train(
     config: TrainConfig,
     checkpoint_dir: Path,
     resume: bool,
-    progress: bool,
+    progress: TrainingProgress | None,
     on_epoch: Callable[[EpochRecord], None] | None,
     loaders: tuple[Any, Any] | None,
     info: DistInfo,
@@ -483,7 +388,7 @@ def _train(
             momentum=config.momentum,
         )
     except (ValueError, AssertionError) as exc:
-        raise NhlError(f"--optimizer {config.optimizer!r}: {exc}; use adamw or sgd") from exc
+        raise NhlError(f"{config.optimizer!r}: {exc}; use adamw or sgd", "optimizer") from exc
     scheduler = CosineLRScheduler(
         optimizer,
         t_initial=max(config.epochs * steps_per_epoch, 2),  # timm warns about a 1-step cosine
@@ -532,16 +437,11 @@ def _train(
     bad_indices: set[int] = set()
     bad_names: list[str] = list(state.meta.get("extra", {}).get("bad_images", [])) if state else []
     epochs = config.epochs
-    bar = _Progress(
-        progress and info.is_main and start_epoch < epochs,
-        epochs,
-        steps_per_epoch,
-        start_epoch,
-        split_name(data, "val"),
-    )
+    bar = progress if progress is not None and info.is_main and start_epoch < epochs else SilentProgress()
+    bar.begin(epochs, steps_per_epoch, start_epoch, split_name(data, "val"))
     epoch, steps_done = start_epoch, 0
     try:
-        with bar:
+        with contextlib.closing(bar):
             for epoch in range(start_epoch, epochs):
                 if epoch >= config.epochs:  # a time budget shortened the run
                     break
@@ -563,7 +463,7 @@ def _train(
                     if targets.numel() or info.enabled:  # under DDP every rank joins every backward
                         if channels_last:
                             images = images.contiguous(memory_format=torch.channels_last)
-                        with _autocast(device, config.amp, training=True):
+                        with autocast_for(device, config.amp, training=True):
                             logits = net(images)
                             loss = (
                                 F.cross_entropy(
@@ -640,7 +540,7 @@ def _train(
     result.bad_images = bad_names
     result.already_done = state is not None and start_epoch >= config.epochs
     if output is not None and info.is_main:
-        from nhlcli.experts.cost import cost_report
+        from nhlcli.profiling import cost_report
 
         record = run_record()  # the model file keeps the config's fields at the top of its section
         training = {**record.pop("config"), **record}
@@ -675,66 +575,3 @@ def _batches(loader: Iterable[Any]) -> Iterator[Any]:
         if message is None:
             raise
         raise NhlError(message) from None
-
-
-class _Progress:
-    """A rich progress bar: epoch, step, loss, accuracy, images/s and time left (rank 0 only)."""
-
-    def __init__(self, enabled: bool, epochs: int, steps: int, start_epoch: int, held_out: str) -> None:
-        self.enabled, self.held_out = enabled, held_out
-        self.epochs, self.steps = epochs, steps
-        self.progress = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn(
-                    "loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[rate]:.0f} img/s"
-                ),
-                TextColumn("{task.fields[val]}"),
-                TimeRemainingColumn(),
-            )
-            self.task = self.progress.add_task(
-                "train",
-                total=epochs * steps,
-                completed=start_epoch * steps,
-                epoch=start_epoch + 1,
-                epochs=epochs,
-                loss=0.0,
-                acc=0.0,
-                rate=0.0,
-                val="",
-            )
-
-    def __enter__(self) -> _Progress:
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress:
-            self.progress.stop()
-
-    def set_epochs(self, epochs: int) -> None:
-        """A time budget fixed the run's length: the bar's total follows."""
-        self.epochs = epochs
-        if self.progress:
-            self.progress.update(self.task, total=epochs * self.steps, epochs=epochs)
-
-    def step(self, epoch: int, i: int, loss: float, acc: float, rate: float) -> None:
-        if self.progress:
-            self.progress.update(
-                self.task, completed=epoch * self.steps + i, epoch=epoch + 1, loss=loss, acc=acc, rate=rate
-            )
-
-    def epoch_done(self, record: EpochRecord) -> None:
-        if self.progress:
-            self.progress.update(self.task, val=f"{self.held_out} {record.val_top1:.1%}")
-            self.progress.console.print(
-                f"epoch {record.epoch}: train loss {record.train_loss:.3f} acc {record.train_top1:.1%}, "
-                f"{self.held_out} top-1 {record.val_top1:.1%} top-5 {record.val_top5:.1%}, "
-                f"{record.images_per_s:.0f} img/s, {record.seconds:.0f} s"
-            )

@@ -7,9 +7,9 @@ each stage of ``feature_info`` closes one segment. The chain is checked against 
 forward on a random input before it is used, so a backbone whose forward is not that chain
 fails loudly instead of giving other answers.
 
-NHL models: the trunk's stages up to the split point, then all branches as the last segment.
-Flat models: every stage, then the rest of the network (e.g. ConvNeXt's ``norm_pre``) and timm's
-``forward_head``.
+Each model kind assembles its own chain from these pieces (``NHLModel.staged``: the trunk's
+stages up to the split point, then all branches; ``FlatModel.staged``: every stage, then the
+rest of the network, e.g. ConvNeXt's ``norm_pre``, and timm's ``forward_head``).
 """
 
 from __future__ import annotations
@@ -78,33 +78,43 @@ def _stage_modules(timm_model: nn.Module, backbone: str) -> list[str]:
     return [str(entry["module"]) for entry in info]
 
 
+def stage_segments(
+    timm_model: nn.Module, backbone: str, last_stage: int | None = None, skip: frozenset[str] = frozenset()
+) -> tuple[list[nn.Sequential], list[nn.Module]]:
+    """A timm model cut after each of its stages up to ``last_stage`` (default: the last one), and
+    the modules that follow (``skip``: top-level children left out, e.g. the classifier head)."""
+    names = _stage_modules(timm_model, backbone)
+    last = len(names) - 1 if last_stage is None else last_stage
+    return _segments(_chain(timm_model, names, skip), names, last, backbone)
+
+
 class StagedNetwork(nn.Module):
     """``stages[i]`` maps stage ``i - 1``'s output (the image for ``i = 0``) to stage ``i``'s
-    output; ``finish`` maps the last stage's output to the logits. Shares the model's weights."""
+    output; ``finish`` maps the last stage's output to the logits. Shares the model's weights.
 
-    def __init__(self, model: nn.Module) -> None:
+    Each model kind builds its own (``model.staged()``) and says where exits may go:
+    ``last_exit`` is the last stage an exit gate may follow (``last_exit_name`` says which stage
+    that is, for messages) and ``route_problem`` why the model cannot route (``None``: it can).
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[nn.Module],
+        finish: nn.Module,
+        channels: Sequence[int],
+        backbone: str,
+        last_exit: int,
+        last_exit_name: str,
+        route_problem: str | None = None,
+    ) -> None:
         super().__init__()
-        kind = getattr(model, "kind", None)
-        if kind == "nhl":
-            timm_model = model.trunk.model
-            backbone = model.trunk.config.backbone
-            names = _stage_modules(timm_model, backbone)
-            last = model.trunk.config.split
-            stages, _ = _segments(_chain(timm_model, names, frozenset()), names, last, backbone)
-            self.finish: nn.Module = _Branches(model)
-        elif kind == "flat":
-            timm_model = model.model
-            backbone = model.trunk_config.backbone
-            names = _stage_modules(timm_model, backbone)
-            last = len(names) - 1
-            stages, rest = _segments(_chain(timm_model, names, HEAD_MODULES), names, last, backbone)
-            self.finish = _Head(timm_model, rest)
-        else:
-            raise NhlError(f"gates need an NHL or flat model, not {type(model).__name__}")
-        info = timm_model.feature_info
         self.stages = nn.ModuleList(stages)
-        self.channels = [int(info[i]["num_chs"]) for i in range(len(stages))]
+        self.finish = finish
+        self.channels = list(channels)
         self.backbone = backbone
+        self.last_exit = last_exit
+        self.last_exit_name = last_exit_name
+        self.route_problem = route_problem
 
     @property
     def split(self) -> int:
@@ -117,27 +127,9 @@ class StagedNetwork(nn.Module):
         return self.finish(x)
 
 
-class _Branches(nn.Module):
-    """An NHL model's branches and leaf heads: trunk output -> logits."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_branches(features)
-
-
-class _Head(nn.Module):
-    """What follows a flat model's last stage: leftover modules, then timm's ``forward_head``."""
-
-    def __init__(self, timm_model: nn.Module, rest: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.rest = nn.Sequential(*rest)
-        self.timm_model = timm_model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.timm_model.forward_head(self.rest(x))
+def stage_channels(timm_model: nn.Module, stages: int) -> list[int]:
+    """Output channels of a timm model's first ``stages`` stages (from its ``feature_info``)."""
+    return [int(timm_model.feature_info[i]["num_chs"]) for i in range(stages)]
 
 
 @torch.no_grad()

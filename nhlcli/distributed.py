@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from nhlcli.errors import NhlError
-from nhlcli.taxonomy.tree import counted
+from nhlcli.devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -28,43 +27,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-DEVICE_HELP = "use --device cpu, or leave --device out to take the GPU when there is one"
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The device asked for, or the GPU when there is one and the CPU otherwise.
-
-    A device torch does not know, or one this machine does not have, fails here in one line
-    rather than deep inside torch at the first tensor moved.
-    """
-    if isinstance(device, str):
-        device = device.strip()
-    if not device:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise NhlError(
-            f"--device {device!r} is not a device torch knows; {DEVICE_HELP} (cuda:N picks GPU N)"
-        ) from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise NhlError(f"--device {device}: no CUDA GPU is visible on this machine; {DEVICE_HELP}")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise NhlError(
-                f"--device {device}: this machine has {counted(count, 'CUDA GPU')}, numbered 0 to {count - 1}"
-            )
-        return dev
-    if dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise NhlError(f"--device {device}: Apple's MPS is not available on this machine; {DEVICE_HELP}")
-        return dev
-    raise NhlError(f"--device {device}: nhl runs on cpu, cuda or mps, not {dev.type}; {DEVICE_HELP}")
 
 
 def setup(device: str | None = None) -> DistInfo:

@@ -181,7 +181,7 @@ def cost_report(
         raise NhlError("batch sizes must be at least 1")
     if threads is not None:
         if threads < 1:
-            raise NhlError(f"--threads must be at least 1, got {threads}")
+            raise NhlError(f"must be at least 1, got {threads}", "threads")
         torch.set_num_threads(threads)
     device = _device(model)
     report: dict[str, Any] = {

@@ -27,11 +27,19 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nhlcli.errors import NhlError
-from nhlcli.gates.loss import LOSSES, exit_scores
-from nhlcli.gates.stages import StagedNetwork
-from nhlcli.taxonomy.tree import Tree, counted
+from nhlcli.model.stages import StagedNetwork, check_staging
+from nhlcli.taxonomy.tree import Tree
+from nhlcli.text import counted
 
 GATE_PREFIX = "gates."
+LOSSES = ("hinge", "ce")  # what gates are trained with (nhlcli.gates.loss) and exit on
+
+
+def exit_scores(loss: str, outputs: torch.Tensor) -> torch.Tensor:
+    """What a sample exits on: the largest margin (hinge) or the largest softmax probability (ce)."""
+    if loss == "hinge":
+        return outputs.max(dim=1).values
+    return outputs.softmax(dim=1).max(dim=1).values
 
 
 @dataclass
@@ -81,21 +89,6 @@ def check_thresholds(thresholds: Sequence[float | None], gates: int) -> None:
     for t in thresholds:
         if t is not None and math.isnan(t):
             raise NhlError("a threshold is NaN; give numbers (inf never exits, -inf always exits)")
-
-
-def parse_thresholds(text: str) -> list[float | None]:
-    """``"1.5,inf,2"`` -> ``[1.5, None, 2.0]`` (``inf``/``none`` never exits)."""
-    values: list[float | None] = []
-    for part in text.split(","):
-        part = part.strip().lower()
-        if part in ("inf", "+inf", "none", "never"):
-            values.append(None)
-            continue
-        try:
-            values.append(float(part))
-        except ValueError as exc:
-            raise NhlError(f"--thresholds: {part!r} is not a number; e.g. --thresholds 1.5,2,inf") from exc
-    return values
 
 
 def exit_names(stages: Sequence[int]) -> list[str]:
@@ -161,26 +154,20 @@ class GatedModel(nn.Module):
     def __init__(self, model: nn.Module, spec: GateSpec, check: bool = False) -> None:
         super().__init__()
         self.model = model
-        self.staged = StagedNetwork(model)
+        self.staged: StagedNetwork = model.staged()
         if check:
-            from nhlcli.gates.stages import check_staging
-
             check_staging(self.staged, model)
-        last = self.staged.split if model.kind == "nhl" else self.staged.split - 1
+        last = self.staged.last_exit
         for s in spec.stages:
             if not 0 <= s <= last:
-                where = "the split point" if model.kind == "nhl" else "the last stage"
                 raise NhlError(
-                    f"gate stage {s} is out of range: this model has gate-able stages 0 to {last} ({where})"
+                    f"gate stage {s} is out of range: this model has gate-able stages 0 to {last} "
+                    f"({self.staged.last_exit_name})"
                 )
         if len(set(spec.stages)) != len(spec.stages) or list(spec.stages) != sorted(spec.stages):
             raise NhlError(f"gate stages must be distinct and increasing, got {spec.stages}")
-        if spec.route and model.kind != "nhl":
-            raise NhlError(
-                "routing needs an NHL model: a flat model has no tree of branches to route through"
-            )
-        if spec.route and model.branch_config.single_branch:
-            raise NhlError("routing needs per-node branches; a single-branch model (phl-1branch) has one")
+        if spec.route and self.staged.route_problem:
+            raise NhlError(self.staged.route_problem)
         self.spec = spec
         classes = len(model.tree.classes)
         self.exits = nn.ModuleList(Gate(self.staged.channels[s], classes) for s in spec.stages)
@@ -252,12 +239,13 @@ class GatedModel(nn.Module):
             return
         if self.route is None:
             raise NhlError(
-                "--route-top-k needs a routing gate: fit one with 'nhl gates fit' on an NHL model "
-                "(a flat model or a file fitted with --no-route has none)"
+                "needs a routing gate: fit one with 'nhl gates fit' on an NHL model "
+                "(a flat model or a file fitted with --no-route has none)",
+                "route_top_k",
             )
         supers = len(self.tree.level(1))
         if not 1 <= k <= supers:
-            raise NhlError(f"--route-top-k {k}: choose 1 to {supers} (the tree's super-categories)")
+            raise NhlError(f"{k}: choose 1 to {supers} (the tree's super-categories)", "route_top_k")
         self.route_top_k = k
 
     # -- cost ----------------------------------------------------------------------------------

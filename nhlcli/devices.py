@@ -1,0 +1,66 @@
+"""Which device to run on (the one asked for, checked, or the GPU when there is one) and the
+mixed precision that pays off there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nhlcli.errors import NhlError
+from nhlcli.text import counted
+
+DEVICE_HELP = "use cpu, or give no device to take the GPU when there is one"
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device asked for, or the GPU when there is one and the CPU otherwise.
+
+    A device torch does not know, or one this machine does not have, fails here in one line
+    rather than deep inside torch at the first tensor moved.
+    """
+    if isinstance(device, str):
+        device = device.strip()
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise NhlError(
+            f"{device!r} is not a device torch knows; {DEVICE_HELP} (cuda:N picks GPU N)", "device"
+        ) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NhlError(f"{device}: no CUDA GPU is visible on this machine; {DEVICE_HELP}", "device")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise NhlError(
+                f"{device}: this machine has {counted(count, 'CUDA GPU')}, numbered 0 to {count - 1}",
+                "device",
+            )
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise NhlError(f"{device}: Apple's MPS is not available on this machine; {DEVICE_HELP}", "device")
+        return dev
+    raise NhlError(f"{device}: nhl runs on cpu, cuda or mps, not {dev.type}; {DEVICE_HELP}", "device")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix maths natively (AVX512-BF16 or AMX), so that CPU
+    autocast speeds training up instead of emulating bf16 in software."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def autocast_for(device: torch.device, enabled: bool, training: bool = False) -> Any:
+    """Mixed precision: fp16/bf16 on GPU; bf16 for CPU training where the CPU has native bf16
+    (evaluation on CPU stays float32, so reported accuracies match the exported expert's)."""
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    if device.type == "cpu" and enabled and training and cpu_has_fast_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)

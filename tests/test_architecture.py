@@ -1,0 +1,126 @@
+"""The layering docs/architecture.md promises: no import circle, imports only point down a layer.
+
+Every import counts, the ones inside functions too: a lazy import is still a dependency a
+newcomer has to hold in their head. Only imports for type hints (``if TYPE_CHECKING:``) are
+left out: they never run.
+"""
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+import nhlcli
+
+PACKAGE = Path(nhlcli.__file__).parent
+
+# Lowest layer first; a module may import from its own layer or any layer before it.
+LAYERS = [  # docs/architecture.md's table, row by row
+    ["errors", "text", "atomic", "paths", "memory", "devices", "distributed", "progress"],
+    ["taxonomy"],
+    ["model", "profiling"],
+    ["data"],
+    ["evaluation"],
+    ["training"],
+    ["experts"],
+    ["gates"],
+    ["export", "prediction", "demo"],
+    ["cli", "__main__", "__init__"],
+]
+LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+
+
+def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node but those under ``if TYPE_CHECKING:`` (type hints only, never run)."""
+    found, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The nhlcli modules a file imports, resolving `from package import module`."""
+    this = module_name(path)
+    package = this if path.name == "__init__.py" else this.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in runtime_nodes(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            # `from package import module` depends on the module, not on the package's __init__.
+            names = [
+                f"{source}.{alias.name}" if f"{source}.{alias.name}" in known else source
+                for alias in node.names
+            ]
+        else:
+            continue
+        for name in names:
+            if name in known and name != this:
+                found.add(name)
+    return found
+
+
+def import_graph() -> nx.DiGraph:
+    files = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(files)
+    for name, path in files.items():
+        for target in imported_modules(path, set(files)):
+            graph.add_edge(name, target)
+    return graph
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "__init__"
+    return LAYER_OF[top]
+
+
+def test_every_module_has_a_layer():
+    unplaced = sorted({m.split(".")[1] for m in import_graph() if "." in m} - set(LAYER_OF))
+    assert not unplaced, f"add these to LAYERS here and to docs/architecture.md: {unplaced}"
+
+
+def test_no_import_circle():
+    circles = list(nx.simple_cycles(import_graph()))
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles[:5])
+
+
+def test_imports_point_down_the_layers():
+    upward = [
+        f"{source} -> {target}"
+        for source, target in import_graph().edges
+        if "." in source and "." in target and layer(target) > layer(source)
+    ]
+    assert not upward, "imports pointing up a layer: " + ", ".join(sorted(upward))
+
+
+def test_docs_architecture_table_lists_these_layers():
+    """docs/architecture.md draws the layers a newcomer reads; it must be the ones checked here."""
+    import re
+
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    documented: dict[int, set[str]] = {}
+    for rank, cells in re.findall(r"^\| (\d+) \| ([^|]+) \|", text, flags=re.M):
+        names = {name.rstrip("/").removesuffix(".py") for name in re.findall(r"`([^`]+)`", cells)}
+        documented.setdefault(int(rank), set()).update(names)
+    checked = {rank: set(names) - {"__main__", "__init__"} for rank, names in enumerate(LAYERS)}
+    assert documented == checked
