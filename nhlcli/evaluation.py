@@ -1,4 +1,8 @@
-"""Evaluate a model file on a dataset, optionally on a subset of its classes (paper 003, eq. 3)."""
+"""Evaluation: metrics over a loader (top-1, top-5, loss, per class; gated inference), and a
+model file evaluated on a dataset, optionally on a subset of its classes (paper 003, eq. 3).
+
+Training calls :func:`evaluate` for its held-out split, so this module sits below ``training/``.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,6 @@ from nhlcli.model.gated import GatedModel
 from nhlcli.taxonomy.tree import Tree
 
 AttendSpec = Mapping[str, float] | Sequence[tuple[str, float]]
-
-
 Scales = Mapping[int, torch.Tensor]  # top-down attention: level -> per-node (or per-sample) scales
 
 
