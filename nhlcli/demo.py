@@ -133,12 +133,12 @@ def check_workdir(workdir: str | Path, overwrite: bool = False) -> Path:
     """Refuse a work directory that holds an earlier demo's files, unless ``overwrite``."""
     from nhlcli.paths import check_output_dir
 
-    workdir = check_output_dir(workdir, label="--workdir")
+    workdir = check_output_dir(workdir, label="`workdir`")
     found = [name for name in DEMO_FILES if (workdir / name).exists()]
     if found and not overwrite:
         raise NhlError(
-            f"{workdir} already holds an earlier demo's files ({', '.join(found)}); choose another --workdir "
-            "or pass --overwrite to replace them"
+            f"{workdir} already holds an earlier demo's files ({', '.join(found)}); choose another `workdir` "
+            "or pass `overwrite` to replace them"
         )
     return workdir
 
@@ -200,7 +200,7 @@ def run_demo(
     )
     how = "" if epochs else (
         f" (as many as fit {TRAIN_BUDGET_S / 60:.0f} minutes here, at most {DEMO_EPOCHS}, timed on the first "
-        "steps; --epochs to choose)"
+        "steps; `epochs` to choose)"
     )  # fmt: skip
     say(f"2/5 training {RECIPE['backbone']} NHL on Fashion-MNIST{how}")
     full_file = workdir / MODEL_FILE

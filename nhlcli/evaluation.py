@@ -153,12 +153,12 @@ def check_attention_options(
     """Reject option combinations that mean nothing, before any model is loaded."""
     if attend and truth is not None:
         raise NhlError(
-            "and --attend-truth exclude each other: steer towards chosen classes (--attend) "
-            "or towards each image's own class (--attend-truth), not both",
+            "and `attend_truth` exclude each other: steer towards chosen classes (`attend`) "
+            "or towards each image's own class (`attend_truth`), not both",
             "attend",
         )
     if level is not None and not attend and truth is None:
-        raise NhlError("needs --attend CLASS=SCALE or --attend-truth SCALE", "attend_level")
+        raise NhlError("needs `attend` CLASS=SCALE or `attend_truth` SCALE", "attend_level")
 
 
 def attention_summary(
@@ -274,7 +274,7 @@ def _load_for_eval(model_file: str | Path, device: torch.device, ungated_only: b
     model = open_model(model_file, device)
     if ungated_only and isinstance(model, GatedModel):
         raise NhlError(
-            "a gated file is evaluated whole: --attend, --attend-truth and --classes need the ungated "
+            "a gated file is evaluated whole: `attend`, `attend_truth` and `classes` need the ungated "
             "model (or cut an expert first and fit gates on it)"
         )
     return model

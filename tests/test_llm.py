@@ -236,7 +236,7 @@ def test_duplicate_names_are_disambiguated(llm_server: Any, tmp_path: Path) -> N
 # -------------------------------------------------------------------------------- failures
 def test_timeout(llm_server: Any, tmp_path: Path) -> None:
     llm_server.stall(5.0, grouping(2))
-    with pytest.raises(NhlError, match=r"did not answer within 0.5 s; raise --timeout"):
+    with pytest.raises(NhlError, match=r"did not answer within 0.5 s; raise `timeout`"):
         build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path, timeout=0.5))
     assert not (tmp_path / "llm-cache.json").exists()
 
@@ -292,7 +292,7 @@ def test_a_server_that_is_not_openai_compatible_is_named(
         build_llm_tree(FASHION_MNIST, 2, settings)
     message = str(info.value)
     assert f"the LLM server at {llm_server.base_url} did not answer like an OpenAI-compatible" in message
-    assert f"(it sent {what}" in message and "check --base-url" in message
+    assert f"(it sent {what}" in message and "check `base_url`" in message
     assert "\n" not in message and len(message) < 400  # the page is named, not quoted
     assert SECRET not in message
     assert len(llm_server.requests) == 1  # not retried: the server, not the answer, is wrong
@@ -327,7 +327,7 @@ def test_an_unknown_model_is_reported_as_such(
     llm_server: Any, tmp_path: Path, message: str, code: Any
 ) -> None:
     llm_server.fail(404, message, code=code)
-    with pytest.raises(NhlError, match=r"model 'test-model' was not found at .*--model") as info:
+    with pytest.raises(NhlError, match=r"model 'test-model' was not found at .*`model`") as info:
         build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path))
     assert "test-model" in str(info.value).split("HTTP 404: ", 1)[1]
 
@@ -338,7 +338,7 @@ def test_a_base_url_without_v1_is_a_wrong_url_not_a_missing_model(llm_server: An
         build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path, base_url=root))
     message = str(info.value)
     assert f"has no chat completions API at {root}/chat/completions" in message
-    assert "HTTP 404: Not Found" in message and f"try --base-url {root}/v1" in message
+    assert "HTTP 404: Not Found" in message and f"try `base_url` {root}/v1" in message
     assert "was not found" not in message and "--model" not in message
     assert llm_server.requests == []  # the right path was never reached
 
@@ -355,7 +355,7 @@ def test_a_plain_404_at_v1_is_a_wrong_url(
         build_llm_tree(FASHION_MNIST, 2, make_settings(llm_server, tmp_path))
     message = str(info.value)
     assert f"has no chat completions API at {llm_server.base_url}/chat/completions" in message
-    assert "check --base-url" in message and "try --base-url" not in message  # it has /v1 already
+    assert "check `base_url`" in message and "try `base_url`" not in message  # it has /v1 already
     assert "was not found" not in message and "<html>" not in message
 
 

@@ -23,6 +23,7 @@ EXPECTED_SHIPPED = {
     "fashion-mnist-wordnet-l2",
     "fashion-mnist-wordnet-l3",
     "cifar-100-superclass-l2",
+    "emoji-unicode-l3",
 }
 
 
@@ -130,7 +131,7 @@ def test_wordnet_build_from_names_and_folders(tmp_path):
 def test_unknown_wordnet_names_say_how_to_fix():
     from nhlcli.taxonomy.classes import ClassEntry
 
-    with pytest.raises(NhlError, match="WordNet has no noun for 1 class.*--source hybrid"):
+    with pytest.raises(NhlError, match="WordNet has no noun for 1 class.*`source` hybrid"):
         build_tree("wordnet", [ClassEntry("zorblax", "zorblax"), *FASHION_MNIST[:3]], levels=2)
 
 
@@ -243,8 +244,8 @@ def test_setup_wordnet_checks_its_target_before_copying(tmp_path):
     a_file = tmp_path / "note.txt"
     a_file.write_text("x")
     cases = [
-        (tmp_path / "data", "overlaps the --from directory"),  # the copy would land on the source
-        (source, "overlaps the --from directory"),  # inside the source
+        (tmp_path / "data", "overlaps the `from` directory"),  # the copy would land on the source
+        (source, "overlaps the `from` directory"),  # inside the source
         (a_file, "is a file, not a directory"),
         (a_file / "nltk_data", "is a file, not a directory"),
         ("/proc/nltk_data", "cannot write"),

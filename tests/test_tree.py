@@ -298,3 +298,32 @@ def test_hierarchy_build_says_when_the_groups_differ_from_the_request(tmp_path):
     picture = run_nhl("hierarchy", "show", out, "-f", "png", "-o", tmp_path / "t.png")
     assert picture.code == 0, picture.err
     assert "wrote" in picture.out and "kept paths" not in picture.out  # only an expert has kept paths
+
+
+# ----------------------------------------------------------------------- comparing trees
+def test_compare_trees_per_level_and_over_class_pairs(tmp_path):
+    from conftest import CLASSES, flat_tree, nested_tree, run_nhl
+
+    from nhlcli.taxonomy.compare import compare_trees
+
+    same = compare_trees(nested_tree(2), nested_tree(2))
+    assert [(r["ari"], r["ami"]) for r in same["per_level"]] == [(1.0, 1.0)]
+    assert same["lca_depth_spearman"] == 1.0 and same["pairs"] == len(CLASSES) * (len(CLASSES) - 1) // 2
+    deeper = compare_trees(nested_tree(3), nested_tree(2))  # fruit and plant again, one level down
+    assert deeper["per_level"][0]["ari"] == 1.0 and deeper["per_level"][0]["level_b"] == 1
+    swapped = {"id": "root", "name": "all", "children": [
+        {"id": "g1", "name": "g1", "children": [{"id": c, "name": c} for c in ("apple", "daisy", "fig")]},
+        {"id": "g2", "name": "g2", "children": [{"id": c, "name": c} for c in ("banana", "cherry", "elm")]},
+    ]}  # fmt: skip
+    other = Tree.from_nested(swapped, CLASSES, name="other")
+    mixed = compare_trees(nested_tree(2), other)["per_level"][0]
+    assert mixed["ari"] < 0.5 and mixed["groups_b"] == 2
+    assert compare_trees(nested_tree(2), flat_tree())["lca_depth_spearman"] is None
+    with pytest.raises(NhlError, match="different classes"):
+        compare_trees(nested_tree(2), Tree.from_nested(swapped, CLASSES[:6], name="x").subtree(CLASSES[:3]))
+    first, second = nested_tree(2).save(tmp_path / "a.json"), other.save(tmp_path / "b.json")
+    run = run_nhl("hierarchy", "compare", first, second, "--json")
+    assert run.code == 0, run.err
+    assert json.loads(run.out)["per_level"][0]["ari"] == mixed["ari"]
+    text = run_nhl("hierarchy", "compare", first, second)
+    assert text.code == 0 and "Spearman" in text.out

@@ -20,6 +20,7 @@ from nhlcli.demo import (
     check_workdir,
     run_demo,
 )
+from nhlcli.errors import with_flags
 
 
 def closing_table(result: DemoResult) -> Table:
@@ -93,7 +94,7 @@ def demo_command(
 
     def say(text: str) -> None:
         if not as_json:
-            console.print(f"[bold cyan]{escape(text)}[/]")
+            console.print(f"[bold cyan]{escape(with_flags(text))}[/]")
 
     check_workdir(workdir, overwrite)  # before anything runs
     result = run_demo(

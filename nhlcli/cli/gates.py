@@ -34,7 +34,7 @@ gates_app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-DATA_HELP = "ImageFolder directory or fashion-mnist."
+DATA_HELP = "ImageFolder directory, fashion-mnist or emoji."
 PART_HELP = "Use only part i of k of the split (fixed shuffle), e.g. 1/2 to tune and 2/2 to report."
 ROUTE_HELP = "NHL only: run just the branches of each image's K likeliest super-categories."
 

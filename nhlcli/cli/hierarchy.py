@@ -63,13 +63,13 @@ def build(
         "--source",
         "-s",
         help="wordnet | superclass (imagenet-superclass, CIFAR-100's 20) | breeds | llm | hybrid | flat | "
-        "induced (from a trained flat model's classifier, NBDT).",
+        "induced (from a trained flat model's classifier, NBDT) | emoji (Unicode's groups and subgroups).",
     ),
     classes: str = typer.Option(
         "fashion-mnist",
         "--classes",
         "-c",
-        help="A preset (imagenet-1k, fashion-mnist, cifar-100), a text/JSON file of class ids or "
+        help="A preset (imagenet-1k, fashion-mnist, cifar-100, emoji), a text/JSON file of class ids or "
         "names, or an ImageFolder directory.",
     ),
     levels: int | None = typer.Option(
@@ -249,6 +249,50 @@ def _tree_and_highlight(spec: str, parent: Path | None) -> tuple[Tree, list[str]
     return parent_tree, list(tree.iter_nodes())
 
 
+def _any_tree(spec: str) -> Tree:
+    """A tree file, a shipped tree's name, or the tree inside a model file."""
+    from nhlcli.taxonomy import resolve_tree
+
+    if spec.endswith(".safetensors"):
+        from nhlcli.model.files import read_metadata
+
+        return Tree.from_dict(read_metadata(spec)["tree"])
+    return resolve_tree(spec)
+
+
+@hierarchy_app.command("compare")
+@friendly_errors
+def compare(
+    first: str = typer.Argument(..., help="A tree file, a shipped tree's name, or a model file."),
+    second: str = typer.Argument(..., help="The tree to compare it with, over the same classes."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """How far two trees over the same classes agree: each level's grouping (adjusted Rand index,
+    adjusted mutual information; 1 = the same, 0 = chance) and, over every pair of classes, the
+    Spearman correlation of how deep their lowest common ancestor sits."""
+    from nhlcli.taxonomy.compare import compare_trees
+
+    report = compare_trees(_any_tree(first), _any_tree(second))
+    if as_json:
+        print_json(report)
+        return
+    table = Table(title=f"{report['a']} against {report['b']} ({counted(report['classes'], 'class')})")
+    for column in ("level", "groups", "ARI", "AMI"):
+        table.add_column(column, justify="right")
+    for row in report["per_level"]:
+        other = "-" if row["level_b"] is None else str(row["level_b"])
+        table.add_row(
+            f"{row['level_a']} / {other}",
+            f"{row['groups_a']} / {row['groups_b']}",
+            f"{row['ari']:.3f}",
+            f"{row['ami']:.3f}",
+        )
+    console.print(table)
+    rho = report["lca_depth_spearman"]
+    said = "undefined (a flat tree relates every pair alike)" if rho is None else f"{rho:.3f}"
+    console.print(f"lowest-common-ancestor depth, Spearman over {report['pairs']:,} class pairs: {said}")
+
+
 @hierarchy_app.command("resolve")
 @friendly_errors
 def resolve(
@@ -263,14 +307,8 @@ def resolve(
 ) -> None:
     """What each name means as classes of a tree: the same resolution cutout, train, eval and
     --attend use. Names that are no node of a WordNet tree resolve through WordNet's hyponyms."""
-    from nhlcli.taxonomy import resolve_tree
 
-    if tree_file.endswith(".safetensors"):
-        from nhlcli.model.files import read_metadata
-
-        tree = Tree.from_dict(read_metadata(tree_file)["tree"])
-    else:
-        tree = resolve_tree(tree_file)
+    tree = _any_tree(tree_file)
     labels = [label for name in names for label in parse_list(name, "NAME")]
     selection = tree.select(labels, option="NAME")
     if as_json:

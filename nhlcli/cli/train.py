@@ -27,7 +27,8 @@ from nhlcli.cli.predict import ATTEND_HELP, ATTEND_LEVEL_HELP
 from nhlcli.errors import NhlError
 from nhlcli.text import counted
 
-BUILTIN_DEFAULT_TREE = {"fashion-mnist": "fashion-mnist-wordnet-l2"}
+BUILTIN_DEFAULT_TREE = {"fashion-mnist": "fashion-mnist-wordnet-l2", "emoji": "emoji-unicode-l3"}
+BUILTIN_DEFAULT_SIZE = {"emoji": 32}  # drawn data: its own default size, not the backbone's 224
 
 
 def _parse_crop_scale(text: str | None) -> tuple[float, float] | None:
@@ -66,13 +67,15 @@ def train_command(
         "fashion-mnist",
         "--data",
         "-d",
-        help="An ImageFolder directory (train/ and val/ inside) or fashion-mnist.",
+        help="An ImageFolder directory (train/ and val/ inside), fashion-mnist, or emoji (Unicode's "
+        "1,861 emoji, drawn on the fly).",
     ),
     hierarchy: str | None = typer.Option(
         None,
         "--hierarchy",
         "-t",
-        help="Tree file or shipped tree name (default for fashion-mnist: its WordNet tree).",
+        help="Tree file or shipped tree name (default for fashion-mnist: its WordNet tree; for emoji: "
+        "Unicode's emoji-unicode-l3).",
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the model (.safetensors)."),
     backbone: str = typer.Option(
@@ -108,7 +111,7 @@ def train_command(
     widths: str | None = typer.Option(None, "--widths", help="Branch width per level, e.g. 128,64,32."),
     blocks: int = typer.Option(1, "--blocks", help="Bottleneck blocks per branch node."),
     input_size: int | None = typer.Option(
-        None, "--input-size", help="Image side in pixels (default: backbone's)."
+        None, "--input-size", help="Image side in pixels (default: the backbone's; 32 for emoji)."
     ),
     in_chans: int | None = typer.Option(
         None, "--in-chans", help="Input channels (default 1 for fashion-mnist, else 3)."
@@ -230,6 +233,7 @@ def train_command(
         pretrained=pretrained,
         pretrained_file=pretrained_file,
     )
+    input_size = BUILTIN_DEFAULT_SIZE.get(data) if input_size is None else input_size
     if input_size is not None:
         model.input_config = with_input_size(model.input_config, input_size)
     if freeze_trunk:
@@ -313,7 +317,9 @@ PART_HELP = "Use only part i of k of the split (fixed shuffle), e.g. 2/2 when th
 
 def eval_command(
     model_file: Path = typer.Argument(..., help="An nhl model file (.safetensors)."),
-    data: str = typer.Option("fashion-mnist", "--data", "-d", help="ImageFolder directory or fashion-mnist."),
+    data: str = typer.Option(
+        "fashion-mnist", "--data", "-d", help="ImageFolder directory, fashion-mnist or emoji."
+    ),
     split: str = typer.Option("val", "--split", help="val (or test data) | train."),
     classes: str | None = typer.Option(
         None,

@@ -10,6 +10,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from nhlcli.data.base import LabeledDataset, bad_target, check_split
+from nhlcli.data.emoji import NAME as EMOJI_NAME
+from nhlcli.data.emoji import EmojiDataset
 from nhlcli.data.errors import DataError
 from nhlcli.data.fashion_mnist import NAME as FASHION_MNIST_NAME
 from nhlcli.data.fashion_mnist import FashionMNISTDataset
@@ -19,13 +21,15 @@ from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.match import match_classes
 from nhlcli.taxonomy.tree import Tree
 
-BUILTIN = (FASHION_MNIST_NAME,)
+BUILTIN = (FASHION_MNIST_NAME, EMOJI_NAME)
 
 
 def split_name(data: str | Path, split: str) -> str:
     """The split as reports should name it: Fashion-MNIST has no validation set, its ``val`` is the
-    10,000-image test set, so reports say ``test`` there rather than pass it off as validation."""
-    return "test" if str(data) == FASHION_MNIST_NAME and split in ("val", "validation") else split
+    10,000-image test set, and emoji's ``val`` is its fixed test set, so reports say ``test``
+    there rather than pass it off as validation."""
+    held_out = str(data) in (FASHION_MNIST_NAME, EMOJI_NAME) and split in ("val", "validation")
+    return "test" if held_out else split
 
 
 def open_dataset(
@@ -37,6 +41,7 @@ def open_dataset(
     val_fraction: float = VAL_FRACTION,
     split_seed: int = 0,
     skip_bad_images: bool = False,
+    image_size: int | None = None,
 ) -> LabeledDataset:
     """One split (``"train"`` or ``"val"``) of a built-in data set or an ImageFolder directory.
 
@@ -44,7 +49,8 @@ def open_dataset(
     Fashion-MNIST, "RGB" for folders); ``"L"`` or ``"RGB"`` convert. ``val_fraction`` and
     ``split_seed`` only matter for folders without a val folder (see :mod:`nhlcli.data.folder`).
     ``skip_bad_images``: undecodable files give placeholder samples instead of an error (see
-    :class:`~nhlcli.data.base.LabeledDataset`).
+    :class:`~nhlcli.data.base.LabeledDataset`). ``image_size``: the side of the images a data set
+    that draws them makes (emoji; default 32), usually the model's input size.
     """
     split = check_split(split)
     if mode not in (None, "L", "RGB"):
@@ -53,6 +59,8 @@ def open_dataset(
         dataset = FashionMNISTDataset(split, transform=transform, mode=mode or "L")
         dataset.skip_bad_images = skip_bad_images  # in-memory arrays always decode; kept for symmetry
         return dataset
+    if str(spec) == EMOJI_NAME:
+        return EmojiDataset(split, transform=transform, mode=mode or "RGB", size=image_size or 32)
     path = Path(spec)
     if not path.is_dir():
         what = "is a file, not a directory" if path.is_file() else "does not exist"

@@ -52,7 +52,7 @@ class UnreadableImageError(DataError):
     ``skip_bad_images`` leaves out exactly these and still stops on every other data error."""
 
 
-SKIP_HINT = "remove or replace the file, or pass --skip-bad-images to leave unreadable images out"
+SKIP_HINT = "remove or replace the file, or pass `skip_bad_images` to leave unreadable images out"
 
 
 def unreadable_image_error(path: str, exc: BaseException) -> UnreadableImageError:

@@ -189,6 +189,7 @@ def create_loaders(
     val_tf = build_transform(input_size, is_training=False, **common)
     opts = dict(
         mode=mode,
+        image_size=input_size,
         val_fraction=val_fraction,
         split_seed=split_seed,
         subset=subset,
@@ -245,6 +246,7 @@ def create_eval_loader(
         tf,
         subset=subset,
         mode="L" if in_chans == 1 else "RGB",
+        image_size=input_size,
         val_fraction=val_fraction,
         split_seed=split_seed,
         skip_bad_images=skip_bad_images,
@@ -259,9 +261,9 @@ def take_part(dataset: Dataset, part: str) -> Subset:
     try:
         i, k = (int(v) for v in part.split("/"))
     except ValueError:
-        raise DataError(f"--part {part!r}: write i/k, e.g. 1/2 for the first of two halves") from None
+        raise DataError(f"`part` {part!r}: write i/k, e.g. 1/2 for the first of two halves") from None
     if not 1 <= i <= k:
-        raise DataError(f"--part {part}: i must lie between 1 and k")
+        raise DataError(f"`part` {part}: i must lie between 1 and k")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
     return Subset(dataset, sorted(order[i - 1 :: k].tolist()))
 

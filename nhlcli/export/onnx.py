@@ -156,7 +156,7 @@ def export_onnx(
     from nhlcli.model.loading import open_model
     from nhlcli.paths import check_output_file
 
-    output = check_output_file(output, [model_file], label="--output")
+    output = check_output_file(output, [model_file], label="`output`")
     onnx = _require("onnx")
     _require("onnxscript")
     if output.suffix.lower() != ".onnx":

@@ -130,14 +130,14 @@ def fit_gates(
     if config.loss not in LOSSES:
         raise NhlError(f"{config.loss!r}: choose one of {', '.join(LOSSES)}", "loss")
     if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise NhlError("gate training needs --epochs and --batch-size of at least 1 and a positive --lr")
+        raise NhlError("gate training needs `epochs` and `batch_size` of at least 1 and a positive `lr`")
     device = torch.device(device)
     model = model.to(device).eval()
     if route is None:
         route = model.staged().route_problem is None and len(model.tree.level(1)) > 1
     stages = list(default_stages(model) if stages is None else stages)
     if not stages and not route:
-        raise NhlError("no gates to fit: give --stages or keep the routing gate")
+        raise NhlError("no gates to fit: give `stages` or keep the routing gate")
     spec = GateSpec(stages=stages, loss=config.loss, route=route)
     gated = GatedModel(model, spec, check=True).to(device).eval()
     started = time.perf_counter()

@@ -123,7 +123,7 @@ def tune_thresholds(gated: GatedModel, record: ExitRecord, target: float) -> dic
     if target > full + 1e-12:
         raise NhlError(
             f"a top-1 of {target:.2%} cannot be reached on this data: the full network (no exits) reaches "
-            f"{full:.2%}; ask for at most that, or use --max-drop"
+            f"{full:.2%}; ask for at most that, or use `max_drop`"
         )
     gates = record.scores.shape[1]
     cands = [_candidates(record.scores[:, g]) for g in range(gates)]
@@ -158,7 +158,7 @@ def tune_thresholds(gated: GatedModel, record: ExitRecord, target: float) -> dic
 def target_from(record: ExitRecord, target_accuracy: float | None, max_drop: float | None) -> float:
     """The target top-1 (fraction) from ``--target-accuracy`` or ``--max-drop`` (both in percent)."""
     if (target_accuracy is None) == (max_drop is None):
-        raise NhlError("give exactly one of --target-accuracy, --max-drop or --thresholds")
+        raise NhlError("give exactly one of `target_accuracy`, `max_drop` or `thresholds`")
     if max_drop is not None:
         if not 0 <= max_drop <= 100:
             raise NhlError(f"{max_drop}: give percentage points between 0 and 100, e.g. 0.5", "max_drop")

@@ -49,7 +49,7 @@ def check_tune_output(gated_file: str | Path, output: str | Path | None, data: s
 
     inputs = [data_input(data)]
     if output is not None and not _same_path(output, gated_file):
-        return check_output_file(output, inputs, label="--output")
+        return check_output_file(output, inputs, label="`output`")
     check_output_file(gated_file, inputs, label="the gated file")
     return None
 
@@ -90,7 +90,7 @@ def fit_file(
     from nhlcli.model.loading import open_model
     from nhlcli.paths import check_output_file
 
-    check_output_file(output, [model_file, data_input(data)], label="--output")
+    check_output_file(output, [model_file, data_input(data)], label="`output`")
     dev = resolve_device(device)
     model = open_model(model_file, dev)
     if isinstance(model, GatedModel):
@@ -146,10 +146,10 @@ def tune_file(
     gated = load_gated(gated_file, dev)
     if thresholds is not None:
         if target_accuracy is not None or max_drop is not None:
-            raise NhlError("give exactly one of --target-accuracy, --max-drop or --thresholds")
+            raise NhlError("give exactly one of `target_accuracy`, `max_drop` or `thresholds`")
         check_thresholds(thresholds, len(gated.exits))
     elif target_accuracy is None and max_drop is None:
-        raise NhlError("give exactly one of --target-accuracy, --max-drop or --thresholds")
+        raise NhlError("give exactly one of `target_accuracy`, `max_drop` or `thresholds`")
     gated.set_route_top_k(route_top_k)
     record = record_file(gated, data, split, part, batch_size, workers, dev, progress)
     if thresholds is not None:

@@ -240,7 +240,7 @@ class GatedModel(nn.Module):
         if self.route is None:
             raise NhlError(
                 "needs a routing gate: fit one with 'nhl gates fit' on an NHL model "
-                "(a flat model or a file fitted with --no-route has none)",
+                "(a flat model or a file fitted with `no_route` has none)",
                 "route_top_k",
             )
         supers = len(self.tree.level(1))

@@ -222,11 +222,11 @@ def probe_input_size(net: nn.Module, backbone: str, size: Sequence[int]) -> None
         if fixed:
             why = (
                 f"it is a transformer with a fixed patch grid that takes {fixed[0]}x{fixed[1]} images only; "
-                f"use --input-size {fixed[0]}"
+                f"use `input_size` {fixed[0]}"
             )
         else:
             first = " ".join(str(exc).split())[:160]
-            why = f"its layers cannot take that size ({first}); use a larger --input-size"
+            why = f"its layers cannot take that size ({first}); use a larger `input_size`"
         raise NhlError(
             f"backbone {backbone!r} cannot run on {h}x{w} images: {why}, or another backbone: a trunk "
             f"is cut from {CUTTABLE}"

@@ -59,6 +59,12 @@ def _flat(entries, levels, groups, name, inputs):  # noqa: ANN001, ANN202
     return build_flat_tree(entries, name=name)
 
 
+def _emoji(entries, levels, groups, name, inputs):  # noqa: ANN001, ANN202
+    from nhlcli.taxonomy.sources import build_emoji_tree
+
+    return build_emoji_tree(entries, levels, name=name)
+
+
 def _llm_settings(inputs: SourceInputs) -> Any:
     from nhlcli.taxonomy.llm import LLMSettings
 
@@ -98,6 +104,7 @@ TREE_SOURCES: dict[str, TreeSource] = {
     "llm": TreeSource(_llm, 3, "groups an LLM chose (cached to JSON)"),
     "hybrid": TreeSource(_hybrid, 3, "WordNet where it knows the class, an LLM elsewhere", takes_groups=True),
     "flat": TreeSource(_flat, 1, "one level: every class under the root", fixed_levels=1),
+    "emoji": TreeSource(_emoji, 3, "Unicode's emoji groups and subgroups (emoji-test.txt)"),
     "induced": TreeSource(_induced, 3, "clusters of a trained flat model's class weights", takes_groups=True),
 }
 SOURCES = tuple(TREE_SOURCES)

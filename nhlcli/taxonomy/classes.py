@@ -85,7 +85,7 @@ CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
     "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor"),
 }
 
-PRESETS = ("imagenet-1k", "fashion-mnist", "cifar-100")
+PRESETS = ("imagenet-1k", "fashion-mnist", "cifar-100", "emoji")
 # The columns of a line of a text class list, tab-separated; the last two are optional.
 TEXT_COLUMNS = ("id", "name", "aliases")
 JSON_KEYS = ("id", "name", "wordnet", "aliases")
@@ -144,6 +144,10 @@ def preset_classes(name: str) -> list[ClassEntry]:
         return list(FASHION_MNIST)
     if name == "cifar-100":
         return list(cifar100_classes())
+    if name == "emoji":
+        from nhlcli.taxonomy.emoji import emoji_glyphs
+
+        return [ClassEntry(g.id, g.name, None, g.aliases) for g in emoji_glyphs()]
     raise NhlError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
 
 

@@ -351,18 +351,18 @@ class _Chat:
         if _names_model(exc, self.settings.model):
             return (
                 f"model {self.settings.model!r} was not found at {where} (HTTP 404: {detail}); pick a "
-                "model the server offers with --model"
+                "model the server offers with `model`"
             )
         request = getattr(getattr(exc, "response", None), "request", None)
         url = str(request.url) if request is not None else f"{where}/chat/completions"
         hint = (
-            f"; OpenAI-compatible servers usually serve it under /v1: try --base-url {where}/v1"
+            f"; OpenAI-compatible servers usually serve it under /v1: try `base_url` {where}/v1"
             if not re.search(r"/v\d+\w*$", where)
             else ""
         )
         return (
             f"the LLM server at {where} has no chat completions API at {url} (HTTP 404: {detail}); "
-            f"check --base-url{hint}"
+            f"check `base_url`{hint}"
         )
 
     def complete(self, messages: list[dict[str, str]]) -> str | None:
@@ -383,12 +383,12 @@ class _Chat:
         except openai.APITimeoutError as exc:
             raise NhlError(
                 f"the LLM server at {where} did not answer within {s.timeout:g} s; raise "
-                "--timeout or check that the server is up"
+                "`timeout` or check that the server is up"
             ) from exc
         except openai.APIConnectionError as exc:
             cause = _one_line(str(exc.__cause__ or exc), self._key)
             raise NhlError(
-                f"could not reach the LLM server at {where} ({cause}); check --base-url and "
+                f"could not reach the LLM server at {where} ({cause}); check `base_url` and "
                 "that the server is running"
             ) from exc
         except openai.AuthenticationError as exc:
@@ -412,7 +412,7 @@ class _Chat:
         except NotChatCompletion as exc:
             raise NhlError(
                 f"the LLM server at {where} did not answer like an OpenAI-compatible chat completions "
-                f"API (it sent {_one_line(str(exc), self._key)}); check --base-url: it must be the "
+                f"API (it sent {_one_line(str(exc), self._key)}); check `base_url`: it must be the "
                 "API's root, under which POST /chat/completions answers (e.g. http://localhost:8000/v1)"
             ) from exc
 
@@ -463,7 +463,7 @@ def ask_checked(
     shown = "; ".join(_one_line(p) for p in problems[:3]) + ("; ..." if len(problems) > 3 else "")
     tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
     raise NhlError(
-        f"the LLM gave no valid {what} after {tries}: {shown}; try another --model or raise --max-retries"
+        f"the LLM gave no valid {what} after {tries}: {shown}; try another `model` or raise `max_retries`"
     )
 
 

@@ -13,7 +13,7 @@ import networkx as nx
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import CIFAR100_SUPERCLASSES, ClassEntry, flat_nested, leaf_node
 from nhlcli.taxonomy.compress import check_group_counts, check_levels, compress_hierarchy
-from nhlcli.taxonomy.labels import ROOT_ID
+from nhlcli.taxonomy.labels import ROOT_ID, normalize_label
 from nhlcli.taxonomy.tree import Tree, tool_stamp
 from nhlcli.taxonomy.wordnet import hypernym_graph, place_class, place_classes, synset_id
 
@@ -181,7 +181,7 @@ def wordnet_nested(
         shown = ", ".join(repr(u) for u in unplaced[:5])
         raise NhlError(
             f"WordNet has no noun for {len(unplaced)} class(es): {shown}; give their WordNet ids "
-            "(nNNNNNNNN or name.n.NN) in the class list, or use --source hybrid"
+            "(nNNNNNNNN or name.n.NN) in the class list, or use `source` hybrid"
         )
     graph, root = hypernym_graph([placements[e.id].synset for e in entries])
     concept_of = {e.id: synset_id(placements[e.id].synset) for e in entries}
@@ -201,3 +201,48 @@ def build_wordnet_tree(
         "tool": tool_stamp(),
     }
     return Tree.from_nested(nested, [e.id for e in entries], name=name, source=source)
+
+
+def build_emoji_tree(entries: Sequence[ClassEntry], levels: int = 3, name: str = "") -> Tree:
+    """Unicode's own tree over emoji classes: group -> subgroup -> emoji (3 levels), or
+    group -> emoji (2). ``entries`` are emoji classes (ids or names of the ``emoji`` preset)."""
+    from nhlcli.taxonomy.emoji import emoji_glyphs, slug, unicode_version
+
+    if levels not in (2, 3):
+        raise NhlError(
+            f"{levels}: Unicode's emoji tree has 2 (group) or 3 (group, subgroup) levels", "levels"
+        )
+    glyphs = emoji_glyphs()
+    by_key = {g.id: g for g in glyphs} | {g.name.lower(): g for g in glyphs}
+    by_key |= {alias.lower(): g for g in glyphs for alias in g.aliases}
+    chosen = []
+    for entry in entries:
+        glyph = by_key.get(entry.id) or by_key.get(entry.name.lower())
+        if glyph is None:
+            raise NhlError(
+                f"class {entry.id!r} ({entry.name}) is not an emoji of Unicode's list; use emoji ids or "
+                "names from the 'emoji' class list"
+            )
+        chosen.append((entry, glyph))
+    # a subgroup is named "subgroup cat-face"; its bare name is an alias where no class has it
+    taken = {normalize_label(t) for e, g in chosen for t in (e.id, e.name, g.name, *g.aliases)}
+    root: dict[str, Any] = {"id": ROOT_ID, "name": "emoji", "children": []}
+    nodes: dict[str, dict[str, Any]] = {}
+    for entry, glyph in chosen:
+        parent = nodes.setdefault(glyph.group, {"id": slug(glyph.group), "name": glyph.group, "children": []})
+        if levels == 3:
+            key = f"{glyph.group}/{glyph.subgroup}"
+            if key not in nodes:
+                free = normalize_label(glyph.subgroup) not in taken
+                nodes[key] = {
+                    "id": f"subgroup:{glyph.subgroup}",
+                    "name": f"subgroup {glyph.subgroup}",
+                    "aliases": [glyph.subgroup] if free else [],
+                    "children": [],
+                }
+                parent["children"].append(nodes[key])
+            parent = nodes[key]
+        parent["children"].append(leaf_node(entry))
+    root["children"] = [node for key, node in nodes.items() if "/" not in key]
+    source = _source("emoji", levels=levels, unicode=unicode_version())
+    return Tree.from_nested(root, [e.id for e in entries], name=name, source=source)

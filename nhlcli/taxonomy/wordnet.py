@@ -110,12 +110,12 @@ def setup_wordnet(source: str | Path, target: str | Path | None = None) -> Path:
         raise NhlError("is empty; give an nltk data directory, or none for nltk's default", "to")
     root = Path(target) if target is not None else default_nltk_data_dir()
     dest = root / "corpora" / "wordnet"
-    label = "--to" if target is not None else "nltk's data directory"
+    label = "`to`" if target is not None else "nltk's data directory"
     check_output_dir(root, label=label)
     here, there = src.resolve(), dest.resolve()
     if here.is_relative_to(there) or there.is_relative_to(here):  # copying onto or into itself
         raise NhlError(
-            f"{label} {root}: the copy would go to {dest}, which is or overlaps the --from directory "
+            f"{label} {root}: the copy would go to {dest}, which is or overlaps the `from` directory "
             f"{src}; choose an nltk data directory outside it"
         )
     check_output_dir(dest, inputs=[src], label=label)

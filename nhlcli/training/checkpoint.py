@@ -150,7 +150,7 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
     directory = Path(directory)
     sidecar, weights = directory / SIDECAR_NAME, directory / WEIGHTS_NAME
     if not sidecar.is_file() or not weights.is_file():
-        raise NhlError(f"no checkpoint in {directory} to resume from; start without --resume")
+        raise NhlError(f"no checkpoint in {directory} to resume from; start without `resume`")
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

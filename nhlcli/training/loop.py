@@ -199,7 +199,7 @@ def resolve_config(given: Mapping[str, Any], checkpoint_dir: str | Path | None =
     if checkpoint_dir is not None:
         sidecar = ckpt.read_sidecar(checkpoint_dir)
         if sidecar is None:
-            raise NhlError(f"no checkpoint in {checkpoint_dir} to resume from; start without --resume")
+            raise NhlError(f"no checkpoint in {checkpoint_dir} to resume from; start without `resume`")
         base = dict(sidecar.get("extra", {}).get("config", {}))
         base.pop("time_budget_s", None)  # the budget fixed the epochs, which are recorded
     fields = {f for f in TrainConfig.__dataclass_fields__}
@@ -224,7 +224,7 @@ def check_fresh_start(checkpoint_dir: Path, resume: bool, overwrite: bool) -> No
     """Refuse to start afresh over an unfinished run's checkpoint (that would throw its epochs away),
     and refuse ``resume`` with ``overwrite`` (they ask for opposite things)."""
     if resume and overwrite:
-        raise NhlError("--resume continues the checkpointed run and --overwrite discards it; give one")
+        raise NhlError("`resume` continues the checkpointed run and `overwrite` discards it; give one")
     if resume or overwrite:
         return
     sidecar = ckpt.read_sidecar(checkpoint_dir)
@@ -235,8 +235,8 @@ def check_fresh_start(checkpoint_dir: Path, resume: bool, overwrite: bool) -> No
         return  # a finished run: its result is the model file; the checkpoint can go
     done = f"{sidecar.get('epoch')} of {planned}" if planned else str(sidecar.get("epoch"))
     raise NhlError(
-        f"{checkpoint_dir} holds an unfinished run ({done} epochs done); continue it with --resume, "
-        "or pass --overwrite to start over and discard it"
+        f"{checkpoint_dir} holds an unfinished run ({done} epochs done); continue it with `resume`, "
+        "or pass `overwrite` to start over and discard it"
     )
 
 
@@ -277,8 +277,8 @@ def resume_changes(stored: Mapping[str, Any], config: TrainConfig) -> dict[str, 
     if recipe:
         listed = ", ".join(f"{option_name(k)} {now[k]} (the run's: {stored[k]})" for k in recipe)
         raise NhlError(
-            f"--resume continues the run with the recipe it started with, and {listed} would change it; "
-            "drop the option, or start a new run with --overwrite",
+            f"`resume` continues the run with the recipe it started with, and {listed} would change it; "
+            "drop the option, or start a new run with `overwrite`",
         )
     return {k: [stored[k], now[k]] for k in differ if k in RUNTIME_FIELDS}
 
@@ -370,7 +370,7 @@ def _train(
         changes = resume_changes(state.meta.get("extra", {}).get("config", {}), config)
         if config.epochs < state.epoch:
             raise NhlError(
-                f"the run in {checkpoint_dir} has already trained {state.epoch} epochs; --epochs "
+                f"the run in {checkpoint_dir} has already trained {state.epoch} epochs; `epochs` "
                 f"{config.epochs} cannot undo them (give {state.epoch} or more)"
             )
     train_loader, val_loader = loaders or _make_loaders(model, data, config, info)
@@ -473,7 +473,7 @@ def _train(
                                 else logits.float().sum() * 0.0
                             )
                         if not math.isfinite(loss.item()):
-                            raise NhlError(f"the loss became {loss.item()} at step {step}; lower --lr")
+                            raise NhlError(f"the loss became {loss.item()} at step {step}; lower `lr`")
                         optimizer.zero_grad(set_to_none=True)
                         if use_scaler:
                             scaler.scale(loss).backward()

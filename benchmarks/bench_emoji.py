@@ -1,0 +1,79 @@
+"""The emoji data set's drawing speed: images/s made by one process, and through the real loader.
+
+Training reads new images every epoch, drawn in the loader workers, so drawing must stay well
+above what training consumes; ``benchmarks/bench_training.py --tree emoji-unicode-l3 --in-chans 3``
+gives the training side at the same size. Prints the machine, threads and each figure.
+
+    python benchmarks/bench_emoji.py [--size 32] [--images 3000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from nhlcli.data import create_loaders
+from nhlcli.data.emoji import EmojiDataset, glyph_sprites
+from nhlcli.taxonomy import shipped_tree
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    result: dict = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+    start = time.perf_counter()
+    glyph_sprites(2 * args.size)
+    result["sprites_seconds"] = round(time.perf_counter() - start, 2)  # once per process
+    for split in ("train", "val"):
+        dataset = EmojiDataset(split, size=args.size)
+        start = time.perf_counter()
+        for index in range(args.images):
+            dataset.load_image(index * 7 % len(dataset))
+        result[f"draw_{split}_images_per_s"] = round(args.images / (time.perf_counter() - start))
+    result["train_images_per_epoch"], result["test_images"] = (
+        len(EmojiDataset("train")),
+        len(EmojiDataset("val")),
+    )
+
+    tree = shipped_tree("emoji-unicode-l3")
+    for workers in (0, 2):
+        train, _ = create_loaders(
+            "emoji", tree, input_size=args.size, mean=(0.5,) * 3, std=(0.25,) * 3,
+            batch_size=64, workers=workers, augment=None, scale=(0.8, 1.0),
+        )  # fmt: skip
+        batches = iter(train)
+        next(batches)  # worker start-up and sprites left out
+        start, seen = time.perf_counter(), 0
+        while seen < args.images:
+            seen += len(next(batches)[1])
+        result[f"loader_{workers}_workers_images_per_s"] = round(seen / (time.perf_counter() - start))
+        del batches, train
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    for key, value in result.items():
+        print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
