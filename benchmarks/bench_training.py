@@ -17,19 +17,19 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from nhlcli.model.nhl import with_input_size
 from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig
+from nhlcli.profiling import count_macs
 from nhlcli.taxonomy import resolve_tree
 
 
 def gmacs_per_image(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.randn(1, *shape))
-    return counter.get_total_flops() / 2e9
+    """Through ``nhlcli.profiling.count_macs``: it runs the unfused path, whose convolutions
+    ``FlopCounterMode`` sees (under ``no_grad`` the branch levels use oneDNN's fused ops, which
+    it does not count)."""
+    return count_macs(model, shape) / 1e9
 
 
 def step_time(

@@ -269,7 +269,8 @@ def test_corrupt_image_in_workers(tmp_path):
     with pytest.raises(NhlError) as err:
         for _ in DataLoader(ds, batch_size=2, num_workers=2):
             pass
-    one_line(err.value, str(bad), "remove or replace", "--skip-bad-images")
+    one_line(err.value, str(bad), "remove or replace", "`skip_bad_images`")
+    assert "--skip-bad-images" in err.value.for_command_line()  # what the CLI prints
     assert unreadable_image_message(err.value) == str(err.value)
     with pytest.raises(NhlError) as err:  # the same without workers
         ds[[ds.sample_name(i) for i in range(len(ds))].index(str(bad))]
@@ -299,7 +300,7 @@ def test_unreadable_image_message():
         "cannot decode image a/b.jpg (image file is truncated); remove or replace the file"
     )
     pil = from_worker.replace("nhlcli.data.errors.UnreadableImageError", "PIL.UnidentifiedImageError")
-    assert "--skip-bad-images" in unreadable_image_message(RuntimeError(pil))
+    assert "`skip_bad_images`" in unreadable_image_message(RuntimeError(pil))
     bug = from_worker.replace("nhlcli.data.errors.UnreadableImageError", "TypeError")
     assert unreadable_image_message(RuntimeError(bug)) is None  # a bug keeps its traceback
     assert unreadable_image_message(ValueError("unrelated")) is None
@@ -328,7 +329,7 @@ def test_bad_images_stop_training_without_the_option(tmp_path):
     train, _ = create_loaders(root, flat_tree(ANIMALS), **loader_opts(workers=2))
     with pytest.raises(NhlError) as err:
         drain(train)
-    one_line(err.value, f"cannot decode image {bad}", "--skip-bad-images")
+    one_line(err.value, f"cannot decode image {bad}", "`skip_bad_images`")
 
 
 def test_skip_bad_images_with_workers(tmp_path):
