@@ -90,3 +90,12 @@ def test_a_subgroup_of_emoji_trains_evaluates_and_cuts(tmp_path):
                   "-o", expert, "--no-latency", "--json")  # fmt: skip
     assert cut.code == 0, cut.err
     assert json.loads(cut.out)["kept_classes"] == ["grinning face", "rolling on the floor laughing"]
+
+
+def test_names_with_commas_go_in_double_quotes():
+    """30 emoji names hold commas ("family: man, woman, boy"): the one list parser takes them quoted."""
+    names = '"family: man, woman, boy",cat face'
+    run = run_nhl("hierarchy", "resolve", "emoji-unicode-l3", names, "--json")
+    assert run.code == 0, run.err
+    assert len(json.loads(run.out)["classes"]) == 2
+    assert_one_line_error(run_nhl("hierarchy", "resolve", "emoji-unicode-l3", '"family: man'), "not closed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import math
@@ -17,10 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nhlcli.errors import NhlError
 
 CLASSES_HELP = (
-    "comma-separated, or @file with one per line. A name is a class, an inner node (every class below "
-    "it) or, on trees with WordNet ids, any WordNet concept ('shark', 'domestic cat', shark.n.01, "
-    "n01482330): the classes below it. Overlapping names union; 'nhl hierarchy resolve TREE NAME' "
-    "shows what a name means."
+    "comma-separated (a name with commas in double quotes), or @file with one per line. A name is a "
+    "class, an inner node (every class below it) or, on trees with WordNet ids, any WordNet concept "
+    "('shark', 'domestic cat', shark.n.01, n01482330): the classes below it. Overlapping names "
+    "union; 'nhl hierarchy resolve TREE NAME' shows what a name means."
 )
 
 console = Console()
@@ -29,13 +30,18 @@ T = TypeVar("T")
 
 
 def parse_list(text: str, flag: str, item: Callable[[str], T] = str, example: str = "") -> list[T]:
-    """The one parser of comma lists on the command line: items stripped, empty ones dropped.
+    """The one parser of comma lists on the command line: items stripped, empty ones dropped, and
+    an item with commas of its own in double quotes (``'"family: man, woman, boy",cat face'``).
 
     ``item`` turns each part into its value and raises ``ValueError`` (or :class:`NhlError`)
     for a bad one; the error then names the flag and shows ``example``.
     """
+    try:
+        parts = next(csv.reader([text], skipinitialspace=True, strict=True), [])
+    except csv.Error:
+        raise NhlError(f"{flag} {text!r}: a double quote is not closed; quote whole items") from None
     values: list[T] = []
-    for part in (p.strip() for p in text.split(",")):
+    for part in (p.strip() for p in parts):
         if not part:
             continue
         try:
