@@ -23,6 +23,7 @@ from nhlcli.distributed import DistInfo, all_sum
 from nhlcli.errors import NhlError
 from nhlcli.model.attention import TruthAttention, attention_levels, check_attend, class_attention
 from nhlcli.model.gated import GatedModel
+from nhlcli.progress import ImageProgress
 from nhlcli.taxonomy.tree import Tree
 
 AttendSpec = Mapping[str, float] | Sequence[tuple[str, float]]
@@ -218,7 +219,7 @@ def evaluate_file(
     attend_truth: float | None = None,
     route_top_k: int | None = None,
     part: str | None = None,
-    progress: Any = None,
+    progress: ImageProgress | None = None,
 ) -> dict[str, Any]:
     """Load a model file and report top-1, top-5, loss and per-class accuracy on ``data``.
 
@@ -298,7 +299,7 @@ def attention_curve(
     level: int | str | None = None,
     device: torch.device | None = None,
     subset: ClassSubset | None = None,
-    progress: Any = None,
+    progress: ImageProgress | None = None,
 ) -> list[dict[str, Any]]:
     """Top-1, top-5 and loss with each image's own class path scaled by every one of ``scales``.
 
@@ -343,7 +344,7 @@ def attention_curve_file(
     device: str | None = None,
     attend_level: int | str | None = None,
     part: str | None = None,
-    progress: Any = None,
+    progress: ImageProgress | None = None,
 ) -> dict[str, Any]:
     """``nhl eval --attend-truth 0.5,1,2,...``: paper 003's oracle curve (4.4) in one pass over
     the data, with the scale of largest top-1."""
@@ -397,7 +398,7 @@ def evaluate_gated_model(
     device: torch.device,
     route_top_k: int | None = None,
     part: str | None = None,
-    progress: Any = None,
+    progress: ImageProgress | None = None,
 ) -> dict[str, Any]:
     """Gated inference over a data split (what ``nhl eval`` reports for a gated file)."""
     check_gated_options(model, route_top_k, ())

@@ -1,8 +1,7 @@
 """The layering docs/architecture.md promises: no import circle, imports only point down a layer.
 
 Every import counts, the ones inside functions too: a lazy import is still a dependency a
-newcomer has to hold in their head. Only imports for type hints (``if TYPE_CHECKING:``) are
-left out: they never run.
+newcomer has to hold in their head, and so is one for type hints under ``if TYPE_CHECKING:``.
 """
 
 import ast
@@ -30,19 +29,6 @@ LAYERS = [  # docs/architecture.md's table, row by row
 LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 
-def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node but those under ``if TYPE_CHECKING:`` (type hints only, never run)."""
-    found, todo = [], [tree]
-    while todo:
-        node = todo.pop()
-        found.append(node)
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            todo.extend(node.orelse)
-            continue
-        todo.extend(ast.iter_child_nodes(node))
-    return found
-
-
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -55,7 +41,7 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
     this = module_name(path)
     package = this if path.name == "__init__.py" else this.rsplit(".", 1)[0]
     found: set[str] = set()
-    for node in runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

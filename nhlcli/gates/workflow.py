@@ -22,6 +22,7 @@ from nhlcli.gates.tune import (
     tune_thresholds,
 )
 from nhlcli.model.gated import GatedModel, check_thresholds
+from nhlcli.progress import ImageProgress
 
 
 def data_input(data: str | Path) -> Path | None:
@@ -81,7 +82,7 @@ def fit_file(
     batch_size: int = 128,
     workers: int = 2,
     device: str | torch.device | None = None,
-    progress: Any = None,
+    progress: ImageProgress | None = None,
 ) -> GatedModel:
     """Fit gates on a model file (NHL, expert or flat) and save the gated file (thresholds closed
     until ``tune_file`` sets them)."""
@@ -112,7 +113,7 @@ def record_file(
     batch_size: int,
     workers: int,
     device: torch.device,
-    progress: Any = None,
+    progress: ImageProgress | None = None,
 ) -> ExitRecord:
     from nhlcli.data.loaders import model_loader
 
@@ -135,7 +136,7 @@ def tune_file(
     batch_size: int = 128,
     workers: int = 2,
     device: str | torch.device | None = None,
-    progress: Any = None,
+    progress: ImageProgress | None = None,
 ) -> dict[str, Any]:
     """Set a gated file's thresholds (tuned for a target, or given) and write them into the file
     (or into ``output``)."""
@@ -176,7 +177,7 @@ def sweep_file(
     batch_size: int = 128,
     workers: int = 2,
     device: str | torch.device | None = None,
-    progress: Any = None,
+    progress: ImageProgress | None = None,
 ) -> list[dict[str, Any]]:
     """The accuracy-GMACs curve of a gated file: thresholds tuned for each allowed accuracy drop."""
     dev = resolve_device(device)

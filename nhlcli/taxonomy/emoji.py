@@ -41,26 +41,24 @@ class EmojiGlyph:
     aliases: tuple[str, ...] = ()  # names of glyphs drawn identically, merged into this one
 
 
-def emoji_test_file() -> Path:
-    """Unicode's ``emoji-test.txt`` (``NHL_EMOJI_TEST`` overrides where it is)."""
-    path = Path(os.environ.get("NHL_EMOJI_TEST", EMOJI_TEST))
+def _installed_file(variable: str, default: Path, what: str, package: str) -> Path:
+    """A file a Debian package installs (the environment variable overrides where it is)."""
+    path = Path(os.environ.get(variable, default))
     if not path.is_file():
         raise NhlError(
-            f"Unicode's emoji list {path} is missing; install the Debian package unicode-data "
-            "(apt-get install unicode-data)"
+            f"{what} {path} is missing; install the Debian package {package} (apt-get install {package})"
         )
     return path
+
+
+def emoji_test_file() -> Path:
+    """Unicode's ``emoji-test.txt`` (``NHL_EMOJI_TEST`` overrides where it is)."""
+    return _installed_file("NHL_EMOJI_TEST", EMOJI_TEST, "Unicode's emoji list", "unicode-data")
 
 
 def emoji_font_file() -> Path:
     """The colour emoji font (``NHL_EMOJI_FONT`` overrides where it is)."""
-    path = Path(os.environ.get("NHL_EMOJI_FONT", EMOJI_FONT))
-    if not path.is_file():
-        raise NhlError(
-            f"the colour emoji font {path} is missing; install the Debian package "
-            "fonts-noto-color-emoji (apt-get install fonts-noto-color-emoji)"
-        )
-    return path
+    return _installed_file("NHL_EMOJI_FONT", EMOJI_FONT, "the colour emoji font", "fonts-noto-color-emoji")
 
 
 def unicode_version(path: Path | None = None) -> str:

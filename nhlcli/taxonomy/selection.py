@@ -17,14 +17,27 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.labels import normalize_label
 from nhlcli.text import counted
 
-if TYPE_CHECKING:  # the tree calls in here (Tree.select); only type hints point back
-    from nhlcli.taxonomy.tree import Tree
+
+class Tree(Protocol):
+    """What a selection reads of a tree. ``Tree`` imports this module (``Tree.select``), so
+    this module names the part it needs instead of importing ``Tree`` back."""
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    def node(self, node_id: str) -> Any: ...
+
+    def leaves(self, node_id: str | None = None) -> list[str]: ...
+
+    def resolve(self, label: str) -> str: ...
+
+    def subtree(self, labels: Sequence[str], name: str | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -103,7 +116,7 @@ class Selection:
                 )
         return lines
 
-    def subtree(self, tree: Tree, name: str | None = None) -> Tree:
+    def subtree(self, tree: Tree, name: str | None = None) -> Any:
         """``tree`` restricted to the selected classes (the tree of an expert)."""
         return tree.subtree(list(self.classes), name=name)
 

@@ -23,7 +23,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import networkx as nx
 
@@ -31,9 +31,7 @@ from nhlcli import __version__
 from nhlcli.atomic import atomic_write_json
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.labels import normalize_label
-
-if TYPE_CHECKING:
-    from nhlcli.taxonomy.selection import Selection
+from nhlcli.taxonomy.selection import Selection, select
 
 TREE_FORMAT = "nhl-tree"
 TREE_VERSION = 1
@@ -392,8 +390,6 @@ class Tree:
     def select(self, names: Sequence[str], option: str = "classes") -> Selection:
         """The classes ``names`` mean (classes, nodes, or WordNet concepts), unioned: the one
         resolution behind every class list (see :mod:`nhlcli.taxonomy.selection`)."""
-        from nhlcli.taxonomy.selection import select
-
         return select(self, names, option)
 
     def subtree(self, labels: Sequence[str], name: str | None = None) -> Tree:
