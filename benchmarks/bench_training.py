@@ -6,6 +6,7 @@ random batches, alternating the two models so that machine noise hits both alike
 images/s, GMACs per image (forward, ``torch.utils.flop_counter``) and parameters.
 
     python benchmarks/bench_training.py [--tree fashion-mnist-wordnet-l2] [--size 28] [--batch 64] [--json]
+    python benchmarks/bench_training.py --tree emoji-unicode-l3 --in-chans 3 --variants nhl,nhl-lean,flat
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def main() -> None:
     parser.add_argument("--in-chans", type=int, default=1)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model (after 2 warm-up)")
+    parser.add_argument(
+        "--variants", default="nhl,flat", help="variants timed side by side (any of nhl train's)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -63,7 +67,7 @@ def main() -> None:
     rows = []
     for backbone in args.backbones.split(","):
         models = {}
-        for variant in ("nhl", "flat"):
+        for variant in args.variants.split(","):
             model = create_model(tree, variant, TrunkConfig(backbone, None, args.in_chans))
             model.input_config = with_input_size(model.input_config, args.size)
             models[variant] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
@@ -99,10 +103,10 @@ def main() -> None:
         f"training steps, tree {tree.name} ({tree.num_classes} classes, {tree.levels} levels), input "
         f"{'x'.join(map(str, shape))}, batch {args.batch}, {torch.get_num_threads()} threads"
     )
-    print(f"{'backbone':<18}{'model':<6}{'img/s':>9}{'step ms':>10}{'GMACs/img':>11}{'params M':>10}")
+    print(f"{'backbone':<18}{'model':<10}{'img/s':>9}{'step ms':>10}{'GMACs/img':>11}{'params M':>10}")
     for r in rows:
         print(
-            f"{r['backbone']:<18}{r['model']:<6}{r['images_per_s']:>9}{r['step_ms']:>10}"
+            f"{r['backbone']:<18}{r['model']:<10}{r['images_per_s']:>9}{r['step_ms']:>10}"
             f"{r['gmacs_per_image']:>11}{r['params_m']:>10}"
         )
 

@@ -18,11 +18,11 @@ from nhlcli.model.branches import BranchLevel, LeafHeads, NodeBatchNorm
 class _RefBottleneck(nn.Module):
     """torchvision's ``Bottleneck`` (stride 1) written out, for one node."""
 
-    def __init__(self, in_channels: int, width: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, width: int, out_channels: int, groups: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -50,13 +50,16 @@ def _copy_bn(dst: nn.BatchNorm2d, src: NodeBatchNorm, i: int) -> None:
 
 
 def per_node_modules(level: BranchLevel) -> nn.ModuleList:
-    """One ordinary ``nn.Sequential`` of bottlenecks per node, carrying the level's weights."""
+    """One ordinary ``nn.Sequential`` of bottlenecks per node, carrying the level's weights
+    (after an ``nn.AvgPool2d`` where the level pools its input)."""
     nodes = []
     with torch.no_grad():
         for i in range(level.num_nodes):
-            seq = []
+            seq: list[nn.Module] = []
+            if level.entry_stride > 1:
+                seq.append(nn.AvgPool2d(level.entry_stride, ceil_mode=True))
             for blk in level.blocks:
-                ref = _RefBottleneck(blk.in_channels, blk.width, blk.out_channels)
+                ref = _RefBottleneck(blk.in_channels, blk.width, blk.out_channels, level.groups_per_node)
                 ref.conv1.weight.copy_(blk.conv1.weight[i].view_as(ref.conv1.weight))
                 ref.conv2.weight.copy_(blk.conv2.weight[i])
                 ref.conv3.weight.copy_(blk.conv3.weight[i].view_as(ref.conv3.weight))

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from nhlcli.gates import GateTraining
-from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, with_input_size
+from nhlcli.model.nhl import BranchConfig, FlatModel, with_input_size
+from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig
 from nhlcli.taxonomy import Tree
 from nhlcli.taxonomy.classes import ClassEntry
@@ -118,14 +119,21 @@ def tiny_model(
     width: int = 8,
     kind: str = "nhl",
     seed: int | None = None,
+    variant: str = "nhl",
+    group_size: int = 0,
 ) -> torch.nn.Module:
-    """The one small model the tests build: NHL (branch width ``width`` at every level) or flat,
-    at ``size`` pixels, in eval mode; ``seed`` fixes the initial weights."""
+    """The one small model the tests build: NHL (branch width ``width`` at every level; for
+    ``nhl-lean`` widths doubling upwards, so levels differ in expansion) or flat, at ``size``
+    pixels, in eval mode; ``seed`` fixes the initial weights."""
     if seed is not None:
         torch.manual_seed(seed)
     trunk = TrunkConfig(backbone, None, in_chans)
     if kind == "nhl":
-        model = NHLModel(tree, trunk, BranchConfig(widths=(width,) * tree.levels))
+        levels = tree.levels
+        ladder = tuple(min(width * 2 ** (levels - 1 - d), 4 * width) for d in range(levels))
+        widths = ladder if variant == "nhl-lean" else (width,) * levels
+        branches = BranchConfig(widths=widths, group_size=group_size)
+        model = create_model(tree, variant, trunk, branches)
     else:
         model = FlatModel(tree, trunk)
     model.input_config = with_input_size(model.input_config, size)

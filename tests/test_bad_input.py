@@ -216,6 +216,9 @@ EDITS = {
     "no widths": (lambda m: m["branches"].pop("widths"), "'branches.widths'"),
     "no branches": (lambda m: m.pop("branches"), "'branches' is missing"),
     "no kind": (lambda m: m.pop("kind"), "'kind'"),
+    "zero stride": (lambda m: m["branches"].update(entry_strides=[0, 1]), "'branches.entry_strides'"),
+    "strides per level": (lambda m: m["branches"].update(entry_strides=[2]), "'branches.entry_strides'"),
+    "group size": (lambda m: m["branches"].update(group_size=3), "'branches.group_size'"),
 }
 
 
@@ -226,6 +229,19 @@ def test_hand_edited_metadata_fails_in_one_line_naming_the_file_and_the_key(file
     with pytest.raises(NhlError, match="edited.safetensors") as error:
         open_model(path)
     assert fragment in str(error.value) and "metadata is damaged" in str(error.value)
+
+
+def test_files_from_before_the_lean_knobs_load_as_the_papers_shape(files, tmp_path):
+    def drop_knobs(meta):
+        for key in ("expansions", "entry_strides", "group_size"):
+            meta["branches"].pop(key)
+
+    older = open_model(_edited(files["model"], tmp_path / "older.safetensors", drop_knobs))
+    now = open_model(files["model"])
+    assert older.branch_config == now.branch_config
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(older(x), now(x))
 
 
 def test_hand_edited_metadata_through_the_cli(files, tmp_path):

@@ -29,19 +29,40 @@ def randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
+# The lean variant's shapes: every level outputs 24 channels (identity shortcuts below level 1),
+# level 1 pools its input by 2, 3x3 convolutions in groups of 2 channels.
+LEAN = {"widths": (6, 4, 4), "expansions": (4, 6, 6), "entry_strides": (2, 1, 1), "group_size": 2}
+
+
 def make_stack(
     blocks: int = 1,
     parents: tuple[list[int] | None, ...] = (None, P2, P3),
     widths: tuple[int, ...] = (6, 4, 3),
+    expansions: tuple[int, ...] | None = None,
+    entry_strides: tuple[int, ...] | None = None,
+    group_size: int = 0,
 ) -> tuple[list[BranchLevel], LeafHeads]:
     torch.manual_seed(0)
     levels, cin = [], IN
+    expansions = expansions or (4,) * len(widths)
+    entry_strides = entry_strides or (1,) * len(widths)
     for k, (pidx, width) in enumerate(zip(parents, widths, strict=True)):
         n = 3 if pidx is None else len(pidx)
         if k + 1 < len(parents) and parents[k + 1] is not None:
             n = max(n, max(parents[k + 1]) + 1)
-        levels.append(BranchLevel(n, pidx, cin, width, blocks))
-        cin = width * 4
+        levels.append(
+            BranchLevel(
+                n,
+                pidx,
+                cin,
+                width,
+                blocks,
+                expansions[k],
+                entry_stride=entry_strides[k],
+                group_size=group_size,
+            )
+        )
+        cin = width * expansions[k]
     for level in levels:
         randomize_bn(level)
     return levels, LeafHeads(levels[-1].num_nodes, cin)
@@ -71,8 +92,9 @@ def fused(request, monkeypatch):
 @pytest.mark.parametrize("blocks", [1, 2])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_eval_matches_per_node_loop(blocks, batch, grad, fused):
-    levels, heads = make_stack(blocks)
+@pytest.mark.parametrize("shape", ["paper", "lean"])
+def test_eval_matches_per_node_loop(blocks, batch, grad, shape, fused):
+    levels, heads = make_stack(blocks, **(LEAN if shape == "lean" else {}))
     ref = ReferenceStack(levels, heads)
     for m in (*levels, heads, ref):
         m.eval()
@@ -80,16 +102,20 @@ def test_eval_matches_per_node_loop(blocks, batch, grad, fused):
     with torch.set_grad_enabled(grad):
         outs, logits = run_batched(levels, heads, x)
         ref_outs, ref_logits = ref(x)
+    if shape == "lean":  # a pooled entry (ceil mode: 5x4 -> 3x2), identity shortcuts below level 1
+        assert [lv.blocks[0].downsample is None for lv in levels] == [False, True, True]
+    hw = (3, 2) if shape == "lean" else (5, 4)
     for out, ref_out in zip(outs, ref_outs, strict=True):
-        assert out.shape == (batch, sum(r.shape[1] for r in ref_out), 5, 4)
+        assert out.shape == (batch, sum(r.shape[1] for r in ref_out), *hw)
         assert_close(out, torch.cat(ref_out, 1))
     assert logits.shape == (batch, 14)
     assert_close(logits, ref_logits)
 
 
 @pytest.mark.parametrize("blocks", [1, 2])
-def test_train_mode_batch_norm_matches(blocks):
-    levels, heads = make_stack(blocks)
+@pytest.mark.parametrize("shape", ["paper", "lean"])
+def test_train_mode_batch_norm_matches(blocks, shape):
+    levels, heads = make_stack(blocks, **(LEAN if shape == "lean" else {}))
     ref = ReferenceStack(levels, heads)
     for m in (*levels, heads, ref):
         m.train()
@@ -107,7 +133,7 @@ def test_train_mode_batch_norm_matches(blocks):
                 pairs.append((blk.downsample["bn"], "downsample"))
             for bn, name in pairs:
                 for i, node in enumerate(nodes):
-                    ref_bn = getattr(node[b], name)
+                    ref_bn = getattr(node[b + (level.entry_stride > 1)], name)  # after the pooling
                     ref_bn = ref_bn[1] if name == "downsample" else ref_bn
                     assert torch.allclose(bn.running_mean[i], ref_bn.running_mean, atol=1e-5)
                     assert torch.allclose(bn.running_var[i], ref_bn.running_var, atol=1e-5)
@@ -153,7 +179,14 @@ def keep_rows(module, rows, *args):
         kind(len(rows), *args)
         if kind is LeafHeads
         else kind(
-            len(rows), *args, module.in_channels, module.width, module.blocks_per_node, module.expansion
+            len(rows),
+            *args,
+            module.in_channels,
+            module.width,
+            module.blocks_per_node,
+            module.expansion,
+            entry_stride=module.entry_stride,
+            group_size=module.width // module.groups_per_node if module.groups_per_node > 1 else 0,
         )
     )
     index = torch.tensor(rows)
@@ -161,8 +194,9 @@ def keep_rows(module, rows, *args):
     return new.eval()
 
 
-def test_row_selection_on_node_first_state_is_exact(fused):
-    levels, heads = make_stack(2)
+@pytest.mark.parametrize("shape", ["paper", "lean"])
+def test_row_selection_on_node_first_state_is_exact(shape, fused):
+    levels, heads = make_stack(2, **(LEAN if shape == "lean" else {}))
     for m in (*levels, heads):
         m.eval()
     x = torch.randn(2, IN, 4, 4)

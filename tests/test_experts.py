@@ -74,12 +74,20 @@ def kept_logits(parent: NHLModel, expert: NHLModel, x: torch.Tensor) -> tuple[to
     return full[:, index], cut
 
 
+LEAN = {"variant": "nhl-lean"}
+LEAN_GROUPED = {"variant": "nhl-lean", "group_size": 4}
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "convnextv2_atto"])
-@pytest.mark.parametrize("levels", [1, 2, 3, 4])
-def test_expert_logits_equal_parent_logits_on_kept_classes(backbone, levels):
+@pytest.mark.parametrize(
+    ("levels", "shape"),
+    [(1, {}), (2, {}), (3, {}), (4, {}), (2, LEAN), (4, LEAN), (3, LEAN_GROUPED)],
+    ids=["paper-1", "paper-2", "paper-3", "paper-4", "lean-2", "lean-4", "lean-g4-3"],
+)
+def test_expert_logits_equal_parent_logits_on_kept_classes(backbone, levels, shape):
     tree = random_tree(levels, 14, seed=levels)
     assert tree.levels == levels
-    parent = randomise(tiny_model(tree, backbone))
+    parent = randomise(tiny_model(tree, backbone, **shape))
     x = torch.randn(3, 3, 32, 32)
     rng = random.Random(levels)
     for k in (1, 2, 5, 13):
@@ -277,10 +285,17 @@ def test_cli_profile_flat_and_curve(model_files, tmp_path):
     assert profile["kind"] == "flat" and "expert" not in profile
     assert profile["cost"]["params"]["total"] > 1e6
     png = tmp_path / "curve.png"
-    run = run_nhl("profile", root / "nhl.safetensors", "--no-latency", "--curve", png)
+    run = run_nhl("profile", root / "nhl.safetensors", "--no-latency", "--curve", png, "--json")
     assert run.code == 0, run.err
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > 600 and image.size[1] > 300
+    curve = json.loads(run.out)["curve"]
+    # the file's widths (8, 8) are neither preset's: both drawn beside it, cheapest at full size: lean
+    assert set(curve["variants"]) == {"nhl", "nhl-lean"}
+    full = {name: rows[-1]["gmacs"] for name, rows in curve["variants"].items()}
+    assert full["nhl-lean"] < full["nhl"]
+    # the base line is the plain network on the same classes and input: the flat file's own cost
+    assert curve["base_gmacs"] == pytest.approx(profile["cost"]["gmacs"], rel=1e-3)
     run = run_nhl("profile", root / "flat.safetensors", "--no-latency", "--curve", tmp_path / "x.png")
     assert_one_line_error(run, "NHL model")
     assert not (tmp_path / "x.png").exists()

@@ -16,9 +16,10 @@ from safetensors.torch import save_file
 from nhlcli.errors import NhlError
 from nhlcli.model.files import read_metadata, save_model
 from nhlcli.model.loading import open_model
-from nhlcli.model.nhl import NHLModel, with_input_size
+from nhlcli.model.nhl import BranchConfig, NHLModel, with_input_size
 from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig
+from nhlcli.profiling import count_macs
 from nhlcli.taxonomy import Tree
 from nhlcli.taxonomy.sources import build_flat_tree
 from nhlcli.training import TrainConfig, train
@@ -286,6 +287,31 @@ def test_paper_variants_build_run_and_round_trip(tmp_path, variant):
     assert torch.equal(model(x), loaded(x))
     with pytest.raises(NhlError, match="1-level tree"):
         create_model(nested_tree(2), variant, TrunkConfig("resnet18"))
+
+
+def test_lean_variant_pools_level_one_keeps_outputs_equal_and_round_trips(tmp_path):
+    tree = nested_tree(3)
+    paper = create_model(tree, "nhl", TrunkConfig("resnet18")).eval()
+    lean = create_model(tree, "nhl-lean", TrunkConfig("resnet18")).eval()
+    for model in (paper, lean):
+        model.input_config = with_input_size(model.input_config, 64)
+    # widths 128/64/32 as the paper's; every level outputs 128 channels, so only level 1 projects
+    assert [lv.out_channels for lv in lean.levels] == [128, 128, 128]
+    assert [lv.blocks[0].downsample is not None for lv in lean.levels] == [True, False, False]
+    assert [lv.entry_stride for lv in lean.levels] == [2, 1, 1]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = lean.trunk(x)
+        assert lean.levels[0](features).shape[-2:] == ((features.shape[-2] + 1) // 2,) * 2
+        assert lean(x).shape == (2, len(CLASSES))
+    assert count_macs(lean) < count_macs(paper)
+    assert lean.parameter_groups()["branches"] < paper.parameter_groups()["branches"]
+    loaded = open_model(save_model(lean, tmp_path / "lean.safetensors"))
+    assert loaded.branch_config == lean.branch_config
+    with torch.no_grad():
+        assert torch.equal(lean(x), loaded(x))
+    with pytest.raises(NhlError, match="must each divide 128"):  # widths that cannot share outputs
+        create_model(tree, "nhl-lean", TrunkConfig("resnet18"), BranchConfig(widths=(96, 64, 32)))
 
 
 def test_induced_tree_from_a_flat_models_classifier(tmp_path):

@@ -145,7 +145,10 @@ def profile_command(
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
     repeats: int = typer.Option(20, "--repeats", help="Timed runs per batch size (fewer for slow models)."),
     curve: Path | None = typer.Option(
-        None, "--curve", help="Also draw params and GMACs against the number of kept classes to this PNG."
+        None,
+        "--curve",
+        help="Also draw params and GMACs against the number of kept classes to this PNG, beside the same "
+        "tree under the other NHL variant (nhl, nhl-lean) and the plain network's GMACs.",
     ),
     torch_file: Path | None = typer.Option(
         None, "--torch", help="For .onnx: the model file to time torch on (default: its source beside it)."
@@ -220,11 +223,14 @@ def profile_command(
             else None,
         }
     if curve is not None:
-        from nhlcli.experts.curve import cost_curve, plot_cost_curve
+        from nhlcli.experts.curve import base_network_macs, cost_curve, plot_cost_curve, variant_curves
 
         rows = cost_curve(model)
-        plot_cost_curve(rows, curve, f"{model_file.name}: expert cost against kept classes")
-        result["curve"] = {"file": str(curve), "points": rows}
+        variants = variant_curves(model)
+        base_gmacs = round(base_network_macs(model) / 1e9, 6)
+        title = f"{model_file.name}: expert cost against kept classes"
+        plot_cost_curve(rows, curve, title, variants, base_gmacs)
+        result["curve"] = {"file": str(curve), "points": rows, "variants": variants, "base_gmacs": base_gmacs}
     if as_json:
         print_json(result)
         return

@@ -82,7 +82,10 @@ def train_command(
         "resnet18", "--backbone", "-b", help="Any timm CNN with stages, e.g. resnet50."
     ),
     variant: str = typer.Option(
-        "nhl", "--variant", help="nhl | phl-small | phl-big | phl-latesp | phl-1branch | flat."
+        "nhl",
+        "--variant",
+        help="nhl (the paper's) | nhl-lean (pooled entry, identity shortcuts: near the base network's "
+        "cost at 1000 classes) | phl-small | phl-big | phl-latesp | phl-1branch | flat.",
     ),
     flat: bool = typer.Option(
         False, "--flat", help="Train the plain timm classifier (baseline), same file format."

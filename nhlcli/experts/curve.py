@@ -2,7 +2,10 @@
 
 Two selections per k bound what a user can expect: ``related`` keeps k neighbouring classes in
 tree order (they share ancestors, so the fewest branch nodes survive), ``random`` keeps k classes
-drawn at random (seeded; they share the fewest ancestors).
+drawn at random (seeded; they share the fewest ancestors). Beside a model's own curve,
+:func:`variant_curves` draws the same tree and trunk under each NHL variant preset (the paper's
+and ``nhl-lean``) and :func:`base_network_macs` the plain network's cost, the line an expert has to
+stay under to be worth cutting.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ from torch import nn
 from nhlcli.atomic import atomic_write
 from nhlcli.errors import NhlError
 from nhlcli.experts.cutout import cut_model
+from nhlcli.model.registry import create_model
+from nhlcli.model.trunk import TrunkConfig
 from nhlcli.profiling import count_macs
+
+CURVE_VARIANTS = ("nhl", "nhl-lean")  # the presets drawn beside a model's own curve
 
 STEPS = (1, 2, 5)
 
@@ -59,8 +66,38 @@ def cost_curve(model: nn.Module, points: Sequence[int] | None = None, seed: int 
     return rows
 
 
-def plot_cost_curve(rows: Sequence[dict[str, Any]], output: str | Path, title: str) -> Path:
-    """A PNG of params and GMACs against kept classes (log x), written atomically."""
+def variant_curves(model: nn.Module, points: Sequence[int] | None = None, seed: int = 0) -> dict[str, list]:
+    """Random-selection curves of the same tree, trunk and input under each preset of
+    :data:`CURVE_VARIANTS` whose branches differ from ``model``'s (untrained weights: cost only)."""
+    curves = {}
+    for variant in CURVE_VARIANTS:
+        other = create_model(model.tree, variant, model.trunk.config)
+        if other.branch_config == model.branch_config:
+            continue
+        other.input_config = model.input_config
+        rows = cost_curve(other.eval(), points, seed)
+        curves[variant] = [r for r in rows if r["selection"] == "random"]
+    return curves
+
+
+def base_network_macs(model: nn.Module) -> int:
+    """Multiply-accumulates of the plain timm network the model's trunk comes from, with a
+    classifier over the same classes, at the same input."""
+    trunk = model.trunk.config
+    base = create_model(model.tree, "flat", TrunkConfig(trunk.backbone, None, trunk.in_chans))
+    base.input_config = model.input_config
+    return count_macs(base)
+
+
+def plot_cost_curve(
+    rows: Sequence[dict[str, Any]],
+    output: str | Path,
+    title: str,
+    variants: dict[str, Sequence[dict[str, Any]]] | None = None,
+    base_gmacs: float | None = None,
+) -> Path:
+    """A PNG of params and GMACs against kept classes (log x), written atomically; other
+    variants' random-selection curves dotted, the base network's GMACs as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,6 +110,12 @@ def plot_cost_curve(rows: Sequence[dict[str, Any]], output: str | Path, title: s
             scale = 1e6 if key == "params" else 1.0
             ax.plot([r["classes"] for r in points], [r[key] / scale for r in points], style,
                     label=f"{selection} classes")  # fmt: skip
+        for name, points in (variants or {}).items():
+            scale = 1e6 if key == "params" else 1.0
+            ax.plot([r["classes"] for r in points], [r[key] / scale for r in points], ":",
+                    label=f"{name} (same tree, random classes)")  # fmt: skip
+        if key == "gmacs" and base_gmacs is not None:
+            ax.axhline(base_gmacs, color="grey", linestyle="-.", label="base network")
         ax.set_xscale("log")
         ax.set_xlabel("classes kept by the expert")
         ax.set_ylabel(label)

@@ -125,15 +125,21 @@ class NodeBatchNorm(nn.Module):
 
 
 class NodeBottleneck(nn.Module):
-    """State of one ResNet bottleneck (1x1, 3x3, 1x1 [+ projection]) for every node of a level."""
+    """State of one ResNet bottleneck (1x1, 3x3, 1x1 [+ projection]) for every node of a level.
 
-    def __init__(self, num_nodes: int, in_channels: int, width: int, expansion: int) -> None:
+    ``group_size``: channels per group of the 3x3 convolution (0: dense, as in the paper).
+    """
+
+    def __init__(
+        self, num_nodes: int, in_channels: int, width: int, expansion: int, group_size: int = 0
+    ) -> None:
         super().__init__()
         out_channels = width * expansion
         self.in_channels, self.width, self.out_channels = in_channels, width, out_channels
+        self.group_size = group_size or width
         self.conv1 = NodeConv(num_nodes, width, in_channels)
         self.bn1 = NodeBatchNorm(num_nodes, width)
-        self.conv2 = NodeConv(num_nodes, width, width, 3)
+        self.conv2 = NodeConv(num_nodes, width, self.group_size, 3)
         self.bn2 = NodeBatchNorm(num_nodes, width)
         self.conv3 = NodeConv(num_nodes, out_channels, width)
         self.bn3 = NodeBatchNorm(num_nodes, out_channels)
@@ -192,8 +198,14 @@ class BranchLevel(nn.Module):
     ``parent_index[i]`` is the index (into the previous level's nodes) of node ``i``'s parent;
     ``None`` for level 1, whose nodes all read the shared trunk output. Each node is ``blocks``
     bottlenecks (``in -> width -> width -> width * expansion``, stride 1, projection shortcut
-    where the channel count changes). Output: ``[B, num_nodes * out_channels, H, W]``,
-    channels-last, node ``i`` in channels ``i*out : (i+1)*out``.
+    where the channel count changes, identity shortcut where it does not). Output:
+    ``[B, num_nodes * out_channels, H', W']``, channels-last, node ``i`` in channels
+    ``i*out : (i+1)*out``.
+
+    Two knobs of the lean variant (paper NHL: both off): ``entry_stride`` average-pools the
+    level's input by that factor first (ceil mode, so a 2x2 map becomes 1x1): every node then
+    runs on a quarter of the positions, and the pooling has no weights, so slicing is untouched.
+    ``group_size`` splits each node's 3x3 convolution into groups of that many channels.
     """
 
     def __init__(
@@ -205,10 +217,16 @@ class BranchLevel(nn.Module):
         blocks: int = 1,
         expansion: int = 4,
         zero_init_last: bool = True,
+        entry_stride: int = 1,
+        group_size: int = 0,
     ) -> None:
         super().__init__()
-        if num_nodes < 1 or in_channels < 1 or width < 1 or blocks < 1 or expansion < 1:
-            raise ValueError("num_nodes, in_channels, width, blocks and expansion must be positive")
+        if min(num_nodes, in_channels, width, blocks, expansion, entry_stride) < 1:
+            raise ValueError(
+                "num_nodes, in_channels, width, blocks, expansion and entry_stride must be positive"
+            )
+        if group_size < 0 or (group_size and width % group_size):
+            raise ValueError(f"group_size {group_size} must divide the width {width} (0: dense)")
         if parent_index is not None:
             parent_index = [int(p) for p in parent_index]
             if len(parent_index) != num_nodes:
@@ -222,8 +240,12 @@ class BranchLevel(nn.Module):
         self.blocks_per_node = blocks
         self.expansion = expansion
         self.out_channels = width * expansion
+        self.entry_stride = entry_stride
+        self.groups_per_node = width // group_size if group_size else 1
         self.blocks = nn.ModuleList(
-            NodeBottleneck(num_nodes, in_channels if b == 0 else self.out_channels, width, expansion)
+            NodeBottleneck(
+                num_nodes, in_channels if b == 0 else self.out_channels, width, expansion, group_size
+            )
             for b in range(blocks)
         )
         if zero_init_last:
@@ -237,6 +259,8 @@ class BranchLevel(nn.Module):
         return (
             f"nodes={self.num_nodes}, in={self.in_channels}, width={self.width}, out={self.out_channels}, "
             f"blocks={self.blocks_per_node}, buckets={len(self._buckets)}"
+            + (f", entry_stride={self.entry_stride}" if self.entry_stride > 1 else "")
+            + (f", groups={self.groups_per_node}" if self.groups_per_node > 1 else "")
         )
 
     @property
@@ -327,6 +351,8 @@ class BranchLevel(nn.Module):
         """Run every node; ``scale`` (``[num_nodes]``, or ``[B, num_nodes]`` per sample) multiplies
         each node's output maps (top-down attention)."""
         groups_in = self._check_input(x)
+        if self.entry_stride > 1:
+            x = F.avg_pool2d(x, self.entry_stride, ceil_mode=True)
         x = channels_last(x)
         infer = not (self.training or torch.is_grad_enabled())
         if infer:
@@ -358,7 +384,7 @@ class BranchLevel(nn.Module):
             else:
                 u = F.conv2d(x, blk.conv1.as_conv(), groups=n)
             u = F.relu(blk.bn1.normalize(u, training), inplace=True)
-            u = F.conv2d(u, blk.conv2.as_conv(), padding=1, groups=n)
+            u = F.conv2d(u, blk.conv2.as_conv(), padding=1, groups=n * self.groups_per_node)
             u = F.relu(blk.bn2.normalize(u, training), inplace=True)
             u = blk.bn3.normalize(F.conv2d(u, blk.conv3.as_conv(), groups=n), training)
             if blk.downsample is not None:  # only ever in the first block
@@ -385,7 +411,8 @@ class BranchLevel(nn.Module):
                 u = self._per_parent(x, groups_in, p["w1_buckets"], conv_relu)
             else:
                 u = conv_relu(x, p["w1"], p["b1"], n)
-            u = channels_last(conv(channels_last(u), p["w2"], p["b2"], n, 1, relu=True, fused=fused))
+            u = conv(channels_last(u), p["w2"], p["b2"], n * self.groups_per_node, 1, relu=True, fused=fused)
+            u = channels_last(u)
             if "wp_buckets" in p:
                 s = channels_last(self._per_parent(x, groups_in, p["wp_buckets"], conv_plain))
             else:

@@ -41,12 +41,22 @@ def default_widths(levels: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class BranchConfig:
-    """Branch widths per level (bottleneck width; outputs are ``width * expansion``) and depth."""
+    """Branch shape per level: bottleneck width (outputs ``width * expansion``), blocks per node,
+    and the lean variant's knobs (per-level expansions, pooled entries, grouped 3x3).
+
+    ``expansions`` (default: ``expansion`` on every level) lets every level output the same
+    channels, so levels below the first get identity shortcuts instead of projections;
+    ``entry_strides`` (default 1) average-pools a level's input; ``group_size`` (0: dense) is
+    the channels per group of every 3x3 convolution.
+    """
 
     widths: tuple[int, ...] = ()
     blocks: int = 1
     expansion: int = 4
     single_branch: bool = False  # one branch feeds every class logit (PHL 1branch)
+    expansions: tuple[int, ...] = ()
+    entry_strides: tuple[int, ...] = ()
+    group_size: int = 0
 
     def resolved(self, levels: int) -> BranchConfig:
         widths = tuple(self.widths) or default_widths(levels)
@@ -59,10 +69,47 @@ class BranchConfig:
             raise NhlError("branch widths and blocks must be positive")
         if self.single_branch and levels != 1:
             raise NhlError("a single-branch model (phl-1branch) needs a flat, 1-level tree")
-        return BranchConfig(widths, self.blocks, self.expansion, self.single_branch)
+        expansions = tuple(self.expansions) or (self.expansion,) * levels
+        strides = tuple(self.entry_strides) or (1,) * levels
+        for name, values in (("expansions", expansions), ("entry strides", strides)):
+            if len(values) != levels or any(v < 1 for v in values):
+                raise NhlError(
+                    f"branch {name} must be {counted(levels, 'positive integer')}, got {list(values)}"
+                )
+        if self.group_size < 0 or any(w % self.group_size for w in widths if self.group_size):
+            raise NhlError(
+                f"a 3x3 group size of {self.group_size} channels must divide every branch width "
+                f"({', '.join(map(str, widths))})",
+                "widths",
+            )
+        return BranchConfig(
+            widths, self.blocks, self.expansion, self.single_branch, expansions, strides, self.group_size
+        )
+
+    def level_outputs(self) -> tuple[int, ...]:
+        """Output channels per node, level by level (of a resolved config)."""
+        return tuple(w * e for w, e in zip(self.widths, self.expansions, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "widths": list(self.widths)}
+        return {
+            **asdict(self),
+            "widths": list(self.widths),
+            "expansions": list(self.expansions),
+            "entry_strides": list(self.entry_strides),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BranchConfig:
+        """A file's ``branches`` section; files written before the lean knobs lack them."""
+        return cls(
+            tuple(data["widths"]),
+            int(data["blocks"]),
+            int(data["expansion"]),
+            bool(data.get("single_branch", False)),
+            tuple(data.get("expansions", ())),
+            tuple(data.get("entry_strides", ())),
+            int(data.get("group_size", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -115,10 +162,20 @@ def build_branches(
         for depth, width in enumerate(config.widths, start=1):
             nodes = [tree.root] if config.single_branch else tree.level(depth)
             parents = None if config.single_branch else tree_parent_index(tree, depth)
+            expansion = config.expansions[depth - 1]
             levels.append(
-                BranchLevel(len(nodes), parents, in_channels, width, config.blocks, config.expansion)
+                BranchLevel(
+                    len(nodes),
+                    parents,
+                    in_channels,
+                    width,
+                    config.blocks,
+                    expansion,
+                    entry_stride=config.entry_strides[depth - 1],
+                    group_size=config.group_size,
+                )
             )
-            in_channels = width * config.expansion
+            in_channels = width * expansion
         heads = LeafHeads(tree.num_classes, in_channels, shared=config.single_branch)
     return nn.ModuleList(levels), heads
 
@@ -224,22 +281,27 @@ class NHLModel(nn.Module):
         for key in ("blocks", "expansion"):
             if not positive_int(branches.get(key)):
                 return f"'branches.{key}' must be a positive integer, got {branches.get(key)!r}"
+        for key in ("expansions", "entry_strides"):
+            values = branches.get(key, [])
+            if not (isinstance(values, list) and all(positive_int(v) for v in values)):
+                return f"'branches.{key}' must be a list of positive integers, got {values!r}"
+            if values and len(values) != len(widths):
+                return f"'branches.{key}' has {len(values)} entries for {len(widths)} levels"
+        group_size = branches.get("group_size", 0)
+        if not (group_size == 0 or positive_int(group_size)) or isinstance(group_size, bool):
+            return f"'branches.group_size' must be 0 or a positive integer, got {group_size!r}"
+        if group_size and any(w % group_size for w in widths):
+            return f"'branches.group_size' {group_size} does not divide every width {widths}"
         return None
 
     @classmethod
     def from_config(cls, meta: Mapping[str, Any], skeleton: bool = False) -> NHLModel:
         """The model a file's metadata describes; ``skeleton`` leaves the branch weights
         unallocated (the caller loads every weight with ``assign=True``)."""
-        branches = meta["branches"]
         return cls(
             Tree.from_dict(meta["tree"]),
             TrunkConfig(**meta["trunk"]),
-            BranchConfig(
-                tuple(branches["widths"]),
-                int(branches["blocks"]),
-                int(branches["expansion"]),
-                bool(branches.get("single_branch", False)),
-            ),
+            BranchConfig.from_dict(meta["branches"]),
             InputConfig.from_dict(meta["input"]),
             init_branches=not skeleton,
         )

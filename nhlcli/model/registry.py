@@ -28,10 +28,19 @@ class Variant:
     later_split: bool = False
     flat: bool = False
     single_branch: bool = False
+    same_outputs: bool = False  # every level outputs 4x the last width: identity shortcuts below level 1
+    pooled_entry: bool = False  # level 1 average-pools the trunk output by 2
+    group_size: int = 0  # channels per group of the 3x3 convolutions (0: dense)
 
 
 VARIANTS: dict[str, Variant] = {
     "nhl": Variant("nested branches, one level per tree level (N2HL-N4HL; widths 128/64/32 for 3 levels)"),
+    "nhl-lean": Variant(
+        "NHL whose cost grows gently with the classes: level 1 pools the trunk output by 2, every "
+        "level outputs 4x the last width (identity shortcuts below level 1)",
+        same_outputs=True,
+        pooled_entry=True,
+    ),
     "phl-small": Variant("one level of parallel branches, width 32 (PHL small)", levels=1, widths=(32,)),
     "phl-big": Variant("one level of parallel branches, width 128 (PHL big)", levels=1, widths=(128,)),
     "phl-latesp": Variant(
@@ -94,9 +103,37 @@ def create_model(
         )
     if spec.later_split and trunk.split is None:
         trunk = replace(trunk, split=-1)  # after the last stage instead of before it
-    branches = branches or BranchConfig(widths=spec.widths)
+    return NHLModel(tree, trunk, variant_branches(variant, tree.levels, branches), **kwargs)
+
+
+def variant_branches(variant: str, levels: int, given: BranchConfig | None = None) -> BranchConfig:
+    """The branch shape of a variant for a ``levels``-deep tree; ``given`` settings (widths,
+    blocks, any lean knob) win over the preset's."""
+    spec = VARIANTS[variant]
+    branches = given or BranchConfig()
     if not branches.widths and spec.widths:
         branches = replace(branches, widths=spec.widths)
     if spec.single_branch:
         branches = replace(branches, single_branch=True)
-    return NHLModel(tree, trunk, branches, **kwargs)
+    branches = branches.resolved(levels)
+    if spec.same_outputs and not given_field(given, "expansions"):
+        out = branches.widths[-1] * branches.expansion
+        if not given_field(given, "widths"):  # the ladder capped at the common output
+            branches = replace(branches, widths=tuple(min(w, out) for w in branches.widths))
+        if any(out % w for w in branches.widths):
+            raise NhlError(
+                f"must each divide {out} in variant {variant}, whose levels all output {out} channels "
+                f"({branches.expansion}x the last width); got {', '.join(map(str, branches.widths))}",
+                "widths",
+            )
+        branches = replace(branches, expansions=tuple(out // w for w in branches.widths))
+    if spec.pooled_entry and not given_field(given, "entry_strides"):
+        branches = replace(branches, entry_strides=(2,) + (1,) * (levels - 1))
+    if spec.group_size and not given_field(given, "group_size"):
+        branches = replace(branches, group_size=spec.group_size)
+    return branches.resolved(levels)
+
+
+def given_field(given: BranchConfig | None, name: str) -> bool:
+    """Whether the caller set ``name`` (a non-default value) in its branch config."""
+    return given is not None and bool(getattr(given, name))

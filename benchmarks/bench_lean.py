@@ -1,0 +1,239 @@
+"""The lean NHL against the paper's: cost of the full model and its experts, training memory.
+
+    python benchmarks/bench_lean.py cost                 # 1000 classes, 224 px, ConvNeXtV2-tiny and ResNet50
+    python benchmarks/bench_lean.py cost --backbone resnet50 --candidates paper,lean
+    python benchmarks/bench_lean.py cost --json
+    python benchmarks/bench_lean.py accuracy --data fashion-mnist --seeds 0,1,2 --epochs 2
+    python benchmarks/bench_lean.py accuracy --data emoji --classes "Animals & Nature" --seeds 0,1 --epochs 4
+
+Every candidate is built on the shipped ``imagenet-1k-wordnet-l3`` (19 / 126 / 1,000 nodes) with
+untrained weights (cost does not depend on them) and measured side by side in one process:
+GMACs (FlopCounterMode, one image), parameters, the 5-class domestic-cat expert (ImageNet
+classes 281-285) and 20-class experts (the first 20 classes in tree order, and 20 drawn at
+random, seeded), each against the plain timm network ("base"), and the activations a training
+step keeps for backward per image (unique storages saved by autograd, batch 2, float32).
+
+``accuracy`` trains each variant with ``nhl train`` (the demo's recipe, one process per run, the
+variants of one seed back to back) and prints test top-1 per seed, mean and spread, the paired
+difference to the paper's NHL, and training images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from nhlcli.demo import recipe_args
+from nhlcli.experts import count_macs, cut_model
+from nhlcli.model.nhl import BranchConfig
+from nhlcli.model.registry import VARIANTS, create_model, variant_branches
+from nhlcli.model.trunk import TrunkConfig
+from nhlcli.taxonomy import shipped_tree
+from nhlcli.taxonomy.classes import load_class_list
+
+TREE = "imagenet-1k-wordnet-l3"
+CAT_IDS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def candidates(levels: int) -> dict[str, BranchConfig]:
+    """Every branch shape tried (name -> config); ``paper`` and the shipped variants included."""
+    paper = variant_branches("nhl", levels)
+    lean = variant_branches("nhl-lean", levels)
+    same_out = lean.expansions
+    return {
+        "paper": paper,
+        "paper+pool": replace(paper, entry_strides=(2,) + (1,) * (levels - 1)),
+        "identity": replace(paper, expansions=same_out),
+        "identity+pool": replace(paper, expansions=same_out, entry_strides=lean.entry_strides),
+        "identity+pool-all": replace(paper, expansions=same_out, entry_strides=(2,) * levels),
+        "identity+pool+g8": replace(lean, group_size=8),
+        "identity+pool+g16": replace(lean, group_size=16),
+        "lean": lean,
+    }
+
+
+def activation_bytes_per_image(model: torch.nn.Module, batch: int = 2) -> float:
+    """Bytes autograd keeps for backward per image in one training forward (unique storages)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.device.type == "cpu" and t.untyped_storage().data_ptr():
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    model.train()
+    x = torch.randn(batch, *model.input_config.size)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    return sum(n for ptr, n in seen.items() if ptr not in params) / batch
+
+
+def measure(name: str, model: torch.nn.Module, base_gmacs: float, tree, rng: random.Random) -> dict:
+    leaves = tree.level(tree.levels)
+    entries = load_class_list("imagenet-1k")
+    cats = [entries[i].id for i in CAT_IDS]
+    experts = {"cat-5": cats, "related-20": leaves[:20], "random-20": rng.sample(leaves, 20)}
+    model.eval()
+    gmacs = count_macs(model) / 1e9
+    row = {
+        "candidate": name,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "gmacs": round(gmacs, 3),
+        "x_base": round(gmacs / base_gmacs, 2),
+    }
+    for label, classes in experts.items():
+        g = count_macs(cut_model(model, classes)) / 1e9
+        row[f"{label}_gmacs"] = round(g, 3)
+        row[f"{label}_x_base"] = round(g / base_gmacs, 2)
+    row["train_mb_per_image"] = round(activation_bytes_per_image(model) / 2**20, 1)
+    return row
+
+
+def cost(backbones: list[str], names: list[str] | None) -> list[dict]:
+    tree = shipped_tree(TREE)
+    rows = []
+    for backbone in backbones:
+        base = create_model(tree, "flat", TrunkConfig(backbone)).eval()
+        base_gmacs = count_macs(base) / 1e9
+        base_row = {
+            "backbone": backbone,
+            "candidate": "base (timm)",
+            "params_m": round(sum(p.numel() for p in base.parameters()) / 1e6, 2),
+            "gmacs": round(base_gmacs, 3),
+            "x_base": 1.0,
+            "train_mb_per_image": round(activation_bytes_per_image(base) / 2**20, 1),
+        }
+        rows.append(base_row)
+        del base
+        for name, branches in candidates(tree.levels).items():
+            if names and name not in names:
+                continue
+            model = create_model(tree, "nhl", TrunkConfig(backbone), branches)
+            rows.append({"backbone": backbone, **measure(name, model, base_gmacs, tree, random.Random(0))})
+            print(json.dumps(rows[-1]), flush=True)
+            del model
+    return rows
+
+
+def train_run(data: str, variant: str, seed: int, epochs: int, classes: str | None, workers: int) -> dict:
+    """One ``nhl train`` run; its final test top-1, median training images/s and wall time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "nhlcli", "train", "--data", data, *recipe_args(epochs),
+               "--variant", variant, "--seed", str(seed), "--workers", str(workers),
+               "-o", str(Path(tmp) / "m.safetensors"), "--json"]  # fmt: skip
+        if data == "emoji":  # drawn at its own 32 px default; its images come augmented
+            cmd[cmd.index("--crop-scale") : cmd.index("--crop-scale") + 2] = []
+        if classes:
+            cmd += ["--classes", classes]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    summary = json.loads(proc.stdout)
+    return {
+        "variant": variant,
+        "seed": seed,
+        "test_top1": summary["val_top1"],
+        "images_per_s": statistics.median(h["images_per_s"] for h in summary["history"]),
+        "wall_s": round(wall, 1),
+    }
+
+
+def accuracy(data: str, variants: list[str], seeds: list[int], epochs: int, classes: str | None,
+             workers: int) -> dict:  # fmt: skip
+    runs = []
+    for seed in seeds:
+        for variant in variants:
+            runs.append(train_run(data, variant, seed, epochs, classes, workers))
+            print(json.dumps(runs[-1]), flush=True)
+    summary = {}
+    for variant in variants:
+        top1 = [r["test_top1"] for r in runs if r["variant"] == variant]
+        row = {
+            "top1_mean": round(statistics.mean(top1), 4),
+            "top1_sd": round(statistics.stdev(top1), 4) if len(top1) > 1 else None,
+            "top1_per_seed": [round(t, 4) for t in top1],
+            "images_per_s": round(
+                statistics.median(r["images_per_s"] for r in runs if r["variant"] == variant), 1
+            ),
+        }
+        if variant != variants[0]:
+            first = [r["test_top1"] for r in runs if r["variant"] == variants[0]]
+            diffs = [b - a for a, b in zip(first, top1, strict=True)]
+            row["paired_diff_mean"] = round(statistics.mean(diffs), 4)
+            row["paired_diff_sd"] = round(statistics.stdev(diffs), 4) if len(diffs) > 1 else None
+        summary[variant] = row
+    command = f"nhl train --data {data} {' '.join(recipe_args(epochs))}" + (
+        f" --classes {classes!r}" if classes else ""
+    )
+    return {"data": data, "classes": classes, "epochs": epochs, "seeds": seeds, "command": command,
+            "runs": runs, "summary": summary}  # fmt: skip
+
+
+def machine() -> str:
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if line.startswith("Model name")
+        )
+    except (OSError, StopIteration):
+        model = platform.processor()
+    return f"{model}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = ["backbone", "candidate", "params_m", "gmacs", "x_base", "cat-5_x_base", "related-20_x_base",
+            "random-20_x_base", "train_mb_per_image"]  # fmt: skip
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(str(r.get(c, "")) for c in cols))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", choices=["cost", "accuracy"])
+    parser.add_argument("--backbone", default="convnextv2_tiny,resnet50")
+    parser.add_argument("--candidates", default=None, help="comma list of candidate names (default: all)")
+    parser.add_argument("--data", default="fashion-mnist", help="accuracy: fashion-mnist or emoji")
+    parser.add_argument("--classes", default=None, help="accuracy: train on these classes only")
+    parser.add_argument("--variants", default="nhl,nhl-lean", help="accuracy: the first is the reference")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"# {machine()}; variants: {', '.join(VARIANTS)}")
+    if args.what == "accuracy":
+        result = accuracy(args.data, args.variants.split(","), [int(s) for s in args.seeds.split(",")],
+                          args.epochs, args.classes, args.workers)  # fmt: skip
+        print(
+            json.dumps(result if args.json else {"command": result["command"], **result["summary"]}, indent=1)
+        )
+        return
+    rows = cost(args.backbone.split(","), args.candidates.split(",") if args.candidates else None)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
