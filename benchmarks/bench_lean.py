@@ -11,7 +11,10 @@ untrained weights (cost does not depend on them) and measured side by side in on
 GMACs (FlopCounterMode, one image), parameters, the 5-class domestic-cat expert (ImageNet
 classes 281-285) and 20-class experts (the first 20 classes in tree order, and 20 drawn at
 random, seeded), each against the plain timm network ("base"), and the activations a training
-step keeps for backward per image (unique storages saved by autograd, batch 2, float32).
+step keeps for backward per image (unique storages saved by autograd, batch 2, float32), the
+full model's CPU latency (one image, inference mode, median of 5 after a warm-up) and its
+training speed (forward, loss, backward and AdamW step on batches of 4, median of 3 steps after
+a warm-up).
 
 ``accuracy`` trains each variant with ``nhl train`` (the demo's recipe, one process per run, the
 variants of one seed back to back) and prints test top-1 per seed, mean and spread, the paired
@@ -21,6 +24,7 @@ difference to the paper's NHL, and training images/s.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import random
@@ -47,19 +51,29 @@ CAT_IDS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
 def candidates(levels: int) -> dict[str, BranchConfig]:
-    """Every branch shape tried (name -> config); ``paper`` and the shipped variants included."""
+    """Every branch shape tried (name -> config); ``paper`` and the shipped ``lean`` included.
+
+    ``out-N``: every level outputs N channels (identity shortcuts below level 1); ``pool``:
+    level 1 pools the trunk output by 2 (``pool-all``: every level); ``gN``: 3x3 convolutions
+    in groups of N channels.
+    """
     paper = variant_branches("nhl", levels)
     lean = variant_branches("nhl-lean", levels)
-    same_out = lean.expansions
+    pool = lean.entry_strides
+
+    def same_out(out: int) -> tuple[int, ...]:
+        return tuple(out // w for w in paper.widths)
+
     return {
         "paper": paper,
-        "paper+pool": replace(paper, entry_strides=(2,) + (1,) * (levels - 1)),
-        "identity": replace(paper, expansions=same_out),
-        "identity+pool": replace(paper, expansions=same_out, entry_strides=lean.entry_strides),
-        "identity+pool-all": replace(paper, expansions=same_out, entry_strides=(2,) * levels),
-        "identity+pool+g8": replace(lean, group_size=8),
-        "identity+pool+g16": replace(lean, group_size=16),
-        "lean": lean,
+        "paper+pool": replace(paper, entry_strides=pool),
+        "out-128": replace(paper, expansions=same_out(128)),
+        "out-128+pool": replace(paper, expansions=same_out(128), entry_strides=pool),
+        "out-256": replace(paper, expansions=same_out(256)),
+        "out-256+pool-all": replace(lean, entry_strides=(2,) * levels, pool_min_side=0),
+        "out-256+pool+g8": replace(lean, group_size=8),
+        "out-256+pool+g16": replace(lean, group_size=16),
+        "lean (out-256+pool)": lean,
     }
 
 
@@ -81,6 +95,48 @@ def activation_bytes_per_image(model: torch.nn.Module, batch: int = 2) -> float:
     return sum(n for ptr, n in seen.items() if ptr not in params) / batch
 
 
+def median_seconds(step, repeats: int) -> float:
+    """Median wall time of ``step()`` after one warm-up call."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def latency_ms(model: torch.nn.Module) -> float:
+    """The full model's CPU latency for one image, in milliseconds."""
+    model.eval()
+    x = torch.randn(1, *model.input_config.size)
+    with torch.inference_mode():
+        return 1000 * median_seconds(lambda: model(x), 5)
+
+
+def train_images_per_s(model: torch.nn.Module, batch: int = 4) -> float:
+    """Training images/s of full steps (forward, cross-entropy, backward, AdamW) on random data."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, *model.input_config.size)
+    y = torch.randint(0, len(model.tree.classes), (batch,))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return batch / median_seconds(step, 3)
+
+
+def timing(model: torch.nn.Module) -> dict:
+    """Latency and training speed, rounded for the table."""
+    return {
+        "latency_ms": round(latency_ms(model), 1),
+        "train_images_per_s": round(train_images_per_s(model), 2),
+    }
+
+
 def measure(name: str, model: torch.nn.Module, base_gmacs: float, tree, rng: random.Random) -> dict:
     leaves = tree.level(tree.levels)
     entries = load_class_list("imagenet-1k")
@@ -99,7 +155,7 @@ def measure(name: str, model: torch.nn.Module, base_gmacs: float, tree, rng: ran
         row[f"{label}_gmacs"] = round(g, 3)
         row[f"{label}_x_base"] = round(g / base_gmacs, 2)
     row["train_mb_per_image"] = round(activation_bytes_per_image(model) / 2**20, 1)
-    return row
+    return {**row, **timing(model)}
 
 
 def cost(backbones: list[str], names: list[str] | None) -> list[dict]:
@@ -115,6 +171,7 @@ def cost(backbones: list[str], names: list[str] | None) -> list[dict]:
             "gmacs": round(base_gmacs, 3),
             "x_base": 1.0,
             "train_mb_per_image": round(activation_bytes_per_image(base) / 2**20, 1),
+            **timing(base),
         }
         rows.append(base_row)
         del base
@@ -125,6 +182,7 @@ def cost(backbones: list[str], names: list[str] | None) -> list[dict]:
             rows.append({"backbone": backbone, **measure(name, model, base_gmacs, tree, random.Random(0))})
             print(json.dumps(rows[-1]), flush=True)
             del model
+            gc.collect()  # one process measures every candidate: give each one's memory back
     return rows
 
 
@@ -198,7 +256,7 @@ def machine() -> str:
 
 def print_table(rows: list[dict]) -> None:
     cols = ["backbone", "candidate", "params_m", "gmacs", "x_base", "cat-5_x_base", "related-20_x_base",
-            "random-20_x_base", "train_mb_per_image"]  # fmt: skip
+            "random-20_x_base", "train_mb_per_image", "latency_ms", "train_images_per_s"]  # fmt: skip
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r.get(c, "")) for c in cols))

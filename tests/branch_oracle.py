@@ -49,6 +49,17 @@ def _copy_bn(dst: nn.BatchNorm2d, src: NodeBatchNorm, i: int) -> None:
     dst.running_var.copy_(src.running_var[i])
 
 
+class _EntryPool(nn.AvgPool2d):
+    """Average pooling (ceil mode) of maps at least ``min_side`` pixels a side; smaller pass."""
+
+    def __init__(self, stride: int, min_side: int) -> None:
+        super().__init__(stride, ceil_mode=True)
+        self.min_side = min_side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if min(x.shape[-2:]) >= self.min_side else x
+
+
 def per_node_modules(level: BranchLevel) -> nn.ModuleList:
     """One ordinary ``nn.Sequential`` of bottlenecks per node, carrying the level's weights
     (after an ``nn.AvgPool2d`` where the level pools its input)."""
@@ -57,7 +68,7 @@ def per_node_modules(level: BranchLevel) -> nn.ModuleList:
         for i in range(level.num_nodes):
             seq: list[nn.Module] = []
             if level.entry_stride > 1:
-                seq.append(nn.AvgPool2d(level.entry_stride, ceil_mode=True))
+                seq.append(_EntryPool(level.entry_stride, level.entry_min_side))
             for blk in level.blocks:
                 ref = _RefBottleneck(blk.in_channels, blk.width, blk.out_channels, level.groups_per_node)
                 ref.conv1.weight.copy_(blk.conv1.weight[i].view_as(ref.conv1.weight))

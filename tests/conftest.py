@@ -121,18 +121,20 @@ def tiny_model(
     seed: int | None = None,
     variant: str = "nhl",
     group_size: int = 0,
+    pool_min_side: int = 0,
 ) -> torch.nn.Module:
     """The one small model the tests build: NHL (branch width ``width`` at every level; for
-    ``nhl-lean`` widths doubling upwards, so levels differ in expansion) or flat, at ``size``
-    pixels, in eval mode; ``seed`` fixes the initial weights."""
+    ``nhl-lean`` widths doubling upwards, so levels differ in expansion; ``pool_min_side=1`` makes
+    its level 1 pool even the 2x2 map of a 32 px input) or flat, at ``size`` pixels, in eval mode;
+    ``seed`` fixes the initial weights."""
     if seed is not None:
         torch.manual_seed(seed)
     trunk = TrunkConfig(backbone, None, in_chans)
     if kind == "nhl":
         levels = tree.levels
-        ladder = tuple(min(width * 2 ** (levels - 1 - d), 4 * width) for d in range(levels))
+        ladder = tuple(min(width * 2 ** (levels - 1 - d), 8 * width) for d in range(levels))
         widths = ladder if variant == "nhl-lean" else (width,) * levels
-        branches = BranchConfig(widths=widths, group_size=group_size)
+        branches = BranchConfig(widths=widths, group_size=group_size, pool_min_side=pool_min_side)
         model = create_model(tree, variant, trunk, branches)
     else:
         model = FlatModel(tree, trunk)

@@ -219,6 +219,7 @@ EDITS = {
     "zero stride": (lambda m: m["branches"].update(entry_strides=[0, 1]), "'branches.entry_strides'"),
     "strides per level": (lambda m: m["branches"].update(entry_strides=[2]), "'branches.entry_strides'"),
     "group size": (lambda m: m["branches"].update(group_size=3), "'branches.group_size'"),
+    "pooling threshold": (lambda m: m["branches"].update(pool_min_side=-1), "'branches.pool_min_side'"),
 }
 
 
@@ -233,7 +234,7 @@ def test_hand_edited_metadata_fails_in_one_line_naming_the_file_and_the_key(file
 
 def test_files_from_before_the_lean_knobs_load_as_the_papers_shape(files, tmp_path):
     def drop_knobs(meta):
-        for key in ("expansions", "entry_strides", "group_size"):
+        for key in ("expansions", "entry_strides", "group_size", "pool_min_side"):
             meta["branches"].pop(key)
 
     older = open_model(_edited(files["model"], tmp_path / "older.safetensors", drop_knobs))

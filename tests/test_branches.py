@@ -186,6 +186,7 @@ def keep_rows(module, rows, *args):
             module.blocks_per_node,
             module.expansion,
             entry_stride=module.entry_stride,
+            entry_min_side=module.entry_min_side,
             group_size=module.width // module.groups_per_node if module.groups_per_node > 1 else 0,
         )
     )

@@ -294,15 +294,18 @@ def test_lean_variant_pools_level_one_keeps_outputs_equal_and_round_trips(tmp_pa
     paper = create_model(tree, "nhl", TrunkConfig("resnet18")).eval()
     lean = create_model(tree, "nhl-lean", TrunkConfig("resnet18")).eval()
     for model in (paper, lean):
-        model.input_config = with_input_size(model.input_config, 64)
-    # widths 128/64/32 as the paper's; every level outputs 128 channels, so only level 1 projects
-    assert [lv.out_channels for lv in lean.levels] == [128, 128, 128]
-    assert [lv.blocks[0].downsample is not None for lv in lean.levels] == [True, False, False]
+        model.input_config = with_input_size(model.input_config, 128)
+    # widths 128/64/32 as the paper's; every level outputs 256 channels, as many as ResNet18's
+    # layer3 gives, so no level needs a projection shortcut (the paper's all do)
+    assert [lv.out_channels for lv in lean.levels] == [256, 256, 256]
+    assert [lv.blocks[0].downsample is not None for lv in lean.levels] == [False, False, False]
+    assert [lv.blocks[0].downsample is not None for lv in paper.levels] == [True, True, True]
     assert [lv.entry_stride for lv in lean.levels] == [2, 1, 1]
-    x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        features = lean.trunk(x)
-        assert lean.levels[0](features).shape[-2:] == ((features.shape[-2] + 1) // 2,) * 2
+        for side, pooled in ((128, 4), (32, 2)):  # an 8x8 trunk map is pooled, a 2x2 one is not
+            features = lean.trunk(torch.randn(1, 3, side, side))
+            assert lean.levels[0](features).shape[-2:] == (pooled, pooled)
+        x = torch.randn(2, 3, 128, 128)
         assert lean(x).shape == (2, len(CLASSES))
     assert count_macs(lean) < count_macs(paper)
     assert lean.parameter_groups()["branches"] < paper.parameter_groups()["branches"]
@@ -310,7 +313,7 @@ def test_lean_variant_pools_level_one_keeps_outputs_equal_and_round_trips(tmp_pa
     assert loaded.branch_config == lean.branch_config
     with torch.no_grad():
         assert torch.equal(lean(x), loaded(x))
-    with pytest.raises(NhlError, match="must each divide 128"):  # widths that cannot share outputs
+    with pytest.raises(NhlError, match="must each divide 256"):  # widths that cannot share outputs
         create_model(tree, "nhl-lean", TrunkConfig("resnet18"), BranchConfig(widths=(96, 64, 32)))
 
 

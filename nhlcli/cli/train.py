@@ -84,8 +84,9 @@ def train_command(
     variant: str = typer.Option(
         "nhl",
         "--variant",
-        help="nhl (the paper's) | nhl-lean (pooled entry, identity shortcuts: near the base network's "
-        "cost at 1000 classes) | phl-small | phl-big | phl-latesp | phl-1branch | flat.",
+        help="nhl (the paper's) | nhl-lean (every level outputs the same channels, identity shortcuts; "
+        "level 1 pools maps of 8 px or more: near the base network's cost at 1000 classes) | "
+        "phl-small | phl-big | phl-latesp | phl-1branch | flat.",
     ),
     flat: bool = typer.Option(
         False, "--flat", help="Train the plain timm classifier (baseline), same file format."

@@ -203,9 +203,11 @@ class BranchLevel(nn.Module):
     ``i*out : (i+1)*out``.
 
     Two knobs of the lean variant (paper NHL: both off): ``entry_stride`` average-pools the
-    level's input by that factor first (ceil mode, so a 2x2 map becomes 1x1): every node then
-    runs on a quarter of the positions, and the pooling has no weights, so slicing is untouched.
-    ``group_size`` splits each node's 3x3 convolution into groups of that many channels.
+    level's input by that factor first (ceil mode): every node then runs on a quarter of the
+    positions, and the pooling has no weights, so slicing is untouched. It pools only maps whose
+    smaller side is at least ``entry_min_side`` (0: any), so a small input (a 2x2 map at 32 px)
+    keeps its few positions. ``group_size`` splits each node's 3x3 convolution into groups of
+    that many channels.
     """
 
     def __init__(
@@ -219,12 +221,15 @@ class BranchLevel(nn.Module):
         zero_init_last: bool = True,
         entry_stride: int = 1,
         group_size: int = 0,
+        entry_min_side: int = 0,
     ) -> None:
         super().__init__()
         if min(num_nodes, in_channels, width, blocks, expansion, entry_stride) < 1:
             raise ValueError(
                 "num_nodes, in_channels, width, blocks, expansion and entry_stride must be positive"
             )
+        if entry_min_side < 0:
+            raise ValueError(f"entry_min_side must be >= 0, got {entry_min_side}")
         if group_size < 0 or (group_size and width % group_size):
             raise ValueError(f"group_size {group_size} must divide the width {width} (0: dense)")
         if parent_index is not None:
@@ -241,6 +246,7 @@ class BranchLevel(nn.Module):
         self.expansion = expansion
         self.out_channels = width * expansion
         self.entry_stride = entry_stride
+        self.entry_min_side = entry_min_side
         self.groups_per_node = width // group_size if group_size else 1
         self.blocks = nn.ModuleList(
             NodeBottleneck(
@@ -260,6 +266,7 @@ class BranchLevel(nn.Module):
             f"nodes={self.num_nodes}, in={self.in_channels}, width={self.width}, out={self.out_channels}, "
             f"blocks={self.blocks_per_node}, buckets={len(self._buckets)}"
             + (f", entry_stride={self.entry_stride}" if self.entry_stride > 1 else "")
+            + (f", entry_min_side={self.entry_min_side}" if self.entry_min_side else "")
             + (f", groups={self.groups_per_node}" if self.groups_per_node > 1 else "")
         )
 
@@ -346,12 +353,16 @@ class BranchLevel(nn.Module):
             )
         return c // self.in_channels
 
+    def pools(self, size: Sequence[int]) -> bool:
+        """Whether an input map of ``size`` (H, W) is pooled on entry."""
+        return self.entry_stride > 1 and min(int(s) for s in size) >= self.entry_min_side
+
     # ----------------------------------------------------------------- forward
     def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
         """Run every node; ``scale`` (``[num_nodes]``, or ``[B, num_nodes]`` per sample) multiplies
         each node's output maps (top-down attention)."""
         groups_in = self._check_input(x)
-        if self.entry_stride > 1:
+        if self.pools(x.shape[-2:]):
             x = F.avg_pool2d(x, self.entry_stride, ceil_mode=True)
         x = channels_last(x)
         infer = not (self.training or torch.is_grad_enabled())

@@ -46,8 +46,9 @@ class BranchConfig:
 
     ``expansions`` (default: ``expansion`` on every level) lets every level output the same
     channels, so levels below the first get identity shortcuts instead of projections;
-    ``entry_strides`` (default 1) average-pools a level's input; ``group_size`` (0: dense) is
-    the channels per group of every 3x3 convolution.
+    ``entry_strides`` (default 1) average-pools a level's input, where its smaller side is at
+    least ``pool_min_side`` pixels (0: always); ``group_size`` (0: dense) is the channels per
+    group of every 3x3 convolution.
     """
 
     widths: tuple[int, ...] = ()
@@ -57,6 +58,7 @@ class BranchConfig:
     expansions: tuple[int, ...] = ()
     entry_strides: tuple[int, ...] = ()
     group_size: int = 0
+    pool_min_side: int = 0
 
     def resolved(self, levels: int) -> BranchConfig:
         widths = tuple(self.widths) or default_widths(levels)
@@ -82,8 +84,17 @@ class BranchConfig:
                 f"({', '.join(map(str, widths))})",
                 "widths",
             )
+        if self.pool_min_side < 0:
+            raise NhlError(f"the pooling threshold must be 0 or more pixels, got {self.pool_min_side}")
         return BranchConfig(
-            widths, self.blocks, self.expansion, self.single_branch, expansions, strides, self.group_size
+            widths,
+            self.blocks,
+            self.expansion,
+            self.single_branch,
+            expansions,
+            strides,
+            self.group_size,
+            self.pool_min_side,
         )
 
     def level_outputs(self) -> tuple[int, ...]:
@@ -109,6 +120,7 @@ class BranchConfig:
             tuple(data.get("expansions", ())),
             tuple(data.get("entry_strides", ())),
             int(data.get("group_size", 0)),
+            int(data.get("pool_min_side", 0)),
         )
 
 
@@ -173,6 +185,7 @@ def build_branches(
                     expansion,
                     entry_stride=config.entry_strides[depth - 1],
                     group_size=config.group_size,
+                    entry_min_side=config.pool_min_side,
                 )
             )
             in_channels = width * expansion
@@ -287,9 +300,11 @@ class NHLModel(nn.Module):
                 return f"'branches.{key}' must be a list of positive integers, got {values!r}"
             if values and len(values) != len(widths):
                 return f"'branches.{key}' has {len(values)} entries for {len(widths)} levels"
+        for key in ("group_size", "pool_min_side"):
+            value = branches.get(key, 0)
+            if not (value == 0 or positive_int(value)) or isinstance(value, bool):
+                return f"'branches.{key}' must be 0 or a positive integer, got {value!r}"
         group_size = branches.get("group_size", 0)
-        if not (group_size == 0 or positive_int(group_size)) or isinstance(group_size, bool):
-            return f"'branches.group_size' must be 0 or a positive integer, got {group_size!r}"
         if group_size and any(w % group_size for w in widths):
             return f"'branches.group_size' {group_size} does not divide every width {widths}"
         return None

@@ -28,18 +28,20 @@ class Variant:
     later_split: bool = False
     flat: bool = False
     single_branch: bool = False
-    same_outputs: bool = False  # every level outputs 4x the last width: identity shortcuts below level 1
-    pooled_entry: bool = False  # level 1 average-pools the trunk output by 2
+    common_output: int = 0  # every level outputs this many times the last width (identity shortcuts)
+    pooled_entry: bool = False  # level 1 average-pools the trunk output by 2 ...
+    pool_min_side: int = 0  # ... where that map is at least this many pixels a side
     group_size: int = 0  # channels per group of the 3x3 convolutions (0: dense)
 
 
 VARIANTS: dict[str, Variant] = {
     "nhl": Variant("nested branches, one level per tree level (N2HL-N4HL; widths 128/64/32 for 3 levels)"),
     "nhl-lean": Variant(
-        "NHL whose cost grows gently with the classes: level 1 pools the trunk output by 2, every "
-        "level outputs 4x the last width (identity shortcuts below level 1)",
-        same_outputs=True,
+        "NHL whose cost grows gently with the classes: every level outputs 8x the last width "
+        "(identity shortcuts below level 1), level 1 pools the trunk output by 2 where it is 8 px or more",
+        common_output=8,
         pooled_entry=True,
+        pool_min_side=8,
     ),
     "phl-small": Variant("one level of parallel branches, width 32 (PHL small)", levels=1, widths=(32,)),
     "phl-big": Variant("one level of parallel branches, width 128 (PHL big)", levels=1, widths=(128,)),
@@ -116,19 +118,21 @@ def variant_branches(variant: str, levels: int, given: BranchConfig | None = Non
     if spec.single_branch:
         branches = replace(branches, single_branch=True)
     branches = branches.resolved(levels)
-    if spec.same_outputs and not given_field(given, "expansions"):
-        out = branches.widths[-1] * branches.expansion
+    if spec.common_output and not given_field(given, "expansions"):
+        out = branches.widths[-1] * spec.common_output
         if not given_field(given, "widths"):  # the ladder capped at the common output
             branches = replace(branches, widths=tuple(min(w, out) for w in branches.widths))
         if any(out % w for w in branches.widths):
             raise NhlError(
                 f"must each divide {out} in variant {variant}, whose levels all output {out} channels "
-                f"({branches.expansion}x the last width); got {', '.join(map(str, branches.widths))}",
+                f"({spec.common_output}x the last width); got {', '.join(map(str, branches.widths))}",
                 "widths",
             )
         branches = replace(branches, expansions=tuple(out // w for w in branches.widths))
     if spec.pooled_entry and not given_field(given, "entry_strides"):
         branches = replace(branches, entry_strides=(2,) + (1,) * (levels - 1))
+        if not given_field(given, "pool_min_side"):
+            branches = replace(branches, pool_min_side=spec.pool_min_side)
     if spec.group_size and not given_field(given, "group_size"):
         branches = replace(branches, group_size=spec.group_size)
     return branches.resolved(levels)
