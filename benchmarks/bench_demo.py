@@ -7,7 +7,7 @@ process's wall time beside the demo's own figures and the machine it ran on. Wit
 loading processes, alternating them so that machine noise hits all alike (the evidence for
 ``nhlcli.data.default_workers``).
 
-    python benchmarks/bench_demo.py [--workers] [--json]
+    python benchmarks/bench_demo.py [--data emoji] [--workers] [--json]
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def machine() -> dict[str, object]:
     return info
 
 
-def time_demo(workdir: Path) -> dict[str, object]:
+def time_demo(workdir: Path, data: str) -> dict[str, object]:
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "nhlcli", "demo", "--workdir", str(workdir), "--json"],
+        [sys.executable, "-m", "nhlcli", "demo", "--data", data, "--workdir", str(workdir), "--json"],
         capture_output=True,
         text=True,
     )
@@ -82,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--data", default="fashion-mnist", help="the demo's data set: fashion-mnist or emoji")
     parser.add_argument("--workers", action="store_true", help="also compare 0, 1 and 2 data workers")
     parser.add_argument("--steps", type=int, default=80, help="training steps per worker-count run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the worker runs")
@@ -94,7 +95,7 @@ def main() -> None:
     if args.workers:
         report["workers_images_per_s"] = time_workers(args.steps, args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
-        report.update(time_demo(Path(tmp) / "demo"))
+        report.update(time_demo(Path(tmp) / "demo", args.data))
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -107,8 +108,14 @@ def main() -> None:
     full, expert = demo.get("full", {}), demo.get("expert", {})
     print(f"demo: {demo['epochs']} epochs ({demo['epochs_how']}), training {demo['train_seconds']} s, "
           f"demo {demo['seconds']} s, process wall {report['process_wall_s']} s")  # fmt: skip
-    print(f"full model: {json.dumps(full)}")
-    print(f"expert: {json.dumps(expert)}")
+    cut = expert["reduction_percent"]  # percent less than the full model
+    on_expert = f"full {full['top1_on_expert_classes']:.2%}, expert {expert['top1']:.2%}"
+    print(f"{demo['data']}: full model {full['cost']['classes']} classes, test top-1 {full['top1']:.2%}; "
+          f"on the {expert['images']} {expert['name']} test images {on_expert}")  # fmt: skip
+    latency = ", ".join(f"batch {r['batch']} -{r['median_ms']:.1f}%" for r in cut.get("latency", []))
+    print(f"expert ({expert['cost']['classes']} classes): params -{cut['params']['total']:.1f}% "
+          f"({expert['cost']['params']['total'] / 1e6:.3f}M), GMACs -{cut['gmacs']:.1f}% "
+          f"({expert['cost']['gmacs']:.4f}), latency {latency}")  # fmt: skip
 
 
 if __name__ == "__main__":

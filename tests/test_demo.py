@@ -8,13 +8,15 @@ import shlex
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import assert_one_line_error, make_tiny_data, run_nhl
 from PIL import Image
 from rich.console import Console
 
 from nhlcli.cli.demo import closing_table
+from nhlcli.data.emoji import EmojiDataset
 from nhlcli.data.fashion_mnist import read_idx_images
-from nhlcli.demo import DEFAULT_WORKDIR, FOOTWEAR, SAMPLE_IMAGES, DemoResult, demo_tree, recipe_args
+from nhlcli.demo import DEFAULT_WORKDIR, DEMOS, FOOTWEAR, DemoResult, demo_tree, recipe_args, run_demo
 from nhlcli.errors import NhlError
 from nhlcli.model.loading import open_model
 
@@ -35,14 +37,15 @@ def test_demo_trains_cuts_the_footwear_expert_and_compares(tmp_path):
     assert Path(args[2]) == work / "fashion-nhl.safetensors"
     # test images for nhl predict: the first test image of each class, pixel for pixel
     test_images = read_idx_images(data / "t10k-images-idx3-ubyte.gz")
-    assert [Path(i["file"]).name for i in summary["images"]] == list(SAMPLE_IMAGES)
+    sample_images = DEMOS["fashion-mnist"].sample_images
+    assert [Path(i["file"]).name for i in summary["images"]] == list(sample_images)
     for image in summary["images"]:
         assert image["test_index"] == {"sandal": 5, "sneaker": 7, "ankle-boot": 9, "shirt": 6}[image["class"]]
         with Image.open(image["file"]) as picture:
             assert picture.format == "PNG" and picture.mode == "L"
             assert np.array_equal(np.asarray(picture), test_images[image["test_index"]])
     predict = shlex.split(next(x for x in run.out.splitlines() if x.startswith("nhl predict ")))
-    assert [Path(a) for a in predict[3:]] == [work / name for name in SAMPLE_IMAGES]
+    assert [Path(a) for a in predict[3:]] == [work / name for name in sample_images]
     full, expert = summary["full"], summary["expert"]
     model = open_model(full["file"])
     cut = open_model(expert["file"])
@@ -50,7 +53,7 @@ def test_demo_trains_cuts_the_footwear_expert_and_compares(tmp_path):
     assert cut.metadata["expert"]["parent_sha256"]
     assert (work / "tree.json").is_file()
     # the expert answers as the full model restricted to footwear (eq. 3): the same accuracy
-    assert expert["top1"] == full["top1_on_footwear"]
+    assert expert["top1"] == full["top1_on_expert_classes"]
     assert expert["images"] == 18  # labels are i % 10: classes 5, 7 and 9 of 60 test images
     assert expert["cost"]["params"]["total"] < full["cost"]["params"]["total"]
     assert expert["reduction_percent"]["params"]["branches"] > 50
@@ -62,6 +65,41 @@ def test_demo_trains_cuts_the_footwear_expert_and_compares(tmp_path):
     console.print(closing_table(result))
     text = console.export_text()
     assert "test top-1, footwear images" in text and "GMACs / image" in text and "latency batch 16" in text
+    assert "test top-1, all 10 classes" in text
+
+
+def test_the_emoji_demo_trains_on_animals_and_nature_and_cuts_the_sea_animals_expert(tmp_path):
+    # the library call behind `nhl demo --data emoji`, with epochs of two steps to stay quick
+    result = run_demo(tmp_path / "w", epochs=1, say=lambda text: None, data="emoji", max_steps_per_epoch=2)
+    summary = json.loads((tmp_path / "w" / "report.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary())) and summary["data"] == "emoji"
+    full, expert = summary["full"], summary["expert"]
+    assert full["cost"]["classes"] == 152 and full["images"] == 152 * 4  # the group's fixed test split
+    assert len(expert["classes"]) == 12 and "shark" in expert["classes"] and "octopus" in expert["classes"]
+    assert expert["images"] == 12 * 4 and expert["top1"] == full["top1_on_expert_classes"]
+    assert expert["reduction_percent"]["params"]["total"] > 0 and expert["reduction_percent"]["gmacs"] > 0
+    model = open_model(full["file"])
+    assert model.input_config.size == (3, 32, 32) and model.tree.levels == 3
+    assert model.metadata["training"]["classes"] == ["Animals & Nature"]
+    # the sample images are the fixed test split's first image of their class, in colour
+    test = EmojiDataset("val")
+    for image in summary["images"]:
+        with Image.open(image["file"]) as picture:
+            assert picture.mode == "RGB" and picture.size == (32, 32)
+            assert np.array_equal(np.asarray(picture), np.asarray(test.load_image(image["test_index"])))
+        assert test.classes[test.targets[image["test_index"]]].name == image["class"]
+    console = Console(record=True, width=160)
+    console.print(closing_table(result))
+    text = console.export_text()
+    assert "Emoji, Animals & Nature" in text and "test top-1, sea animals images" in text
+    # a second run in the same place is refused, the first run's files kept
+    with pytest.raises(NhlError, match="earlier demo"):
+        run_demo(tmp_path / "w", epochs=1, data="emoji")
+
+
+def test_demo_names_the_data_sets_it_knows():
+    run = run_nhl("demo", "--data", "cifar10")
+    assert_one_line_error(run, "cifar10", "fashion-mnist, emoji")
 
 
 def test_demo_falls_back_to_the_shipped_tree_without_wordnet(monkeypatch):

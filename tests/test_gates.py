@@ -252,6 +252,7 @@ def test_cli_fit_tune_eval_sweep_predict_on_a_gated_nhl_file(gated_files, tmp_pa
     assert report["gmacs"] == pytest.approx(tuned["gmacs"])
     assert [e["fraction"] for e in report["exits"]] == pytest.approx(tuned["exit_fractions"])
     assert report["images_per_s"] > 0 and report["ungated_images_per_s"] > 0
+    assert report["ungated_top1"] == pytest.approx(tuned["full_top1"])  # the whole model on the same images
 
     run = run_nhl("eval", gated_file, "--data", data, "--workers", "0", "--route-top-k", "1", "--json")
     assert run.code == 0, run.err

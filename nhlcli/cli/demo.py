@@ -1,4 +1,4 @@
-"""``nhl demo``: the whole job on Fashion-MNIST, from tree to expert, in a few minutes."""
+"""``nhl demo``: the whole job on a built-in data set, from tree to expert, in a few minutes."""
 
 from __future__ import annotations
 
@@ -11,31 +11,32 @@ from rich.table import Table
 
 from nhlcli.cli.common import TrainingBar, console, friendly_errors, print_json
 from nhlcli.demo import (
-    DEFAULT_WORKDIR,
-    DEMO_EPOCHS,
-    FOOTWEAR,
+    DEMO_DATA,
+    DEMOS,
     REPORT_FILE,
     TRAIN_BUDGET_S,
     DemoResult,
     check_workdir,
+    demo_task,
     run_demo,
 )
 from nhlcli.errors import with_flags
 
 
 def closing_table(result: DemoResult) -> Table:
-    """Accuracy and cost, full model against the footwear expert."""
-    full, expert = result.full, result.expert
-    table = Table(title="Fashion-MNIST: full NHL model against the footwear expert")
+    """Accuracy and cost, full model against the expert."""
+    full, expert, task = result.full, result.expert, result.task
+    table = Table(title=f"{task.title}: full NHL model against the {task.expert_name} expert")
     table.add_column("")
     table.add_column("full model", justify="right")
     table.add_column("expert", justify="right")
     table.add_column("reduction", justify="right")
     reduction = expert["reduction_percent"]
     table.add_row("classes", str(full["cost"]["classes"]), str(expert["cost"]["classes"]), "")
-    table.add_row("test top-1, all 10 classes", f"{full['top1']:.2%}", "", "")
-    on_footwear = f"{full['top1_on_footwear']:.2%}"
-    table.add_row("test top-1, footwear images", on_footwear, f"{expert['top1']:.2%}", "same answers")
+    table.add_row(f"test top-1, all {full['cost']['classes']} classes", f"{full['top1']:.2%}", "", "")
+    on_expert = f"{full['top1_on_expert_classes']:.2%}"
+    expert_top1 = f"{expert['top1']:.2%}"
+    table.add_row(f"test top-1, {task.expert_name} images", on_expert, expert_top1, "same answers")
     table.add_row(
         "params (M)",
         f"{full['cost']['params']['total'] / 1e6:.3f}",
@@ -55,25 +56,34 @@ def closing_table(result: DemoResult) -> Table:
         )
     cost = full["cost"]
     table.caption = (
-        f"full model on footwear = softmax over the 3 footwear classes (paper 003, eq. 3); "
+        f"full model on {task.expert_name} = softmax over the {expert['cost']['classes']} {task.expert_name} "
+        "classes (paper 003, eq. 3); "
         f"latency: median, {cost['device']}, {cost['threads']} threads"
     )
     return table
 
 
 def demo_command(
-    workdir: Path = typer.Option(
-        Path(DEFAULT_WORKDIR),
+    data: str = typer.Option(
+        "fashion-mnist",
+        "--data",
+        "-d",
+        help=f"Which built-in data set: {' or '.join(DEMO_DATA)} (Unicode's Animals & Nature group, 152 "
+        "classes over its 3-level tree, with a sea animals expert).",
+    ),
+    workdir: Path | None = typer.Option(
+        None,
         "--workdir",
         "-w",
-        help=f"Where to keep the tree, model, expert, test images and {REPORT_FILE} (created if missing).",
+        help=f"Where to keep the tree, model, expert, test images and {REPORT_FILE} (created if missing; "
+        f"default {' or '.join(t.workdir for t in DEMOS.values())} in the current directory).",
     ),
     epochs: int | None = typer.Option(
         None,
         "--epochs",
         "-e",
         help=f"Training epochs (default: as many as fit {TRAIN_BUDGET_S / 60:.0f} minutes on this machine, "
-        f"at most {DEMO_EPOCHS}).",
+        f"at most {', '.join(f'{t.max_epochs} on {name}' for name, t in DEMOS.items())}).",
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an earlier demo's files in --workdir (refused otherwise)."
@@ -82,30 +92,40 @@ def demo_command(
         False, "--json", help=f"Print the results as JSON (what {REPORT_FILE} holds)."
     ),
 ) -> None:
-    """Run the main job end to end on Fashion-MNIST: tree, training, eval, a footwear expert, its cost.
+    """Run the main job end to end: tree, training, eval, an expert, its cost.
 
-    Everything is kept in --workdir (nhl-demo/ here by default): tree.json, the model
-    fashion-nhl.safetensors, the expert footwear-expert.safetensors, four test images (sandal.png,
-    sneaker.png, ankle-boot.png, shirt.png) and report.json, the results as JSON. Needs the
-    Fashion-MNIST files (Debian's dataset-fashion-mnist package, NHL_DATA, or a download when
-    online). Training times its own first steps and runs as many epochs as fit 7 minutes on this
-    machine, so that the whole demo ends within 10 minutes.
+    On Fashion-MNIST (the default) everything is kept in --workdir (nhl-demo/ here by default):
+    tree.json, the model fashion-nhl.safetensors, the expert footwear-expert.safetensors, four test
+    images (sandal.png, sneaker.png, ankle-boot.png, shirt.png) and report.json, the results as
+    JSON. Needs the Fashion-MNIST files (Debian's dataset-fashion-mnist package, NHL_DATA, or a
+    download when online). --data emoji trains on Unicode's Animals & Nature emoji (Debian's
+    unicode-data and fonts-noto-color-emoji) and cuts a sea animals expert, in nhl-demo-emoji/.
+    Training times its own first steps and runs as many epochs as fit 7 minutes on this machine,
+    so that the whole demo ends within 10 minutes.
     """
 
     def say(text: str) -> None:
         if not as_json:
             console.print(f"[bold cyan]{escape(with_flags(text))}[/]")
 
-    check_workdir(workdir, overwrite)  # before anything runs
+    task = demo_task(data)
+    check_workdir(workdir, overwrite, data)  # before anything runs
     result = run_demo(
-        workdir, epochs=epochs, progress=None if as_json else TrainingBar(), say=say, overwrite=overwrite
+        workdir,
+        epochs=epochs,
+        progress=None if as_json else TrainingBar(),
+        say=say,
+        overwrite=overwrite,
+        data=data,
     )
     if as_json:
         print_json(result.summary())
         return
     console.print(closing_table(result))
     model = shlex.quote(result.full["file"])
-    commands = [f"nhl cutout {model} --classes {shlex.quote(','.join(FOOTWEAR))} -o expert.safetensors"]
+    commands = [
+        f"nhl cutout {model} --classes {shlex.quote(','.join(task.expert_classes))} -o expert.safetensors"
+    ]
     if result.images:
         pictures = " ".join(shlex.quote(image["file"]) for image in result.images)
         commands.append(f"nhl predict {model} {pictures}")

@@ -393,7 +393,8 @@ def eval_command(
     if "exits" in report:
         console.print(gated_report_table(report))
         console.print(
-            f"top-1 [bold]{report['top1']:.2%}[/]  {report['gmacs']:.4f} GMACs per image on average "
+            f"top-1 [bold]{report['top1']:.2%}[/] (ungated {report['ungated_top1']:.2%})  "
+            f"{report['gmacs']:.4f} GMACs per image on average "
             f"(full network {report['full_gmacs']:.4f}, {report['gmacs_reduction_percent']:.1f}% fewer)  "
             f"{report['images_per_s']:.0f} img/s against {report['ungated_images_per_s']:.0f} ungated "
             f"(x{report['speedup']:.2f}, {report['threads']} threads)"
