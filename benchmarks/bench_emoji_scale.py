@@ -37,7 +37,11 @@ from pathlib import Path
 
 import torch
 
-RECIPE = dict(batch_size=64, lr=3e-3, warmup_epochs=0.3, label_smoothing=0.1, crop_scale=(0.8, 1.0))
+from nhlcli.demo import RECIPE as DEMO_RECIPE
+
+# the demo's recipe at batch 64 (its crop scale "0.8,1" as numbers)
+RECIPE = {**{k: DEMO_RECIPE[k] for k in ("lr", "warmup_epochs", "label_smoothing")}, "batch_size": 64,
+          "crop_scale": tuple(float(v) for v in DEMO_RECIPE["crop_scale"].split(","))}  # fmt: skip
 
 
 def peak_rss_mb() -> float:
@@ -123,14 +127,14 @@ def cost_row(report: dict) -> dict:
 
 
 @torch.no_grad()
-def same_answers(full_file: Path, expert_file: Path) -> dict:
+def same_answers(full: torch.nn.Module, expert_file: Path) -> dict:
     """Run both on the expert's test images: the expert's logits against the full model's restricted
     to the expert's classes (eq. 3), answer by answer."""
     from nhlcli.data import model_loader
     from nhlcli.evaluation import ClassSubset
     from nhlcli.model.loading import open_model
 
-    full, expert = open_model(full_file), open_model(expert_file)
+    expert = open_model(expert_file)
     restricted = ClassSubset(full, full.tree.select(list(expert.tree.classes)).subtree(full.tree)).eval()
     expert.eval()
     loader = model_loader(expert, "emoji", "val", batch_size=64, workers=0)
@@ -160,10 +164,9 @@ def experts(args: argparse.Namespace) -> dict:
             save_expert(cut, out, cost=expert_cost)
             seconds = time.perf_counter() - start
             row = {"kept": label, **cost_row(expert_cost), "file_mb": round(out.stat().st_size / 1e6, 1),
-                   "cut_and_cost_s": round(seconds, 1), **same_answers(args.model, out)}  # fmt: skip
+                   "cut_and_cost_s": round(seconds, 1), **same_answers(full, out)}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
-            full_row = {**cost_row(full_cost), "file_mb": round(Path(args.model).stat().st_size / 1e6, 1)}
     if args.base:
         from nhlcli.profiling import count_macs, measure_latency
 
@@ -172,6 +175,7 @@ def experts(args: argparse.Namespace) -> dict:
                 "gmacs": round(count_macs(base_model) / 1e9, 4),
                 "file_mb": round(Path(args.base).stat().st_size / 1e6, 1),
                 **{f"batch{b}_ms": measure_latency(base_model, b)["median_ms"] for b in (1, 64)}}  # fmt: skip
+    full_row = {**cost_row(full_cost), "file_mb": round(Path(args.model).stat().st_size / 1e6, 1)}
     return {"full": full_row, "base": base, "experts": rows, "threads": args.threads}
 
 

@@ -199,7 +199,6 @@ def write_sample_images(workdir: Path, data: str = "fashion-mnist") -> list[dict
     images (28x28 grey for Fashion-MNIST, 32x32 colour for emoji; the model's own transform
     resizes them).
     """
-    from PIL import Image
 
     from nhlcli.atomic import atomic_write
     from nhlcli.data import open_dataset
@@ -217,8 +216,6 @@ def write_sample_images(workdir: Path, data: str = "fashion-mnist") -> list[dict
             continue  # a test set without this class (only small test data)
         index = int(found[0])
         picture = dataset.load_image(index)
-        if not isinstance(picture, Image.Image):
-            picture = Image.fromarray(np.asarray(picture))
         atomic_write(workdir / file_name, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
         written.append({"file": str(workdir / file_name), "class": class_name, "test_index": index})
     return written
