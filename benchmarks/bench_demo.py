@@ -56,6 +56,7 @@ def time_workers(steps: int, rounds: int) -> dict[int, list[float]]:
     import torch
 
     from nhlcli.demo import RECIPE, demo_tree
+    from nhlcli.model import DEFAULT_VARIANT
     from nhlcli.model.nhl import with_input_size
     from nhlcli.model.registry import create_model
     from nhlcli.model.trunk import TrunkConfig
@@ -66,7 +67,7 @@ def time_workers(steps: int, rounds: int) -> dict[int, list[float]]:
     for _ in range(rounds):
         for workers in rates:
             torch.manual_seed(0)
-            model = create_model(tree, "nhl", TrunkConfig(RECIPE["backbone"], None, 1))
+            model = create_model(tree, DEFAULT_VARIANT, TrunkConfig(RECIPE["backbone"], None, 1))
             model.input_config = with_input_size(model.input_config, RECIPE["input_size"])
             config = TrainConfig(
                 epochs=1, batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], warmup_epochs=0,

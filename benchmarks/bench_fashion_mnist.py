@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from nhlcli.demo import DEFAULT_EPOCHS, recipe_args
+from nhlcli.model import DEFAULT_VARIANT
 
 GOAL_TOP1, GOAL_SECONDS = 0.92, 600
 
@@ -41,7 +42,7 @@ def main() -> None:
         raise SystemExit(proc.stderr[-2000:])
     summary = json.loads(proc.stdout)
     result = {
-        "model": "flat" if args.flat else "nhl",
+        "model": "flat" if args.flat else DEFAULT_VARIANT,
         "command": "nhl train --data fashion-mnist " + " ".join(recipe_args(args.epochs)),
         "test_top1": round(summary["val_top1"], 4),
         "wall_s": round(wall, 1),

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, make_tiny_data, run_nhl, tiny_model
+from conftest import CLASSES as TREE_CLASSES
+from conftest import assert_one_line_error, make_tiny_data, nested_tree, run_nhl, tiny_model
 
 from nhlcli.errors import NhlError
 from nhlcli.model.files import read_metadata
@@ -184,12 +185,25 @@ def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, folder):
         (["--weight-decay", "-0.1"], "--weight-decay"),
         (["--workers", "-1"], "--workers"),
         (["--warmup-epochs", "5", "--epochs", "2"], "--warmup-epochs"),
+        (["--variant", "phl-small"], "--variant phl-small"),  # SMALL says --flat: which one?
     ],
 )
 def test_train_refuses_values_that_would_mean_something_else(tmp_path, folder, args, fragment):
     run = run_nhl("train", "--data", folder, "-o", tmp_path / "m.safetensors", *SMALL, *args)
     assert_one_line_error(run, fragment)
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_train_without_a_variant_builds_the_lean_nhl(tmp_path):
+    """The default shape is nhl-lean: every level outputs the same channels (8x the last width)."""
+    data = make_tiny_data.make_image_folder(tmp_path / "d", TREE_CLASSES, per_class=2, size=16)
+    tree = nested_tree(2).save(tmp_path / "t.json")
+    out = tmp_path / "m.safetensors"
+    args = ["--input-size", "16", "--batch-size", "4", "--workers", "0", "--augment", "none", "--epochs", "1"]
+    assert run_nhl("train", "--data", data, "-t", tree, "-o", out, "--widths", "8,4", *args).code == 0
+    branches = read_metadata(out)["branches"]
+    outputs = [w * e for w, e in zip(branches["widths"], branches["expansions"], strict=True)]
+    assert outputs == [32, 32] and branches["pool_min_side"] == 8
 
 
 # -- a run that fits its time -----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from nhlcli.cli.common import (
 )
 from nhlcli.cli.predict import ATTEND_HELP, ATTEND_LEVEL_HELP
 from nhlcli.errors import NhlError
+from nhlcli.model import DEFAULT_VARIANT
 from nhlcli.text import counted
 
 BUILTIN_DEFAULT_TREE = {"fashion-mnist": "fashion-mnist-wordnet-l2", "emoji": "emoji-unicode-l3"}
@@ -81,12 +82,14 @@ def train_command(
     backbone: str = typer.Option(
         "resnet18", "--backbone", "-b", help="Any timm CNN with stages, e.g. resnet50."
     ),
-    variant: str = typer.Option(
-        "nhl",
+    variant: str | None = typer.Option(
+        None,
         "--variant",
-        help="nhl (the paper's) | nhl-lean (every level outputs the same channels, identity shortcuts; "
-        "level 1 pools maps of 8 px or more: near the base network's cost at 1000 classes) | "
-        "phl-small | phl-big | phl-latesp | phl-1branch | flat.",
+        help=f"Model shape (default {DEFAULT_VARIANT}): nhl-lean (every level outputs the same "
+        "channels, identity shortcuts; level 1 pools maps of 8 px or more: near the base network's "
+        "cost at 1000 classes, as accurate as the paper's) | nhl (the paper's shape: widths "
+        "128/64/32, several times the base network's cost at 1000 classes) | phl-small | phl-big | "
+        "phl-latesp | phl-1branch | flat.",
     ),
     flat: bool = typer.Option(
         False, "--flat", help="Train the plain timm classifier (baseline), same file format."
@@ -212,8 +215,9 @@ def train_command(
     check_output_dir(ckdir, inputs, label="--checkpoint-dir")
     check_distinct_outputs({"--output": output, "--checkpoint-dir": ckdir})
     check_fresh_start(ckdir, resume, overwrite)
-    if flat:
-        variant = "flat"
+    if flat and variant not in (None, "flat"):
+        raise NhlError(f"--flat trains the plain classifier, not --variant {variant}; give one of the two")
+    variant = "flat" if flat else variant or DEFAULT_VARIANT
     tree = _tree_for(hierarchy, data, variant == "flat")
     selection = tuple(parse_names(classes)) if classes is not None else None
     from nhlcli.distributed import is_main_process

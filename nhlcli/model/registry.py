@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from nhlcli.errors import NhlError
+from nhlcli.model import DEFAULT_VARIANT
 from nhlcli.model.files import damaged_metadata
 from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel
 from nhlcli.model.trunk import TrunkConfig
@@ -86,7 +87,7 @@ def model_from_config(meta: Mapping[str, Any], skeleton: bool = False, path: str
 
 def create_model(
     tree: Tree,
-    variant: str = "nhl",
+    variant: str = DEFAULT_VARIANT,
     trunk: TrunkConfig | None = None,
     branches: BranchConfig | None = None,
     **kwargs: Any,
