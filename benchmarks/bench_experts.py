@@ -54,36 +54,52 @@ def size(model) -> tuple[float, float]:
     return sum(p.numel() for p in model.parameters()) / 1e6, count_macs(model) / 1e9
 
 
-def expert_sizes(model, k: int, seed: int = 0) -> dict[str, list[float]]:
-    """Params/GMACs of k-class experts: k related classes (tree order) and k random classes."""
-    leaves = model.tree.level(model.tree.levels)
-    related = size(cut_model(model, leaves[:k]))
-    rand = size(cut_model(model, random.Random(seed).sample(leaves, k)))
-    return {"related": [round(v, 3) for v in related], "random": [round(v, 3) for v in rand]}
+def paper_experts() -> dict[str, tuple[str, list[str]]]:
+    """Paper 003's named experts (Table 2): ImageNet100's "lower 20", its 20 lowest class ids
+    (ours: the first 20 of every 10th ImageNet-1k class), and ImageNet-1k's "meow", the five
+    domestic cats (classes 281-285: tabby, tiger cat, Persian, Siamese, Egyptian cat)."""
+    entries = load_class_list("imagenet-1k")
+    return {
+        "resnet50-nhl-100": ("lower 20", [e.id for e in entries[::10][:20]]),
+        "convnextv2-nhl-1000": ("meow", [entries[i].id for i in range(281, 286)]),
+    }
 
 
 def table1() -> list[dict]:
+    """Each Table 1 model in the paper's shape (``nhl``) and the lean default, its named expert,
+    and the plain timm network over the same classes: an expert is only worth cutting if it
+    costs less than that network."""
     rows = []
+    named = paper_experts()
     for key, tree, backbone in (
         ("resnet50-nhl-100", imagenet100_tree(), "resnet50"),
         ("convnextv2-nhl-1000", shipped_tree("imagenet-1k-wordnet-l3"), "convnextv2_tiny"),
     ):
-        model = create_model(tree, "nhl", TrunkConfig(backbone)).eval()
-        params, gmacs = size(model)
-        paper = PAPER[key]
-        rows.append(
-            {
-                "model": key,
-                "backbone": backbone,
-                "nodes_per_level": [len(tree.level(d)) for d in range(1, tree.levels + 1)],
-                "params_m": round(params, 2),
-                "gmacs": round(gmacs, 3),
-                "expert_classes": paper["expert"],
-                "expert": expert_sizes(model, paper["expert"]),
-                "paper": paper,
-            }
-        )
-        del model
+        base_params, base_gmacs = size(create_model(tree, "flat", TrunkConfig(backbone)).eval())
+        expert_name, expert_classes = named[key]
+        for variant in ("nhl", "nhl-lean"):
+            model = create_model(tree, variant, TrunkConfig(backbone)).eval()
+            params, gmacs = size(model)
+            expert_params, expert_gmacs = size(cut_model(model, expert_classes))
+            rows.append(
+                {
+                    "model": key,
+                    "variant": variant,
+                    "backbone": backbone,
+                    "nodes_per_level": [len(tree.level(d)) for d in range(1, tree.levels + 1)],
+                    "params_m": round(params, 2),
+                    "gmacs": round(gmacs, 3),
+                    "expert": expert_name,
+                    "expert_classes": len(expert_classes),
+                    "expert_params_m": round(expert_params, 2),
+                    "expert_gmacs": round(expert_gmacs, 3),
+                    "base_params_m": round(base_params, 2),
+                    "base_gmacs": round(base_gmacs, 3),
+                    "expert_gmacs_x_base": round(expert_gmacs / base_gmacs, 2),
+                    "paper": PAPER[key],
+                }
+            )
+            del model
     return rows
 
 

@@ -6,7 +6,7 @@ finished step is not redone, so an interrupted study continues where it stopped.
 
     python benchmarks/results_study.py all                    # every part, then the report
     python benchmarks/results_study.py classification --seeds 3
-    python benchmarks/results_study.py cutouts | attention | frozen | gates
+    python benchmarks/results_study.py cutouts | attention | frozen | gates | long | controls
     python benchmarks/results_study.py report                 # tables (Markdown) and plots
 
 Parts: ``classification`` (paper 003, Table 3: flat against PHL small/big/lateSP/1branch and
@@ -14,7 +14,9 @@ N2HL-N4HL on one trunk, 3 seeds for the main rows, flat and N2HL), ``cutouts`` (
 experts against flat models trained on all classes and on the subset only), ``attention``
 (section 4.4, the curve in one pass per level),
 ``frozen`` (paper 000: a frozen ImageNet-trained EfficientNet-Lite0 trunk with NHL and flat
-heads), ``gates`` (paper 004: hinge against cross-entropy d-gates). The ImageNet-scale
+heads), ``gates`` (paper 004: hinge against cross-entropy d-gates), ``long`` (flat and N2HL for
+the recipe's full 10 epochs, 3 seeds, with the interval for their difference), ``controls``
+(top-down attention's controls on the seed-0 pair of ``long``). The ImageNet-scale
 architecture cost (paper 000, Table 1) is ``benchmarks/bench_experts.py table1``.
 """
 
@@ -34,6 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from evidence import describe, difference, verdict
+
 from nhlcli.demo import recipe_args
 from nhlcli.model.files import read_metadata
 
@@ -41,17 +45,20 @@ EPOCHS = 2  # what fits a 2-hour study on a 2-core CPU; --epochs 10 for the 92% 
 FLAT_TREE = "fm-flat-tree.json"
 L4_TREE = "fm-wordnet-l4.json"
 
-# name -> (nhl train options, main row: trained with every seed)
+# name -> (nhl train options, main row: trained with every seed). The papers' models: NHL rows name
+# the paper's shape (--variant nhl), not nhl train's default.
 CLASSIFICATION: dict[str, tuple[list[str], bool]] = {
     "flat ResNet18": (["--flat"], True),
     "PHL small": (["--variant", "phl-small", "--hierarchy", FLAT_TREE], False),
     "PHL big": (["--variant", "phl-big", "--hierarchy", FLAT_TREE], False),
     "PHL lateSP": (["--variant", "phl-latesp", "--hierarchy", FLAT_TREE], False),
     "PHL 1branch": (["--variant", "phl-1branch", "--hierarchy", FLAT_TREE], False),
-    "N2HL (WordNet)": (["--hierarchy", "fashion-mnist-wordnet-l2"], True),
-    "N3HL (WordNet)": (["--hierarchy", "fashion-mnist-wordnet-l3"], False),
-    "N4HL (WordNet)": (["--hierarchy", L4_TREE], False),
+    "N2HL (WordNet)": (["--variant", "nhl", "--hierarchy", "fashion-mnist-wordnet-l2"], True),
+    "N3HL (WordNet)": (["--variant", "nhl", "--hierarchy", "fashion-mnist-wordnet-l3"], False),
+    "N4HL (WordNet)": (["--variant", "nhl", "--hierarchy", L4_TREE], False),
 }
+LONG_ROWS = ("flat ResNet18", "N2HL (WordNet)")  # trained again for the recipe's full 10 epochs
+EQUAL_MARGIN = 0.5  # points: a claim that two models match holds when the 95% interval lies within it
 SUBSETS: dict[str, list[str]] = {
     "lower 5": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"],
     "upper 5": ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
@@ -60,7 +67,7 @@ SUBSETS: dict[str, list[str]] = {
 ATTEND_SCALES = (0.5, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
 FROZEN_ROWS: dict[str, list[str]] = {  # name -> head options on the frozen trunk
     "Lite0 frozen + flat head": ["--flat"],
-    "Lite0 frozen + N2HL head": ["--hierarchy", "fashion-mnist-wordnet-l2"],
+    "Lite0 frozen + N2HL head": ["--variant", "nhl", "--hierarchy", "fashion-mnist-wordnet-l2"],
 }
 FROZEN_SIZE = "64"  # EfficientNet-Lite0 at 64 px: 0.033 GMACs, like ResNet18 at 32 px
 BENCH = Path(__file__).resolve().parent
@@ -109,12 +116,14 @@ class Study:
         yield
         print(f"# {part}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
-    def train(self, tag: str, options: Sequence[str], seed: int = 0) -> dict[str, Any]:
-        """Train one model with the default recipe (``--epochs`` here) unless it exists."""
+    def train(
+        self, tag: str, options: Sequence[str], seed: int = 0, epochs: int | None = None
+    ) -> dict[str, Any]:
+        """Train one model with the default recipe (``--epochs`` here, or ``epochs``) unless it exists."""
         out = f"models/{tag}-s{seed}.safetensors"
 
         def make() -> dict[str, Any]:
-            args = ["train", "--data", "fashion-mnist", *recipe_with(self.epochs, options)]
+            args = ["train", "--data", "fashion-mnist", *recipe_with(epochs or self.epochs, options)]
             summary = self.nhl(*args, "--seed", str(seed), "-o", out)
             cost = read_metadata(self.workdir / out)["cost"]
             return {
@@ -168,6 +177,17 @@ class Study:
             runs = [self.train(tag(name), options, seed) for seed in range(seeds if main or all_seeds else 1)]
             rows[name] = summarise(runs)
         return rows
+
+    def long_training(self, seeds: int, epochs: int) -> dict[str, Any]:
+        """The main rows trained for ``epochs`` (the recipe's 10) with every seed: whether the
+        2-epoch verdict survives full training, with the interval for the difference."""
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in LONG_ROWS}
+        for seed in range(seeds):  # seed by seed, so that a stopped study leaves both rows alike
+            for name in LONG_ROWS:
+                runs[name].append(self.train(f"{tag(name)}-e{epochs}", CLASSIFICATION[name][0], seed, epochs))
+        rows = {name: summarise(found) for name, found in runs.items()}
+        flat, nhl = ([100 * t for t in rows[name]["top1"]] for name in LONG_ROWS)
+        return {"epochs": epochs, "rows": rows, "difference": with_verdict(difference(flat, nhl), "equal")}
 
     def cost(self, model: str) -> dict[str, Any]:
         """``nhl profile``: params, GMACs and latency at batch 1 and 32 (median, this machine's threads)."""
@@ -246,6 +266,25 @@ class Study:
 
             rows[name] = self.cached(f"attention-{tag(name)}", make)
         return rows
+
+    def attention_controls(self, epochs: int) -> dict[str, Any]:
+        """The controls of ``benchmarks/attention_controls.py`` on the seed-0 flat and N2HL models
+        of the ``long`` part: the same logit transform on a flat network, and cues that name a
+        group (always right, or right for 80% of the images)."""
+        import attention_controls
+
+        models = {
+            name: self.train(f"{tag(name)}-e{epochs}", CLASSIFICATION[name][0], 0, epochs)["model"]
+            for name in LONG_ROWS
+        }
+        flat, nhl = (self.workdir / models[name] for name in LONG_ROWS)
+
+        def make() -> dict[str, Any]:
+            print(f"$ python benchmarks/attention_controls.py --nhl {models[LONG_ROWS[1]]} --flat "
+                  f"{models[LONG_ROWS[0]]}", flush=True)  # fmt: skip
+            return attention_controls.measure(nhl, flat, "fashion-mnist", 1, attention_controls.SCALES)
+
+        return self.cached(f"attention-controls-e{epochs}", make)
 
     def frozen(self, lite0: Path) -> dict[str, Any]:
         """Paper 000's frozen-trunk study: the ImageNet-trained EfficientNet-Lite0 trunk frozen,
@@ -353,6 +392,11 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def with_verdict(result: dict[str, Any], claim: str) -> dict[str, Any]:
+    """A ``difference`` with the verdict its interval supports (equality within EQUAL_MARGIN)."""
+    return {**result, "verdict": verdict(result["interval"], claim, EQUAL_MARGIN), "line": describe(result)}
+
+
 # ---------------------------------------------------------------------------- report
 def pct(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{100 * value:.{digits}f}%"
@@ -446,19 +490,22 @@ def gates_table(result: dict[str, Any]) -> list[str]:
 
 
 def imagenet_table(result: dict[str, Any]) -> list[str]:
+    """Paper 000's Table 1 beside ours: each model shape, its named expert, the plain base network."""
     lines = [
-        "| model | params (paper) | params (nhl) | GMACs (paper) | GMACs (nhl) | expert | "
-        "expert params paper / nhl related / random | expert GMACs paper / related / random |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | variant | params paper / nhl | GMACs paper / nhl | expert | expert params paper / nhl | "
+        "expert GMACs paper / nhl | base network params / GMACs | expert GMACs / base |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]["table1"]:
-        p, e = r["paper"], r["expert"]
-        lines.append(
-            f"| {r['model']} | {p['params']}M | {r['params_m']}M | {p['gmacs']} | {r['gmacs']} | "
-            f"{r['expert_classes']} classes | "
-            f"{p['expert_params']}M / {e['related'][0]}M / {e['random'][0]}M | "
-            f"{p['expert_gmacs']} / {e['related'][1]} / {e['random'][1]} |"
+        p = r["paper"]
+        model = f"| {r['model']} | {r['variant']} | {p['params']}M / {r['params_m']}M | "
+        model += f"{p['gmacs']} / {r['gmacs']} | "
+        expert = f'"{r["expert"]}" ({r["expert_classes"]} classes) | '
+        expert += (
+            f"{p['expert_params']}M / {r['expert_params_m']}M | {p['expert_gmacs']} / {r['expert_gmacs']} | "
         )
+        base = f"{r['base_params_m']}M / {r['base_gmacs']} | {r['expert_gmacs_x_base']}x |"
+        lines.append(model + expert + base)
     return lines
 
 
@@ -472,10 +519,12 @@ def study_times(runs: Path) -> dict[str, float]:
     return {
         "classification": sum(wall(f"train-{tag(name)}-s*.json") for name in CLASSIFICATION),
         "cutouts": wall("cutout-*.json"),
-        "attention": wall("attention-*.json"),
+        "attention": wall("attention-*.json") - wall("attention-controls-*.json"),
         "frozen": sum(wall(f"train-{tag(name)}-s*.json") for name in FROZEN_ROWS),
         "gates": wall("gates.json"),
         "cost": wall("imagenet-cost.json"),
+        "long": sum(wall(f"train-{tag(name)}-e*-s*.json") for name in LONG_ROWS),
+        "controls": wall("attention-controls-*.json"),
     }
 
 
@@ -562,7 +611,7 @@ def cost_plots(study: Study, docs: Path) -> dict[str, Any]:
     return out
 
 
-def report(study: Study, docs: Path) -> str:
+def report(study: Study, docs: Path, long_epochs: int) -> str:
     """Every finished part as Markdown tables (stdout) and the plots under ``docs``."""
     runs = study.workdir / "runs"
     docs.mkdir(parents=True, exist_ok=True)
@@ -572,6 +621,20 @@ def report(study: Study, docs: Path) -> str:
     }
     if classification:
         parts += ["## Classification", *classification_table(classification)]
+    long_runs = {name: sorted_runs(runs, f"{tag(name)}-e{long_epochs}") for name in LONG_ROWS}
+    long = {name: summarise(found) for name, found in long_runs.items() if found}
+    if long:
+        parts += [f"## Longer training ({long_epochs} epochs)", *classification_table(long)]
+        if len(long) == len(LONG_ROWS):
+            flat, nhl = ([100 * t for t in long[name]["top1"]] for name in LONG_ROWS)
+            result = with_verdict(difference(flat, nhl), "equal")
+            margin = f"a match: within {EQUAL_MARGIN} points"
+            parts += ["", f"N2HL - flat: {result['line']}: {result['verdict']} ({margin})."]
+    if (controls := runs / f"attention-controls-e{long_epochs}.json").exists():
+        import attention_controls
+
+        parts += [f"## Top-down attention: controls ({long_epochs}-epoch models, seed 0)",
+                  *attention_controls.table(json.loads(controls.read_text()))]  # fmt: skip
     if all((runs / f"cutout-{tag(s)}.json").exists() for s in SUBSETS):
         parts += [
             "## Cutouts",
@@ -618,10 +681,23 @@ def sorted_runs(runs: Path, name: str) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "part", choices=["classification", "cutouts", "attention", "frozen", "gates", "cost", "report", "all"]
+        "part",
+        choices=[
+            "classification",
+            "cutouts",
+            "attention",
+            "frozen",
+            "gates",
+            "cost",
+            "long",
+            "controls",
+            "report",
+            "all",
+        ],  # fmt: skip
     )
     parser.add_argument("--workdir", type=Path, default=Path("results-work"))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--long-epochs", type=int, default=10, help="epochs of the 'long' part's runs")
     parser.add_argument("--seeds", type=int, default=3, help="seeds for the main rows (flat, N2HL)")
     parser.add_argument("--all-seeds", action="store_true", help="all classification rows, every seed")
     parser.add_argument(
@@ -640,13 +716,15 @@ def main() -> None:
         "frozen": lambda: study.frozen(study.workdir / args.lite0),
         "gates": lambda: study.gates()["rows"],
         "cost": study.imagenet_cost,
+        "long": lambda: study.long_training(args.seeds, args.long_epochs),
+        "controls": lambda: study.attention_controls(args.long_epochs),
     }
     for part, step in steps.items():
         if args.part in (part, "all"):
             with study.timed(part):
                 print(json.dumps(step(), indent=2))
     if args.part in ("report", "all"):
-        print(report(study, args.docs))
+        print(report(study, args.docs, args.long_epochs))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""The evidence behind a verdict: mean and spread over seeds, a 95% t interval for a difference,
+and the verdict that interval supports, in the words docs/results.md uses.
+
+A claim of improvement ("A beats B") holds when the whole interval lies above zero and fails
+when it lies below; a claim of equality ("A matches B") holds when the interval lies inside
+the stated margin, and one of non-inferiority ("A is not worse than B by more than the margin")
+when it lies above minus the margin. Anything else is "no detectable difference": the runs
+cannot tell. One run a side gives no interval and no verdict.
+
+    python benchmarks/evidence.py --a 89.27,89.03,88.78 --b 89.22,89.19,89.21 --claim equal --margin 0.5
+    python benchmarks/evidence.py --a 61.35,60.53,62.17 --b 62.99,62.50,64.31 --paired --claim better
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from scipy import stats
+
+CLAIMS = ("better", "equal", "not-worse")
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single run)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def difference(
+    a: Sequence[float], b: Sequence[float], paired: bool = False, level: float = 0.95
+) -> dict[str, Any]:
+    """``b - a``: its mean and a two-sided t interval. Paired (same seeds, so each seed's shared
+    noise cancels) or Welch's (unequal variances) when the runs are independent."""
+    if paired:
+        if len(a) != len(b):
+            raise ValueError(f"paired runs need equal counts, got {len(a)} and {len(b)}")
+        diffs = [y - x for x, y in zip(a, b, strict=True)]
+        mean, sd = mean_sd(diffs)
+        if sd is None:
+            return {"diff": mean, "sd": None, "interval": None, "test": "paired t", "n": (1, 1)}
+        half = stats.t.ppf(0.5 + level / 2, len(diffs) - 1) * sd / len(diffs) ** 0.5
+        return {"diff": mean, "sd": sd, "interval": (mean - half, mean + half), "test": "paired t",
+                "n": (len(a), len(b))}  # fmt: skip
+    mean = statistics.mean(b) - statistics.mean(a)
+    if len(a) < 2 or len(b) < 2:
+        return {"diff": mean, "sd": None, "interval": None, "test": "Welch t", "n": (len(a), len(b))}
+    var_a, var_b = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = (var_a + var_b) ** 0.5
+    df = (var_a + var_b) ** 2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    return {"diff": mean, "sd": se, "interval": (mean - half, mean + half), "test": "Welch t",
+            "n": (len(a), len(b))}  # fmt: skip
+
+
+def verdict(interval: tuple[float, float] | None, claim: str, margin: float = 0.0) -> str:
+    """What an interval for ``b - a`` says about a claim: "better" (b beats a), "equal" (b
+    matches a within ``margin``) or "not-worse" (b trails a by less than ``margin``)."""
+    if claim not in CLAIMS:
+        raise ValueError(f"claim must be one of {CLAIMS}, got {claim!r}")
+    if interval is None:
+        return "no verdict (one run)"
+    low, high = interval
+    if claim == "better":
+        if low > 0:
+            return "held"
+        return "did not hold" if high < 0 else "no detectable difference"
+    if claim == "not-worse":
+        if low > -margin:
+            return "held"
+        return "did not hold" if high < -margin else "no detectable difference"
+    if -margin <= low and high <= margin:
+        return "held"
+    if high < -margin or low > margin:
+        return "did not hold"
+    return "no detectable difference"
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One line: the difference, its interval and the test."""
+    if result["interval"] is None:
+        return f"{result['diff']:+.2f} points (one run a side, no interval)"
+    low, high = result["interval"]
+    n_a, n_b = result["n"]
+    where = f"({result['test']}, n={n_a}/{n_b})"
+    return f"{result['diff']:+.2f} points, 95% interval {low:+.2f} to {high:+.2f} {where}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--a", required=True, help="the baseline's runs, comma-separated (top-1 in %%)")
+    parser.add_argument("--b", required=True, help="the claimant's runs, comma-separated")
+    parser.add_argument("--paired", action="store_true", help="run i of a and b share seed i")
+    parser.add_argument("--claim", choices=CLAIMS, default="better")
+    parser.add_argument("--margin", type=float, default=0.0, help="points, for --claim equal and not-worse")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    a = [float(v) for v in args.a.split(",")]
+    b = [float(v) for v in args.b.split(",")]
+    result = difference(a, b, args.paired)
+    result["verdict"] = verdict(result["interval"], args.claim, args.margin)
+    print(json.dumps(result) if args.json else f"{describe(result)}: {result['verdict']}")
+
+
+if __name__ == "__main__":
+    main()
