@@ -37,6 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from evidence import difference
 
 from nhlcli.demo import recipe_args
 from nhlcli.experts import count_macs, cut_model
@@ -231,9 +232,9 @@ def accuracy(data: str, variants: list[str], seeds: list[int], epochs: int, clas
         }
         if variant != variants[0]:
             first = [r["test_top1"] for r in runs if r["variant"] == variants[0]]
-            diffs = [b - a for a, b in zip(first, top1, strict=True)]
-            row["paired_diff_mean"] = round(statistics.mean(diffs), 4)
-            row["paired_diff_sd"] = round(statistics.stdev(diffs), 4) if len(diffs) > 1 else None
+            paired = difference(first, top1, paired=True)
+            row["paired_diff_mean"] = round(paired["diff"], 4)
+            row["paired_diff_sd"] = round(paired["sd"], 4) if paired["sd"] is not None else None
         summary[variant] = row
     command = f"nhl train --data {data} {' '.join(recipe_args(epochs))}" + (
         f" --classes {classes!r}" if classes else ""

@@ -186,8 +186,7 @@ class Study:
             for name in LONG_ROWS:
                 runs[name].append(self.train(f"{tag(name)}-e{epochs}", CLASSIFICATION[name][0], seed, epochs))
         rows = {name: summarise(found) for name, found in runs.items()}
-        flat, nhl = ([100 * t for t in rows[name]["top1"]] for name in LONG_ROWS)
-        return {"epochs": epochs, "rows": rows, "difference": with_verdict(difference(flat, nhl), "equal")}
+        return {"epochs": epochs, "rows": rows, "difference": long_difference(rows)}
 
     def cost(self, model: str) -> dict[str, Any]:
         """``nhl profile``: params, GMACs and latency at batch 1 and 32 (median, this machine's threads)."""
@@ -392,9 +391,12 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def with_verdict(result: dict[str, Any], claim: str) -> dict[str, Any]:
-    """A ``difference`` with the verdict its interval supports (equality within EQUAL_MARGIN)."""
-    return {**result, "verdict": verdict(result["interval"], claim, EQUAL_MARGIN), "line": describe(result)}
+def long_difference(rows: dict[str, Any]) -> dict[str, Any]:
+    """N2HL - flat over the ``long`` runs' seeds (points), with the verdict its interval supports
+    for a match within EQUAL_MARGIN."""
+    flat, nhl = ([100 * t for t in rows[name]["top1"]] for name in LONG_ROWS)
+    result = difference(flat, nhl)
+    return {**result, "verdict": verdict(result["interval"], "equal", EQUAL_MARGIN), "line": describe(result)}
 
 
 # ---------------------------------------------------------------------------- report
@@ -626,8 +628,7 @@ def report(study: Study, docs: Path, long_epochs: int) -> str:
     if long:
         parts += [f"## Longer training ({long_epochs} epochs)", *classification_table(long)]
         if len(long) == len(LONG_ROWS):
-            flat, nhl = ([100 * t for t in long[name]["top1"]] for name in LONG_ROWS)
-            result = with_verdict(difference(flat, nhl), "equal")
+            result = long_difference(long)
             margin = f"a match: within {EQUAL_MARGIN} points"
             parts += ["", f"N2HL - flat: {result['line']}: {result['verdict']} ({margin})."]
     if (controls := runs / f"attention-controls-e{long_epochs}.json").exists():
