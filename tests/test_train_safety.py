@@ -100,7 +100,7 @@ def test_a_fresh_run_refuses_to_discard_an_unfinished_runs_checkpoint(tmp_path, 
 def test_resume_refuses_a_recipe_change_and_takes_the_runs_recipe_when_options_are_left_out(tmp_path, folder):
     out = tmp_path / "m.safetensors"
     first = run_nhl(
-        "train", "--data", folder, "-o", out, *SMALL, "--epochs", "1", "--lr", "0.002", "--seed", "5"
+        "train", "--data", folder, "-o", out, *SMALL, "--epochs", "1", "--lr", "0.0005", "--seed", "5"
     )
     assert first.code == 0, first.err
     assert Path(f"{out}.ckpt", "last.json").is_file()
@@ -114,7 +114,7 @@ def test_resume_refuses_a_recipe_change_and_takes_the_runs_recipe_when_options_a
     assert run.code == 0, run.err
     assert "resumed with --epochs 2 (the run had 1)" in " ".join(run.out.split())
     training = read_metadata(out)["training"]
-    assert training["lr"] == 0.002 and training["seed"] == 5  # what really ran
+    assert training["lr"] == 0.0005 and training["seed"] == 5  # what really ran
     assert training["resumes"] == [{"at_epoch": 1, "changed": {"epochs": [1, 2]}}]
     assert [h["epoch"] for h in training["history"]] == [1, 2]
     fewer = run_nhl("train", "--data", folder, "-o", out, *SMALL, "--epochs", "1", "--resume")
