@@ -41,7 +41,7 @@ def class_bias(model: torch.nn.Module) -> torch.Tensor:
     """Each class logit's bias, in class order: what scaling a class's features leaves alone."""
     if model.kind == "nhl":
         return model.heads.bias.detach().index_select(0, model.class_to_leaf)
-    return model.model.get_classifier().bias.detach()
+    return model.classifier().bias.detach()
 
 
 def noisy_cues(targets: torch.Tensor, group: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -6,17 +6,20 @@ finished step is not redone, so an interrupted study continues where it stopped.
 
     python benchmarks/results_study.py all                    # every part, then the report
     python benchmarks/results_study.py classification --seeds 3
-    python benchmarks/results_study.py cutouts | attention | frozen | gates | long | controls
+    python benchmarks/results_study.py cutouts | attention | frozen | gates | long | controls | matched
     python benchmarks/results_study.py report                 # tables (Markdown) and plots
 
 Parts: ``classification`` (paper 003, Table 3: flat against PHL small/big/lateSP/1branch and
-N2HL-N4HL on one trunk, 3 seeds for the main rows, flat and N2HL), ``cutouts`` (Table 2:
+N2HL-N4HL on one trunk, and ResNet18 cut where N2HL branches with one linear layer, the
+control for the NHL's dropped stage; 3 seeds for the main rows, flat and N2HL), ``cutouts`` (Table 2:
 experts against flat models trained on all classes and on the subset only), ``attention``
 (section 4.4, the curve in one pass per level),
 ``frozen`` (paper 000: a frozen ImageNet-trained EfficientNet-Lite0 trunk with NHL and flat
-heads), ``gates`` (paper 004: hinge against cross-entropy d-gates), ``long`` (flat and N2HL for
-the recipe's full 10 epochs, 3 seeds, with the interval for their difference), ``controls``
-(top-down attention's controls on the seed-0 pair of ``long``). The ImageNet-scale
+heads), ``gates`` (paper 004: hinge against cross-entropy d-gates), ``long`` (flat, N2HL and the
+cut-trunk flat for the recipe's full 10 epochs, 3 seeds, with the intervals for N2HL against
+each), ``controls`` (top-down attention's controls on the seed-0 pair of ``long``), ``matched``
+(each subset's expert from ``long``'s N2HL against ``long``'s flat network pruned to the
+expert's GMACs and fine-tuned, on all classes and on the subset). The ImageNet-scale
 architecture cost (paper 000, Table 1) is ``benchmarks/bench_experts.py table1``.
 """
 
@@ -33,6 +36,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +60,11 @@ CLASSIFICATION: dict[str, tuple[list[str], bool]] = {
     "N2HL (WordNet)": (["--variant", "nhl", "--hierarchy", "fashion-mnist-wordnet-l2"], True),
     "N3HL (WordNet)": (["--variant", "nhl", "--hierarchy", "fashion-mnist-wordnet-l3"], False),
     "N4HL (WordNet)": (["--variant", "nhl", "--hierarchy", L4_TREE], False),
+    # the control for the NHL's saving: ResNet18 cut where the N2HL branches, one linear layer
+    "flat, cut trunk": (["--variant", "flat-trunk"], False),
 }
-LONG_ROWS = ("flat ResNet18", "N2HL (WordNet)")  # trained again for the recipe's full 10 epochs
+FLAT, N2HL, CUT = "flat ResNet18", "N2HL (WordNet)", "flat, cut trunk"
+LONG_ROWS = (FLAT, N2HL, CUT)  # trained again for the recipe's full 10 epochs
 EQUAL_MARGIN = 0.5  # points: a claim that two models match holds when the 95% interval lies within it
 SUBSETS: dict[str, list[str]] = {
     "lower 5": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"],
@@ -179,14 +186,14 @@ class Study:
         return rows
 
     def long_training(self, seeds: int, epochs: int) -> dict[str, Any]:
-        """The main rows trained for ``epochs`` (the recipe's 10) with every seed: whether the
-        2-epoch verdict survives full training, with the interval for the difference."""
+        """The main rows and the cut-trunk control trained for ``epochs`` (the recipe's 10) with
+        every seed: whether the 2-epoch verdict survives full training, with the intervals."""
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in LONG_ROWS}
         for seed in range(seeds):  # seed by seed, so that a stopped study leaves both rows alike
             for name in LONG_ROWS:
                 runs[name].append(self.train(f"{tag(name)}-e{epochs}", CLASSIFICATION[name][0], seed, epochs))
         rows = {name: summarise(found) for name, found in runs.items()}
-        return {"epochs": epochs, "rows": rows, "difference": long_difference(rows)}
+        return {"epochs": epochs, "rows": rows, "differences": long_differences(rows)}
 
     def cost(self, model: str) -> dict[str, Any]:
         """``nhl profile``: params, GMACs and latency at batch 1 and 32 (median, this machine's threads)."""
@@ -236,6 +243,36 @@ class Study:
             rows[subset] = self.cached(f"cutout-{tag(subset)}", make)
         return rows
 
+    def matched(self, seeds: int, epochs: int) -> dict[str, Any]:
+        """Each subset's expert, cut from the ``long`` part's N2HL, against the ``long`` flat
+        network pruned to the expert's GMACs and fine-tuned, on all classes and on the subset
+        only (``benchmarks/matched_controls.py``); seed by seed, each seed's models paired."""
+        rows: dict[str, list[dict[str, Any]]] = {subset: [] for subset in SUBSETS}
+        for seed in range(seeds):
+            nhl_model = self.train(f"{tag(N2HL)}-e{epochs}", CLASSIFICATION[N2HL][0], seed, epochs)["model"]
+            flat_model = self.train(f"{tag(FLAT)}-e{epochs}", CLASSIFICATION[FLAT][0], seed, epochs)["model"]
+            for subset, classes in SUBSETS.items():
+                expert = f"models/{tag(subset)}-expert-e{epochs}-s{seed}.safetensors"
+                pair = partial(self.matched_pair, nhl_model, flat_model, ",".join(classes), expert, seed)
+                rows[subset].append(self.cached(f"matched-{tag(subset)}-e{epochs}-s{seed}", pair))
+        return rows
+
+    def matched_pair(
+        self, nhl_model: str, flat_model: str, classes: str, expert: str, seed: int
+    ) -> dict[str, Any]:
+        """One expert cut and measured against both pruned controls."""
+        import matched_controls
+
+        cut = self.nhl("cutout", nhl_model, "--classes", classes, "-o", expert, "--no-latency")
+        print(
+            f"$ python benchmarks/matched_controls.py --flat {flat_model} --expert {expert} --seed {seed}",
+            flush=True,
+        )
+        controls = matched_controls.measure(
+            self.workdir / flat_model, self.workdir / expert, "fashion-mnist", seed, matched_controls.LR
+        )
+        return {"expert": self.evaluate(expert), "expert_cost": cut["expert_cost"], **controls}
+
     def attention(self) -> dict[str, Any]:
         """Paper 003, 4.4: ``nhl eval --attend-truth 0.5,...,20`` (one pass over the test set per
         level) on N2HL, N3HL and PHL small; x1 is the unattended model."""
@@ -274,13 +311,13 @@ class Study:
 
         models = {
             name: self.train(f"{tag(name)}-e{epochs}", CLASSIFICATION[name][0], 0, epochs)["model"]
-            for name in LONG_ROWS
+            for name in (FLAT, N2HL)
         }
-        flat, nhl = (self.workdir / models[name] for name in LONG_ROWS)
+        flat, nhl = (self.workdir / models[name] for name in (FLAT, N2HL))
 
         def make() -> dict[str, Any]:
-            print(f"$ python benchmarks/attention_controls.py --nhl {models[LONG_ROWS[1]]} --flat "
-                  f"{models[LONG_ROWS[0]]}", flush=True)  # fmt: skip
+            print(f"$ python benchmarks/attention_controls.py --nhl {models[N2HL]} --flat "
+                  f"{models[FLAT]}", flush=True)  # fmt: skip
             return attention_controls.measure(nhl, flat, "fashion-mnist", 1, attention_controls.SCALES)
 
         return self.cached(f"attention-controls-e{epochs}", make)
@@ -391,12 +428,19 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def long_difference(rows: dict[str, Any]) -> dict[str, Any]:
-    """N2HL - flat over the ``long`` runs' seeds (points), with the verdict its interval supports
-    for a match within EQUAL_MARGIN."""
-    flat, nhl = ([100 * t for t in rows[name]["top1"]] for name in LONG_ROWS)
-    result = difference(flat, nhl)
-    return {**result, "verdict": verdict(result["interval"], "equal", EQUAL_MARGIN), "line": describe(result)}
+def long_differences(rows: dict[str, Any]) -> dict[str, Any]:
+    """N2HL against each flat row of ``long`` over seeds (points), with the verdict each interval
+    supports for a match within EQUAL_MARGIN (rows not trained yet are left out)."""
+    if N2HL not in rows:
+        return {}
+    nhl = [100 * t for t in rows[N2HL]["top1"]]
+    found = {}
+    for name in (FLAT, CUT):
+        if name in rows:
+            result = difference([100 * t for t in rows[name]["top1"]], nhl)
+            verdict_line = verdict(result["interval"], "equal", EQUAL_MARGIN)
+            found[f"N2HL - {name}"] = {**result, "verdict": verdict_line, "line": describe(result)}
+    return found
 
 
 # ---------------------------------------------------------------------------- report
@@ -457,6 +501,39 @@ def attention_table(rows: dict[str, Any]) -> list[str]:
             cells = [f"{100 * p['top1']:.2f} ({100 * (p['top1'] - r['unattended']):+.1f})" for p in curve]
             best = max(curve, key=lambda p: p["top1"])
             lines.append(f"| {name} | {level} | " + " | ".join(cells) + f" | x{best['scale']:g} |")
+    return lines
+
+
+def matched_table(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Expert against the pruned flat network at its GMACs: top-1 on the subset (mean of the
+    seeds), the paired difference in points (95% interval) with its verdict for "the expert is
+    not worse by more than EQUAL_MARGIN", and the cost."""
+    lines = [
+        "| subset | seeds | expert | pruned, tuned on all 10 | pruned, tuned on the subset | expert - pruned "
+        "(all 10) | expert - pruned (subset) | GMACs expert / pruned | params expert / pruned |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for subset, seeds in rows.items():
+        if not seeds:
+            continue
+        expert = [100 * r["expert"] for r in seeds]
+        cells = []
+        for name in ("pruned", "pruned + subset"):
+            other = [100 * r[name]["top1"] for r in seeds]
+            result = difference(other, expert, paired=True)
+            interval = result["interval"]
+            spread = f"{interval[0]:+.2f} to {interval[1]:+.2f}" if interval else "one seed"
+            said = verdict(interval, "not-worse", EQUAL_MARGIN)
+            cells.append(f"{result['diff']:+.2f} ({spread}): {said}")
+        mean = {k: statistics.fmean(100 * r[k]["top1"] for r in seeds) for k in ("pruned", "pruned + subset")}
+        first = seeds[0]
+        cost = first["expert_cost"]
+        lines.append(
+            f"| {subset} ({len(first['classes'])}) | {len(seeds)} | {statistics.fmean(expert):.2f}% | "
+            f"{mean['pruned']:.2f}% | {mean['pruned + subset']:.2f}% | {cells[0]} | {cells[1]} | "
+            f"{cost['gmacs']:.4f} / {first['pruned']['macs'] / 1e9:.4f} | "
+            f"{cost['params']['total'] / 1e6:.2f}M / {first['pruned']['params'] / 1e6:.2f}M |"
+        )
     return lines
 
 
@@ -527,6 +604,7 @@ def study_times(runs: Path) -> dict[str, float]:
         "cost": wall("imagenet-cost.json"),
         "long": sum(wall(f"train-{tag(name)}-e*-s*.json") for name in LONG_ROWS),
         "controls": wall("attention-controls-*.json"),
+        "matched": wall("matched-*.json"),
     }
 
 
@@ -627,15 +705,17 @@ def report(study: Study, docs: Path, long_epochs: int) -> str:
     long = {name: summarise(found) for name, found in long_runs.items() if found}
     if long:
         parts += [f"## Longer training ({long_epochs} epochs)", *classification_table(long)]
-        if len(long) == len(LONG_ROWS):
-            result = long_difference(long)
-            margin = f"a match: within {EQUAL_MARGIN} points"
-            parts += ["", f"N2HL - flat: {result['line']}: {result['verdict']} ({margin})."]
+        margin = f"a match: within {EQUAL_MARGIN} points"
+        for name, result in long_differences(long).items():
+            parts += ["", f"{name}: {result['line']}: {result['verdict']} ({margin})."]
     if (controls := runs / f"attention-controls-e{long_epochs}.json").exists():
         import attention_controls
 
         parts += [f"## Top-down attention: controls ({long_epochs}-epoch models, seed 0)",
                   *attention_controls.table(json.loads(controls.read_text()))]  # fmt: skip
+    matched = {s: sorted_json(runs, f"matched-{tag(s)}-e{long_epochs}-s*.json") for s in SUBSETS}
+    if any(matched.values()):
+        parts += [f"## Experts against pruned networks ({long_epochs}-epoch models)", *matched_table(matched)]
     if all((runs / f"cutout-{tag(s)}.json").exists() for s in SUBSETS):
         parts += [
             "## Cutouts",
@@ -676,7 +756,12 @@ def report(study: Study, docs: Path, long_epochs: int) -> str:
 
 
 def sorted_runs(runs: Path, name: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(runs.glob(f"train-{name}-s*.json"))]
+    return sorted_json(runs, f"train-{name}-s*.json")
+
+
+def sorted_json(runs: Path, pattern: str) -> list[dict[str, Any]]:
+    """The cached results whose names match ``pattern``, in name (seed) order."""
+    return [json.loads(p.read_text()) for p in sorted(runs.glob(pattern))]
 
 
 def main() -> None:
@@ -692,6 +777,7 @@ def main() -> None:
             "cost",
             "long",
             "controls",
+            "matched",
             "report",
             "all",
         ],  # fmt: skip
@@ -719,6 +805,7 @@ def main() -> None:
         "cost": study.imagenet_cost,
         "long": lambda: study.long_training(args.seeds, args.long_epochs),
         "controls": lambda: study.attention_controls(args.long_epochs),
+        "matched": lambda: study.matched(args.seeds, args.long_epochs),
     }
     for part, step in steps.items():
         if args.part in (part, "all"):

@@ -170,6 +170,21 @@ def test_image_folder_holdout_split(tmp_path):
     assert (len(open_dataset(only_train, "train")), len(open_dataset(only_train, "val"))) == (12, 4)
 
 
+def test_a_holdout_carves_validation_from_the_training_images_only(tmp_path):
+    """``holdout``: choose a recipe on training images; the data's own val split stays unseen."""
+    root = tiny.make_image_folder(tmp_path / "d", ANIMALS, per_class=8, split=True)
+    train, held = open_dataset(root, "train", holdout=0.25), open_dataset(root, "val", holdout=0.25)
+    assert (len(train), len(held)) == (24, 8) and np.bincount(held.targets).tolist() == [2, 2, 2, 2]
+    names = {ds.sample_name(i) for ds in (train, held) for i in range(len(ds))}
+    full_train = open_dataset(root, "train")
+    assert names == {full_train.sample_name(i) for i in range(len(full_train))}  # a partition of train
+    assert all("/val/" not in n for n in names)
+    img, label = held[0]
+    assert img.size == (32, 32) and held.classes[label].id in ANIMALS
+    with pytest.raises(NhlError, match="between 0 and 1"):
+        open_dataset(root, "val", holdout=1.0)
+
+
 def test_imagenet_folders_get_names(tmp_path):
     root = tiny.make_image_folder(tmp_path / "d", ["n01491361", "n01440764"], per_class=2, split=True)
     classes = open_dataset(root, "train").classes

@@ -186,6 +186,8 @@ def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, folder):
         (["--workers", "-1"], "--workers"),
         (["--warmup-epochs", "5", "--epochs", "2"], "--warmup-epochs"),
         (["--variant", "phl-small"], "--variant phl-small"),  # SMALL says --flat: which one?
+        (["--split", "2"], "--variant flat-trunk"),  # --flat keeps every stage: --split would be ignored
+        (["--widths", "8"], "--widths"),  # a flat model has no branches to shape
     ],
 )
 def test_train_refuses_values_that_would_mean_something_else(tmp_path, folder, args, fragment):

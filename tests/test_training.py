@@ -128,6 +128,43 @@ def test_flat_model_uses_the_same_loop_and_file_format(tmp_path):
     assert torch.equal(model.eval()(x), loaded(x))
 
 
+def test_flat_trunk_is_the_nhl_trunk_with_a_linear_head(tmp_path):
+    """The control for an NHL's savings: the same cut trunk, pooled into one linear layer."""
+    data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=2, size=16)
+    out = tmp_path / "cut.safetensors"
+    common = ("--data", data, "--input-size", "16", "--epochs", "1", "--batch-size", "4", "--workers", "0")
+    run = run_nhl("train", *common, "--variant", "flat-trunk", "-o", out, "--json")
+    assert run.code == 0, run.err
+    model = open_model(out)
+    meta = read_metadata(out)
+    nhl = create_model(Tree.from_dict(meta["tree"]), "nhl", TrunkConfig("resnet18"))
+    assert meta["kind"] == "flat-trunk" and meta["trunk"]["split"] == nhl.trunk.config.split
+    features = nhl.trunk.out_channels
+    groups = model.parameter_groups()
+    assert groups["trunk"] == nhl.parameter_groups()["trunk"]  # layer4 dropped, as in the NHL
+    assert groups["branches"] == (features + 1) * len(CLASSES)  # one linear layer after pooling
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.head.fc(model.trunk(x).mean(dim=(2, 3))))
+    assert_one_line_error(run_nhl("cutout", out, "--classes", "banana", "-o", tmp_path / "e.safetensors"),
+                          "flat model")  # fmt: skip
+    induced = run_nhl("hierarchy", "build", "--source", "induced", "--model", out, "-o", tmp_path / "t.json")
+    assert induced.code == 0, induced.err  # its classifier rows cluster like a full flat model's
+
+
+def test_train_with_a_holdout_scores_on_it_and_records_it(tmp_path):
+    data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=4, size=16)
+    out = tmp_path / "m.safetensors"
+    common = ("--data", data, "--input-size", "16", "--epochs", "1", "--batch-size", "4", "--workers", "0")
+    run = run_nhl("train", *common, "--flat", "--holdout", "0.5", "-o", out)
+    assert run.code == 0, run.err
+    assert "hold-out (50% of train) top-1" in " ".join(run.out.split())
+    assert read_metadata(out)["training"]["holdout"] == 0.5
+    refused = run_nhl("train", *common, "--flat", "--holdout", "1", "-o", tmp_path / "x.safetensors")
+    assert_one_line_error(refused, "--holdout")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_bad_model_files_give_clear_errors(tmp_path):
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign))

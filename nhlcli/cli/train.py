@@ -89,7 +89,8 @@ def train_command(
         "channels, identity shortcuts; level 1 pools maps of 8 px or more: near the base network's "
         "cost at 1000 classes, as accurate as the paper's) | nhl (the paper's shape: widths "
         "128/64/32, several times the base network's cost at 1000 classes) | phl-small | phl-big | "
-        "phl-latesp | phl-1branch | flat.",
+        "phl-latesp | phl-1branch | flat | flat-trunk (the plain classifier on the NHL's trunk, cut "
+        "at --split: the control for the stages an NHL drops).",
     ),
     flat: bool = typer.Option(
         False, "--flat", help="Train the plain timm classifier (baseline), same file format."
@@ -107,10 +108,17 @@ def train_command(
         help="Train on these classes only (the tree is cut to them and images of other classes are left "
         "out; paper 003's subset baselines): " + CLASSES_HELP,
     ),
+    holdout: float | None = typer.Option(
+        None,
+        "--holdout",
+        help="Validate on this stratified fraction of the training images (e.g. 0.1; the rest trains) "
+        "instead of the val or test split, to choose a recipe without looking at the test set.",
+    ),
     freeze_trunk: bool = typer.Option(
         False,
         "--freeze-trunk",
-        help="Keep the trunk fixed; train the branches only (flat: the last stage and the classifier).",
+        help="Keep the trunk fixed; train the branches only (flat: the last stage and the classifier; "
+        "flat-trunk: the classifier).",
     ),
     split: int | None = typer.Option(
         None, "--split", help="Trunk stage to branch after (default: before the last)."
@@ -218,7 +226,15 @@ def train_command(
     if flat and variant not in (None, "flat"):
         raise NhlError(f"--flat trains the plain classifier, not --variant {variant}; give one of the two")
     variant = "flat" if flat else variant or DEFAULT_VARIANT
-    tree = _tree_for(hierarchy, data, variant == "flat")
+    flat_shape = variant in ("flat", "flat-trunk")
+    if variant == "flat" and split is not None and not freeze_trunk:
+        raise NhlError(
+            "--split does not cut a --flat model (it keeps every stage); use --variant flat-trunk for the "
+            "plain classifier on a trunk cut at --split, or add --freeze-trunk to freeze the stages up to it"
+        )
+    if flat_shape and (widths is not None or blocks != 1):
+        raise NhlError(f"--widths and --blocks shape NHL branches; a {variant} model has none")
+    tree = _tree_for(hierarchy, data, flat_shape)
     selection = tuple(parse_names(classes)) if classes is not None else None
     from nhlcli.distributed import is_main_process
 
@@ -236,7 +252,7 @@ def train_command(
         variant,
         TrunkConfig(backbone, split, chans),
         BranchConfig(tuple(parse_list(widths or "", "--widths", whole_number, "128,64,32")), blocks)
-        if variant != "flat"
+        if not flat_shape
         else None,
         pretrained=pretrained,
         pretrained_file=pretrained_file,
@@ -255,6 +271,7 @@ def train_command(
         augment=None if augment is None else ("" if augment == "none" else augment),
         crop_scale=_parse_crop_scale(crop_scale), amp=False if no_amp else None, device=device,
         max_steps_per_epoch=max_steps, classes=selection, skip_bad_images=skip_bad_images or None,
+        holdout=holdout,
     )  # fmt: skip
     pretrained_load = getattr(model, "pretrained_load", None)
     if pretrained_load is not None:
@@ -313,8 +330,9 @@ def train_command(
         )
         return
     last = result.history[-1]
+    scored_on = split_name(data, "val", config.holdout)
     console.print(
-        f"wrote [bold]{escape(str(output))}[/]: {split_name(data, 'val')} top-1 {last.val_top1:.2%}, "
+        f"wrote [bold]{escape(str(output))}[/]: {scored_on} top-1 {last.val_top1:.2%}, "
         f"top-5 {last.val_top5:.2%} after {counted(result.epochs_done, 'epoch')}"
     )
 

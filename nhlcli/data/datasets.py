@@ -15,7 +15,7 @@ from nhlcli.data.emoji import EmojiDataset
 from nhlcli.data.errors import DataError
 from nhlcli.data.fashion_mnist import NAME as FASHION_MNIST_NAME
 from nhlcli.data.fashion_mnist import FashionMNISTDataset
-from nhlcli.data.folder import VAL_FRACTION, ImageFolderDataset
+from nhlcli.data.folder import VAL_FRACTION, ImageFolderDataset, holdout_indices
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.match import match_classes
@@ -24,12 +24,32 @@ from nhlcli.taxonomy.tree import Tree
 BUILTIN = (FASHION_MNIST_NAME, EMOJI_NAME)
 
 
-def split_name(data: str | Path, split: str) -> str:
+def split_name(data: str | Path, split: str, holdout: float = 0.0) -> str:
     """The split as reports should name it: Fashion-MNIST has no validation set, its ``val`` is the
     10,000-image test set, and emoji's ``val`` is its fixed test set, so reports say ``test``
-    there rather than pass it off as validation."""
+    there rather than pass it off as validation; with a ``holdout`` it is that hold-out."""
+    if holdout and split in ("val", "validation"):
+        return f"hold-out ({holdout:.0%} of train)"
     held_out = str(data) in (FASHION_MNIST_NAME, EMOJI_NAME) and split in ("val", "validation")
     return "test" if held_out else split
+
+
+class HeldOutSplit(LabeledDataset):
+    """Some samples of a data set (a hold-out carved from its training images, or the rest)."""
+
+    def __init__(self, base: LabeledDataset, indices: np.ndarray, split: str) -> None:
+        self.base = base
+        self.indices = [int(i) for i in indices]
+        self.targets = [base.targets[i] for i in self.indices]
+        self.classes, self.name, self.mode, self.split = base.classes, base.name, base.mode, split
+        self.transform = base.transform
+        self.skip_bad_images = base.skip_bad_images
+
+    def load_image(self, index: int) -> Any:
+        return self.base.load_image(self.indices[index])
+
+    def sample_name(self, index: int) -> str:
+        return self.base.sample_name(self.indices[index])
 
 
 def open_dataset(
@@ -42,6 +62,7 @@ def open_dataset(
     split_seed: int = 0,
     skip_bad_images: bool = False,
     image_size: int | None = None,
+    holdout: float = 0.0,
 ) -> LabeledDataset:
     """One split (``"train"`` or ``"val"``) of a built-in data set or an ImageFolder directory.
 
@@ -50,9 +71,21 @@ def open_dataset(
     ``split_seed`` only matter for folders without a val folder (see :mod:`nhlcli.data.folder`).
     ``skip_bad_images``: undecodable files give placeholder samples instead of an error (see
     :class:`~nhlcli.data.base.LabeledDataset`). ``image_size``: the side of the images a data set
-    that draws them makes (emoji; default 32), usually the model's input size.
+    that draws them makes (emoji; default 32), usually the model's input size. ``holdout``: a
+    stratified fraction of the training images (seeded by ``split_seed``) becomes ``val`` and the
+    rest ``train``, so a recipe can be chosen without looking at the test set.
     """
     split = check_split(split)
+    if holdout:
+        if not 0 < holdout < 1:
+            raise DataError(f"the hold-out must be a fraction between 0 and 1, got {holdout}")
+        base = open_dataset(
+            spec, "train", transform, mode=mode, val_fraction=val_fraction, split_seed=split_seed,
+            skip_bad_images=skip_bad_images, image_size=image_size,
+        )  # fmt: skip
+        held = holdout_indices(np.asarray(base.targets), holdout, split_seed)
+        keep = held if split == "val" else np.setdiff1d(np.arange(len(base)), held)
+        return HeldOutSplit(base, keep, split)
     if mode not in (None, "L", "RGB"):
         raise DataError(f"image mode {mode!r} is not supported; use 'L' (grey) or 'RGB'")
     if str(spec) == FASHION_MNIST_NAME:

@@ -171,6 +171,7 @@ def create_loaders(
     split_seed: int = 0,
     subset: bool = False,
     skip_bad_images: bool = False,
+    holdout: float = 0.0,
 ) -> tuple[DataLoader, DataLoader]:
     """Train and val loaders whose labels are ``tree``'s class indices.
 
@@ -180,7 +181,8 @@ def create_loaders(
     ``skip_bad_images`` (both splits): an undecodable file gives a zero image with target
     ``-(index + 1)`` instead of an error; drop those rows with :func:`nhlcli.data.split_bad`
     in the training *and* validation loops. Without it the first such file stops the loop with
-    an :class:`~nhlcli.data.errors.UnreadableImageError` naming it.
+    an :class:`~nhlcli.data.errors.UnreadableImageError` naming it. ``holdout``: validate on that
+    fraction of the training images instead of the val split (see ``open_dataset``).
     """
     in_chans = in_chans or len(mean)
     mode = "L" if in_chans == 1 else "RGB"
@@ -194,6 +196,7 @@ def create_loaders(
         split_seed=split_seed,
         subset=subset,
         skip_bad_images=skip_bad_images,
+        holdout=holdout,
     )
     train = dataset_for_tree(spec, "train", tree, train_tf, **opts)
     val = dataset_for_tree(spec, "val", tree, val_tf, **opts)

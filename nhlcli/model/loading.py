@@ -99,7 +99,7 @@ def classifier_weights(model_file: str | Path) -> tuple[np.ndarray, list[ClassEn
             f"{model_file} is an {getattr(model, 'kind', '?')} model; induced trees need a flat model "
             "(train one with 'nhl train --flat')"
         )
-    weight = model.model.get_classifier().weight.detach().float().cpu().numpy()
+    weight = model.classifier().weight.detach().float().cpu().numpy()
     tree = model.tree
     entries = [
         ClassEntry(c, tree.node(c).name, tree.node(c).wnid, tree.node(c).aliases) for c in tree.classes

@@ -4,7 +4,8 @@
 (each node a residual bottleneck stack fed by its parent), and one logit per leaf. All leaf
 logits, in the tree's class order, go into one softmax. ``FlatModel``: the same trunk family as
 an ordinary timm classifier (the papers' baselines), saved in the same file format so every
-comparison is like for like.
+comparison is like for like. ``TrunkFlatModel``: a flat classifier on the NHL's own cut trunk,
+the control that separates what the branches give from what the dropped stages give.
 """
 
 from __future__ import annotations
@@ -460,10 +461,81 @@ class FlatModel(nn.Module):
             module.eval()
         return self
 
+    def classifier(self) -> nn.Module:
+        """The layer that maps features to class logits (what an induced tree clusters)."""
+        return self.model.get_classifier()
+
     def parameter_groups(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.model.parameters())
-        head = sum(p.numel() for p in self.model.get_classifier().parameters())
+        head = sum(p.numel() for p in self.classifier().parameters())
         return {"total": total, "trunk": total - head, "branches": head}
+
+
+class TrunkFlatModel(FlatModel):
+    """A flat classifier on an NHL trunk: the timm stages up to the split point, global average
+    pooling and one linear layer (timm's ``ClassifierHead``). The control for an NHL's savings:
+    how much of them the dropped stages alone give, with no branches."""
+
+    kind = "flat-trunk"
+
+    def __init__(
+        self,
+        tree: Tree,
+        trunk: TrunkConfig | None = None,
+        input_config: InputConfig | None = None,
+        pretrained: bool = False,
+        pretrained_file: str | Path | None = None,
+    ) -> None:
+        nn.Module.__init__(self)
+        from timm.layers import ClassifierHead
+
+        self.tree = tree
+        self.trunk = Trunk(trunk or TrunkConfig(), pretrained, pretrained_file)
+        self.trunk_config = self.trunk.config
+        self.pretrained_load = self.trunk.pretrained_load
+        self.head = ClassifierHead(self.trunk.out_channels, tree.num_classes, pool_type="avg")
+        self._input_config = input_config or input_from_timm(self.trunk.model, self.trunk_config.in_chans)
+
+    def forward(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+        if attention:
+            raise NhlError(self.attention_problem)
+        return self.head(self.trunk(x))
+
+    @staticmethod
+    def config_problem(meta: Mapping[str, Any]) -> str | None:
+        """The trunk must say where it is cut."""
+        split = meta.get("trunk", {}).get("split")
+        if isinstance(split, numbers.Integral) and not isinstance(split, bool) and split >= 0:
+            return None
+        return f"'trunk.split' is {split!r}, expected the stage the trunk is cut after"
+
+    def classifier(self) -> nn.Linear:
+        return self.head.fc
+
+    def staged(self) -> StagedNetwork:
+        """The trunk's stages, then pooling and the linear layer; like the plain classifier, exits
+        end one stage before the model does."""
+        timm_model, backbone = self.trunk.model, self.trunk_config.backbone
+        stages, _ = stage_segments(timm_model, backbone, self.trunk_config.split)
+        return StagedNetwork(
+            stages,
+            self.head,
+            stage_channels(timm_model, len(stages)),
+            backbone,
+            last_exit=len(stages) - 2,
+            last_exit_name="the stage before the split point",
+            route_problem="routing needs an NHL model: a flat model has no tree of branches to route through",
+        )
+
+    def freeze_trunk(self, split: int | None = None) -> list[str]:
+        """Freeze the whole (cut) trunk: only the linear layer trains."""
+        self.trunk.freeze()
+        return [f"trunk.{name}" for name, _ in self.trunk.named_parameters()]
+
+    def parameter_groups(self) -> dict[str, int]:
+        trunk = sum(p.numel() for p in self.trunk.parameters())
+        head = sum(p.numel() for p in self.head.parameters())
+        return {"total": trunk + head, "trunk": trunk, "branches": head}
 
 
 def input_from_timm(model: nn.Module, in_chans: int) -> InputConfig:

@@ -12,11 +12,11 @@ from torch import nn
 from nhlcli.errors import NhlError
 from nhlcli.model import DEFAULT_VARIANT
 from nhlcli.model.files import damaged_metadata
-from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel
+from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, TrunkFlatModel
 from nhlcli.model.trunk import TrunkConfig
 from nhlcli.taxonomy.tree import Tree
 
-MODEL_KINDS: dict[str, type[nn.Module]] = {"nhl": NHLModel, "flat": FlatModel}
+MODEL_KINDS: dict[str, type[nn.Module]] = {"nhl": NHLModel, "flat": FlatModel, "flat-trunk": TrunkFlatModel}
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Variant:
     widths: tuple[int, ...] = ()
     later_split: bool = False
     flat: bool = False
+    cut_trunk: bool = False  # flat: on the trunk an NHL model would have, not the whole network
     single_branch: bool = False
     common_output: int = 0  # every level outputs this many times the last width (identity shortcuts)
     pooled_entry: bool = False  # level 1 average-pools the trunk output by 2 ...
@@ -59,6 +60,12 @@ VARIANTS: dict[str, Variant] = {
         single_branch=True,
     ),
     "flat": Variant("the plain timm classifier (baseline)", flat=True),
+    "flat-trunk": Variant(
+        "the plain classifier on the NHL's trunk: the stages up to the split point, pooling, one linear "
+        "layer (the control for the stages an NHL drops)",
+        flat=True,
+        cut_trunk=True,
+    ),
 }
 
 
@@ -97,6 +104,8 @@ def create_model(
         raise NhlError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     spec = VARIANTS[variant]
     trunk = trunk or TrunkConfig()
+    if spec.cut_trunk:
+        return TrunkFlatModel(tree, trunk, **kwargs)
     if spec.flat:
         return FlatModel(tree, trunk, **kwargs)
     if spec.levels is not None and tree.levels != spec.levels:

@@ -60,13 +60,14 @@ class TrainConfig:
     classes: tuple[str, ...] = ()  # the selection when the model covers only some of the data's classes
     skip_bad_images: bool = False  # leave undecodable images out (counted and named) instead of stopping
     time_budget_s: float | None = None  # train as many of ``epochs`` as fit this (timed on the real loop)
+    holdout: float = 0.0  # validate on this stratified fraction of the training images, not the val split
 
 
 # What a resumed run must keep: changing any of these would make the checkpoint's optimizer state,
 # schedule, data order or class set mean something else than the run it came from.
 RECIPE_FIELDS = (
     "batch_size", "lr", "weight_decay", "optimizer", "momentum", "warmup_epochs", "label_smoothing",
-    "seed", "augment", "crop_scale", "max_steps_per_epoch", "classes",
+    "seed", "augment", "crop_scale", "max_steps_per_epoch", "classes", "holdout",
 )  # fmt: skip
 # What a resumed run may change (applied from the resume on, reported, and recorded): where and how
 # fast it runs, and how long (more or fewer epochs: the cosine schedule is stretched to the new end).
@@ -91,6 +92,7 @@ def validate_config(config: TrainConfig) -> None:
         (config.max_steps_per_epoch is None or config.max_steps_per_epoch >= 1,
          "max_steps_per_epoch", "at least 1 (leave it out for whole epochs)"),
         (config.time_budget_s is None or config.time_budget_s > 0, "time_budget_s", "positive"),
+        (0.0 <= config.holdout < 1.0, "holdout", "a fraction in [0, 1) (0: validate on the val split)"),
     ]  # fmt: skip
     for ok, name, need in checks:
         if not ok:
@@ -261,6 +263,7 @@ def _make_loaders(model: nn.Module, data: str | Path, config: TrainConfig, info:
         seed=config.seed,
         subset=bool(config.classes),  # images of classes outside the model's tree are left out
         skip_bad_images=config.skip_bad_images,
+        holdout=config.holdout,
     )
 
 
@@ -438,7 +441,7 @@ def _train(
     bad_names: list[str] = list(state.meta.get("extra", {}).get("bad_images", [])) if state else []
     epochs = config.epochs
     bar = progress if progress is not None and info.is_main and start_epoch < epochs else SilentProgress()
-    bar.begin(epochs, steps_per_epoch, start_epoch, split_name(data, "val"))
+    bar.begin(epochs, steps_per_epoch, start_epoch, split_name(data, "val", config.holdout))
     epoch, steps_done = start_epoch, 0
     try:
         with contextlib.closing(bar):
