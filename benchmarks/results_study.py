@@ -64,6 +64,8 @@ CLASSIFICATION: dict[str, tuple[list[str], bool]] = {
     "flat, cut trunk": (["--variant", "flat-trunk"], False),
 }
 FLAT, N2HL, CUT = "flat ResNet18", "N2HL (WordNet)", "flat, cut trunk"
+INDUCED = "N2HL (induced)"  # NBDT's tree: grouped by the flat network's classifier rows
+INDUCED_TREE = "fm-induced-l2.json"
 LONG_ROWS = (FLAT, N2HL, CUT)  # trained again for the recipe's full 10 epochs
 EQUAL_MARGIN = 0.5  # points: a claim that two models match holds when the 95% interval lies within it
 SUBSETS: dict[str, list[str]] = {
@@ -194,6 +196,29 @@ class Study:
                 runs[name].append(self.train(f"{tag(name)}-e{epochs}", CLASSIFICATION[name][0], seed, epochs))
         rows = {name: summarise(found) for name, found in runs.items()}
         return {"epochs": epochs, "rows": rows, "differences": long_differences(rows)}
+
+    def induced(self, seeds: int, epochs: int) -> dict[str, Any]:
+        """NBDT's question: is N2HL more accurate on the tree induced from the ``long`` flat
+        network's classifier rows (seed 0) than on WordNet's? Both trained ``epochs`` with every
+        seed, the N2HL-WordNet runs shared with ``long``."""
+        flat_model = self.train(f"{tag(FLAT)}-e{epochs}", CLASSIFICATION[FLAT][0], 0, epochs)["model"]
+        if not (self.workdir / INDUCED_TREE).exists():
+            self.nhl("hierarchy", "build", "--source", "induced", "--model", flat_model,
+                     "--levels", "2", "-o", INDUCED_TREE, as_json=False)  # fmt: skip
+        trees = self.cached(
+            "induced-tree",
+            lambda: {
+                "tree": json.loads((self.workdir / INDUCED_TREE).read_text()),
+                "against_wordnet": self.nhl("hierarchy", "compare", INDUCED_TREE, "fashion-mnist-wordnet-l2"),
+            },
+        )
+        options = ["--variant", "nhl", "--hierarchy", INDUCED_TREE]
+        runs: dict[str, list[dict[str, Any]]] = {N2HL: [], INDUCED: []}
+        for seed in range(seeds):
+            runs[N2HL].append(self.train(f"{tag(N2HL)}-e{epochs}", CLASSIFICATION[N2HL][0], seed, epochs))
+            runs[INDUCED].append(self.train(f"{tag(INDUCED)}-e{epochs}", options, seed, epochs))
+        rows = {name: summarise(found) for name, found in runs.items()}
+        return {"epochs": epochs, "rows": rows, "trees": trees, "difference": induced_difference(rows)}
 
     def cost(self, model: str) -> dict[str, Any]:
         """``nhl profile``: params, GMACs and latency at batch 1 and 32 (median, this machine's threads)."""
@@ -443,6 +468,14 @@ def long_differences(rows: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+def induced_difference(rows: dict[str, Any]) -> dict[str, Any]:
+    """N2HL on the induced tree minus N2HL on WordNet's (points), with the verdict on NBDT's claim
+    that the induced tree is the better one."""
+    wordnet, induced = ([100 * t for t in rows[name]["top1"]] for name in (N2HL, INDUCED))
+    result = difference(wordnet, induced)
+    return {**result, "verdict": verdict(result["interval"], "better"), "line": describe(result)}
+
+
 # ---------------------------------------------------------------------------- report
 def pct(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{100 * value:.{digits}f}%"
@@ -605,6 +638,7 @@ def study_times(runs: Path) -> dict[str, float]:
         "long": sum(wall(f"train-{tag(name)}-e*-s*.json") for name in LONG_ROWS),
         "controls": wall("attention-controls-*.json"),
         "matched": wall("matched-*.json"),
+        "induced": wall(f"train-{tag(INDUCED)}-e*-s*.json"),
     }
 
 
@@ -708,6 +742,13 @@ def report(study: Study, docs: Path, long_epochs: int) -> str:
         margin = f"a match: within {EQUAL_MARGIN} points"
         for name, result in long_differences(long).items():
             parts += ["", f"{name}: {result['line']}: {result['verdict']} ({margin})."]
+    induced = {name: sorted_runs(runs, f"{tag(name)}-e{long_epochs}") for name in (N2HL, INDUCED)}
+    if all(induced.values()):
+        rows = {name: summarise(found) for name, found in induced.items()}
+        result = induced_difference(rows)
+        parts += [f"## NBDT's induced hierarchy ({long_epochs} epochs)", *classification_table(rows), "",
+                  f"induced - WordNet: {result['line']}: {result['verdict']} (NBDT: the induced tree is "
+                  "better)."]  # fmt: skip
     if (controls := runs / f"attention-controls-e{long_epochs}.json").exists():
         import attention_controls
 
@@ -778,6 +819,7 @@ def main() -> None:
             "long",
             "controls",
             "matched",
+            "induced",
             "report",
             "all",
         ],  # fmt: skip
@@ -806,6 +848,7 @@ def main() -> None:
         "long": lambda: study.long_training(args.seeds, args.long_epochs),
         "controls": lambda: study.attention_controls(args.long_epochs),
         "matched": lambda: study.matched(args.seeds, args.long_epochs),
+        "induced": lambda: study.induced(args.seeds, args.long_epochs),
     }
     for part, step in steps.items():
         if args.part in (part, "all"):
