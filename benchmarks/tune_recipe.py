@@ -38,8 +38,8 @@ def numbers(text: str) -> list[float]:
 
 
 def candidate_rows(found: dict[tuple[float, float], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Each candidate's hold-out top-1 over seeds, and (with two or more seeds) its paired
-    difference from the shipped recipe with the verdict on "it beats the recipe"."""
+    """Each candidate's hold-out top-1 over seeds, and its difference from the shipped recipe,
+    paired by seed, with the verdict on "it beats the recipe" (none from a single shared seed)."""
     shipped = found.get((RECIPE["lr"], RECIPE["label_smoothing"]))
     rows = []
     for (lr, smoothing), runs in found.items():
@@ -47,8 +47,11 @@ def candidate_rows(found: dict[tuple[float, float], list[dict[str, Any]]]) -> li
         mean, sd = mean_sd(top1)
         row = {"lr": lr, "label_smoothing": smoothing, "holdout_top1": top1, "mean": mean, "sd": sd,
                "wall_s": [r["wall_s"] for r in runs]}  # fmt: skip
-        if shipped is not None and runs is not shipped:
-            result = difference([100 * r["holdout_top1"] for r in shipped], top1, paired=True)
+        if shipped is not None and runs is not shipped:  # paired by seed, over the seeds both ran
+            recipe_by_seed = {r["seed"]: 100 * r["holdout_top1"] for r in shipped}
+            both = [r for r in runs if r["seed"] in recipe_by_seed]
+            recipe_top1 = [recipe_by_seed[r["seed"]] for r in both]
+            result = difference(recipe_top1, [100 * r["holdout_top1"] for r in both], paired=True)
             row["against_recipe"] = {**result, "line": describe(result),
                                      "verdict": verdict(result["interval"], "better")}  # fmt: skip
         rows.append(row)
@@ -103,7 +106,7 @@ def main() -> None:
             for lr, smoothing in itertools.product(numbers(args.lrs), numbers(args.smoothing)):
                 run = train_candidate(
                     candidate_args(args.epochs, lr, smoothing, args.variant, seed), Path(tmp)
-                )
+                ) | {"seed": seed}
                 print(
                     f"# lr {lr:g}, smoothing {smoothing:g}, seed {seed}: {run}", file=sys.stderr, flush=True
                 )

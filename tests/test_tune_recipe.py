@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import tune_recipe  # noqa: E402
@@ -16,7 +18,7 @@ SHIPPED = (RECIPE["lr"], RECIPE["label_smoothing"])
 
 
 def runs(*top1: float) -> list[dict[str, float]]:
-    return [{"holdout_top1": t, "wall_s": 1.0} for t in top1]
+    return [{"holdout_top1": t, "wall_s": 1.0, "seed": seed} for seed, t in enumerate(top1)]
 
 
 def test_a_candidate_ahead_on_every_seed_by_a_steady_margin_beats_the_recipe() -> None:
@@ -32,6 +34,13 @@ def test_a_lead_the_seeds_do_not_agree_on_leaves_the_recipe() -> None:
     _, candidate = tune_recipe.candidate_rows(found)
     assert candidate["mean"] > 89.5  # ahead on average ...
     assert candidate["against_recipe"]["verdict"] == "no detectable difference"  # ... but not beyond noise
+
+
+def test_a_candidate_stopped_early_is_paired_on_the_seeds_it_ran() -> None:
+    found = {SHIPPED: runs(0.890, 0.895, 0.900), (0.01, 0.1): runs(0.900, 0.906)}
+    _, candidate = tune_recipe.candidate_rows(found)
+    assert candidate["against_recipe"]["n"] == (2, 2)
+    assert candidate["against_recipe"]["diff"] == pytest.approx(1.05)
 
 
 def test_a_candidate_changes_only_the_swept_knobs() -> None:
