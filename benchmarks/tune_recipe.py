@@ -4,11 +4,11 @@ Fashion-MNIST ships no validation set, so the recipe of ``nhlcli.demo.RECIPE`` w
 by comparing test-set figures (issue 3). This script redoes the choice the clean way: every
 candidate (peak learning rate x label smoothing, the rest of the recipe fixed) trains with
 ``nhl train --holdout 0.1``, which validates on a stratified 10% of the 60,000 training images
-and trains on the rest. With several seeds each candidate is compared with the shipped recipe seed by seed
-(paired t interval): the recipe changes only when a candidate beats it with the whole interval
-above zero, not on a difference the seeds cannot separate. The test set is not opened.
+and trains on the rest. Each candidate is compared with the shipped recipe seed by seed (paired
+t interval): the recipe changes only when a candidate beats it with the whole interval above
+zero, not on a difference the seeds cannot separate. The test set is not opened.
 
-    python benchmarks/tune_recipe.py --epochs 10 --lrs 0.001,0.003,0.01 --seeds 0,1
+    python benchmarks/tune_recipe.py --epochs 10 --lrs 0.001,0.003,0.01 --seeds 0,1,2
 """
 
 from __future__ import annotations
