@@ -232,7 +232,8 @@ class Study:
         args = ["eval", model] + (["--classes", classes] if classes else [])
         if self.log:
             print("$ " + shlex.join(["nhl", *args]), flush=True)
-        return evaluate_file(self.workdir / model, "fashion-mnist", classes=classes, workers=1)["top1"]
+        selection = classes.split(",") if classes else None
+        return evaluate_file(self.workdir / model, "fashion-mnist", classes=selection, workers=1)["top1"]
 
     def cutouts(self, seeds: int) -> dict[str, Any]:
         """Paper 003, Table 2: for each subset, the expert cut from the 10-class N2HL, the full

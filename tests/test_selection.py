@@ -103,6 +103,8 @@ def test_unknown_and_empty_concepts_and_literal_repeats_are_refused():
         tree.select(["shark", "Shark"])
     with pytest.raises(NhlError, match="empty"):
         tree.select([" "])
+    with pytest.raises(NhlError, match=r"pass a list of names, e.g. \['shark', 'ray'\]"):
+        tree.select("shark,ray")  # a notebook's comma string, not read letter by letter
 
 
 def test_trees_without_wordnet_ids_keep_their_own_names():

@@ -197,6 +197,8 @@ def select(tree: Tree, names: Sequence[str], option: str = "classes") -> Selecti
     """Resolve every name and union the classes; one-line errors for an empty list, an unknown
     name (with the closest matches) and a name given twice. ``option`` is the argument the
     names came in, for the messages."""
+    if isinstance(names, str):  # a string is a sequence of letters: refuse it rather than read 's','h',...
+        raise NhlError(f"is the string {names!r}; pass a list of names, e.g. {names.split(',')!r}", option)
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise NhlError("is empty; name the classes to keep, e.g. shark,hammerhead", option)
