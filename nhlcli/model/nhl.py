@@ -370,13 +370,21 @@ class FlatModel(nn.Module):
         pretrained_file: str | Path | None = None,
     ) -> None:
         super().__init__()
-        cfg = trunk or TrunkConfig()
         self.tree = tree
-        self.trunk_config = TrunkConfig(cfg.backbone, None, cfg.in_chans)
-        self.model = create_timm_model(cfg.backbone, cfg.in_chans, pretrained, pretrained_file)
+        timm_model = self.build_network(trunk or TrunkConfig(), pretrained, pretrained_file)
+        self._input_config = input_config or input_from_timm(timm_model, self.trunk_config.in_chans)
+
+    def build_network(
+        self, trunk: TrunkConfig, pretrained: bool, pretrained_file: str | Path | None
+    ) -> nn.Module:
+        """The whole timm network with its classifier reset to the tree's classes; subclasses
+        build other networks here and share the rest of ``__init__``. Returns the timm model the
+        input config is read from."""
+        self.trunk_config = TrunkConfig(trunk.backbone, None, trunk.in_chans)
+        self.model = create_timm_model(trunk.backbone, trunk.in_chans, pretrained, pretrained_file)
         self.pretrained_load: PretrainedLoad | None = getattr(self.model, "nhl_pretrained_load", None)
-        self.model.reset_classifier(tree.num_classes)
-        self._input_config = input_config or input_from_timm(self.model, cfg.in_chans)
+        self.model.reset_classifier(self.tree.num_classes)
+        return self.model
 
     @property
     def classes(self) -> list[str]:
@@ -478,23 +486,17 @@ class TrunkFlatModel(FlatModel):
 
     kind = "flat-trunk"
 
-    def __init__(
-        self,
-        tree: Tree,
-        trunk: TrunkConfig | None = None,
-        input_config: InputConfig | None = None,
-        pretrained: bool = False,
-        pretrained_file: str | Path | None = None,
-    ) -> None:
-        nn.Module.__init__(self)
+    def build_network(
+        self, trunk: TrunkConfig, pretrained: bool, pretrained_file: str | Path | None
+    ) -> nn.Module:
+        """The timm stages up to the split point and a pooled linear head."""
         from timm.layers import ClassifierHead
 
-        self.tree = tree
-        self.trunk = Trunk(trunk or TrunkConfig(), pretrained, pretrained_file)
+        self.trunk = Trunk(trunk, pretrained, pretrained_file)
         self.trunk_config = self.trunk.config
         self.pretrained_load = self.trunk.pretrained_load
-        self.head = ClassifierHead(self.trunk.out_channels, tree.num_classes, pool_type="avg")
-        self._input_config = input_config or input_from_timm(self.trunk.model, self.trunk_config.in_chans)
+        self.head = ClassifierHead(self.trunk.out_channels, self.tree.num_classes, pool_type="avg")
+        return self.trunk.model
 
     def forward(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
         if attention:
