@@ -7,7 +7,7 @@ the stated margin, and one of non-inferiority ("A is not worse than B by more th
 when it lies above minus the margin. Anything else is "no detectable difference": the runs
 cannot tell. One run a side gives no interval and no verdict.
 
-    python benchmarks/evidence.py --a 89.27,89.03,88.78 --b 89.22,89.19,89.21 --claim equal --margin 0.5
+    python benchmarks/evidence.py --a 88.89,88.94,88.69 --b 89.19,89.13,89.14 --claim better
     python benchmarks/evidence.py --a 61.35,60.53,62.17 --b 62.99,62.50,64.31 --paired --claim better
 """
 

@@ -4,9 +4,9 @@ Every experiment is a sequence of ``nhl`` commands (printed as they run), so eac
 docs/results.md can be re-run by hand. Models and per-experiment JSON go to ``--workdir``; a
 finished step is not redone, so an interrupted study continues where it stopped.
 
-    python benchmarks/results_study.py all                    # every part, then the report
-    python benchmarks/results_study.py classification --seeds 3
-    python benchmarks/results_study.py cutouts | attention | frozen | gates | long | controls | matched
+    python benchmarks/results_study.py all --all-seeds        # every part and seed, then the report
+    python benchmarks/results_study.py classification --seeds 3   # 3 seeds for flat and N2HL, 1 for the rest
+    python benchmarks/results_study.py cutouts  # attention, frozen, gates, long, controls, matched, induced
     python benchmarks/results_study.py report                 # tables (Markdown) and plots
 
 Parts: ``classification`` (paper 003, Table 3: flat against PHL small/big/lateSP/1branch and
