@@ -664,6 +664,7 @@ def accuracy_plot(classification: dict[str, Any], frozen: dict[str, Any], output
             x, y = r["gmacs"] * 1e3, 100 * r["top1_mean"]
             ax.errorbar(x, y, yerr=100 * (r["top1_std"] or 0), fmt=marker, color=kind, capsize=3)
             points.append((name, x, y))
+    ax.margins(x=0.1)  # room for the labels of the outermost markers
     ax.autoscale_view()
     for name, x, y, offset, align in place_labels(ax, points):
         ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
