@@ -88,6 +88,15 @@ def describe(result: dict[str, Any]) -> str:
     return f"{result['diff']:+.2f} points, 95% interval {low:+.2f} to {high:+.2f} {where}"
 
 
+def judge(
+    a: Sequence[float], b: Sequence[float], claim: str, margin: float = 0.0, paired: bool = False
+) -> dict[str, Any]:
+    """``difference(a, b)`` with the verdict on ``claim`` and its one-line description: what a
+    results table shows for a comparison."""
+    result = difference(a, b, paired)
+    return {**result, "verdict": verdict(result["interval"], claim, margin), "line": describe(result)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--a", required=True, help="the baseline's runs, comma-separated (top-1 in %%)")

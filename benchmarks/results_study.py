@@ -40,7 +40,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from evidence import describe, difference, verdict
+from evidence import difference, judge, verdict
 
 from nhlcli.demo import recipe_args
 from nhlcli.model.files import read_metadata
@@ -463,9 +463,7 @@ def long_differences(rows: dict[str, Any]) -> dict[str, Any]:
     found = {}
     for name in (FLAT, CUT):
         if name in rows:
-            result = difference([100 * t for t in rows[name]["top1"]], nhl)
-            verdict_line = verdict(result["interval"], "equal", EQUAL_MARGIN)
-            found[f"N2HL - {name}"] = {**result, "verdict": verdict_line, "line": describe(result)}
+            found[f"N2HL - {name}"] = judge([100 * t for t in rows[name]["top1"]], nhl, "equal", EQUAL_MARGIN)
     return found
 
 
@@ -473,8 +471,7 @@ def induced_difference(rows: dict[str, Any]) -> dict[str, Any]:
     """N2HL on the induced tree minus N2HL on WordNet's (points), with the verdict on NBDT's claim
     that the induced tree is the better one."""
     wordnet, induced = ([100 * t for t in rows[name]["top1"]] for name in (N2HL, INDUCED))
-    result = difference(wordnet, induced)
-    return {**result, "verdict": verdict(result["interval"], "better"), "line": describe(result)}
+    return judge(wordnet, induced, "better")
 
 
 # ---------------------------------------------------------------------------- report

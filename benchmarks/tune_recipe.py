@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evidence import describe, difference, mean_sd, verdict
+from evidence import judge, mean_sd
 
 from nhlcli.demo import RECIPE, recipe_args
 from nhlcli.model import DEFAULT_VARIANT
@@ -51,9 +51,9 @@ def candidate_rows(found: dict[tuple[float, float], list[dict[str, Any]]]) -> li
             recipe_by_seed = {r["seed"]: 100 * r["holdout_top1"] for r in shipped}
             both = [r for r in runs if r["seed"] in recipe_by_seed]
             recipe_top1 = [recipe_by_seed[r["seed"]] for r in both]
-            result = difference(recipe_top1, [100 * r["holdout_top1"] for r in both], paired=True)
-            row["against_recipe"] = {**result, "line": describe(result),
-                                     "verdict": verdict(result["interval"], "better")}  # fmt: skip
+            row["against_recipe"] = judge(
+                recipe_top1, [100 * r["holdout_top1"] for r in both], "better", paired=True
+            )
         rows.append(row)
     return rows
 
