@@ -15,7 +15,7 @@ PACKAGE = Path(nhlcli.__file__).parent
 
 # Lowest layer first; a module may import from its own layer or any layer before it.
 LAYERS = [  # docs/architecture.md's table, row by row
-    ["errors", "text", "atomic", "paths", "memory", "devices", "distributed", "progress"],
+    ["errors", "text", "jsonio", "atomic", "locks", "paths", "memory", "devices", "distributed", "progress"],
     ["taxonomy"],
     ["model", "profiling"],
     ["data"],
