@@ -14,9 +14,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
     The rename is atomic on POSIX and Windows, so ``path`` either keeps its old content or gets
-    the complete new content. On any error the temporary file is removed.
+    the complete new content. On any error the temporary file is removed. A symlinked ``path``
+    (a ``--cache`` pointing to a shared cache) is updated through the link: the link's final target
+    is replaced, and the link stays.
     """
-    target = Path(path)
+    given = target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -31,7 +35,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return target
+    return given
 
 
 def file_mode() -> int:

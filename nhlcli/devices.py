@@ -55,6 +55,39 @@ def cpu_has_fast_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def bf16_unsafe_convolutions(model: torch.nn.Module, input_size: tuple[int, ...]) -> list[str]:
+    """The convolutions of ``model`` (kernel over 1 pixel) whose stride is longer than their input
+    map's side at ``input_size`` (channels, height, width), e.g. ResNet's layer4 at 16 px: oneDNN's
+    bfloat16 weight gradient for them reads memory it did not write (torch 2.14 on AVX-512/AMX
+    CPUs: values up to 1e37 or NaN, different on every call; a 1-4 px grid of kernels and strides
+    showed no other case), so CPU training of such a model stays in float32. Found by one float32
+    forward of a zero image."""
+    found: list[str] = []
+
+    def check(name: str) -> Any:
+        def hook(conv: torch.nn.Conv2d, inputs: Any, _output: torch.Tensor) -> None:
+            sides = inputs[0].shape[-2:]
+            too_long = any(stride > side for stride, side in zip(conv.stride, sides, strict=True))
+            if too_long and max(conv.kernel_size) > 1:
+                found.append(name)
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(check(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return found
+
+
 def autocast_for(device: torch.device, enabled: bool, training: bool = False) -> Any:
     """Mixed precision: fp16/bf16 on GPU; bf16 for CPU training where the CPU has native bf16
     (evaluation on CPU stays float32, so reported accuracies match the exported expert's)."""

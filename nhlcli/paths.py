@@ -2,7 +2,10 @@
 
 A command that finds out at save time that it cannot write (or, worse, that it is about to
 replace the file it read) has either wasted the user's time or destroyed their data. Every
-command therefore checks each output path here first, against all of its inputs.
+command therefore checks each output path here first, against all of its inputs; an output inside
+an input folder (a model written into the data set, where it would become a class folder) is
+refused too. A checked output is then locked (:mod:`nhlcli.locks`) until the process ends, so a
+second nhl process writing it is refused before it starts work.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from nhlcli import locks
 from nhlcli.errors import NhlError
 
 PathLike = str | os.PathLike[str]
@@ -33,6 +37,16 @@ def _inside(path: Path, directory: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _refuse_inside_input(target: Path, given: Path, label: str) -> None:
+    """An output inside an input folder (``--data D`` with ``-o D/train/m.safetensors``) would
+    change that input: the data set gains a file or a class folder."""
+    if given.is_dir() and not _same_file(target, given) and _inside(target, given):
+        raise NhlError(
+            f"{label} {target} is inside the input folder {given}; writing there would change that input "
+            "(a data set would gain a class folder): choose a path outside it"
+        )
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -66,7 +80,8 @@ def _check_location(path: Path, label: str) -> None:
 def check_output_file(
     path: PathLike | None, inputs: Iterable[PathLike | None] = (), label: str = "output"
 ) -> Path | None:
-    """Refuse an output file that is empty, a directory, unwritable, or one of ``inputs``.
+    """Refuse an output file that is empty, a directory, unwritable, one of ``inputs`` or inside an
+    input folder; then lock it for this process (refused when another nhl process writes it).
 
     ``label`` names the output in the message (the CLI passes its flag, e.g. ``--report``).
     Returns the path (``None`` passes through, for optional outputs).
@@ -82,18 +97,22 @@ def check_output_file(
                 f"{label} {target} is also an input of this command ({given}); writing it would destroy "
                 "the input: choose another output path"
             )
+        if given is not None:
+            _refuse_inside_input(target, Path(given), label)
     if target.is_dir():
         raise NhlError(f"{label} {target} is a directory; give a file name")
     if target.exists() and not target.is_file():
         raise NhlError(f"{label} {target} exists and is not a regular file; choose another path")
     _check_location(target, label)
+    locks.hold(target, label)
     return target
 
 
 def check_output_dir(
     path: PathLike | None, inputs: Iterable[PathLike | None] = (), label: str = "output directory"
 ) -> Path | None:
-    """Refuse an output directory that is a file, unwritable, or holds / is one of ``inputs``."""
+    """Refuse an output directory that is a file, unwritable, or holds / is / lies inside one of
+    ``inputs``; then lock it for this process (refused when another nhl process writes it)."""
     if path is None:
         return None
     if str(path).strip() == "":
@@ -104,6 +123,8 @@ def check_output_dir(
             raise NhlError(
                 f"{label} {target} holds an input of this command ({given}); choose another directory"
             )
+        if given is not None:
+            _refuse_inside_input(target, Path(given), label)
     if target.exists() and not target.is_dir():
         raise NhlError(f"{label} {target} is a file, not a directory; choose another path")
     if target.is_dir():
@@ -111,6 +132,7 @@ def check_output_dir(
             raise NhlError(f"{label} {target}: cannot write there (read-only or no permission)")
     else:
         _check_location(target, label)
+    locks.hold(target, label)
     return target
 
 

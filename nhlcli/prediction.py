@@ -1,9 +1,11 @@
 """Classify image files with a model (or an expert): the library behind ``nhl predict``.
 
-Every image goes through the model's own evaluation transform (size, crop and normalisation
-recorded in its file), so a prediction here is what ``nhl eval`` would have computed for the
-same file. Probabilities are the softmax over the model's classes; for an expert that is its own
-classes (paper 003, eq. 3), for a :class:`~nhlcli.evaluation.ClassSubset` the kept ones.
+Every image is read by :func:`nhlcli.data.images.read_image`, the reader of the training and
+evaluation data, and goes through the model's own evaluation transform (size, crop and
+normalisation recorded in its file), so a prediction here is what ``nhl eval`` would have
+computed for the same file. Probabilities are the softmax over the model's classes; for an
+expert that is its own classes (paper 003, eq. 3), for a
+:class:`~nhlcli.evaluation.ClassSubset` the kept ones.
 """
 
 from __future__ import annotations
@@ -12,72 +14,38 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
+from nhlcli.data.images import image_file_problem, read_image
 from nhlcli.errors import NhlError
 from nhlcli.model.gated import GatedModel
+from nhlcli.text import printable
 
-# Pillow modes of grey images; everything else is turned into RGB.
-_GREY_MODES = {"1", "L", "LA", "La", "I", "F"}
-
-
-def _is_16bit(mode: str) -> bool:
-    return mode.startswith("I;16")
+PREDICT_HINT = "give image files Pillow can open (PNG, JPEG, ...)"
 
 
-def _to_8bit_grey(img: Image.Image) -> Image.Image:
-    """High bit-depth grey (16-bit, 32-bit integer or float) scaled into 0..255, not clipped.
-
-    Pillow's own ``convert("L")`` clips such images, which turns most 16-bit pictures white.
-    """
-    values = np.asarray(img, dtype=np.float64)
-    if _is_16bit(img.mode):
-        values = values / 257.0
-    elif img.mode == "F" and values.size and values.min() >= 0 and values.max() <= 1:
-        values = values * 255.0  # float images in 0..1
-    elif img.mode == "I" and values.size and values.max() > 255:
-        values = values / (257.0 if values.max() <= 65535 else values.max() / 255.0)
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+def check_image_path(path: Path) -> None:
+    """Refuse a path that cannot be an image file (missing, a folder, a FIFO, a device) before any
+    image is decoded; only ``stat`` is used, so a FIFO or device is never opened."""
+    problem, shown = image_file_problem(path), printable(str(path))
+    if problem == "does not exist":
+        raise NhlError(f"image {shown} does not exist; check the path")
+    if problem is not None and path.is_dir():
+        raise NhlError(f"{shown} is a folder; give image files (e.g. {shown}/*.jpg)")
+    if problem is not None:
+        raise NhlError(f"image {shown} {problem}; {PREDICT_HINT}")
 
 
-def to_model_mode(img: Image.Image) -> Image.Image:
-    """A decoded image of any Pillow mode as 8-bit ``"L"`` (grey modes) or ``"RGB"`` (the rest).
-
-    Alpha is dropped as the training data loader drops it; palette images with transparency go
-    through RGBA first so Pillow does not warn.
-    """
-    if _is_16bit(img.mode) or img.mode in ("I", "F"):
-        return _to_8bit_grey(img)
-    if img.mode in _GREY_MODES:
-        return img if img.mode == "L" else img.convert("L")
-    if img.mode in ("P", "PA") and (img.mode == "PA" or "transparency" in img.info):
-        img = img.convert("RGBA")
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open any image file Pillow reads (any size or mode, EXIF rotation applied) as L or RGB.
-
-    Missing, unreadable or undecodable files raise a one-line :class:`NhlError`.
+def load_image(path: str | Path, mode: str | None = None) -> Image.Image:
+    """An image file as the models see it: :func:`nhlcli.data.images.read_image`, the reader of the
+    training and evaluation data too (``mode`` ``"L"``/``"RGB"``; ``None``: grey files "L", the
+    rest "RGB"). Any problem is a one-line :class:`NhlError` naming the file.
     """
     path = Path(path)
-    if not path.exists():
-        raise NhlError(f"image {path} does not exist; check the path")
-    if path.is_dir():
-        raise NhlError(f"{path} is a folder; give image files (e.g. {path}/*.jpg)")
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so broken pixel data fails here and not in the transform
-            img = ImageOps.exif_transpose(img)  # a decoded copy, upright
-            return to_model_mode(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise NhlError(
-            f"cannot read {path} as an image ({reason}); give a file Pillow can open (PNG, JPEG, ...)"
-        ) from exc
+    check_image_path(path)
+    return read_image(path, mode, hint=PREDICT_HINT)
 
 
 def eval_transform(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:
@@ -130,10 +98,10 @@ def predict_images(
     tree = model.tree
     k = check_top_k(top_k, len(tree.classes))
     paths = [Path(p) for p in paths]
-    for path in paths:  # fail on a typo before any work is done
-        if not path.exists():
-            raise NhlError(f"image {path} does not exist; check the path")
+    for path in paths:  # fail on a typo, a folder or a FIFO before any work is done
+        check_image_path(path)
     transform = eval_transform(model)
+    mode = "L" if model.input_config.size[0] == 1 else "RGB"
     device = _model_device(model)
     names = [tree.node(c).name for c in tree.classes]
     was_training = model.training
@@ -142,7 +110,7 @@ def predict_images(
     try:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            batch = torch.stack([transform(load_image(p)) for p in chunk]).to(device)
+            batch = torch.stack([transform(load_image(p, mode)) for p in chunk]).to(device)
             gated = None
             with torch.no_grad():
                 if isinstance(model, GatedModel):  # each image stops at its exit

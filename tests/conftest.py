@@ -71,6 +71,16 @@ def nhl():
     return run_nhl
 
 
+@pytest.fixture(autouse=True)
+def _release_output_locks():
+    """The output locks a library call takes (``nhlcli.paths`` holds them until the process ends, as
+    a command's) end with the test, so a later test's ``nhl`` subprocess may write those paths."""
+    yield
+    from nhlcli import locks
+
+    locks.release_all()
+
+
 # --------------------------------------------------------------------------- tiny trees and models
 CLASSES = ["apple", "banana", "cherry", "daisy", "elm", "fig"]
 

@@ -22,7 +22,8 @@ CREATED = 1_700_000_000
 @dataclass(frozen=True)
 class Reply:
     """One scripted reply: ``content`` with HTTP 200, an error ``status`` (with an OpenAI-style
-    ``code``), or a ``raw`` body sent as is; after ``delay`` s."""
+    ``code``, and a ``Retry-After`` header when ``retry_after`` is given), or a ``raw`` body sent
+    as is; after ``delay`` s."""
 
     content: str | None = None
     status: int = 200
@@ -31,6 +32,7 @@ class Reply:
     code: str | None = None
     raw: bytes | None = None
     content_type: str = "application/json"
+    retry_after: str | None = None
 
 
 class ScriptedLLMServer:
@@ -65,9 +67,18 @@ class ScriptedLLMServer:
         for content in contents:
             self.replies.append(Reply(content=content))
 
-    def fail(self, status: int, message: str = "scripted error", code: str | None = None) -> None:
-        """Queue an HTTP error response with an OpenAI-style error body."""
-        self.replies.append(Reply(status=status, message=message, code=code))
+    def fail(
+        self,
+        status: int,
+        message: str = "scripted error",
+        code: str | None = None,
+        retry_after: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Queue ``times`` HTTP error responses with an OpenAI-style error body (and a
+        ``Retry-After: retry_after`` header, e.g. ``"0"`` so that a client retries at once)."""
+        for _ in range(times):
+            self.replies.append(Reply(status=status, message=message, code=code, retry_after=retry_after))
 
     def send_raw(self, body: str | bytes, content_type: str = "application/json", status: int = 200) -> None:
         """Queue a response whose body is sent as is: an HTML page, broken JSON, a JSON list..."""
@@ -111,18 +122,28 @@ class ScriptedLLMServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-            def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
+            def _send(
+                self,
+                status: int,
+                payload: Any,
+                content_type: str = "application/json",
+                retry_after: str | None = None,
+            ) -> None:
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", content_type)
+                    if retry_after is not None:
+                        self.send_header("Retry-After", retry_after)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                     pass
 
-            def _error(self, status: int, message: str, code: str | None = None) -> None:
+            def _error(
+                self, status: int, message: str, code: str | None = None, retry_after: str | None = None
+            ) -> None:
                 self._send(
                     status,
                     {
@@ -133,6 +154,7 @@ class ScriptedLLMServer:
                             "code": code,
                         }
                     },
+                    retry_after=retry_after,
                 )
 
             def do_POST(self) -> None:
@@ -153,7 +175,7 @@ class ScriptedLLMServer:
                     self._send(reply.status, reply.raw, reply.content_type)
                     return
                 if reply.status != 200:
-                    self._error(reply.status, reply.message, reply.code)
+                    self._error(reply.status, reply.message, reply.code, reply.retry_after)
                     return
                 n = len(server.requests)
                 content = reply.content or ""

@@ -30,7 +30,7 @@ from nhlcli.devices import resolve_device
 from nhlcli.errors import NhlError
 from nhlcli.gates import fit_gates
 from nhlcli.gates.workflow import check_tune_output
-from nhlcli.model.files import DIGEST_KEY, METADATA_KEY, save_model, verify_model_file
+from nhlcli.model.files import DIGEST_KEY, METADATA_DIGEST_KEY, METADATA_KEY, save_model, verify_model_file
 from nhlcli.model.loading import open_model
 from nhlcli.model.nhl import FlatModel, InputConfig, NHLModel, with_input_size
 from nhlcli.model.trunk import TrunkConfig
@@ -168,7 +168,8 @@ def test_a_flipped_byte_in_the_tensor_data_is_found_by_verify_and_cutout(files, 
     start = _data_offset(intact)
     content[start + (len(content) - start) // 2] ^= 0x04  # one bit, in the middle of the weights
     damaged.write_bytes(bytes(content))
-    open_model(damaged)  # the damage does not show when loading: that is why the digest is there
+    with pytest.raises(NhlError, match="does not match the digest"):
+        open_model(damaged)  # the damage would not show when loading: every full load checks the digest
     assert_one_line_error(run_nhl("profile", damaged, "--verify"), "damaged.safetensors", "does not match",
                           "digest recorded at save time", "damaged")  # fmt: skip
     out = tmp_path / "expert.safetensors"
@@ -203,6 +204,7 @@ def _edited(source: Path, target: Path, edit) -> Path:
     meta = json.loads(header[METADATA_KEY])
     edit(meta)
     header[METADATA_KEY] = json.dumps(meta)
+    header.pop(METADATA_DIGEST_KEY, None)  # as an edit by hand that also dropped the metadata digest
     save_file(load_file(str(source)), str(target), metadata=header)
     return target
 

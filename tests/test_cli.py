@@ -246,7 +246,7 @@ def test_an_empty_class_list_is_refused_not_read_from_the_current_folder(tmp_pat
         (tmp_path / folder).mkdir()
     out = tmp_path / "tree.json"
     run = run_nhl("hierarchy", "build", "-s", "flat", "--classes", "", "-o", out, cwd=tmp_path)
-    assert_one_line_error(run, "--classes is empty", "preset")
+    assert_one_line_error(run, "--classes is empty", "nhl hierarchy build --help")
     assert not out.exists()
     valid = run_nhl("hierarchy", "validate", "fashion-mnist-wordnet-l2", "--classes", "", cwd=tmp_path)
     assert_one_line_error(valid, "--classes is empty")

@@ -331,7 +331,7 @@ def test_cli_cutout_bad_inputs(model_files, tmp_path):
     out = tmp_path / "e.safetensors"
     nhl = root / "nhl.safetensors"
     assert_one_line_error(run_nhl("cutout", nhl, "--classes", "class c0l", "-o", out), "unknown", "closest")
-    assert_one_line_error(run_nhl("cutout", nhl, "--classes", " , ", "-o", out), "empty")
+    assert_one_line_error(run_nhl("cutout", nhl, "--classes", " , ", "-o", out), "names no class")
     assert_one_line_error(run_nhl("cutout", nhl, "--classes", "c01,c01", "-o", out), "twice")
     run = run_nhl("cutout", root / "flat.safetensors", "--classes", "c01", "-o", out)
     assert_one_line_error(run, "flat model", "nhl train")
@@ -359,6 +359,7 @@ def test_nhl_cutout_costs_the_parent_without_reading_its_weights_whole(tmp_path,
         raise AssertionError("the parent's weights were read whole")
 
     monkeypatch.setattr(files, "load_weights", whole_read)
+    monkeypatch.setattr(files, "read_model_file", whole_read)
     monkeypatch.setattr(loading, "open_model", whole_read)
     cut, parent_cost, expert_cost = cutout_with_cost(parent, [tree.classes[0]], (1,), latency=False)
     assert parent_cost["params"] == parent_model.parameter_groups()

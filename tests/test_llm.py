@@ -90,6 +90,7 @@ def make_settings(server: Any, tmp_path: Path, **kw: Any) -> LLMSettings:
         "base_url": server.base_url,
         "cache": tmp_path / "llm-cache.json",
         "timeout": 10.0,
+        "http_retries": 0,  # HTTP 429 and 5xx retries: tests/test_hostile_trees.py
     }
     defaults.update(kw)
     return LLMSettings(**defaults)
@@ -422,7 +423,7 @@ def test_cache_keeps_answers_per_request(llm_server: Any, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("{not json", "is not a valid JSON file"),
+        ("{not json", "is not valid JSON"),
         ('{"format": "other"}', "is not an nhl LLM cache"),
         ('{"format": "nhl-llm-cache", "version": "one", "entries": {}}', "invalid 'version' 'one'"),
         ('{"format": "nhl-llm-cache", "version": 0, "entries": {}}', "invalid 'version' 0"),

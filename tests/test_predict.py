@@ -61,6 +61,10 @@ def reference_image(path: Path) -> Image.Image:
         if img.mode.startswith("I;16"):  # 16-bit grey: scaled into 8 bits, not clipped
             values = np.asarray(img, dtype=np.float64) / 257
             return Image.fromarray(np.rint(values).astype(np.uint8), "L")
+        if "A" in img.mode or "transparency" in img.info:  # alpha: composited onto white
+            rgba = np.asarray(img.convert("RGBA"), dtype=np.float64)
+            alpha = rgba[..., 3:] / 255
+            return Image.fromarray(np.rint(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8))
         return img.convert("RGB")
 
 
@@ -158,7 +162,7 @@ def test_load_image_handles_modes_rotation_and_bad_files(setup, tmp_path):
     with pytest.raises(NhlError, match="does not exist"):
         load_image(tmp_path / "missing.png")
     for broken in ("notes.png", "truncated.png"):
-        with pytest.raises(NhlError, match="cannot read") as info:
+        with pytest.raises(NhlError, match="cannot decode") as info:
             load_image(tmp_path / broken)
         assert "\n" not in str(info.value)
     with pytest.raises(NhlError, match="does not exist"):  # checked before any image is decoded
@@ -345,7 +349,7 @@ def test_bad_inputs_give_one_error_line(setup, case, tmp_path):
 
     runs = {
         "missing image": (("predict", nhl, image, tmp_path / "nope.jpg"), ["nope.jpg", "does not exist"]),
-        "not an image": (("predict", nhl, tmp_path / "notes.jpg"), ["notes.jpg", "cannot read"]),
+        "not an image": (("predict", nhl, tmp_path / "notes.jpg"), ["notes.jpg", "cannot decode"]),
         "top-k 0": (("predict", nhl, image, "--top-k", "0"), ["--top-k 0", "at least 1"]),
         "attend without =": (("predict", nhl, image, "--attend", "apple"), ["CLASS=SCALE"]),
         "unknown class": (("predict", nhl, image, "--attend", "appel=2"), ["appel", "closest: apple"]),

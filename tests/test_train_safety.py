@@ -15,7 +15,7 @@ from nhlcli.model.files import read_metadata
 from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.sources import build_flat_tree
 from nhlcli.training import TrainConfig, train
-from nhlcli.training.checkpoint import load_checkpoint
+from nhlcli.training.checkpoint import latest, load_checkpoint
 
 CLASSES = ["apple", "banana", "cherry"]
 SMALL = ["--flat", "--input-size", "16", "--batch-size", "4", "--workers", "0", "--augment", "none"]
@@ -80,12 +80,13 @@ def test_train_checks_its_output_path_before_training(tmp_path, folder, output, 
 def test_a_fresh_run_refuses_to_discard_an_unfinished_runs_checkpoint(tmp_path, folder):
     ckdir = tmp_path / "ck"
     train(flat_model(), folder, None, small_config(epochs=1), checkpoint_dir=ckdir)
-    sidecar = json.loads((ckdir / "last.json").read_text())
+    sidecar_path = latest(ckdir)[0]
+    sidecar = json.loads(sidecar_path.read_text())
     sidecar["extra"]["config"]["epochs"] = 3  # as if interrupted after 1 of 3 epochs
-    (ckdir / "last.json").write_text(json.dumps(sidecar))
+    sidecar_path.write_text(json.dumps(sidecar))
     with pytest.raises(NhlError, match="unfinished run .1 of 3 epochs.*`resume`.*`overwrite`"):
         train(flat_model(), folder, None, small_config(), checkpoint_dir=ckdir)
-    assert json.loads((ckdir / "last.json").read_text()) == sidecar  # untouched
+    assert json.loads(sidecar_path.read_text()) == sidecar  # untouched
     again = train(flat_model(), folder, None, small_config(), checkpoint_dir=ckdir, overwrite=True)
     assert again.epochs_done == 2 and load_checkpoint(ckdir).epoch == 2
     # a finished run's checkpoint is redundant with its model file: a new run may replace it
@@ -103,7 +104,7 @@ def test_resume_refuses_a_recipe_change_and_takes_the_runs_recipe_when_options_a
         "train", "--data", folder, "-o", out, *SMALL, "--epochs", "1", "--lr", "0.0005", "--seed", "5"
     )
     assert first.code == 0, first.err
-    assert Path(f"{out}.ckpt", "last.json").is_file()
+    assert latest(Path(f"{out}.ckpt")) is not None
     for option, value in (("--lr", "0.5"), ("--batch-size", "2"), ("--seed", "1")):
         run = run_nhl(
             "train", "--data", folder, "-o", out, *SMALL, "--epochs", "2", "--resume", option, value
@@ -211,11 +212,11 @@ def test_train_without_a_variant_builds_the_lean_nhl(tmp_path):
 # -- a run that fits its time -----------------------------------------------------------------------
 
 
-def test_a_time_budget_fixes_the_epochs_from_the_real_loop_and_records_them(tmp_path, folder):
+def test_a_time_budget_ends_the_run_and_records_what_ran(tmp_path, folder):
     out = tmp_path / "m.safetensors"
     short = train(flat_model(), folder, out, small_config(epochs=6, time_budget_s=1e-3))
     assert short.epochs_done == 1 and short.time_budget["epochs"] == 1
-    assert short.time_budget["epoch_seconds"] >= 0
+    assert short.time_budget["ended_by_budget"] and short.time_budget["steps"] == 1
     assert read_metadata(out)["training"]["epochs"] == 1  # what ran, not what was asked
     long = train(
         flat_model(), folder, None, small_config(epochs=2, time_budget_s=1e6), checkpoint_dir=tmp_path / "c"
@@ -230,7 +231,13 @@ def test_skip_bad_images_trains_past_corrupt_files_and_names_them(tmp_path):
     stopped = run_nhl("train", "--data", data, "-o", out, *SMALL, "--epochs", "1")
     assert_one_line_error(stopped, "cannot decode", "--skip-bad-images")
     assert not out.exists()
-    run = run_nhl("train", "--data", data, "-o", out, *SMALL, "--epochs", "1", "--skip-bad-images", "--json")
+    # one image a step, so that no batch is dropped at the epoch's end and every bad file is met;
+    # 64 px, so that BatchNorm sees more than one value per channel in a step of one image
+    every = ("--epochs", "1", "--batch-size", "1", "--input-size", "64", "--skip-bad-images", "--json")
+    run = run_nhl("train", "--data", data, "-o", out, *SMALL, *every)
+    clean = make_tiny_data.make_image_folder(tmp_path / "clean", CLASSES, per_class=2, size=16)
+    one = run_nhl("train", "--data", clean, "-o", tmp_path / "one.safetensors", *SMALL, "--batch-size", "1")
+    assert_one_line_error(one, "BatchNorm", "--batch-size 2 or more")
     assert run.code == 0, run.err
     named = json.loads(run.out)["bad_images"]
     assert sorted(Path(p).name for p in named) == sorted(p.name for p in bad)

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CLASSES, assert_one_line_error, make_tiny_data, nested_tree, run_nhl, tiny_model
+from conftest import (
+    CLASSES,
+    assert_one_line_error,
+    flat_tree,
+    make_tiny_data,
+    nested_tree,
+    run_nhl,
+    tiny_model,
+)
 from safetensors.torch import save_file
 
 from nhlcli.errors import NhlError
@@ -23,7 +31,7 @@ from nhlcli.profiling import count_macs
 from nhlcli.taxonomy import Tree
 from nhlcli.taxonomy.sources import build_flat_tree
 from nhlcli.training import TrainConfig, train
-from nhlcli.training.checkpoint import load_checkpoint
+from nhlcli.training.checkpoint import latest, load_checkpoint
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "convnextv2_atto"])
@@ -294,11 +302,11 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
         [sys.executable, "-m", "nhlcli", *common, "--epochs", "200"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    sidecar = Path(f"{out}.ckpt") / "last.json"
+    ckdir = Path(f"{out}.ckpt")
     deadline = time.time() + 120
-    while not sidecar.exists() and time.time() < deadline:
+    while latest(ckdir) is None and time.time() < deadline:
         time.sleep(0.2)
-    assert sidecar.exists(), "no checkpoint after the first epoch"
+    assert latest(ckdir) is not None, "no checkpoint after the first epoch"
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
@@ -439,3 +447,15 @@ def test_frozen_trunk_flat_model_trains_only_what_an_nhl_model_replaces(tmp_path
     # the frozen layers keep their weights and BatchNorm statistics; the head learns
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("layer1"))
     assert not torch.equal(before["fc.weight"], after["fc.weight"])
+
+
+def test_cpu_bf16_is_avoided_where_a_convolution_strides_past_its_input():
+    """oneDNN's bf16 weight gradient of a 3x3 convolution whose stride is longer than its input map
+    is garbage (values up to 1e37 or NaN); the loop asks which convolutions those are and trains
+    them in float32. ResNet18's layer4 sees 1 px at 16 px input, 2 px (stride 2: fine) at 32."""
+    from nhlcli.devices import bf16_unsafe_convolutions
+
+    flat = create_model(flat_tree(), "flat", TrunkConfig("resnet18"))
+    assert "model.layer4.0.conv1" in bf16_unsafe_convolutions(flat, (3, 16, 16))
+    assert bf16_unsafe_convolutions(flat, (3, 32, 32)) == []
+    assert flat.training  # the probe leaves the mode as it found it

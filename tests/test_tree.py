@@ -140,7 +140,7 @@ def test_load_reports_bad_files_in_one_line(tmp_path):
         Tree.load(truncated)
     binary = tmp_path / "b.json"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
-    with pytest.raises(NhlError, match="not a text file|not valid JSON"):
+    with pytest.raises(NhlError, match="not a text file|not valid JSON|not UTF-8 text"):
         Tree.load(binary)
     with pytest.raises(NhlError, match="does not exist"):
         Tree.load(tmp_path / "missing.json")

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nhlcli.errors import NhlError
+from nhlcli.text import printable
 
 CLASSES_HELP = (
     "comma-separated (a name with commas in double quotes), or @file with one per line. A name is a "
@@ -54,15 +55,31 @@ def parse_list(text: str, flag: str, item: Callable[[str], T] = str, example: st
 
 
 def parse_names(text: str | None, flag: str = "--classes") -> list[str]:
-    """Class names: ``"a,b"``, or ``@file`` with one name a line."""
-    if not text:
+    """Class names: ``"a,b"``, or ``@file`` with one name a line (a UTF-8 byte-order mark, as some
+    editors write, is dropped). ``None`` (the option left out) gives ``[]``; text that names no
+    class (``''``, ``',,,'``, an empty file) is refused, since an empty list would mean every class.
+    """
+    if text is None:
         return []
     if text.startswith("@"):
         path = Path(text[1:])
+        if not text[1:].strip():
+            raise NhlError(f"{flag} {text!r}: give the file after @, e.g. {flag} @classes.txt")
         if not path.is_file():
             raise NhlError(f"{flag} {text}: file {path} does not exist")
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return parse_list(text, flag)
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NhlError(f"{flag} {text}: cannot read {path} as UTF-8 text ({exc})") from None
+        names = [line.strip() for line in lines if line.strip()]
+    else:
+        names = parse_list(text, flag)
+    if not names:
+        raise NhlError(
+            f"{flag} {text!r} names no class; give at least one, e.g. {flag} cat,dog or {flag} @classes.txt "
+            "(one name a line)"
+        )
+    return names
 
 
 def whole_number(text: str) -> int:
@@ -99,6 +116,16 @@ def class_scale(text: str) -> tuple[str, float]:
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
+
+def check_finite_options(options: dict[str, Any]) -> None:
+    """Refuse ``nan`` and ``inf`` in every float option of a command (``--lr nan`` would train to
+    NaN weights, ``--holdout inf`` fail deep in the library): no float option of nhl takes them."""
+    for name, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = "--" + name.replace("_", "-")
+            raise NhlError(f"{flag} {value}: give a finite number")
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -108,9 +135,10 @@ def friendly_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            check_finite_options(kwargs)
             return func(*args, **kwargs)
         except NhlError as exc:
-            message = " ".join(exc.for_command_line().split())
+            message = printable(" ".join(exc.for_command_line().split()))  # names from files: no escapes
             err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
             raise typer.Exit(1) from None
 
@@ -118,8 +146,24 @@ def friendly_errors(func: F) -> F:
 
 
 def print_json(data: Any) -> None:
-    """Machine-readable output on stdout, nothing else mixed in."""
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """Machine-readable output on stdout, nothing else mixed in (and no raw control characters)."""
+    typer.echo(json_for_terminal(json.dumps(data, indent=2, ensure_ascii=False)))
+
+
+def json_for_terminal(text: str) -> str:
+    """JSON text with the control characters JSON lets through raw (DEL and C1, which some terminals
+    obey as escapes) written as ``\\u`` escapes: the same data, safe to print."""
+    return text.translate(_JSON_RAW_CONTROLS)
+
+
+_JSON_RAW_CONTROLS = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)}
+
+
+def shown(value: object) -> str:
+    """Text from a file, a server or the command line (a name, a path) ready for rich markup:
+    control characters escaped (no terminal escapes get through) and ``[`` escaped (a name like
+    ``[bold]`` prints as itself)."""
+    return escape(printable(str(value)))
 
 
 class ImageProgress:

@@ -6,10 +6,9 @@ import shlex
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from nhlcli.cli.common import TrainingBar, console, friendly_errors, print_json
+from nhlcli.cli.common import TrainingBar, console, friendly_errors, print_json, shown
 from nhlcli.demo import (
     DEMO_DATA,
     DEMOS,
@@ -82,8 +81,8 @@ def demo_command(
         None,
         "--epochs",
         "-e",
-        help=f"Training epochs (default: as many as fit {TRAIN_BUDGET_S / 60:.0f} minutes on this machine, "
-        f"at most {', '.join(f'{t.max_epochs} on {name}' for name, t in DEMOS.items())}).",
+        help=f"Training epochs (default: train until {TRAIN_BUDGET_S / 60:.0f} minutes are spent, at most "
+        f"{', '.join(f'{t.max_epochs} on {name}' for name, t in DEMOS.items())} epochs).",
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an earlier demo's files in --workdir (refused otherwise)."
@@ -100,13 +99,14 @@ def demo_command(
     JSON. Needs the Fashion-MNIST files (Debian's dataset-fashion-mnist package, NHL_DATA, or a
     download when online). --data emoji trains on Unicode's Animals & Nature emoji (Debian's
     unicode-data and fonts-noto-color-emoji) and cuts a sea animals expert, in nhl-demo-emoji/.
-    Training times its own first steps and runs as many epochs as fit 7 minutes on this machine,
-    so that the whole demo ends within 10 minutes.
+    Training stops when 7 minutes are spent (or at the epoch cap), its learning rate following the
+    time spent so that it ends annealed even when another process slows the machine down midway;
+    the whole demo ends within 10 minutes. --epochs N trains exactly N epochs instead.
     """
 
     def say(text: str) -> None:
         if not as_json:
-            console.print(f"[bold cyan]{escape(with_flags(text))}[/]")
+            console.print(f"[bold cyan]{shown(with_flags(text))}[/]")
 
     task = demo_task(data)
     check_workdir(workdir, overwrite, data)  # before anything runs
@@ -131,11 +131,11 @@ def demo_command(
         commands.append(f"nhl predict {model} {pictures}")
     console.print(
         f"done in {result.seconds:.0f} s ({result.train_seconds:.0f} s training); files and "
-        f"{REPORT_FILE} in {escape(str(result.workdir))}. Next:",
+        f"{REPORT_FILE} in {shown(result.workdir)}. Next:",
         highlight=False,
     )
     for command in commands:
-        console.print(escape(command), soft_wrap=True, highlight=False)
+        console.print(shown(command), soft_wrap=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

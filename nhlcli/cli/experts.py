@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from nhlcli.atomic import atomic_write_json
-from nhlcli.cli.common import CLASSES_HELP, console, friendly_errors, parse_names, print_json
+from nhlcli.cli.common import CLASSES_HELP, console, friendly_errors, parse_names, print_json, shown
 from nhlcli.errors import NhlError
 
 BATCH_HELP = "The larger batch size latency and peak memory are measured at (besides batch 1)."
@@ -22,6 +22,19 @@ def _batches(batch_size: int) -> tuple[int, ...]:
     if batch_size < 1:
         raise NhlError(f"--batch-size must be at least 1, got {batch_size}")
     return (1,) if batch_size == 1 else (1, batch_size)
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads``: 1 up to four per CPU core. More only adds switching between threads, and
+    ``--threads 1000000`` would ask the OpenMP runtime for a million of them."""
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= 4 * cores:
+        raise NhlError(
+            f"--threads {threads}: give 1 to {4 * cores} (this machine has {cores} CPU cores), or leave it "
+            "out for torch's default"
+        )
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -95,12 +108,13 @@ def cutout_command(
     from nhlcli.experts import compare, cutout_with_cost, save_expert
     from nhlcli.paths import check_distinct_outputs, check_output_file
 
-    inputs = [model_file, classes[1:] if classes.startswith("@") else None]
+    inputs = [model_file, classes[1:] if classes.startswith("@") and classes[1:].strip() else None]
     check_output_file(output, inputs, label="--output")
     check_output_file(report, inputs, label="--report")
     check_distinct_outputs({"--output": output, "--report": report})
     labels = parse_names(classes)
     batches = _batches(batch_size)
+    check_threads(threads)
     cut, parent_cost, expert_cost = cutout_with_cost(model_file, labels, batches, latency, threads)
     save_expert(cut, output, cost=expert_cost)
     summary = {
@@ -120,13 +134,14 @@ def cutout_command(
         print_json(summary)
         return
     columns = {"parent": parent_cost, "expert": expert_cost}
-    console.print(cost_table(f"{model_file.name} -> {output.name}", columns, show_reduction=True))
+    title = f"{shown(model_file.name)} -> {shown(output.name)}"
+    console.print(cost_table(title, columns, show_reduction=True))
     names = summary["kept_classes"]
-    shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-    console.print(f"kept classes: {escape(shown)}")
+    listed = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+    console.print(f"kept classes: {shown(listed)}")
     for note in cut.notes:
-        console.print(escape(note))
-    console.print(f"wrote [bold]{output}[/] (cut in {cut.seconds:.2f} s)")
+        console.print(shown(note))
+    console.print(f"wrote [bold]{shown(output)}[/] (cut in {cut.seconds:.2f} s)")
 
 
 def _tree_summary(tree: Any) -> dict[str, Any]:
@@ -174,6 +189,9 @@ def profile_command(
         _verify(model_file, as_json)
         return
     check_output_file(curve, [model_file, torch_file], label="--curve")
+    if curve is not None and curve.suffix.lower() != ".png":
+        raise NhlError(f"--curve {curve}: the curve is drawn as PNG; name the file .png")
+    check_threads(threads)
     if repeats < 1:
         raise NhlError(f"--repeats must be at least 1, got {repeats}")
     if model_file.suffix.lower() == ".onnx":
@@ -238,7 +256,8 @@ def profile_command(
 
     tree = result["tree"]
     console.print(
-        f"[bold]{model_file.name}[/]: {meta['kind']} model on {result['backbone']}, tree {tree['name']!r}: "
+        f"[bold]{shown(model_file.name)}[/]: {shown(meta['kind'])} model on {shown(result['backbone'])}, "
+        f"tree {shown(repr(tree['name']))}: "
         f"{counted(tree['classes'], 'class')}, {counted(tree['levels'], 'level')}, "
         f"nodes per level {tree['nodes_per_level']}"
     )
@@ -258,38 +277,51 @@ def profile_command(
             console.print(f"tuned: top-1 {t['top1']:.2%} at {t['gmacs']:.4f} GMACs on average ({t['split']})")
     if lineage:
         console.print(
-            f"expert of {lineage['parent_file']} ({lineage['parent_classes']} classes, "
+            f"expert of {shown(lineage['parent_file'])} ({lineage['parent_classes']} classes, "
             f"sha256 {lineage['parent_sha256'][:12]})"
         )
         if result["expert"]["reduction_percent"] is not None:
             console.print(cost_table("recorded at cut time", result["expert"]["at_cut"], show_reduction=True))
     if curve is not None:
-        console.print(f"wrote the cost curve to [bold]{curve}[/]")
+        console.print(f"wrote the cost curve to [bold]{shown(curve)}[/]")
 
 
 def _verify(model_file: Path, as_json: bool) -> None:
     """``nhl profile --verify``: the digest check and a load, reported in one line."""
-    from nhlcli.model.files import verify_model_file
-    from nhlcli.model.loading import open_model
+    from nhlcli.model.files import read_model_file
+    from nhlcli.model.loading import model_from_contents
 
     if model_file.suffix.lower() == ".onnx":
         raise NhlError(
             f"--verify checks nhl model files (.safetensors); {model_file} is ONNX, which records no "
             "digest: verify the model file it was exported from"
         )
-    digest = verify_model_file(model_file)
-    open_model(model_file)  # the weights fit the model the metadata describes
+    contents = read_model_file(model_file)  # one read: bounds, both digests, then the load
+    model_from_contents(contents)  # the weights fit the model the metadata describes
+    digest, meta_digest = contents.header.tensor_digest, contents.header.metadata_digest
     if as_json:
-        print_json({"file": str(model_file), "verified": digest is not None, "tensor_sha256": digest})
+        print_json(
+            {
+                "file": str(model_file),
+                "verified": digest is not None,
+                "tensor_sha256": digest,
+                "metadata_sha256": meta_digest,
+            }
+        )
     elif digest is None:
         console.print(
-            f"{escape(str(model_file))}: loads, but there is no digest to check (written by an nhl "
+            f"{shown(model_file)}: loads, but there is no digest to check (written by an nhl "
             "from before model files recorded one)"
         )
     else:
+        if meta_digest:
+            what, older = "the metadata and tensor data match the digests", ""
+        else:
+            what = "the tensor data matches the digest"
+            older = " (the metadata has no digest: written by an nhl from before one was recorded)"
         console.print(
-            f"{escape(str(model_file))}: verified: the tensor data matches the digest recorded at save "
-            f"time (sha256 {digest[:12]}...) and the model loads"
+            f"{shown(model_file)}: verified: {what} recorded at save time (sha256 {digest[:12]}...) "
+            f"and the model loads{older}"
         )
 
 

@@ -7,20 +7,20 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from nhlcli.cli.common import console, friendly_errors, print_json
+from nhlcli.cli.common import console, friendly_errors, print_json, shown
 
 
 def export_command(
     model_file: Path = typer.Argument(..., help="An nhl model file: full, expert, flat or gated."),
     output: Path = typer.Option(..., "--output", "-o", help="The ONNX file to write (.onnx)."),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset version (18 to the newest torch writes)."),
     check: bool | None = typer.Option(
         None,
         "--check/--no-check",
         help="Compare onnxruntime with torch on random inputs (default: on when onnxruntime is installed).",
     ),
     tolerance: float = typer.Option(
-        1e-4, "--tolerance", help="Largest abs logit difference the check accepts."
+        1e-4, "--tolerance", help="Largest abs logit difference the check accepts (0 or more)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
 ) -> None:
@@ -35,7 +35,7 @@ def export_command(
         print_json(report)
         return
     console.print(
-        f"wrote {output} ({report['bytes'] / 2**20:.1f} MB, opset {opset}, "
+        f"wrote {shown(output)} ({report['bytes'] / 2**20:.1f} MB, opset {opset}, "
         f"outputs {', '.join(report['outputs'])}) in {report['seconds']:.1f} s"
     )
     parity = report.get("parity")
@@ -53,7 +53,7 @@ def onnx_profile_table(report: dict) -> Table:
     from nhlcli.text import counted
 
     classes = counted(report["classes"], "class")
-    table = Table(title=f"{Path(report['file']).name}: {classes}, opset {report['opset']}")
+    table = Table(title=f"{shown(Path(report['file']).name)}: {classes}, opset {report['opset']}")
     table.add_column("")
     table.add_column("onnxruntime", justify="right")
     table.add_column("torch eager", justify="right")

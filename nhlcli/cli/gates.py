@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from nhlcli.cli.common import (
@@ -17,6 +16,7 @@ from nhlcli.cli.common import (
     friendly_errors,
     parse_list,
     print_json,
+    shown,
     threshold,
     whole_number,
 )
@@ -100,7 +100,8 @@ def fit_command(
         print_json(report)
         return
     table = Table(
-        title=f"gates for {model_file.name} ({report['loss']} loss, {counted(report['images'], 'image')})"
+        title=f"gates for {shown(model_file.name)} ({report['loss']} loss, "
+        f"{counted(report['images'], 'image')})"
     )
     table.add_column("gate")
     table.add_column("after stage", justify="right")
@@ -125,9 +126,9 @@ def fit_command(
     quoted = shlex.quote(str(output))
     data_option = f"--data {shlex.quote(str(data))}"
     console.print(
-        f"wrote {escape(str(output))}; next, tune on one half of the held-out images and report on the "
-        f"other:\nnhl gates tune {escape(quoted)} {escape(data_option)} --part 1/2 --max-drop 0.5\n"
-        f"nhl eval {escape(quoted)} {escape(data_option)} --part 2/2",
+        f"wrote {shown(output)}; next, tune on one half of the held-out images and report on the "
+        f"other:\nnhl gates tune {shown(quoted)} {shown(data_option)} --part 1/2 --max-drop 0.5\n"
+        f"nhl eval {shown(quoted)} {shown(data_option)} --part 2/2",
         highlight=False,
         soft_wrap=True,
     )
@@ -196,7 +197,8 @@ def tune_command(
     names = exit_names(read_metadata(output or gated_file)["gates"]["stages"])
     console.print(
         _exits_table(
-            f"thresholds on {data} ({split_name(data, split)}{', part ' + part if part else ''}, "
+            f"thresholds on {shown(data)} ({shown(split_name(data, split))}"
+            f"{', part ' + shown(part) if part else ''}, "
             f"{counted(result['images'], 'image')})",
             result,
             names,
@@ -208,7 +210,7 @@ def tune_command(
         f"{result['gmacs']:.4f} GMACs per image on average against {result['full_gmacs']:.4f} "
         f"({saved:.1f}% fewer)"
     )
-    console.print(f"wrote the thresholds into {output or gated_file}")
+    console.print(f"wrote the thresholds into {shown(output or gated_file)}")
 
 
 def sweep_command(
@@ -244,7 +246,7 @@ def sweep_command(
         print_json({"points": points, "plot": str(plot) if plot else None})
         return
     where = f"{split_name(data, split)}, part {part}" if part else split_name(data, split)
-    table = Table(title=f"{gated_file.name}: accuracy against cost on {data} ({where})")
+    table = Table(title=f"{shown(gated_file.name)}: accuracy against cost on {shown(data)} ({shown(where)})")
     for col in ("allowed drop", "top-1", "GMACs / image", "fewer GMACs", "thresholds"):
         table.add_column(col, justify="right")
     for p in points:
@@ -258,7 +260,7 @@ def sweep_command(
     console.print(table)
     console.print(f"full network: top-1 {points[0]['full_top1']:.2%}, {points[0]['full_gmacs']:.4f} GMACs")
     if plot is not None:
-        console.print(f"wrote {plot}")
+        console.print(f"wrote {shown(plot)}")
 
 
 def gated_report_table(report: Mapping[str, Any]) -> Table:

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from nhlcli.atomic import atomic_write_text
-from nhlcli.cli.common import console, friendly_errors, parse_list, print_json, whole_number
+from nhlcli.cli.common import (
+    console,
+    friendly_errors,
+    json_for_terminal,
+    parse_list,
+    print_json,
+    shown,
+    whole_number,
+)
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.tree import Tree
-from nhlcli.text import counted
+from nhlcli.text import counted, printable
 
 hierarchy_app = typer.Typer(
     help=(
@@ -29,7 +37,7 @@ TREE_ARG = typer.Argument(..., help="A tree file (.json) or the name of a shippe
 
 def _stats_table(stats: dict) -> Table:
     table = Table(
-        title=f"{stats['name'] or 'tree'}: {counted(stats['classes'], 'class')}, "
+        title=f"{shown(stats['name'] or 'tree')}: {counted(stats['classes'], 'class')}, "
         f"{counted(stats['levels'], 'level')}"
     )
     for col in (
@@ -105,6 +113,10 @@ def build(
     from nhlcli.taxonomy.build import built_groups, requested_groups, unshipped_name
     from nhlcli.taxonomy.classes import class_list_path
 
+    if timeout <= 0:
+        raise NhlError(f"--timeout {timeout:g}: give the seconds to wait for each LLM answer, e.g. 120")
+    if max_retries < 0:
+        raise NhlError(f"--max-retries {max_retries}: give 0 (no retry) or more")
     # every input, so that neither output replaces one; checked before any work starts
     class_file = class_list_path(classes) if classes.strip() else None
     model_file = model if source == "induced" else None
@@ -154,7 +166,7 @@ def build(
         print_json({"output": str(output), **stats, **extra})
         return
     console.print(
-        f"wrote [bold]{output}[/]: {counted(tree.num_classes, 'class')}, "
+        f"wrote [bold]{shown(output)}[/]: {counted(tree.num_classes, 'class')}, "
         f"{counted(tree.levels, 'level')} ({source})"
     )
     if asked is not None and asked != built:
@@ -177,12 +189,19 @@ def show(
         None,
         "--depth",
         "-d",
-        help="Deepest level to draw (default: all for small trees, collapsed for large).",
+        help="Deepest level to draw, from 1 (the top level) to the tree's levels (default: all for small "
+        "trees, collapsed for large).",
     ),
-    fmt: str = typer.Option(
-        "rich", "--format", "-f", help="rich (terminal) | dot | mermaid | json | png | svg (pictures)."
+    fmt: str | None = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help="rich (terminal) | dot | mermaid | json | png | svg (pictures) [default: from the -o file's "
+        "extension, else rich].",
     ),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Write dot/mermaid/json/png/svg here."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Write dot/mermaid/json/png/svg here (.dot, .mmd, .json, .png, .svg)."
+    ),
     parent: Path | None = typer.Option(
         None, "--parent", help="For an expert file cut before parents were recorded: its parent model file."
     ),
@@ -191,28 +210,43 @@ def show(
     """Draw a tree in the terminal, as a picture (png, svg), or export it as dot, Mermaid or JSON.
 
     For an expert model file the picture is its parent's tree with the kept paths highlighted.
+    Names are printed with control characters escaped (a name cannot drive the terminal).
     """
     from nhlcli.paths import check_output_file
     from nhlcli.taxonomy.picture import PICTURE_FORMATS, draw_tree
-    from nhlcli.taxonomy.render import FORMATS, render_text, to_rich
+    from nhlcli.taxonomy.render import render_text, to_rich
     from nhlcli.taxonomy.sources import tree_source_file
 
-    if fmt not in FORMATS + PICTURE_FORMATS:
-        raise NhlError(f"--format {fmt!r}: choose one of {', '.join(FORMATS + PICTURE_FORMATS)}")
+    check_output_file(output, [tree_source_file(tree_file), parent], label="--output")
+    fmt = show_format(fmt, output)
     if fmt in PICTURE_FORMATS and output is None:
         raise NhlError(f"--format {fmt} draws a picture: give the file with -o tree.{fmt}")
     if fmt == "rich" and output is not None:
         raise NhlError("--output needs --format dot, mermaid, json, png or svg")
-    check_output_file(output, [tree_source_file(tree_file), parent], label="--output")
+    if depth is not None and depth < 1:
+        raise NhlError(f"--depth {depth}: levels count from 1, the top level; give 1 or more")
     tree, highlight = _tree_and_highlight(tree_file, parent)
+    if depth is not None and depth > tree.levels:
+        levels = counted(tree.levels, "level")
+        raise NhlError(f"--depth {depth}: the tree has {levels}; give a depth from 1 to {tree.levels}")
+    if fmt == "json":  # the data itself, as a file or as JSON text (which escapes control characters)
+        text = render_text(tree, fmt, depth)
+        if output:
+            atomic_write_text(output, text)
+            console.print(f"wrote {shown(output)}")
+        else:
+            typer.echo(json_for_terminal(text), nl=False)
+        return
+    # for people and drawing tools: names with control characters escaped
+    tree, highlight = printable_tree(tree), None if highlight is None else [printable(n) for n in highlight]
     if fmt in PICTURE_FORMATS:
         drawn = draw_tree(tree, output, fmt, depth, highlight)
         if as_json:
             print_json(drawn)
         else:
-            shown = "level 1" if drawn["depth"] == 1 else f"levels 1-{drawn['depth']}"
+            levels = "level 1" if drawn["depth"] == 1 else f"levels 1-{drawn['depth']}"
             kept = " and kept paths" if highlight else ""
-            console.print(f"wrote {output} ({counted(drawn['rows'], 'row')}, {shown}{kept})")
+            console.print(f"wrote {shown(output)} ({counted(drawn['rows'], 'row')}, {levels}{kept})")
         return
     if fmt == "rich":
         console.print(to_rich(tree, depth))
@@ -220,9 +254,77 @@ def show(
     text = render_text(tree, fmt, depth)
     if output:
         atomic_write_text(output, text)
-        console.print(f"wrote {output}")
+        console.print(f"wrote {shown(output)}")
     else:
         typer.echo(text, nl=False)
+
+
+# what ``hierarchy show`` writes for each file extension, when --format is left out
+EXTENSION_FORMATS = {
+    ".dot": "dot",
+    ".gv": "dot",
+    ".mmd": "mermaid",
+    ".mermaid": "mermaid",
+    ".json": "json",
+    ".png": "png",
+    ".svg": "svg",
+}
+
+
+def show_format(fmt: str | None, output: Path | None) -> str:
+    """The format ``hierarchy show`` writes: ``--format``, else the output's extension, else rich.
+
+    A format that disagrees with the output's extension is refused: ``-f png -o tree.svg`` would
+    write PNG bytes into a file every viewer opens as SVG.
+    """
+    from nhlcli.taxonomy.picture import PICTURE_FORMATS
+    from nhlcli.taxonomy.render import FORMATS
+
+    choices = ", ".join(FORMATS + PICTURE_FORMATS)
+    if fmt is not None and fmt not in FORMATS + PICTURE_FORMATS:
+        raise NhlError(f"--format {fmt!r}: choose one of {choices}")
+    if output is None:
+        return fmt or "rich"
+    suffix = output.suffix.lower()
+    implied = EXTENSION_FORMATS.get(suffix)
+    if fmt is None:
+        if implied is None:
+            raise NhlError(
+                f"--output {output}: cannot tell the format from {suffix or 'no extension'}; "
+                f"name the file {', '.join(EXTENSION_FORMATS)} or give --format ({choices})"
+            )
+        return implied
+    if implied is not None and implied != fmt:
+        raise NhlError(
+            f"--format {fmt} writes {fmt} but --output {output} is named {suffix}; name the file "
+            f"{_extension(fmt)} or give --format {implied}"
+        )
+    if implied is None and fmt in PICTURE_FORMATS:
+        raise NhlError(f"--format {fmt} writes a {fmt} picture: name the file {_extension(fmt)}")
+    return fmt
+
+
+def _extension(fmt: str) -> str:
+    return " or ".join(ext for ext, name in EXTENSION_FORMATS.items() if name == fmt)
+
+
+def printable_tree(tree: Tree) -> Tree:
+    """``tree`` with every name and id printable (control characters escaped), for the terminal and
+    drawing tools. Trees loaded from files have no control characters; one built in code or
+    read by an older nhl might."""
+    data = tree.to_dict()
+    escaped = _printable_strings(data)
+    return tree if escaped == data else Tree.from_dict(escaped)
+
+
+def _printable_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {key: _printable_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_printable_strings(item) for item in value]
+    return value
 
 
 def _tree_and_highlight(spec: str, parent: Path | None) -> tuple[Tree, list[str] | None]:
@@ -276,7 +378,9 @@ def compare(
     if as_json:
         print_json(report)
         return
-    table = Table(title=f"{report['a']} against {report['b']} ({counted(report['classes'], 'class')})")
+    table = Table(
+        title=f"{shown(report['a'])} against {shown(report['b'])} ({counted(report['classes'], 'class')})"
+    )
     for column in ("level", "groups", "ARI", "AMI"):
         table.add_column(column, justify="right")
     for row in report["per_level"]:
@@ -318,14 +422,14 @@ def resolve(
         return
     for match in selection.matches:
         kept = [tree.node(c).name for c in match.classes]
-        shown = ", ".join(kept[:10]) + (f", ... ({len(kept)} in all)" if len(kept) > 10 else "")
+        listed = ", ".join(kept[:10]) + (f", ... ({len(kept)} in all)" if len(kept) > 10 else "")
         console.print(
-            f"[bold]{escape(match.name)}[/] -> {counted(len(kept), 'class')} "
-            f"({escape(match.how)}): {escape(shown)}",
+            f"[bold]{shown(match.name)}[/] -> {counted(len(kept), 'class')} "
+            f"({shown(match.how)}): {shown(listed)}",
             highlight=False,
         )
     for note in selection.notes(tree):
-        console.print(escape(note), highlight=False)
+        console.print(shown(note), highlight=False)
     if len(selection.matches) > 1:
         console.print(f"together: {counted(len(selection.classes), 'class')}")
 
@@ -353,7 +457,7 @@ def validate(
     if as_json:
         print_json(result)
     else:
-        fits = f", matches {classes}" if classes else ""
+        fits = f", matches {shown(classes)}" if classes else ""
         console.print(
             f"[green]valid[/]: {counted(tree.num_classes, 'class')}, {counted(tree.levels, 'level')}{fits}"
         )
@@ -422,4 +526,4 @@ def setup_wordnet_cmd(
     from nhlcli.taxonomy.wordnet import setup_wordnet
 
     dest = setup_wordnet(source, target)
-    console.print(f"WordNet 3.0 ready for nltk in {dest}")
+    console.print(f"WordNet 3.0 ready for nltk in {shown(dest)}")

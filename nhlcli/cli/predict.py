@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from nhlcli.cli.common import console, friendly_errors, parse_attend, print_json
+from nhlcli.cli.common import console, friendly_errors, parse_attend, print_json, shown
 
 ATTEND_HELP = (
     "Scale the branch feature maps of a class, inner node or WordNet concept (names as for --classes): "
@@ -71,18 +70,18 @@ def predict_command(
         )
         return
     for result in results:
-        table = Table(title=escape(result["file"]), title_justify="left")
+        table = Table(title=shown(result["file"]), title_justify="left")
         table.add_column("#", justify="right")
         table.add_column("class")
         table.add_column("id", style="dim")
         table.add_column("probability", justify="right")
         for rank, row in enumerate(result["top"], start=1):
-            table.add_row(str(rank), escape(row["name"]), escape(row["id"]), f"{row['probability']:.2%}")
+            table.add_row(str(rank), shown(row["name"]), shown(row["id"]), f"{row['probability']:.2%}")
         if "exit" in result:
             table.caption = f"left at {result['exit']}, {result['gmacs'] * 1e3:.2f} MMACs"
         console.print(table)
     if summary:
-        console.print(f"attention: {escape(describe_attention(summary))}")
+        console.print(f"attention: {shown(describe_attention(summary))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -20,6 +20,7 @@ from nhlcli.cli.common import (
     parse_list,
     parse_names,
     print_json,
+    shown,
     unique,
     whole_number,
 )
@@ -58,18 +59,63 @@ def _tree_for(hierarchy: str | None, data: str, flat: bool):
     )
 
 
+def _negative_split(split: int, backbone: str, in_chans: int | None) -> str:
+    """Why ``--split -1`` is refused: stages count from 0, and a negative one (the library's "from
+    the end") would silently cut somewhere else than a user counting from the start meant."""
+    from nhlcli.model.trunk import create_timm_model
+
+    try:  # the backbone's stages, to say the range (an error path: building it is cheap enough)
+        stages = len(create_timm_model(backbone, in_chans or 3, False, None).feature_info)
+        valid = f"{backbone} has stages 0 to {stages - 1}"
+    except Exception:  # an unknown backbone is reported later, in its own words
+        valid = "stages count from 0"
+    return f"--split {split}: {valid}; give a stage number counted from 0, or leave it out (before the last)"
+
+
 def _input_files(*specs: str | Path | None) -> list[Path]:
     """The given specs that name existing files or folders (a shipped tree's name names none)."""
     return [Path(s) for s in specs if s and Path(s).exists()]
 
 
+RUN_OPTIONS = {
+    "data": str, "backbone": str, "variant": str, "split": int, "widths": str, "blocks": int,
+    "input_size": int, "in_chans": int, "classes": str, "freeze_trunk": bool,
+}  # fmt: skip
+
+
+def _run_options(ckdir: Path) -> dict[str, Any]:
+    """The model options and the tree of the run checkpointed in ``ckdir``, for ``--resume`` to take
+    where left out (the help promises it); refuses a hand-edited record that does not read."""
+    from nhlcli.taxonomy import Tree
+    from nhlcli.training.checkpoint import read_sidecar
+
+    sidecar = read_sidecar(ckdir)
+    if sidecar is None:
+        raise NhlError(f"no checkpoint in {ckdir} to resume from; start without --resume")
+    stored = sidecar["extra"].get("options", {})
+    run: dict[str, Any] = {}
+    for key, kind in RUN_OPTIONS.items():
+        value = stored.get(key)
+        if value is not None and (not isinstance(value, kind) or kind is int and isinstance(value, bool)):
+            raise NhlError(
+                f"the checkpoint in {ckdir} is damaged: its option {key!r} is {value!r}; --resume cannot "
+                "continue it (delete the directory, or pass --overwrite to start over)"
+            )
+        run[key] = value
+    tree = sidecar["model"].get("tree")
+    if tree is not None:
+        run["tree"] = Tree.from_dict(tree)
+    return run
+
+
 def train_command(
-    data: str = typer.Option(
-        "fashion-mnist",
+    data: str | None = typer.Option(
+        None,
         "--data",
         "-d",
         help="An ImageFolder directory (train/ and val/ inside), fashion-mnist, or emoji (Unicode's "
-        "1,861 emoji, drawn on the fly).",
+        "1,861 emoji, drawn on the fly) [default: fashion-mnist].",
+        show_default=False,
     ),
     hierarchy: str | None = typer.Option(
         None,
@@ -79,8 +125,8 @@ def train_command(
         "Unicode's emoji-unicode-l3).",
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the model (.safetensors)."),
-    backbone: str = typer.Option(
-        "resnet18", "--backbone", "-b", help="Any timm CNN with stages, e.g. resnet50."
+    backbone: str | None = typer.Option(
+        None, "--backbone", "-b", help="Any timm CNN with stages, e.g. resnet50 [default: resnet18]."
     ),
     variant: str | None = typer.Option(
         None,
@@ -124,7 +170,9 @@ def train_command(
         None, "--split", help="Trunk stage to branch after (default: before the last)."
     ),
     widths: str | None = typer.Option(None, "--widths", help="Branch width per level, e.g. 128,64,32."),
-    blocks: int = typer.Option(1, "--blocks", help="Bottleneck blocks per branch node."),
+    blocks: int | None = typer.Option(
+        None, "--blocks", help="Bottleneck blocks per branch node [default: 1]."
+    ),
     input_size: int | None = typer.Option(
         None, "--input-size", help="Image side in pixels (default: the backbone's; 32 for emoji)."
     ),
@@ -213,13 +261,38 @@ def train_command(
     from nhlcli.model.registry import create_model
     from nhlcli.model.trunk import TrunkConfig
     from nhlcli.paths import check_distinct_outputs, check_output_dir, check_output_file
-    from nhlcli.training.loop import check_fresh_start, checkpoint_dir_for, option_name, resolve_config, train
+    from nhlcli.training.loop import (
+        check_fresh_start,
+        check_outputs,
+        checkpoint_dir_for,
+        option_name,
+        resolve_config,
+        train,
+    )
 
+    ckdir = checkpoint_dir_for(output, checkpoint_dir)
+    stored_tree = None
+    if resume:  # options left out are the run's: its data, model shape and tree
+        run = _run_options(ckdir)
+        stored_tree = None if hierarchy is not None else run.pop("tree", None)
+        data = data if data is not None else run.get("data")
+        backbone = backbone if backbone is not None else run.get("backbone")
+        variant = variant if variant is not None or flat else run.get("variant")
+        split = split if split is not None else run.get("split")
+        widths = widths if widths is not None else run.get("widths")
+        blocks = blocks if blocks is not None else run.get("blocks")
+        input_size = input_size if input_size is not None else run.get("input_size")
+        in_chans = in_chans if in_chans is not None else run.get("in_chans")
+        classes = classes if classes is not None else run.get("classes")
+        freeze_trunk = freeze_trunk or bool(run.get("freeze_trunk"))
+        pretrained, pretrained_file = False, None  # the checkpoint holds the weights
+    data = "fashion-mnist" if data is None else data
+    backbone = backbone or "resnet18"
     inputs = _input_files(
         hierarchy, pretrained_file, data, classes[1:] if classes and classes[0] == "@" else None
     )
+    check_outputs(output, ckdir, data)
     check_output_file(output, inputs, label="--output")
-    ckdir = checkpoint_dir_for(output, checkpoint_dir)
     check_output_dir(ckdir, inputs, label="--checkpoint-dir")
     check_distinct_outputs({"--output": output, "--checkpoint-dir": ckdir})
     check_fresh_start(ckdir, resume, overwrite)
@@ -232,26 +305,32 @@ def train_command(
             "--split does not cut a --flat model (it keeps every stage); use --variant flat-trunk for the "
             "plain classifier on a trunk cut at --split, or add --freeze-trunk to freeze the stages up to it"
         )
-    if flat_shape and (widths is not None or blocks != 1):
+    if flat_shape and (widths is not None or blocks not in (None, 1)):
         raise NhlError(f"--widths and --blocks shape NHL branches; a {variant} model has none")
-    tree = _tree_for(hierarchy, data, flat_shape)
+    if split is not None and split < 0:
+        raise NhlError(_negative_split(split, backbone, in_chans))
+    tree = _tree_for(hierarchy, data, flat_shape) if stored_tree is None else stored_tree
     selection = tuple(parse_names(classes)) if classes is not None else None
     from nhlcli.distributed import is_main_process
 
     # under torchrun every rank runs this command: rank 0 alone speaks, in text or JSON
     speaks = is_main_process()
-    say = (lambda text: None) if as_json or not speaks else (lambda text: console.print(escape(text)))
-    if classes is not None:
+    say = (lambda text: None) if as_json or not speaks else (lambda text: console.print(shown(text)))
+    if classes is not None and stored_tree is None:  # a checkpoint's tree is already cut
         chosen = tree.select(selection)
         for note in chosen.notes(tree):
             say(note)
         tree = chosen.subtree(tree)
     chans = (1 if data == "fashion-mnist" else 3) if in_chans is None else in_chans
+    from nhlcli.training.loop import TrainConfig, seed_everything
+
+    # before the model is built: its initial weights are the first draw (a resume restores them)
+    seed_everything(TrainConfig.seed if seed is None else seed)
     model = create_model(
         tree,
         variant,
         TrunkConfig(backbone, split, chans),
-        BranchConfig(tuple(parse_list(widths or "", "--widths", whole_number, "128,64,32")), blocks)
+        BranchConfig(tuple(parse_list(widths or "", "--widths", whole_number, "128,64,32")), blocks or 1)
         if not flat_shape
         else None,
         pretrained=pretrained,
@@ -293,13 +372,20 @@ def train_command(
     config = replace(config, augment=config.augment or None)
     result = train(
         model, data, output, config, checkpoint_dir=ckdir, resume=resume, overwrite=overwrite,
+        options=dict(
+            data=str(Path(data).resolve()) if Path(data).is_dir() else data, backbone=backbone,
+            variant=variant, split=split, widths=widths, blocks=blocks, input_size=input_size,
+            in_chans=in_chans, classes=classes, freeze_trunk=freeze_trunk,
+        ),
         progress=None if as_json else TrainingBar(),
     )  # fmt: skip
     for key, (before, now) in result.resumed_changes.items():
         say(f"resumed with {option_name(key)} {now} (the run had {before})")
+    if result.precision_note:
+        say(result.precision_note)
     if result.bad_images:
-        shown = ", ".join(result.bad_images[:5]) + (" ..." if len(result.bad_images) > 5 else "")
-        say(f"left out {counted(len(result.bad_images), 'image')} that could not be read: {shown}")
+        listed = ", ".join(result.bad_images[:5]) + (" ..." if len(result.bad_images) > 5 else "")
+        say(f"left out {counted(len(result.bad_images), 'image')} that could not be read: {listed}")
     if result.interrupted:
         at = result.interrupted_at or {}
         kept = (
@@ -410,7 +496,7 @@ def eval_command(
         print_json(report)
         return
     if "curve" in report:
-        console.print(attention_curve_table(report, model_file.name, data))
+        console.print(attention_curve_table(report, shown(model_file.name), shown(data)))
         return
     if "exits" in report:
         console.print(gated_report_table(report))
@@ -422,11 +508,13 @@ def eval_command(
             f"(x{report['speedup']:.2f}, {report['threads']} threads)"
         )
         return
-    table = Table(title=f"{model_file.name} on {data} ({report['split']}, {report['images']} images)")
+    table = Table(
+        title=f"{shown(model_file.name)} on {shown(data)} ({report['split']}, {report['images']} images)"
+    )
     table.add_column("class")
     table.add_column("accuracy", justify="right")
     for name, acc in report["per_class"].items():
-        table.add_row(name, "-" if acc is None else f"{acc:.2%}")
+        table.add_row(shown(name), "-" if acc is None else f"{acc:.2%}")
     console.print(table)
     console.print(
         f"top-1 [bold]{report['top1']:.2%}[/]  top-{report['top5_k']} {report['top5']:.2%}  "

@@ -4,9 +4,11 @@
 ``dataset_for_tree`` relabels it into ``tree.classes`` order; ``create_loaders`` builds the
 train/val DataLoaders with timm's transforms. Every user-facing problem is a one-line
 :class:`DataError` (an :class:`~nhlcli.errors.NhlError`), also from DataLoader workers.
-``skip_bad_images`` turns undecodable files into placeholder rows that :func:`split_bad` drops
-and :func:`bad_image_names` names; :func:`default_workers` and :func:`default_augmentation`
-choose defaults from the machine and the data.
+Every image file is read by :func:`read_image` (``images.py``), the reader ``nhl predict`` uses
+too, so a file gives the same pixels everywhere. ``skip_bad_images`` turns undecodable files
+into placeholder rows that :func:`split_bad` drops and :func:`bad_image_names` names;
+:func:`default_workers` and :func:`default_augmentation` choose defaults from the machine and
+the data.
 """
 
 from nhlcli.data.bad import bad_image_names, split_bad, unreadable_split_error
@@ -21,7 +23,8 @@ from nhlcli.data.defaults import (
 )
 from nhlcli.data.errors import DataError, UnreadableImageError, unreadable_image_message, unwrap_worker_error
 from nhlcli.data.fashion_mnist import FashionMNISTDataset
-from nhlcli.data.folder import VAL_FRACTION, ImageFolderDataset, holdout_indices
+from nhlcli.data.folder import VAL_FRACTION, ImageFolderDataset, find_images, holdout_indices
+from nhlcli.data.images import MAX_IMAGE_PIXELS, read_image
 from nhlcli.data.loaders import (
     DEFAULT_AUGMENT,
     build_transform,
@@ -35,6 +38,7 @@ from nhlcli.data.loaders import (
 __all__ = [
     "BUILTIN",
     "DEFAULT_AUGMENT",
+    "MAX_IMAGE_PIXELS",
     "SPLITS",
     "VAL_FRACTION",
     "AugmentChoice",
@@ -52,11 +56,13 @@ __all__ = [
     "create_loaders",
     "model_loader",
     "dataset_for_tree",
+    "find_images",
     "default_augmentation",
     "default_workers",
     "holdout_indices",
     "make_loader",
     "open_dataset",
+    "read_image",
     "split_name",
     "split_bad",
     "training_image_count",

@@ -12,20 +12,33 @@ Layouts:
 
 Class order is timm's (natural sort of the class folder names of the train root), which is also
 what :func:`nhlcli.taxonomy.classes.classes_from_image_folder` returns.
+
+The walk (:func:`find_images`): every file with an image extension anywhere below a class folder
+belongs to that class. Symlinks are followed, but a folder reached a second time (a symlink loop
+such as ``up -> ..``, or two links to one folder) is walked once, so the walk always ends. Names
+starting with ``.`` are skipped, as for class folders. A folder named like an image (``x.png/``)
+is walked like any folder. An entry named like an image that is not a regular file (a FIFO, a
+socket, a device, a dangling link) is never opened: reading it raises the one-line
+:class:`~nhlcli.data.errors.UnreadableImageError` that names it, and ``skip_bad_images`` leaves
+it out, counted and named, like a broken file. Pixels are read by
+:func:`nhlcli.data.images.read_image`, the reader ``nhl predict`` uses too.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from timm.data import ImageDataset
 from timm.data.readers.img_extensions import get_img_extensions
+from timm.utils.misc import natural_key
 
 from nhlcli.data.base import LabeledDataset, check_split
-from nhlcli.data.errors import DataError, unreadable_image_error
+from nhlcli.data.errors import DataError
+from nhlcli.data.images import read_image
 from nhlcli.taxonomy.classes import classes_from_image_folder, image_folder_root
+from nhlcli.text import printable
 
 VAL_FRACTION = 0.1
 VAL_FOLDERS = ("val", "validation")
@@ -65,12 +78,61 @@ def _extensions() -> str:
     return ", ".join(get_img_extensions())
 
 
-class ImageFolderDataset(LabeledDataset):
-    """One split of an ImageFolder, read by timm's ``ImageDataset`` folder reader.
+def find_images(folder: str | Path) -> list[str]:
+    """The entries named like images below ``folder``, in walk order (``os.path.join``-ed).
 
-    Decoding is done here rather than in timm's ``__getitem__``, which skips unreadable images
-    with a warning: a bad file raises :class:`UnreadableImageError` naming it instead, or with
-    ``skip_bad_images`` gives a placeholder sample (see :class:`LabeledDataset`).
+    Only names are listed (and folders ``stat``-ed), so nothing is opened and nothing can block.
+    Iterative, with the ``(device, inode)`` of every folder walked, so no folder is listed twice;
+    the folders above ``folder`` count as walked, so a link back up (``up -> ..``) is not followed
+    and cannot bring other classes' images in. Hidden names are skipped. An entry named like an
+    image that is not a regular file (FIFO, socket, device, dangling link) is listed: reading it
+    raises :class:`~nhlcli.data.errors.UnreadableImageError` like a broken file. A folder that
+    cannot be listed is a :class:`DataError`.
+    """
+    extensions = get_img_extensions(as_set=True)
+    images: list[str] = []
+    walked: set[tuple[int, int]] = set()
+    for above in Path(os.path.realpath(folder)).parents:
+        try:
+            info = os.stat(above)
+        except OSError:
+            continue
+        walked.add((info.st_dev, info.st_ino))
+    pending = [str(folder)]
+    while pending:
+        current = pending.pop()
+        try:
+            info = os.stat(current)
+            if (info.st_dev, info.st_ino) in walked:
+                continue
+            walked.add((info.st_dev, info.st_ino))
+            with os.scandir(current) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            raise DataError(
+                f"cannot list the folder {printable(current)} ({exc.strerror or exc}); "
+                "make it readable or remove it"
+            ) from exc
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; a loop's ELOOP reads as "not a folder"
+            except OSError:
+                is_dir = False
+            if is_dir:
+                pending.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in extensions:
+                images.append(entry.path)
+    return images
+
+
+class ImageFolderDataset(LabeledDataset):
+    """One split of an ImageFolder, walked by :func:`find_images` and read by
+    :func:`~nhlcli.data.images.read_image`.
+
+    A bad file raises :class:`UnreadableImageError` naming it, or with ``skip_bad_images`` gives
+    a placeholder sample (see :class:`LabeledDataset`).
     """
 
     def __init__(
@@ -96,8 +158,8 @@ class ImageFolderDataset(LabeledDataset):
         train_root, val_root = split_folders(self.root)
         self.classes = classes_from_image_folder(self.root)
         class_map = {entry.id: i for i, entry in enumerate(self.classes)}
-        train = self._read(train_root, class_map)
-        counts = np.bincount([t for _, t in train.reader.samples], minlength=len(self.classes))
+        train = self._read(train_root)
+        counts = np.bincount([t for _, t in train], minlength=len(self.classes))
         empty = [self.classes[i].id for i in np.flatnonzero(counts == 0)]
         if empty:
             shown = ", ".join(str(train_root / c) for c in empty[:5])
@@ -106,33 +168,38 @@ class ImageFolderDataset(LabeledDataset):
             )
         self.holdout = val_root is None
         if val_root is None:
-            samples = list(train.reader.samples)
-            targets = np.array([t for _, t in samples])
+            targets = np.array([t for _, t in train])
             held = set(holdout_indices(targets, val_fraction, split_seed).tolist())
-            keep = [s for i, s in enumerate(samples) if (i in held) == (self.split == "val")]
+            samples = [s for i, s in enumerate(train) if (i in held) == (self.split == "val")]
             self.split_root = train_root
-            train.reader.samples = keep
-            self.dataset = train
         elif self.split == "train":
-            self.split_root, self.dataset = train_root, train
+            self.split_root, samples = train_root, train
         else:
             self._check_val_folders(train_root, val_root, class_map)
-            self.split_root, self.dataset = val_root, self._read(val_root, class_map)
-        if len(self.dataset) == 0:
+            self.split_root, samples = val_root, self._read(val_root)
+        if len(samples) == 0:
             raise DataError(
                 f"the {self.split} split of {self.root} has no images ({_extensions()}); "
                 f"add images to {self.split_root} or give it at least two images per class to hold out"
             )
-        self.samples: list[tuple[str, int]] = list(self.dataset.reader.samples)
+        self.samples: list[tuple[str, int]] = samples
         self.targets = [t for _, t in self.samples]
 
-    def _read(self, folder: Path, class_map: dict[str, int]) -> ImageDataset:
-        try:
-            return ImageDataset(str(folder), class_map=class_map, input_img_mode=self.mode)
-        except RuntimeError as exc:  # timm's "Found 0 images in subfolders of ..."
+    def _read(self, folder: Path) -> list[tuple[str, int]]:
+        """(file, label) of every image in the class folders of ``folder``, in timm's order (the
+        natural sort of the paths), so hold-outs match those of earlier versions."""
+        samples = []
+        for label, entry in enumerate(self.classes):
+            class_folder = os.path.join(str(folder), entry.id)
+            if not os.path.isdir(class_folder):
+                continue  # a val folder may lack a class; an empty train class is refused above
+            samples += [(path, label) for path in find_images(class_folder)]
+        if not samples:
             raise DataError(
-                f"{folder} has no images in its class folders ({_extensions()}); add images to it"
-            ) from exc
+                f"{printable(str(folder))} has no images in its class folders ({_extensions()}); "
+                "add images to it"
+            )
+        return sorted(samples, key=lambda sample: natural_key(sample[0]))
 
     def _check_val_folders(self, train_root: Path, val_root: Path, class_map: dict[str, int]) -> None:
         extra = sorted(
@@ -147,12 +214,7 @@ class ImageFolderDataset(LabeledDataset):
             )
 
     def load_image(self, index: int) -> Image.Image:
-        path = self.samples[index][0]
-        try:
-            with Image.open(path) as img:
-                return img.convert(self.mode)  # convert decodes, so broken pixel data fails here
-        except Exception as exc:  # PIL raises many types for broken files; all mean "this file"
-            raise unreadable_image_error(path, exc) from exc
+        return read_image(self.samples[index][0], self.mode)
 
     def sample_name(self, index: int) -> str:
         return self.samples[index][0]

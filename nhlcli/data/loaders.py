@@ -29,6 +29,7 @@ from torchvision import transforms
 from nhlcli.data.datasets import TreeDataset, dataset_for_tree
 from nhlcli.data.errors import DataError
 from nhlcli.data.folder import VAL_FRACTION
+from nhlcli.data.images import to_mode
 from nhlcli.taxonomy.tree import Tree
 
 DEFAULT_AUGMENT = "rand-m9-mstd0.5"
@@ -55,13 +56,14 @@ def channel_stats(
 
 
 class ConvertMode:
-    """Convert a PIL image to ``mode`` ("L" or "RGB"); a no-op when it already is."""
+    """Convert a PIL image to ``mode`` ("L" or "RGB"); a no-op when it already is. Other modes go
+    through :func:`nhlcli.data.images.to_mode`, as image files do (16-bit scaled, alpha on white)."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return img if img.mode == self.mode else img.convert(self.mode)
+        return img if img.mode == self.mode else to_mode(img, self.mode)
 
     def __repr__(self) -> str:
         return f"ConvertMode({self.mode!r})"
@@ -147,7 +149,9 @@ def make_loader(
         # a size-1 last batch breaks BatchNorm in training; keep it when it is the only batch
         drop_last=training and per_rank > batch_size,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
+        # training workers start afresh each epoch, seeded from the generator the training loop
+        # reseeds per epoch, so that a resumed run augments an epoch as an uninterrupted one does
+        persistent_workers=workers > 0 and not training,
     )
 
 

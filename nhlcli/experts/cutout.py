@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as load_tensor_bytes
 from torch import nn
 
 from nhlcli.errors import NhlError
-from nhlcli.model.files import check_digest, file_digests, read_metadata, recorded_digest, save_model
+from nhlcli.model.files import OpenModelFile, check_digest, open_model_file, save_model
 from nhlcli.model.loading import FILE_SECTIONS
 from nhlcli.model.nhl import NHLModel
 from nhlcli.model.registry import model_from_config, model_kind
@@ -66,40 +67,54 @@ class Cutout:
     seconds: float
     training: dict[str, Any] | None = None  # how the parent was trained, carried along
     notes: tuple[str, ...] = ()  # how the names resolved, where a person should know (overlaps, senses)
+    parent_meta: dict[str, Any] | None = None  # the parent's metadata, from the same read as the rows
+
+
+def _sliced_tensors(source: OpenModelFile, plan: SlicePlan) -> dict[str, torch.Tensor]:
+    """The kept rows of each tensor, read from the open file ``source`` (rows only where the
+    system can name the open file by path, otherwise from its bytes)."""
+    same = source.same_file_path()
+    if same is None:
+        return slice_state(load_tensor_bytes(source.read_all()), plan)
+    try:
+        return read_sliced_state(same, plan)
+    except NhlError as exc:  # name the user's file, not the descriptor's path
+        raise NhlError(str(exc).replace(same, str(source.path))) from exc
 
 
 def cutout_file(parent: str | Path, labels: Sequence[str]) -> Cutout:
     """Cut an expert for ``labels`` from the model file ``parent``, reading only what it keeps.
 
-    The parent's tensor data is checked against the digest recorded when it was saved, so a
-    damaged parent never passes its damage on to an expert.
+    The parent is opened once: its metadata, the rows read and the digests all come from the same
+    file, even if ``parent`` is replaced meanwhile. Its tensor data is checked against the digest
+    recorded when it was saved, so a damaged parent never passes its damage on to an expert.
     """
     started = time.perf_counter()
     parent = Path(parent)
-    meta = read_metadata(parent)
-    recorded = recorded_digest(parent)
-    _check_nhl(meta, str(parent))
-    try:
-        parent_tree = Tree.from_dict(meta["tree"])
-    except NhlError as exc:
-        raise NhlError(f"{parent}: cannot rebuild the model its metadata describes: {exc}") from exc
-    selection = parent_tree.select(labels)
-    expert_tree = selection.subtree(parent_tree)
-    single = bool(meta["branches"].get("single_branch", False))
-    plan = SlicePlan.build(parent_tree, expert_tree, single)
-    # hashing the parent (its identity in the lineage, and its data against the recorded digest)
-    # overlaps reading and rebuilding: sha256 and file reads release the GIL
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        hashing = pool.submit(file_digests, parent)
+    with open_model_file(parent) as source:
+        meta = source.meta
+        _check_nhl(meta, str(parent))
         try:
-            model = _expert_model(meta, expert_tree, read_sliced_state(parent, plan))
-        except RuntimeError as exc:
-            first = " ".join(str(exc).split())[:300]
-            raise NhlError(
-                f"{parent}: the weights do not fit the model its metadata describes ({first})"
-            ) from exc
-        digest, data_digest = hashing.result()
-    check_digest(parent, recorded, data_digest)
+            parent_tree = Tree.from_dict(meta["tree"])
+        except NhlError as exc:
+            raise NhlError(f"{parent}: cannot rebuild the model its metadata describes: {exc}") from exc
+        selection = parent_tree.select(labels)
+        expert_tree = selection.subtree(parent_tree)
+        single = bool(meta["branches"].get("single_branch", False))
+        plan = SlicePlan.build(parent_tree, expert_tree, single)
+        # hashing the parent (its identity in the lineage, and its data against the recorded
+        # digest) overlaps reading and rebuilding: sha256 and file reads release the GIL
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            hashing = pool.submit(source.digests)
+            try:
+                model = _expert_model(meta, expert_tree, _sliced_tensors(source, plan))
+            except RuntimeError as exc:
+                first = " ".join(str(exc).split())[:300]
+                raise NhlError(
+                    f"{parent}: the weights do not fit the model its metadata describes ({first})"
+                ) from exc
+            digest, data_digest = hashing.result()
+        check_digest(parent, source.header.tensor_digest, data_digest)
     lineage = {
         "parent_file": parent.name,
         "parent_sha256": digest,
@@ -112,7 +127,7 @@ def cutout_file(parent: str | Path, labels: Sequence[str]) -> Cutout:
         "parent_tree": meta["tree"],  # to draw the kept paths inside it (nhl hierarchy show)
     }
     notes = tuple(selection.notes(parent_tree))
-    return Cutout(model, lineage, time.perf_counter() - started, meta.get("training"), notes)
+    return Cutout(model, lineage, time.perf_counter() - started, meta.get("training"), notes, meta)
 
 
 def save_expert(cutout: Cutout, output: str | Path, cost: Mapping[str, Any] | None = None) -> Path:
@@ -144,7 +159,7 @@ def cutout_with_cost(
     cut = cutout_file(parent, labels)
     # the parent's cost from a skeleton of the same shape (fresh weights): params, MACs and
     # latency do not depend on the values, and the parent's weights are never read whole
-    full = model_from_config(read_metadata(parent)).eval()
+    full = model_from_config(cut.parent_meta or {}, path=parent).eval()
     parent_cost = cost_report(full, batch_sizes, latency=latency, threads=threads)
     del full
     expert_cost = cost_report(cut.model, batch_sizes, latency=latency, threads=threads)

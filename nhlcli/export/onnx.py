@@ -14,6 +14,7 @@ onnx, onnxscript and onnxruntime come with the ``export`` extra: ``pip install n
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +25,14 @@ from torch import nn
 
 from nhlcli.atomic import atomic_write
 from nhlcli.errors import NhlError
+from nhlcli.jsonio import loads_json
 from nhlcli.model.gated import GatedModel
 
 OPSET = 18
+# the opsets torch.onnx's exporter writes: it builds opset 18 graphs and converts them upwards (it
+# writes 18 for anything lower), up to the newest opset this torch knows
+MIN_OPSET = 18
+MAX_OPSET = int(getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", 23))
 TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7)
 
@@ -71,7 +77,8 @@ def output_names(model: nn.Module) -> list[str]:
 
 
 def onnx_metadata(model: nn.Module, source: str | Path, opset: int) -> dict[str, str]:
-    """What a runtime needs besides the graph: classes, normalisation, gates; all as strings."""
+    """What a runtime needs besides the graph: classes, normalisation, gates; all as strings.
+    ``nhl_source_sha256`` names the exact model file it was exported from (when it was hashed)."""
     tree = model.tree
     inp = model.input_config
     meta: dict[str, Any] = {
@@ -86,6 +93,8 @@ def onnx_metadata(model: nn.Module, source: str | Path, opset: int) -> dict[str,
         "interpolation": inp.interpolation,
         "crop_pct": inp.crop_pct,
     }
+    if getattr(model, "file_sha256", None):
+        meta["nhl_source_sha256"] = model.file_sha256
     file_meta = getattr(model, "metadata", {}) or {}
     if file_meta.get("cost"):
         meta["cost"] = file_meta["cost"]
@@ -126,7 +135,14 @@ def _export(model: nn.Module, path: Path, opset: int) -> None:
 def parity(model: nn.Module, path: str | Path, batches: Sequence[int] = PARITY_BATCHES) -> dict[str, Any]:
     """Max abs difference between onnxruntime and torch on random inputs, per output."""
     ort = _require("onnxruntime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own kinds, e.g. for an opset it does not know
+        first = " ".join(str(exc).split())[:200]
+        raise NhlError(
+            f"onnxruntime {ort.__version__} cannot run the exported graph ({first}); the ONNX file was not "
+            f"written. Export with `opset` {OPSET}, or skip the check with --no-check"
+        ) from exc
     wrapper = _Exportable(model).eval()
     size = tuple(int(v) for v in model.input_config.size)
     generator = torch.Generator().manual_seed(0)
@@ -143,6 +159,27 @@ def parity(model: nn.Module, path: str | Path, batches: Sequence[int] = PARITY_B
     return {"max_abs_diff": worst, "batches": rows}
 
 
+def check_export_options(opset: int, tolerance: float) -> None:
+    """Refuse an opset the exporter cannot write, or a tolerance no check can meet, before any work."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise NhlError(
+            f"{opset} is not an opset torch's ONNX exporter writes; choose one from {MIN_OPSET} to "
+            f"{MAX_OPSET} (default {OPSET})",
+            "opset",
+        )
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise NhlError(
+            f"must be a finite number of at least 0 (the largest logit difference accepted), got {tolerance}",
+            "tolerance",
+        )
+
+
+def written_opset(proto: Any) -> int | None:
+    """The default-domain opset an ONNX model declares (what it really is, whatever was asked)."""
+    versions = [entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")]
+    return int(versions[0]) if versions else None
+
+
 def export_onnx(
     model_file: str | Path,
     output: str | Path,
@@ -152,17 +189,20 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export a model file (full, expert, flat or gated) to ONNX; ``check`` (default: when
     onnxruntime is installed) compares onnxruntime with torch and fails above ``tolerance``,
-    leaving no file behind."""
-    from nhlcli.model.loading import open_model
+    leaving no file behind. The file records the opset it was written in and the sha256 of the
+    model file it came from (``nhl profile`` times torch on that file only)."""
+    from nhlcli.model.files import read_model_file
+    from nhlcli.model.loading import model_from_contents
     from nhlcli.paths import check_output_file
 
+    check_export_options(opset, tolerance)
     output = check_output_file(output, [model_file], label="`output`")
     onnx = _require("onnx")
     _require("onnxscript")
     if output.suffix.lower() != ".onnx":
         raise NhlError(f"{output}: name the ONNX file .onnx", "output")
     check = has_onnxruntime() if check is None else check
-    model = open_model(model_file, "cpu")
+    model = model_from_contents(read_model_file(model_file, whole_digest=True), "cpu")
     started = time.perf_counter()
     report: dict[str, Any] = {"source": str(model_file), "output": str(output), "opset": opset}
 
@@ -175,6 +215,11 @@ def export_onnx(
             first = " ".join(str(exc).split())[:300]
             raise NhlError(f"ONNX export of {model_file} failed: {first}") from exc
         proto = onnx.load(str(tmp))
+        if written_opset(proto) != opset:
+            raise NhlError(
+                f"the ONNX exporter wrote opset {written_opset(proto)} instead of the {opset} asked for; "
+                f"the ONNX file was not written. Choose `opset` {OPSET}"
+            )
         for key, value in onnx_metadata(model, model_file, opset).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -210,12 +255,31 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
         raise NhlError(
             f"{path} is an ONNX file without nhl metadata; export one with 'nhl export MODEL -o x.onnx'"
         )
-    meta = {
-        k: (v if k in ("nhl_format", "nhl_source", "nhl_kind", "interpolation") else json.loads(v))
-        for k, v in props.items()
-    }
+    plain = ("nhl_format", "nhl_source", "nhl_kind", "interpolation", "nhl_source_sha256")
+    meta = {k: (v if k in plain else loads_json(v, f"{path}: its metadata {k!r}")) for k, v in props.items()}
     meta["params"] = sum(int(torch.Size(t.dims).numel()) for t in proto.graph.initializer)
     return meta
+
+
+def source_mismatch(onnx_meta: dict[str, Any], model: nn.Module) -> str | None:
+    """How a torch model differs from the one an ONNX file was exported from (``None``: it is that
+    one): by the recorded sha256 of the file, or for exports from before it was recorded, by kind,
+    classes and input size."""
+    recorded = onnx_meta.get("nhl_source_sha256")
+    if recorded:
+        actual = getattr(model, "file_sha256", None)
+        if actual != recorded:
+            return f"its sha256 is {str(actual)[:12]}..., the export recorded {str(recorded)[:12]}..."
+        return None
+    if onnx_meta.get("nhl_kind") not in (None, model.kind):
+        return f"a {model.kind} model, the export is of a {onnx_meta['nhl_kind']} model"
+    classes = [c.get("id") if isinstance(c, dict) else c for c in onnx_meta.get("classes") or []]
+    if classes != list(model.tree.classes):
+        return f"its {len(model.tree.classes)} classes differ from the export's {len(classes)}"
+    size = [int(v) for v in model.input_config.size]
+    if list(onnx_meta.get("input_size") or []) != size:
+        return f"its input size {size} is not the export's {onnx_meta.get('input_size')}"
+    return None
 
 
 def onnx_latency(
@@ -269,10 +333,21 @@ def profile_onnx(
         "onnxruntime": [onnx_latency(path, b, size, repeats, threads) for b in batch_sizes],
     }
     source = Path(torch_file) if torch_file else path.parent / meta["nhl_source"]
+    if torch_file and not source.is_file():
+        raise NhlError(
+            f"{source} is not a model file; give --torch the model file {path.name} was exported from"
+        )
     if source.is_file():
-        from nhlcli.model.loading import open_model
+        from nhlcli.model.files import read_model_file
+        from nhlcli.model.loading import model_from_contents
 
-        model = open_model(source, "cpu")
+        model = model_from_contents(read_model_file(source, whole_digest=True), "cpu")
+        problem = source_mismatch(meta, model)
+        if problem:
+            raise NhlError(
+                f"{source} is not the model {path.name} was exported from ({problem}); give --torch the "
+                "model file it was exported from, or leave --torch out to time onnxruntime alone"
+            )
         report["torch_file"] = str(source)
         report["torch"] = [measure_latency(model, b, repeats=repeats) for b in batch_sizes]
     return report

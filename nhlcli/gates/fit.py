@@ -9,6 +9,7 @@ into the linear layer, so a gate stays one linear layer on the raw pooled featur
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,18 @@ class GateTraining:
     lr: float = 0.01
     weight_decay: float = 1e-4  # the paper's lambda ||w||
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse a recipe that cannot train, when it is made, before any image is read
+        (``lr=nan`` would otherwise train every gate to NaN)."""
+        if self.loss not in LOSSES:
+            raise NhlError(f"{self.loss!r}: choose one of {', '.join(LOSSES)}", "loss")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise NhlError("gate training needs `epochs` and `batch_size` of at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise NhlError(f"{self.lr}: give a positive learning rate, e.g. 0.01", "lr")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise NhlError(f"{self.weight_decay}: give 0 or more", "weight_decay")
 
 
 def default_stages(model: nn.Module) -> list[int]:
@@ -126,11 +139,7 @@ def fit_gates(
     ``stages``: where the exit gates go (default :func:`default_stages`); ``route``: also fit the
     routing gate over the tree's level-1 nodes (default: for NHL models with per-node branches).
     """
-    config = config or GateTraining()
-    if config.loss not in LOSSES:
-        raise NhlError(f"{config.loss!r}: choose one of {', '.join(LOSSES)}", "loss")
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise NhlError("gate training needs `epochs` and `batch_size` of at least 1 and a positive `lr`")
+    config = config or GateTraining()  # a GateTraining checks its own values when made
     device = torch.device(device)
     model = model.to(device).eval()
     if route is None:

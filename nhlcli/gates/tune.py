@@ -155,17 +155,22 @@ def tune_thresholds(gated: GatedModel, record: ExitRecord, target: float) -> dic
     return current
 
 
-def target_from(record: ExitRecord, target_accuracy: float | None, max_drop: float | None) -> float:
-    """The target top-1 (fraction) from ``--target-accuracy`` or ``--max-drop`` (both in percent)."""
+def check_target(target_accuracy: float | None, max_drop: float | None) -> None:
+    """Refuse a target that cannot be met (out of range, NaN), before any image is scored."""
     if (target_accuracy is None) == (max_drop is None):
         raise NhlError("give exactly one of `target_accuracy`, `max_drop` or `thresholds`")
+    if max_drop is not None and not 0 <= max_drop <= 100:  # NaN compares False: refused too
+        raise NhlError(f"{max_drop}: give percentage points between 0 and 100, e.g. 0.5", "max_drop")
+    if target_accuracy is not None and not 0 < target_accuracy <= 100:
+        raise NhlError(f"{target_accuracy}: give a top-1 in percent, e.g. 91.5", "target_accuracy")
+
+
+def target_from(record: ExitRecord, target_accuracy: float | None, max_drop: float | None) -> float:
+    """The target top-1 (fraction) from ``--target-accuracy`` or ``--max-drop`` (both in percent)."""
+    check_target(target_accuracy, max_drop)
     if max_drop is not None:
-        if not 0 <= max_drop <= 100:
-            raise NhlError(f"{max_drop}: give percentage points between 0 and 100, e.g. 0.5", "max_drop")
         return record.full_accuracy - max_drop / 100
     assert target_accuracy is not None
-    if not 0 < target_accuracy <= 100:
-        raise NhlError(f"{target_accuracy}: give a top-1 in percent, e.g. 91.5", "target_accuracy")
     return target_accuracy / 100
 
 

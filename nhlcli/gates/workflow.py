@@ -15,6 +15,7 @@ from nhlcli.errors import NhlError
 from nhlcli.gates.fit import GateTraining, fit_gates
 from nhlcli.gates.tune import (
     ExitRecord,
+    check_target,
     collect_exits,
     simulate,
     sweep,
@@ -143,14 +144,14 @@ def tune_file(
     from nhlcli.model.files import save_model
 
     output = check_tune_output(gated_file, output, data)
+    if thresholds is None:
+        check_target(target_accuracy, max_drop)  # before the file is read or an image scored
+    elif target_accuracy is not None or max_drop is not None:
+        raise NhlError("give exactly one of `target_accuracy`, `max_drop` or `thresholds`")
     dev = resolve_device(device)
     gated = load_gated(gated_file, dev)
     if thresholds is not None:
-        if target_accuracy is not None or max_drop is not None:
-            raise NhlError("give exactly one of `target_accuracy`, `max_drop` or `thresholds`")
         check_thresholds(thresholds, len(gated.exits))
-    elif target_accuracy is None and max_drop is None:
-        raise NhlError("give exactly one of `target_accuracy`, `max_drop` or `thresholds`")
     gated.set_route_top_k(route_top_k)
     record = record_file(gated, data, split, part, batch_size, workers, dev, progress)
     if thresholds is not None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nhlcli.errors import NhlError
-from nhlcli.model.files import load_weights, read_metadata
+from nhlcli.model.files import ModelFileContents, read_model_file
 from nhlcli.model.gated import GATE_PREFIX, GatedModel, GateSpec
 from nhlcli.model.nhl import FlatModel
 from nhlcli.model.registry import model_from_config
@@ -67,10 +67,20 @@ def _rebuild(path: str | Path, meta: Mapping[str, Any]) -> nn.Module:
 
 def open_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model a file describes, load its weights strictly, wrap it with the file's
-    sections (gates), and return it in eval mode with ``metadata`` set."""
-    meta = read_metadata(path)
+    sections (gates), and return it in eval mode with ``metadata`` set.
+
+    The file is opened once and its metadata and tensors are checked against the digests recorded
+    at save time, so a file replaced during the load is wholly the old or the new one, and a
+    damaged one is refused rather than answering wrongly."""
+    return model_from_contents(read_model_file(path), device)
+
+
+def model_from_contents(contents: ModelFileContents, device: str | torch.device = "cpu") -> nn.Module:
+    """The model of a file read by :func:`~nhlcli.model.files.read_model_file` (what
+    :func:`open_model` does after reading); ``file_sha256`` is set when the read hashed the file."""
+    path, meta = contents.header.path, contents.meta
     model = _rebuild(path, meta)
-    state = load_weights(path)
+    state = contents.tensors
     sections = {
         key: {k[len(spec.prefix) :]: state.pop(k) for k in [k for k in state if k.startswith(spec.prefix)]}
         for key, spec in FILE_SECTIONS.items()
@@ -87,6 +97,8 @@ def open_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
         first = " ".join(str(exc).split())[:300]
         raise NhlError(f"{path}: the weights do not fit the model its metadata describes ({first})") from exc
     model.metadata = meta
+    model.file_sha256 = contents.file_sha256
+    model.tensor_sha256 = contents.header.tensor_digest
     return model.to(device).eval()
 
 

@@ -194,6 +194,33 @@ def build_branches(
     return nn.ModuleList(levels), heads
 
 
+# The most branch parameters a model may have: 8 GB of float32 weights, ten times the largest
+# paper shape at 1000 classes (nhl, 4 levels: 189 million); more is a typo like --widths 100000.
+MAX_BRANCH_PARAMETERS = 2_000_000_000
+
+
+def check_branch_size(tree: Tree, config: BranchConfig, in_channels: int) -> None:
+    """Refuse branches too large to allocate, counted on unallocated (meta) tensors first, so that
+    ``widths=(100000, 100000)`` is a one-line error instead of gigabytes allocated or a crash."""
+    try:
+        levels, heads = build_branches(tree, config, in_channels, init=False)
+        count = sum(p.numel() for module in (levels, heads) for p in module.parameters())
+    except (RuntimeError, OverflowError, ValueError, TypeError):  # sizes beyond what a tensor can have
+        count = None
+    if count is not None and count <= MAX_BRANCH_PARAMETERS:
+        return
+    if count is None:
+        size = "more parameters than a tensor can hold"
+    else:
+        size = f"{count:,} parameters ({count * 4 / 1e9:,.0f} GB of float32 weights)"
+    raise NhlError(
+        f"{','.join(map(str, config.widths))} would give the branches {size}; at most "
+        f"{MAX_BRANCH_PARAMETERS:,} ({MAX_BRANCH_PARAMETERS * 4 / 1e9:.0f} GB) are built: give smaller "
+        f"widths (the default is {','.join(map(str, default_widths(tree.levels)))}) or fewer `blocks`",
+        "widths",
+    )
+
+
 class NHLModel(nn.Module):
     """Trunk + nested branches; ``forward`` returns one logit per class in ``tree.classes`` order."""
 
@@ -218,6 +245,8 @@ class NHLModel(nn.Module):
         self.trunk = Trunk(trunk or TrunkConfig(), pretrained=pretrained, pretrained_file=pretrained_file)
         self.branch_config = (branches or BranchConfig()).resolved(tree.levels)
         self._input_config = input_config or input_from_timm(self.trunk, self.trunk.config.in_chans)
+        if init_branches:
+            check_branch_size(tree, self.branch_config, self.trunk.out_channels)
         self.levels, self.heads = build_branches(
             tree, self.branch_config, self.trunk.out_channels, init=init_branches
         )

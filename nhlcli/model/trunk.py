@@ -124,6 +124,13 @@ def _adapt_input_conv(model: nn.Module, state: dict[str, torch.Tensor], own: dic
                 continue  # left to the shape check below
 
 
+def _is_classifier(model: nn.Module, key: str) -> bool:
+    """Whether ``key`` belongs to the backbone's classifier, which timm weight files carry and a
+    headless trunk leaves out (timm's ``pretrained_cfg['classifier']`` names it)."""
+    named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    return any(key.startswith(f"{name}.") for name in ((named,) if isinstance(named, str) else named))
+
+
 def load_pretrained_tensors(
     model: nn.Module,
     backbone: str,
@@ -135,8 +142,8 @@ def load_pretrained_tensors(
     ``model``; refuse a file that does not fit instead of training from scratch behind a warning.
 
     The file must hold weights in timm's names for this backbone: at least ``MIN_PRETRAINED_SHARE``
-    of the model's weight tensors by name and shape, and no tensor with one of its names but
-    another shape (weights of another model).
+    of the model's weight tensors by name and shape, no tensor with one of its names but another
+    shape, and no tensor it does not have besides the classifier (weights of another model).
     """
     from nhlcli.model.files import METADATA_KEY
 
@@ -167,6 +174,14 @@ def load_pretrained_tensors(
             f"{path} does not fit {backbone}: only {len(loaded)} of {backbone}'s "
             f"{len(compared)} weight tensors are in the file by name and shape{named}; give timm weights "
             f"for {backbone}",
+            "pretrained_file",
+        )
+    extra = [k for k in tensors if k not in own and not _is_classifier(model, k)]
+    if extra:  # e.g. resnet34 weights: every resnet18 tensor is there, and layers it lacks
+        raise NhlError(
+            f"{path} holds {counted(len(extra), 'tensor')} that {backbone} does not have (e.g. "
+            f"{sorted(extra)[0]}): these are weights of another, deeper or differently built model; "
+            f"give timm weights for {backbone}",
             "pretrained_file",
         )
     model.load_state_dict(fits, strict=False)

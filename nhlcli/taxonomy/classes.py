@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.labels import ROOT_ID
+from nhlcli.jsonio import read_json
+from nhlcli.taxonomy.labels import ROOT_ID, name_problem, quoted
+from nhlcli.text import printable
 
 WNID_RE = re.compile(r"^n\d{8}$")
 SYNSET_NAME_RE = re.compile(r"^[\w.'\-]+\.n\.\d\d$")
@@ -175,10 +176,10 @@ def load_class_list(spec: str | Path) -> list[ClassEntry]:
         entries = _classes_from_json(path) if path.suffix == ".json" else _classes_from_text(path)
     else:
         raise NhlError(
-            f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file or directory",
+            f"{quoted(text)} is neither a preset ({', '.join(PRESETS)}) nor an existing file or directory",
             "classes",
         )
-    _check_unique(entries, str(path))
+    _check_unique(entries, printable(str(path)))
     return entries
 
 
@@ -212,7 +213,8 @@ def classes_from_image_folder(path: Path) -> list[ClassEntry]:
     if not folders:
         raise NhlError(f"{root} has no class folders; an ImageFolder holds one folder per class")
     known = {e.id: e for e in imagenet_classes()} if any(WNID_RE.match(f) for f in folders) else {}
-    return [known.get(f) or _entry_from_id(f) for f in folders]
+    where = f"class folder in {printable(str(root))}"
+    return [known.get(f) or _checked(_entry_from_id(f), where) for f in folders]
 
 
 def _entry_from_id(class_id: str, name: str | None = None, aliases: Sequence[str] = ()) -> ClassEntry:
@@ -232,12 +234,20 @@ def _entry_from_id(class_id: str, name: str | None = None, aliases: Sequence[str
 
 
 def _classes_from_text(path: Path) -> list[ClassEntry]:
+    shown = printable(str(path))
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise NhlError(f"{path} is not a UTF-8 text file of class names") from exc
+        data = path.read_bytes()
     except OSError as exc:
-        raise NhlError(f"cannot read class list {path}: {exc.strerror or exc}") from exc
+        raise NhlError(f"cannot read class list {shown}: {exc.strerror or exc}") from exc
+    if b"\x00" in data:
+        raise NhlError(f"{shown} holds NUL bytes: it is a binary file, not a text file of class names")
+    try:  # utf-8-sig: a byte order mark some editors write is not part of the first class id
+        lines = data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise NhlError(
+            f"{shown} is not a UTF-8 text file of class names (byte {exc.start} is not UTF-8); "
+            "save it as UTF-8"
+        ) from None
     entries = []
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.strip().startswith("#"):
@@ -245,34 +255,30 @@ def _classes_from_text(path: Path) -> list[ClassEntry]:
         parts = [p.strip() for p in line.rstrip().split("\t")]  # a leading tab is an empty id
         if len(parts) > len(TEXT_COLUMNS):
             raise NhlError(
-                f"{path}, line {number}: {len(parts)} tab-separated columns, but a class line has at "
+                f"{shown}, line {number}: {len(parts)} tab-separated columns, but a class line has at "
                 f"most {len(TEXT_COLUMNS)}: {'<TAB>'.join(TEXT_COLUMNS)} (aliases separated by commas)"
             )
         if not parts[0]:
-            raise NhlError(f"{path}, line {number}: the class id (first column) is empty")
+            raise NhlError(f"{shown}, line {number}: the class id (first column) is empty")
         aliases = [a.strip() for a in parts[2].split(",") if a.strip()] if len(parts) > 2 else []
         name = parts[1] if len(parts) > 1 and parts[1] else None
-        entries.append(_entry_from_id(parts[0], name, aliases))
+        entries.append(_checked(_entry_from_id(parts[0], name, aliases), f"{shown}, line {number}"))
     if not entries:
-        raise NhlError(f"{path} lists no classes; write one class id or name per line")
+        raise NhlError(f"{shown} lists no classes; write one class id or name per line")
     return entries
 
 
 def _classes_from_json(path: Path) -> list[ClassEntry]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NhlError(f"{path} is not valid JSON: {exc}") from exc
-    except OSError as exc:
-        raise NhlError(f"cannot read class list {path}: {exc.strerror or exc}") from exc
+    data = read_json(path, "class list")
+    path = Path(printable(str(path)))  # as messages show it
     if not isinstance(data, list) or not data:
         raise NhlError(f"{path} must hold a non-empty JSON list of class ids or objects")
     entries = []
     for i, item in enumerate(data):
         if isinstance(item, str) and item.strip():
-            entries.append(_entry_from_id(item.strip()))
+            entries.append(_checked(_entry_from_id(item.strip()), f"{path}: item {i}"))
         elif isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"].strip():
-            entries.append(_entry_from_object(item, f"{path}: item {i}"))
+            entries.append(_checked(_entry_from_object(item, f"{path}: item {i}"), f"{path}: item {i}"))
         else:
             raise NhlError(f"{path}: item {i} must be a class id or an object with an 'id'")
     return entries
@@ -296,9 +302,23 @@ def _entry_from_object(item: dict[str, Any], where: str) -> ClassEntry:
     return ClassEntry(base.id, base.name, item.get("wordnet", base.wordnet), base.aliases)
 
 
+def _checked(entry: ClassEntry, where: str) -> ClassEntry:
+    """``entry`` if its id, name, WordNet reference and aliases can be names (see ``name_problem``)."""
+    for what, text in (
+        ("class id", entry.id),
+        ("name", entry.name),
+        ("WordNet reference", entry.wordnet or ""),
+        *(("alias", a) for a in entry.aliases),
+    ):
+        problem = name_problem(text)
+        if problem:
+            raise NhlError(f"{where}: {what} {quoted(text)} {problem}")
+    return entry
+
+
 def _check_unique(entries: Sequence[ClassEntry], where: str) -> None:
     seen: set[str] = set()
     for e in entries:
         if e.id in seen:
-            raise NhlError(f"{where}: class {e.id!r} is listed twice")
+            raise NhlError(f"{where}: class {quoted(e.id)} is listed twice")
         seen.add(e.id)

@@ -13,6 +13,7 @@ from typing import Any
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import ClassEntry, flat_nested, leaf_node
 from nhlcli.taxonomy.compress import check_group_counts, check_levels, compress_hierarchy
+from nhlcli.taxonomy.labels import quoted
 from nhlcli.taxonomy.llm import (
     PROMPT_VERSION,
     SYSTEM_PROMPT,
@@ -79,7 +80,8 @@ def assignment_problems(
             continue
         if not isinstance(group, str) or group not in known:
             problems.append(
-                f"class {matcher.labels[idx]!r} is assigned to {group!r}, which is not one of the group ids"
+                f"class {matcher.labels[idx]!r} is assigned to {quoted(group)}, "
+                "which is not one of the group ids"
             )
         else:
             out[idx] = group

@@ -10,10 +10,12 @@ with a warm cache makes no request, needs no API key and writes a byte-identical
 from __future__ import annotations
 
 import difflib
+import email.utils
 import hashlib
 import json
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,10 +24,12 @@ from typing import Any
 
 from nhlcli.atomic import atomic_write_text
 from nhlcli.errors import NhlError
+from nhlcli.jsonio import MAX_JSON_DEPTH, json_depth, loads_json
 from nhlcli.taxonomy.classes import ClassEntry, flat_nested, leaf_node
 from nhlcli.taxonomy.compress import check_levels, default_group_counts
-from nhlcli.taxonomy.labels import ROOT_ID, normalize_label
-from nhlcli.taxonomy.tree import Tree, check_format_version, tool_stamp
+from nhlcli.taxonomy.labels import ROOT_ID, name_problem, normalize_label, quoted
+from nhlcli.taxonomy.tree import UTF8_BOM, Tree, check_format_version, tool_stamp
+from nhlcli.text import printable
 
 CACHE_FORMAT = "nhl-llm-cache"
 CACHE_VERSION = 1
@@ -48,6 +52,12 @@ class LLMSettings:
     max_retries: int = 3  # how many times an invalid answer is sent back with its problems
     timeout: float = 120.0  # seconds per HTTP request
     api_key_env: str = "OPENAI_API_KEY"
+    # HTTP 429 (rate limit) and 5xx (server trouble) are retried: after ``backoff`` s, doubling
+    # each time (a Retry-After header from the server wins), at most ``http_retries`` times and
+    # ``retry_wait`` s of waiting in all
+    http_retries: int = 5
+    backoff: float = 1.0
+    retry_wait: float = 60.0
 
 
 # ---------------------------------------------------------------------------------------- labels
@@ -83,9 +93,9 @@ class LabelMatcher:
         options = self._bare.get(normalize_label(name))
         if options:
             return f"{name!r} is ambiguous: write one of {', '.join(repr(o) for o in options)}"
-        close = difflib.get_close_matches(name, self.labels, n=1, cutoff=0.75)
+        close = difflib.get_close_matches(name, self.labels, n=1, cutoff=0.75) if len(name) <= 1000 else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"{name!r} is not {what}{hint}"
+        return f"{quoted(name, 200)} is not {what}{hint}"
 
 
 def count_problems(
@@ -132,6 +142,12 @@ def parse_answer(text: str | None) -> tuple[Any, list[str]]:
     fenced = re.search(r"```(?:json|JSON)?\s*\n?(.*?)```", body, re.DOTALL)
     if fenced:
         body = fenced.group(1).strip()
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH:  # json recurses once per level: a RecursionError, not a problem list
+        return None, [
+            f"the answer nests {depth} levels deep, more than the {MAX_JSON_DEPTH} any grouping needs; "
+            "answer with the JSON object only"
+        ]
     try:
         return json.loads(body, object_pairs_hook=_object_pairs), []
     except json.JSONDecodeError as exc:
@@ -177,19 +193,23 @@ class AnswerCache:
     @staticmethod
     def _read(path: Path) -> dict[str, Any]:
         fix = "delete it or pass another cache file"
+        shown = printable(str(path))
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
-            reason = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-            raise NhlError(f"LLM cache {path} is not a valid JSON file ({reason}); {fix}") from exc
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise NhlError(f"cannot read LLM cache {shown}: {exc.strerror or exc}; {fix}") from None
+        try:  # nesting-limited: a deeply nested file is a one-line error, not a RecursionError
+            data = loads_json(raw.removeprefix(UTF8_BOM), f"LLM cache {shown}")
+        except NhlError as exc:
+            raise NhlError(f"{exc}; {fix}") from None
         if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
-            raise NhlError(f"{path} is not an nhl LLM cache (no 'format': '{CACHE_FORMAT}'); {fix}")
-        check_format_version(data.get("version"), CACHE_VERSION, f"LLM cache {path}", fix)
+            raise NhlError(f"{shown} is not an nhl LLM cache (no 'format': '{CACHE_FORMAT}'); {fix}")
+        check_format_version(data.get("version"), CACHE_VERSION, f"LLM cache {shown}", fix)
         entries = data.get("entries")
         if not isinstance(entries, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("answer"), str) for v in entries.values()
         ):
-            raise NhlError(f"LLM cache {path}: 'entries' must map keys to objects with an 'answer'; {fix}")
+            raise NhlError(f"LLM cache {shown}: 'entries' must map keys to objects with an 'answer'; {fix}")
         return entries
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -209,8 +229,9 @@ BRIEF = 80  # characters of a server's body quoted in a message
 
 
 def _brief(text: str, limit: int = BRIEF) -> str:
-    """``text`` on one line, cut to ``limit`` characters: enough to recognise, never a whole page."""
-    line = " ".join(str(text).split())
+    """``text`` on one line, cut to ``limit`` characters: enough to recognise, never a whole page;
+    control characters escaped, so a server's text cannot drive the terminal."""
+    line = printable(" ".join(str(text).split()))
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -254,9 +275,12 @@ def completion_text(body: str, content_type: str = "") -> str | None:
     page = _html_page(text)
     if page or "html" in content_type.lower():
         raise NotChatCompletion(page or f"an HTML page ({_brief(text)!r})")
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise NotChatCompletion(f"a JSON body nested {depth} levels deep")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise NotChatCompletion(f"a body that is not JSON: {_brief(text)!r}") from None
     if not isinstance(data, dict):
         raise NotChatCompletion(f"a JSON {_json_kind(data)} instead of an object: {_brief(text)!r}")
@@ -319,7 +343,7 @@ def _names_model(exc: Any, model: str) -> bool:
 def _one_line(text: str, secret: str | None = None) -> str:
     if secret:
         text = text.replace(secret, "***")
-    return " ".join(str(text).split())
+    return printable(" ".join(str(text).split()))
 
 
 class _Chat:
@@ -366,8 +390,28 @@ class _Chat:
         )
 
     def complete(self, messages: list[dict[str, str]]) -> str | None:
-        """One chat completion; every HTTP failure and every unusable body becomes a one-line
-        :class:`NhlError`."""
+        """One chat completion, retrying HTTP 429 and 5xx with exponential backoff; every other
+        HTTP failure, every unusable body and running out of retries is a one-line :class:`NhlError`.
+
+        The retries are ours, not the openai client's (``max_retries=0`` there): its loop also
+        retries timeouts (each up to ``timeout`` s), has no bound on the total wait, and cannot be
+        told to wait less, so tests of it would sleep for seconds.
+        """
+        s = self.settings
+        waited = 0.0
+        for attempt in range(1, max(0, s.http_retries) + 2):
+            try:
+                return self._complete_once(messages)
+            except _Transient as busy:
+                doubled = s.backoff * 2.0 ** min(attempt - 1, 60)  # capped: no float overflow
+                wait = max(0.0, busy.retry_after if busy.retry_after is not None else doubled)
+                if attempt > s.http_retries or waited + wait > s.retry_wait:
+                    raise NhlError(busy.give_up(attempt, waited, wait, s)) from None
+                time.sleep(wait)
+                waited += wait
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _complete_once(self, messages: list[dict[str, str]]) -> str | None:
         import openai
 
         if self._client is None:
@@ -399,6 +443,17 @@ class _Chat:
         except openai.NotFoundError as exc:
             raise NhlError(self._not_found(exc, where)) from exc
         except openai.APIStatusError as exc:
+            quota = exc.status_code == 429 and getattr(exc, "code", None) == "insufficient_quota"
+            if quota:
+                raise NhlError(
+                    f"the LLM server at {where} says the account's quota is used up (HTTP 429: "
+                    f"{_one_line(_api_message(exc), self._key)}); check the plan and billing of the key "
+                    f"in {s.api_key_env}"
+                ) from exc
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise _Transient(
+                    where, exc.status_code, _one_line(_api_message(exc), self._key), retry_after(exc.response)
+                ) from exc
             raise NhlError(
                 f"the LLM server at {where} answered HTTP {exc.status_code}: "
                 f"{_one_line(_api_message(exc), self._key)}"
@@ -415,6 +470,56 @@ class _Chat:
                 f"API (it sent {_one_line(str(exc), self._key)}); check `base_url`: it must be the "
                 "API's root, under which POST /chat/completions answers (e.g. http://localhost:8000/v1)"
             ) from exc
+
+
+def retry_after(response: Any) -> float | None:
+    """Seconds the server asks us to wait (``Retry-After``: seconds or an HTTP date, or
+    ``retry-after-ms``), or ``None`` when it does not say."""
+    headers = getattr(response, "headers", None) or {}
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(header)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        return seconds if seconds == seconds else None  # NaN says nothing
+    date = email.utils.parsedate_tz(headers.get("retry-after") or "")
+    if date is None:
+        return None
+    try:
+        return float(email.utils.mktime_tz(date) - time.time())
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+class _Transient(Exception):
+    """HTTP 429 or 5xx: the server is busy or failing now, and a later try may pass."""
+
+    def __init__(self, where: str, status: int, detail: str, retry_after: float | None) -> None:
+        super().__init__(detail)
+        self.where, self.status, self.detail, self.retry_after = where, status, detail, retry_after
+
+    def give_up(self, attempts: int, waited: float, wait: float, settings: LLMSettings) -> str:
+        """The message when retrying ends: what the server said, how long we tried, what to do."""
+        what = "rate limit" if self.status == 429 else "server error"
+        tried = f"{attempts} attempt{'s' if attempts != 1 else ''} over {waited:.0f} s"
+        asked = (
+            f"; it asked to wait {self.retry_after:.0f} s more, beyond the {settings.retry_wait:g} s "
+            "nhl waits in all"
+            if self.retry_after is not None and waited + wait > settings.retry_wait
+            else ""
+        )
+        fix = (
+            "wait for the limit to reset and run again, or use a model or key with a higher limit"
+            if self.status == 429
+            else "check the server, or run again later"
+        )
+        return (
+            f"the LLM server at {self.where} answered HTTP {self.status}: {self.detail} ({what}; "
+            f"{tried}{asked}); {fix}"
+        )
 
 
 def ask_checked(
@@ -436,7 +541,7 @@ def ask_checked(
         if problems:
             raise NhlError(
                 f"LLM cache {settings.cache}: the answer for this request has problems "
-                f"({_one_line(problems[0])}); delete entry {key[:12]}... or the file to ask again"
+                f"({_brief(problems[0], 300)}); delete entry {key[:12]}... or the file to ask again"
             )
         return value, int(hit.get("attempts", 1))
     chat = _Chat(settings)
@@ -460,7 +565,7 @@ def ask_checked(
                 + "\nAnswer again with the corrected, complete JSON only.",
             },
         ]
-    shown = "; ".join(_one_line(p) for p in problems[:3]) + ("; ..." if len(problems) > 3 else "")
+    shown = "; ".join(_brief(p, 300) for p in problems[:3]) + ("; ..." if len(problems) > 3 else "")
     tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
     raise NhlError(
         f"the LLM gave no valid {what} after {tries}: {shown}; try another `model` or raise `max_retries`"
@@ -532,6 +637,9 @@ def grouping_problems(data: Any, matcher: LabelMatcher, levels: int) -> tuple[li
             name = item.get("name")
             if not isinstance(name, str) or not name.strip():
                 problems.append(f"group {i + 1} {where} has no name")
+                name = f"#{i + 1}"
+            elif problem := name_problem(name.strip()):  # an escape sequence, a page of text
+                problems.append(f"the name of group {i + 1} {where}, {quoted(name.strip())}, {problem}")
                 name = f"#{i + 1}"
             else:
                 name = name.strip()

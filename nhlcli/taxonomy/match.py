@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.tree import Tree
+from nhlcli.text import printable
 
 
 def _leaf_for(tree: Tree, entry: ClassEntry) -> str | None:
@@ -54,5 +55,5 @@ def match_classes(tree: Tree, entries: Sequence[ClassEntry], exact: bool = True)
 
 
 def _preview(items: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
+    shown = ", ".join(printable(item) for item in items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

@@ -8,6 +8,7 @@ highlighted down to every kept class, and the rest collapsed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ PICTURE_FORMATS = ("png", "svg")
 MAX_ROWS = 60  # default collapse: the deepest level with at most this many nodes
 KEPT = "#d62728"
 OTHER = "#555555"
+LEAF_CHARS = 60  # a class name longer than this is cut in the drawing
 
 
 def picture_depth(tree: Tree) -> int:
@@ -85,7 +87,11 @@ def draw_tree(
     levels = max(int(x) for x, _ in pos.values())
     fig_h = max(2.5, 0.24 * rows + 1.0)
     fig_w = max(7.0, 3.0 * (levels + 1))
-    with plt.rc_context({"svg.fonttype": "none"}):
+    with plt.rc_context({"svg.fonttype": "none"}), warnings.catch_warnings():
+        # a name in a script DejaVu lacks draws as boxes, a long one squeezes the margins:
+        # matplotlib says so in warnings that would be printed around nhl's own one-line output
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Tight layout not applied", category=UserWarning)
         fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=100)
         for node, (x, y) in pos.items():
             for kid in tree.children(node):
@@ -104,8 +110,9 @@ def draw_tree(
             info = tree.node(node)
             hidden = [k for k in tree.children(node) if k not in pos]
             count = len(tree.leaves(node))
-            name = info.name if len(info.name) <= 32 else info.name[:31] + "…"
-            label = info.name if info.is_leaf else f"{name} ({count})"
+            width = LEAF_CHARS if info.is_leaf else 32
+            name = info.name if len(info.name) <= width else info.name[: width - 1] + "…"
+            label = name if info.is_leaf else f"{name} ({count})"
             if hidden:
                 label += " …"
             on = node in kept

@@ -7,7 +7,7 @@ from rich.tree import Tree as RichTree
 
 from nhlcli.atomic import dumps_json
 from nhlcli.taxonomy.tree import Tree
-from nhlcli.text import counted
+from nhlcli.text import counted, printable
 
 FORMATS = ("rich", "dot", "mermaid", "json")
 
@@ -29,15 +29,16 @@ def to_rich(tree: Tree, depth: int | None = None) -> RichTree:
 
     def label(node_id: str) -> str:
         node = tree.node(node_id)
-        text = f"[bold]{escape(node.name)}[/]" if not node.is_leaf else escape(node.name)
+        name = escape(printable(node.name))  # trees are checked on load; this is a second guard
+        text = f"[bold]{name}[/]" if not node.is_leaf else name
         if node.name != node_id:
-            text += f" [dim]{escape(node_id)}[/]"
+            text += f" [dim]{escape(printable(node_id))}[/]"
         if not node.is_leaf:
             text += f" [cyan]{counts[node_id]} class{'es' if counts[node_id] != 1 else ''}[/]"
         return text
 
     title = (
-        f"{escape(tree.name or 'tree')}: {counted(tree.num_classes, 'class')}, "
+        f"{escape(printable(tree.name or 'tree'))}: {counted(tree.num_classes, 'class')}, "
         f"{counted(tree.levels, 'level')}"
     )
     rich_root = RichTree(f"[bold magenta]{title}[/]\n{label(tree.root)}")

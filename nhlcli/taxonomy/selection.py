@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.labels import normalize_label
+from nhlcli.taxonomy.labels import normalize_label, quoted
 from nhlcli.text import counted
 
 
@@ -186,7 +186,8 @@ def _concept_match(tree: Tree, name: str, unknown: NhlError) -> NameMatch:
         close = difflib.get_close_matches(normalize_label(name), concept_words(wnids), n=5, cutoff=0.6)
         hint = f"; closest concepts that do: {', '.join(close)}" if close else ""
         raise NhlError(
-            f"{name!r} is neither a class or node of this tree nor a WordNet concept above its classes{hint}"
+            f"{quoted(name)} is neither a class or node of this tree nor a WordNet concept above its "
+            f"classes{hint}"
         )
     first = concepts[0]
     classes = tuple(c for c in tree.classes if c in set(first.classes))
@@ -206,7 +207,7 @@ def select(tree: Tree, names: Sequence[str], option: str = "classes") -> Selecti
     for name in names:
         key = normalize_label(name)
         if key in seen:
-            raise NhlError(f"names {name!r} twice; name each class once", option)
+            raise NhlError(f"names {quoted(name)} twice; name each class once", option)
         seen[key] = name
     matches = tuple(resolve_name(tree, n) for n in names)
     chosen = {c for m in matches for c in m.classes}

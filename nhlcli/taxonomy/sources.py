@@ -13,7 +13,7 @@ import networkx as nx
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import CIFAR100_SUPERCLASSES, ClassEntry, flat_nested, leaf_node
 from nhlcli.taxonomy.compress import check_group_counts, check_levels, compress_hierarchy
-from nhlcli.taxonomy.labels import ROOT_ID, normalize_label
+from nhlcli.taxonomy.labels import ROOT_ID, normalize_label, quoted
 from nhlcli.taxonomy.tree import Tree, tool_stamp
 from nhlcli.taxonomy.wordnet import hypernym_graph, place_class, place_classes, synset_id
 
@@ -32,7 +32,7 @@ def shipped_tree(name: str) -> Tree:
     """Load a shipped tree by name, e.g. ``imagenet-1k-wordnet-l3``."""
     path = taxonomies_dir() / f"{name}.json"
     if not path.is_file():
-        raise NhlError(f"no shipped tree {name!r}; shipped: {', '.join(shipped_tree_names())}")
+        raise NhlError(f"no shipped tree {quoted(name)}; shipped: {', '.join(shipped_tree_names())}")
     return Tree.load(path)
 
 
@@ -79,7 +79,7 @@ def _imagenet_indices(entries: Sequence[ClassEntry], source: str) -> dict[str, i
         raise NhlError(
             f"the {source} source covers ImageNet-1k classes (WordNet ids such as n01440764)"
             f"{' and CIFAR-100' if source == 'superclass' else ''} only; "
-            f"not ImageNet-1k: {', '.join(missing[:5])}"
+            f"not ImageNet-1k: {', '.join(quoted(m) for m in missing[:5])}"
         )
     return index
 
@@ -178,7 +178,7 @@ def wordnet_nested(
     placements = place_classes(entries)
     unplaced = [e.id for e in entries if placements[e.id].synset is None]
     if unplaced:
-        shown = ", ".join(repr(u) for u in unplaced[:5])
+        shown = ", ".join(quoted(u) for u in unplaced[:5])
         raise NhlError(
             f"WordNet has no noun for {len(unplaced)} class(es): {shown}; give their WordNet ids "
             "(nNNNNNNNN or name.n.NN) in the class list, or use `source` hybrid"

@@ -18,7 +18,6 @@ the same depth (``levels``). Errors name the offending node.
 from __future__ import annotations
 
 import difflib
-import json
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +29,14 @@ import networkx as nx
 from nhlcli import __version__
 from nhlcli.atomic import atomic_write_json
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.labels import normalize_label
+from nhlcli.jsonio import loads_json
+from nhlcli.taxonomy.labels import MAX_NAME_CHARS, control_character, name_problem, normalize_label, quoted
 from nhlcli.taxonomy.selection import Selection, select
+from nhlcli.text import printable
 
 TREE_FORMAT = "nhl-tree"
 TREE_VERSION = 1
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -123,30 +125,28 @@ class Tree:
     def load(cls, path: str | Path) -> Tree:
         """Read and validate a tree file; every problem becomes a one-line :class:`NhlError`."""
         path = Path(path)
+        shown = printable(str(path))
         if path.is_dir():
             raise NhlError(
-                f"tree {path} is a directory; a tree is a JSON file written by 'nhl hierarchy build' "
+                f"tree {shown} is a directory; a tree is a JSON file written by 'nhl hierarchy build' "
                 "or the name of a shipped tree (see 'nhl hierarchy list')"
             )
         if not path.exists():
-            raise NhlError(f"tree file {path} does not exist; build one with 'nhl hierarchy build'")
+            raise NhlError(f"tree file {shown} does not exist; build one with 'nhl hierarchy build'")
         if not path.is_file():
-            raise NhlError(f"tree {path} is not a regular file; a tree is a JSON file")
+            raise NhlError(f"tree {shown} is not a regular file; a tree is a JSON file")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            raw = path.read_bytes()
         except OSError as exc:
-            raise NhlError(f"cannot read tree file {path}: {exc.strerror or exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise NhlError(f"{path} is not a text file; a tree file is JSON written by nhl") from exc
-        except json.JSONDecodeError as exc:
-            raise NhlError(
-                f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                "fix the file or rebuild it with 'nhl hierarchy build'"
-            ) from exc
+            raise NhlError(f"cannot read tree file {shown}: {exc.strerror or exc}") from exc
+        try:  # a BOM that an editor put in front is not part of the JSON
+            data = loads_json(raw.removeprefix(UTF8_BOM), f"tree file {shown}")
+        except NhlError as exc:
+            raise NhlError(f"{exc}; fix the file or rebuild it with 'nhl hierarchy build'") from None
         try:
             return cls.from_dict(data)
         except NhlError as exc:
-            raise NhlError(f"{path}: {exc}") from exc
+            raise NhlError(f"{shown}: {exc}") from exc
 
     @classmethod
     def from_dict(cls, data: Any) -> Tree:
@@ -155,7 +155,7 @@ class Tree:
             raise NhlError("a tree file must hold a JSON object with 'format': 'nhl-tree'")
         fmt = data.get("format")
         if fmt != TREE_FORMAT:
-            raise NhlError(f"not an nhl tree file (format is {fmt!r}, expected {TREE_FORMAT!r})")
+            raise NhlError(f"not an nhl tree file (format is {quoted(fmt)}, expected {TREE_FORMAT!r})")
         check_format_version(
             data.get("version"), TREE_VERSION, "tree file", "fix it or rebuild it with 'nhl hierarchy build'"
         )
@@ -168,10 +168,17 @@ class Tree:
             specs = _specs_from_list(data["nodes"])
         else:
             raise NhlError("tree file needs a nested 'tree' object or a 'nodes' list")
-        tree = cls._from_specs(specs, classes, str(data.get("name", "")), data.get("source") or {})
+        name = data.get("name")
+        if name is not None:
+            name = _text(name, "'name'", "the tree", empty_ok=True)
+        source = data.get("source")
+        if source is not None and not isinstance(source, dict):
+            raise NhlError(f"'source' must be a JSON object (got {quoted(source)})")
+        _check_source_text(source or {}, "'source'")
+        tree = cls._from_specs(specs, classes, name or "", source or {})
         declared = data.get("levels")
         if declared is not None and declared != tree.levels:
-            raise NhlError(f"'levels' says {declared} but the leaves are at depth {tree.levels}")
+            raise NhlError(f"'levels' says {quoted(declared)} but the leaves are at depth {tree.levels}")
         return tree
 
     @classmethod
@@ -189,6 +196,7 @@ class Tree:
     def _from_specs(cls, specs: list[_Spec], classes: list[str], name: str, source: dict[str, Any]) -> Tree:
         seen_classes: set[str] = set()
         for c in classes:
+            _text(c, "class id", "'classes'")
             if c in seen_classes:
                 raise NhlError(f"duplicate class {c!r}: 'classes' lists it twice")
             seen_classes.add(c)
@@ -262,6 +270,15 @@ class Tree:
         return depths.pop()
 
     # ------------------------------------------------------------------ properties
+    @property
+    def name(self) -> str:
+        """The tree's name (shown by ``hierarchy show``, stored in files): plain text, checked when set."""
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = _text(value, "name", "the tree", empty_ok=True)
+
     @property
     def root(self) -> str:
         return self._root
@@ -350,12 +367,15 @@ class Tree:
             return max(hits, key=lambda h: self.node(h).depth)
         if len(hits) > 1:
             options = ", ".join(f"{h} ({self.node(h).name})" for h in hits[:6])
-            raise NhlError(f"{label!r} is ambiguous in this tree: use one of the ids {options}")
-        if label.strip().isdigit() and int(label) < len(self._classes):  # a class index
-            return self._classes[int(label)]
-        close = difflib.get_close_matches(normalize_label(label), list(lookup), n=5, cutoff=0.6)
+            raise NhlError(f"{quoted(label)} is ambiguous in this tree: use one of the ids {options}")
+        index = label.strip()
+        if index.isdecimal() and len(index) < 10 and int(index) < len(self._classes):  # a class index
+            return self._classes[int(index)]
+        close: list[str] = []
+        if len(label) <= MAX_NAME_CHARS:  # difflib's time grows with the square of the length
+            close = difflib.get_close_matches(normalize_label(label), list(lookup), n=5, cutoff=0.6)
         hint = f"; closest: {', '.join(close)}" if close else ""
-        raise NhlError(f"unknown class or node {label!r}{hint}")
+        raise NhlError(f"unknown class or node {quoted(label)}{hint}")
 
     def _label_lookup(self) -> dict[str, list[str]]:
         """Normalized label -> node ids; ids, names and WordNet ids come before aliases, so a
@@ -480,10 +500,18 @@ class Tree:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _text(value: Any, what: str, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise NhlError(f"{where}: {what} must be a non-empty string (got {value!r})")
+def _text(value: Any, what: str, where: str, empty_ok: bool = False) -> str:
+    """``value`` if it is a string that can name something (no control characters, not huge)."""
+    if not isinstance(value, str) or not (empty_ok or value.strip()):
+        raise NhlError(f"{where}: {what} must be a non-empty string (got {quoted(value)})")
+    problem = name_problem(value)
+    if problem:
+        raise NhlError(f"{where}: {what} {quoted(value)} {problem}")
     return value
+
+
+def _optional_text(value: Any, what: str, where: str) -> str | None:
+    return None if value is None or value == "" else _text(value, what, where)
 
 
 def _aliases(value: Any, where: str) -> tuple[str, ...]:
@@ -491,7 +519,23 @@ def _aliases(value: Any, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
         raise NhlError(f"{where}: 'aliases' must be a list of strings")
-    return tuple(value)
+    return tuple(_text(a, "alias", where) for a in value)
+
+
+def _check_source_text(value: Any, where: str) -> None:
+    """Refuse control characters in the strings of a tree's ``source`` (its kind is printed)."""
+    stack = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            bad = control_character(item)
+            if bad is not None:
+                raise NhlError(f"{at}: {quoted(item)} holds the control character {printable(bad)}")
+        elif isinstance(item, dict):
+            stack.extend((v, f"{at}.{quoted(k)}") for k, v in item.items())
+            stack.extend((k, at) for k in item)
+        elif isinstance(item, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
 
 
 def _specs_from_nested(root: Any) -> list[_Spec]:
@@ -506,8 +550,8 @@ def _specs_from_nested(root: Any) -> list[_Spec]:
         specs.append(
             _Spec(
                 id=node_id,
-                name=str(obj.get("name") or node_id),
-                wnid=obj.get("wnid"),
+                name=_optional_text(obj.get("name"), "'name'", where) or node_id,
+                wnid=_optional_text(obj.get("wnid"), "'wnid'", where),
                 aliases=_aliases(obj.get("aliases"), where),
                 parent=parent,
                 where=where,
@@ -541,8 +585,8 @@ def _specs_from_list(nodes: Any) -> list[_Spec]:
         specs.append(
             _Spec(
                 id=node_id,
-                name=str(obj.get("name") or node_id),
-                wnid=obj.get("wnid"),
+                name=_optional_text(obj.get("name"), "'name'", f"node {node_id!r}") or node_id,
+                wnid=_optional_text(obj.get("wnid"), "'wnid'", f"node {node_id!r}"),
                 aliases=_aliases(obj.get("aliases"), f"node {node_id!r}"),
                 parent=parent,
                 where=where,

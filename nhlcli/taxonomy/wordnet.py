@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,7 @@ import networkx as nx
 from nhlcli.errors import NhlError
 from nhlcli.paths import check_output_dir
 from nhlcli.taxonomy.classes import SYNSET_NAME_RE, WNID_RE, ClassEntry
+from nhlcli.taxonomy.labels import quoted
 
 MISSING_WORDNET = (
     "WordNet data for nltk was not found: run 'python -m nltk.downloader wordnet' (online), or "
@@ -156,6 +158,29 @@ def wordnet_reader() -> Any:
     return wordnet
 
 
+def synset_at(wnid: str) -> Any | None:
+    """The noun synset whose WordNet id is ``wnid`` (``n01440764``), or ``None`` when there is none.
+
+    nltk answers an offset without a synset with a ``UserWarning`` and ``None`` (or raises for
+    some): the warning would be printed above nhl's own one-line error, so it is silenced here.
+    """
+    with quiet_nltk():
+        try:
+            return wordnet_reader().synset_from_pos_and_offset("n", int(wnid[1:]))
+        except NhlError:
+            raise
+        except Exception:  # nltk raises WordNetError or a bare Exception on some bad offsets
+            return None
+
+
+@contextmanager
+def quiet_nltk() -> Iterator[None]:
+    """nltk's lookups without its warnings: nhl reports what they mean in its own words."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def synset_id(synset: Any) -> str:
     """ImageNet-style id of a noun synset: ``n`` and the 8-digit offset."""
     return f"{synset.pos()}{synset.offset():08d}"
@@ -187,19 +212,24 @@ def place_class(entry: ClassEntry) -> Placement:
     wn = wordnet_reader()
     ref = entry.wordnet
     if ref and WNID_RE.match(ref):
-        try:
-            return Placement(wn.synset_from_pos_and_offset("n", int(ref[1:])), False)
-        except Exception as exc:  # nltk raises WordNetError or a bare Exception on a bad offset
-            raise NhlError(f"class {entry.id!r}: {ref} is not a WordNet 3.0 noun id") from exc
-    if ref and SYNSET_NAME_RE.match(ref):
-        try:
-            return Placement(wn.synset(ref), False)
-        except Exception as exc:
-            raise NhlError(f"class {entry.id!r}: {ref} is not a WordNet 3.0 synset") from exc
-    for label in (entry.name, entry.id, *entry.aliases):
-        senses = wn.synsets(label.strip().replace(" ", "_"), pos="n")
-        if senses:
-            return Placement(senses[0], len(senses) > 1)
+        synset = synset_at(ref)
+        if synset is None:
+            raise NhlError(
+                f"class {quoted(entry.id)}: {ref} is not a WordNet 3.0 noun id; fix it in the class list"
+            )
+        return Placement(synset, False)
+    with quiet_nltk():
+        if ref and SYNSET_NAME_RE.match(ref):
+            try:
+                return Placement(wn.synset(ref), False)
+            except Exception as exc:
+                raise NhlError(
+                    f"class {quoted(entry.id)}: {quoted(ref)} is not a WordNet 3.0 synset"
+                ) from exc
+        for label in (entry.name, entry.id, *entry.aliases):
+            senses = wn.synsets(label.strip().replace(" ", "_"), pos="n")
+            if senses:
+                return Placement(senses[0], len(senses) > 1)
     return Placement(None, True)
 
 
@@ -256,10 +286,8 @@ def _up(synset: Any) -> list[Any]:
 @lru_cache(maxsize=4096)
 def concepts_above(wnid: str) -> frozenset[str]:
     """The WordNet ids of ``wnid`` and every concept above it (all hypernym paths, not just one)."""
-    wn = wordnet_reader()
-    try:
-        synset = wn.synset_from_pos_and_offset("n", int(wnid[1:]))
-    except Exception:  # nltk raises WordNetError or a bare Exception on a bad offset
+    synset = synset_at(wnid)
+    if synset is None:
         return frozenset()
     return frozenset({wnid, *(synset_id(s) for s in synset.closure(_up))})
 
@@ -268,14 +296,16 @@ def _senses(name: str) -> list[Any]:
     """The noun synsets ``name`` may mean: a WordNet id, a synset name, or a word (most frequent first)."""
     wn = wordnet_reader()
     text = name.strip()
-    try:
-        if WNID_RE.match(text):
-            return [wn.synset_from_pos_and_offset("n", int(text[1:]))]
-        if SYNSET_NAME_RE.match(text):
-            return [wn.synset(text)]
-    except Exception:
-        return []
-    return wn.synsets(text.replace(" ", "_"), pos="n")
+    if WNID_RE.match(text):
+        synset = synset_at(text)
+        return [] if synset is None else [synset]
+    with quiet_nltk():
+        try:
+            if SYNSET_NAME_RE.match(text):
+                return [wn.synset(text)]
+            return wn.synsets(text.replace(" ", "_"), pos="n")
+        except Exception:  # nltk's WordNetError for an unknown synset name
+            return []
 
 
 def covering_concepts(name: str, class_wnids: dict[str, str]) -> list[Concept]:
@@ -293,10 +323,11 @@ def covering_concepts(name: str, class_wnids: dict[str, str]) -> list[Concept]:
 
 def concept_words(class_wnids: dict[str, str]) -> list[str]:
     """Every word (lemma) of every concept above the classes: the names that would resolve."""
-    wn = wordnet_reader()
     ids = set().union(*(concepts_above(w) for w in class_wnids.values()))
     words = set()
     for wnid in ids:
-        synset = wn.synset_from_pos_and_offset("n", int(wnid[1:]))
+        synset = synset_at(wnid)
+        if synset is None:
+            continue
         words.update(lemma.replace("_", " ").lower() for lemma in synset.lemma_names())
     return sorted(words)

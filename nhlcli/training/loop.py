@@ -1,8 +1,11 @@
 """The training loop shared by NHL and flat models: one loop, so comparisons are like for like.
 
 AdamW or SGD, cosine schedule with warmup (timm), timm's transforms with RandAugment, mixed
-precision on GPU, a fixed seed, validation every epoch, an atomic checkpoint every epoch,
-``resume``, Ctrl-C that saves and stops cleanly, and DDP under torchrun (rank 0 writes).
+precision on GPU, a seed for the data order and augmentation of every epoch (so a resumed run
+trains as the uninterrupted one; :func:`seed_everything` seeds the initial weights), validation
+every epoch, an atomic checkpoint every epoch, ``resume``, an optional time budget that ends the
+run annealed (:class:`_TimeBudget`), Ctrl-C that saves and stops cleanly, and DDP under torchrun
+(rank 0 writes).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nhlcli import locks
 from nhlcli.data import (
     bad_image_names,
     split_bad,
@@ -29,7 +33,7 @@ from nhlcli.data import (
     unreadable_image_message,
     unreadable_split_error,
 )
-from nhlcli.devices import autocast_for
+from nhlcli.devices import autocast_for, bf16_unsafe_convolutions, cpu_has_fast_bf16
 from nhlcli.distributed import DistInfo, all_sum, barrier, setup, teardown
 from nhlcli.errors import NhlError
 from nhlcli.evaluation import evaluate
@@ -59,7 +63,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     classes: tuple[str, ...] = ()  # the selection when the model covers only some of the data's classes
     skip_bad_images: bool = False  # leave undecodable images out (counted and named) instead of stopping
-    time_budget_s: float | None = None  # train as many of ``epochs`` as fit this (timed on the real loop)
+    time_budget_s: float | None = None  # stop when this is spent, annealed (at most ``epochs``): _TimeBudget
     holdout: float = 0.0  # validate on this stratified fraction of the training images, not the val split
 
 
@@ -79,6 +83,21 @@ def option_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+SEED_LIMIT = 2**63  # torch.manual_seed takes 64 bits; one is kept back so seed + rank still fits
+SEED_NEED = "a whole number from 0 to 2**63 - 1"
+
+
+def _valid_seed(seed: object) -> bool:
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` if torch, numpy and Python can all be seeded with it, else a one-line error."""
+    if not _valid_seed(seed):
+        raise NhlError(f"{option_name('seed')} must be {SEED_NEED}, got {seed}")
+    return seed  # type: ignore[return-value]
+
+
 def validate_config(config: TrainConfig) -> None:
     """Refuse values that would silently mean something else (0 steps = no limit, -1 warmup, nan)."""
     checks = [
@@ -91,7 +110,9 @@ def validate_config(config: TrainConfig) -> None:
         (config.workers >= 0, "workers", "0 or more"),
         (config.max_steps_per_epoch is None or config.max_steps_per_epoch >= 1,
          "max_steps_per_epoch", "at least 1 (leave it out for whole epochs)"),
-        (config.time_budget_s is None or config.time_budget_s > 0, "time_budget_s", "positive"),
+        (config.time_budget_s is None or (math.isfinite(config.time_budget_s) and config.time_budget_s > 0),
+         "time_budget_s", "a positive number of seconds"),
+        (_valid_seed(config.seed), "seed", SEED_NEED),
         (0.0 <= config.holdout < 1.0, "holdout", "a fraction in [0, 1) (0: validate on the val split)"),
     ]  # fmt: skip
     for ok, name, need in checks:
@@ -128,8 +149,9 @@ class TrainResult:
     interrupted_at: dict[str, int] | None = None  # epoch and steps done when Ctrl-C came (not kept)
     resumed_changes: dict[str, list[Any]] = field(default_factory=dict)  # runtime options a resume changed
     already_done: bool = False  # resumed a run that had finished: nothing trained, the model rewritten
-    time_budget: dict[str, Any] | None = None  # epochs a time budget fixed, and the epoch time it saw
+    time_budget: dict[str, Any] | None = None  # a budgeted run: time spent, whether it ended the run
     bad_images: list[str] = field(default_factory=list)  # files left out by skip_bad_images
+    precision_note: str | None = None  # why CPU training ran in float32 although amp was asked for
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else None
@@ -142,6 +164,7 @@ class TrainResult:
             "resumed_changes": self.resumed_changes,
             "already_done": self.already_done,
             "time_budget": self.time_budget,
+            "precision_note": self.precision_note,
             "bad_images": self.bad_images,
             "val_top1": last.val_top1 if last else None,
             "val_top5": last.val_top5 if last else None,
@@ -159,9 +182,34 @@ def _set_trunk_memory_format(model: nn.Module, memory_format: torch.memory_forma
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators (CPU and every GPU) from ``seed``.
+
+    Call it before building the model: the initial weights are drawn when the model is built,
+    so a model built before seeding differs from run to run whatever ``TrainConfig.seed`` says
+    (``nhl train --seed`` and ``nhl demo`` do this). :func:`train` seeds again per epoch for the
+    data order and augmentation. Refuses seeds outside 0 .. 2**63 - 1 in one line.
+    """
+    check_seed(seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(np.random.SeedSequence(seed).generate_state(1)[0])  # numpy takes 32 bits
     torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one epoch on one rank: a function of these three alone, so that a resumed run
+    draws the same data order and augmentation for an epoch as an uninterrupted one."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0]) >> 1
+
+
+def seed_epoch(seed: int, epoch: int, rank: int, train_loader: Any) -> None:
+    """Seed the generators the epoch's training draws from: the process's own (augmentation and
+    drawn images without loader workers, dropout) and the loader's (the shuffle, and the seeds
+    of the worker processes it starts for the epoch)."""
+    epoch_seed = _epoch_seed(seed, epoch, rank)
+    seed_everything(epoch_seed)
+    generator = getattr(train_loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(epoch_seed)
 
 
 def train(
@@ -175,22 +223,39 @@ def train(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     loaders: tuple[Any, Any] | None = None,
     overwrite: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` (ImageFolder directory or ``fashion-mnist``) and save it.
 
     Checkpoints go to ``checkpoint_dir`` (default: ``<output>.ckpt``) after every epoch;
     ``resume`` continues from there with the same recipe (see :data:`RECIPE_FIELDS`). A fresh
-    run refuses to replace an unfinished run's checkpoint unless ``overwrite``. Under torchrun
+    run refuses to replace an unfinished run's checkpoint unless ``overwrite``. ``options`` (the
+    command's model options) are kept in the checkpoint, so a resume can take them from there.
+    The output and the checkpoint directory are locked while the run writes them. Under torchrun
     every rank calls this; rank 0 writes.
+
+    ``config.seed`` seeds each epoch's data order and augmentation (loader workers included) by
+    epoch and rank; the model's initial weights are seeded by :func:`seed_everything` before it
+    is built. With ``config.time_budget_s`` the run stops when the budget is spent (at most
+    ``config.epochs``), the learning rate annealed by the fraction spent; see :class:`_TimeBudget`.
     """
     validate_config(config)
     checkpoint_dir = checkpoint_dir_for(output, checkpoint_dir)
-    check_fresh_start(checkpoint_dir, resume, overwrite)
-    info = setup(config.device)
-    try:
-        return _train(model, data, output, config, checkpoint_dir, resume, progress, on_epoch, loaders, info)
-    finally:
-        teardown(info)
+    check_outputs(output, checkpoint_dir, data)
+    with contextlib.ExitStack() as held:
+        held.enter_context(locks.holding(checkpoint_dir, "checkpoint directory"))
+        if output is not None:
+            held.enter_context(locks.holding(output))
+        check_fresh_start(checkpoint_dir, resume, overwrite)
+        record = {"data": str(data), **(options or {})}
+        info = setup(config.device)
+        try:
+            return _train(
+                model, data, output, config, checkpoint_dir, resume, progress, on_epoch, loaders, info,
+                options=record,
+            )  # fmt: skip
+        finally:
+            teardown(info)
 
 
 def resolve_config(given: Mapping[str, Any], checkpoint_dir: str | Path | None = None) -> TrainConfig:
@@ -202,8 +267,13 @@ def resolve_config(given: Mapping[str, Any], checkpoint_dir: str | Path | None =
         sidecar = ckpt.read_sidecar(checkpoint_dir)
         if sidecar is None:
             raise NhlError(f"no checkpoint in {checkpoint_dir} to resume from; start without `resume`")
-        base = dict(sidecar.get("extra", {}).get("config", {}))
-        base.pop("time_budget_s", None)  # the budget fixed the epochs, which are recorded
+        base = dict(sidecar["extra"].get("config", {}))
+        problem = _stored_config_problem(base)
+        if problem:
+            raise NhlError(
+                f"the checkpoint in {checkpoint_dir} is damaged: {problem}; `resume` cannot continue it "
+                "(delete the directory, or pass `overwrite` to start over)"
+            )
     fields = {f for f in TrainConfig.__dataclass_fields__}
     merged = {k: v for k, v in base.items() if k in fields}
     merged.update({k: v for k, v in given.items() if v is not None})
@@ -211,6 +281,61 @@ def resolve_config(given: Mapping[str, Any], checkpoint_dir: str | Path | None =
         if merged.get(key) is not None:
             merged[key] = tuple(merged[key])
     return TrainConfig(**merged)
+
+
+def _stored_config_problem(stored: Mapping[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's recorded config (hand-edited: ``"epochs": "two"``), judged
+    against the types of :class:`TrainConfig`'s defaults; ``None``: nothing."""
+    defaults = asdict(TrainConfig())
+    for key, value in stored.items():
+        if key not in defaults or value is None:
+            continue
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int) or key == "max_steps_per_epoch":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float) or key == "time_budget_s":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, str) or key in ("augment", "device"):
+            ok = isinstance(value, str)
+        elif key == "crop_scale":
+            ok = (
+                isinstance(value, list)
+                and len(value) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            )
+        elif key == "classes":
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = True
+        if not ok:
+            return f"its config's '{key}' is {value!r}"
+    return None
+
+
+def check_outputs(output: str | Path | None, checkpoint_dir: str | Path, data: str | Path | None) -> None:
+    """Refuse a model file inside the checkpoint directory (the checkpoint's next save or clean-up
+    would remove it, or it would replace the checkpoint), and outputs inside the data folder (a
+    checkpoint directory there becomes a class folder, breaking every later run on the data)."""
+    ckdir = Path(checkpoint_dir).resolve()
+    if output is not None:
+        target = Path(output).resolve()
+        if target == ckdir or ckdir in target.parents:
+            raise NhlError(
+                f"{output} is inside the checkpoint directory {checkpoint_dir}, whose files the run "
+                "replaces and removes; write the model outside it",
+                "output",
+            )
+    if data is not None and str(data).strip() and Path(data).is_dir():
+        root = Path(data).resolve()
+        for label, path in (("output", output), ("checkpoint_dir", checkpoint_dir)):
+            if path is not None and (Path(path).resolve() == root or root in Path(path).resolve().parents):
+                raise NhlError(
+                    f"{path} is inside the data folder {data}; it would become part of the data set "
+                    "(a class folder or an image): choose a path outside it",
+                    label,
+                )
 
 
 def checkpoint_dir_for(output: str | Path | None, checkpoint_dir: str | Path | None) -> Path:
@@ -227,19 +352,24 @@ def check_fresh_start(checkpoint_dir: Path, resume: bool, overwrite: bool) -> No
     and refuse ``resume`` with ``overwrite`` (they ask for opposite things)."""
     if resume and overwrite:
         raise NhlError("`resume` continues the checkpointed run and `overwrite` discards it; give one")
+    ckpt.check_ownership(checkpoint_dir)  # never write over, or discard, files nhl did not write
     if resume or overwrite:
         return
     sidecar = ckpt.read_sidecar(checkpoint_dir)
     if sidecar is None:
         return
-    planned = sidecar.get("extra", {}).get("config", {}).get("epochs")
-    if planned is not None and sidecar.get("epoch", 0) >= planned:
+    planned = sidecar["extra"].get("config", {}).get("epochs")
+    if _whole_number(planned) and sidecar["epoch"] >= planned:
         return  # a finished run: its result is the model file; the checkpoint can go
     done = f"{sidecar.get('epoch')} of {planned}" if planned else str(sidecar.get("epoch"))
     raise NhlError(
         f"{checkpoint_dir} holds an unfinished run ({done} epochs done); continue it with `resume`, "
         "or pass `overwrite` to start over and discard it"
     )
+
+
+def _whole_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _make_loaders(model: nn.Module, data: str | Path, config: TrainConfig, info: DistInfo) -> tuple[Any, Any]:
@@ -287,41 +417,65 @@ def resume_changes(stored: Mapping[str, Any], config: TrainConfig) -> dict[str, 
 
 
 class _TimeBudget:
-    """Fixes the number of epochs from the real loop's speed, early in the first epoch.
+    """Ends a run when its time budget is spent, however the machine's speed changes meanwhile.
 
-    A probe on random tensors leaves out data loading, the loader's share of the cores,
-    validation and the loop's own work, and so overestimates speed by 2x on a 2-core machine.
-    Timing the first real steps (after a few warm-up steps) and a few validation batches gives
-    the epoch time as it will be; deciding during warmup, before the cosine decay starts, leaves
-    the schedule exactly as if the epoch count had been given.
+    The epoch count is not decided up front (a machine that slows down under another process's
+    load would overrun it): the run trains until the budget is spent or ``epochs`` are done,
+    whichever comes first, and the learning-rate schedule follows the run's progress, the
+    further along of the fraction of steps done and the fraction of the budget spent. So the
+    warmup and the cosine decay stretch or shrink with the machine's speed and the last step
+    ends at the schedule's minimum either way. The budget covers training and validation: one
+    validation's time (probed after a few steps, then measured each epoch) is kept back for the
+    final one. The time spent is kept in the checkpoint, so a resumed run gets what is left.
     """
 
-    WARMUP_STEPS = 5
-    TIMED_STEPS = 25
+    WARMUP_STEPS = 5  # steps before the validation probe (the first ones pay for start-up)
     VAL_PROBE_BATCHES = 4
+    clock = staticmethod(time.perf_counter)  # tests replace it with a fake clock
 
-    def __init__(self, budget_s: float, steps_per_epoch: int) -> None:
+    def __init__(self, budget_s: float, total_steps: int, spent_s: float = 0.0) -> None:
         self.budget_s = budget_s
-        self.decide_at = min(steps_per_epoch, self.WARMUP_STEPS + self.TIMED_STEPS)
-        self.steps_per_epoch = steps_per_epoch
-        self.timer_start = 0.0
-        self.started = time.perf_counter()
-        self.decided = False
+        self.total_steps = max(total_steps, 1)
+        self.spent_before = spent_s
+        self.started = self.clock()
+        self.val_s: float | None = None  # the time one validation takes, once known
+        self.ended = False  # the budget, not the epoch count, ended the run
 
-    def after_step(self, i: int) -> bool:
-        """Call after step ``i`` (1-based) of the first epoch; True once it is time to decide."""
-        if i == min(self.WARMUP_STEPS, self.decide_at - 1):
-            self.timer_start = time.perf_counter()
-        return not self.decided and i == self.decide_at
+    def spent(self) -> float:
+        """Seconds of the budget spent, by this process and by the runs it resumes."""
+        return self.spent_before + self.clock() - self.started
 
-    def epochs(self, timed_steps: int, val_batch_s: float, val_batches: int, most: int) -> tuple[int, float]:
-        """How many epochs fit (at least 1, at most ``most``) and the estimated epoch time."""
-        step_s = (time.perf_counter() - self.timer_start) / max(timed_steps, 1)
-        epoch_s = self.steps_per_epoch * step_s + val_batches * val_batch_s
-        spent_before = self.timer_start - self.started  # loader start-up and warm-up steps, paid once
-        self.decided = True
-        fit = int((self.budget_s - spent_before) // epoch_s) if epoch_s > 0 else most
-        return max(1, min(most, fit)), epoch_s
+    def progress(self, step: int) -> float:
+        """The fraction of the run done after ``step`` steps: of the steps, or of the budget
+        less one validation, whichever is further along (1.0: the run is over)."""
+        train_s = max(self.budget_s - (self.val_s or 0.0), 0.1 * self.budget_s)
+        return min(1.0, max(step / self.total_steps, self.spent() / train_s))
+
+    def record(self, epochs: int, steps: int, lr: float) -> dict[str, Any]:
+        """What the training summary and the checkpoint keep about the budget."""
+        return {
+            "budget_seconds": self.budget_s,
+            "spent_seconds": round(self.spent(), 3),
+            "ended_by_budget": self.ended,
+            "epochs": epochs,
+            "steps": steps,
+            "final_lr": lr,
+        }
+
+
+def _budget_spent(state: ckpt.Checkpoint | None) -> tuple[float, bool]:
+    """The seconds of its time budget a checkpointed run had spent (0 for a fresh run), and
+    whether the budget ended it (a resume then trains nothing more)."""
+    if state is None:
+        return 0.0, False
+    record = state.meta.get("extra", {}).get("time_budget", {})
+    spent = record.get("spent_seconds", 0.0) if isinstance(record, dict) else None
+    if isinstance(spent, bool) or not isinstance(spent, (int, float)) or not 0 <= spent < math.inf:
+        raise NhlError(
+            f"the checkpoint's time budget record says {spent!r} seconds spent, not a number of "
+            "seconds; start the run over with `overwrite`"
+        )
+    return float(spent), record.get("ended_by_budget") is True
 
 
 @torch.no_grad()
@@ -353,22 +507,28 @@ def _train(
     on_epoch: Callable[[EpochRecord], None] | None,
     loaders: tuple[Any, Any] | None,
     info: DistInfo,
+    options: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
-    seed_everything(config.seed + info.rank)
+    seed_everything(config.seed)  # the data order and augmentation are seeded per epoch and rank
     device = info.device
     model.to(device)
     # oneDNN and cuDNN convolutions run faster channels-last; the branches already are
     channels_last = _set_trunk_memory_format(model, torch.channels_last)
     state = ckpt.load_checkpoint(checkpoint_dir) if resume else None
+    if info.is_main:  # holding the directory's lock: what a crash left half-made is nobody's
+        ckpt.clean_stale(checkpoint_dir)
+        if state is None:
+            ckpt.discard(checkpoint_dir)  # a crash of this run must not resume the one it replaces
     changes: dict[str, list[Any]] = {}
     if state is not None:
-        if state.meta["model"] != model.config():
+        difference = ckpt.model_difference(state.meta["model"], model.config())
+        if difference:
             raise NhlError(
-                f"the checkpoint in {checkpoint_dir} is for a different model or tree; resume with the "
-                "same options or delete the directory"
+                f"the checkpoint in {checkpoint_dir} is for another model: {difference}; resume with the "
+                "run's options (or leave them out), or start over with `overwrite`"
             )
         changes = resume_changes(state.meta.get("extra", {}).get("config", {}), config)
         if config.epochs < state.epoch:
@@ -406,16 +566,34 @@ def _train(
         scheduler.t_initial = max(config.epochs * steps_per_epoch, 2)  # a changed epoch count stretches it
         start_epoch, step = state.epoch, state.step
         extra = state.meta.get("extra", {})
-        history = [EpochRecord(**h) for h in extra.get("history", [])]
+        try:
+            history = [EpochRecord(**h) for h in extra.get("history", [])]
+        except TypeError as exc:
+            raise NhlError(
+                f"the checkpoint in {checkpoint_dir} is damaged: its history does not read ({exc}); "
+                "`resume` cannot continue it (delete the directory, or pass `overwrite` to start over)"
+            ) from None
         resumes = [*extra.get("resumes", []), {"at_epoch": start_epoch, "changed": changes}]
     result = TrainResult(str(output) if output else None, str(checkpoint_dir), start_epoch, history)
     result.resumed_changes = changes
-    budget = (
-        _TimeBudget(config.time_budget_s, steps_per_epoch)
-        if config.time_budget_s is not None and state is None
-        else None
-    )
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and config.amp else None
+    budget = None
+    if config.time_budget_s is not None:
+        spent, ended = _budget_spent(state)
+        if state is not None and (ended or spent >= config.time_budget_s):  # nothing left to train
+            config = replace(config, epochs=state.epoch)
+            changes.pop("epochs", None)
+        budget = _TimeBudget(config.time_budget_s, config.epochs * steps_per_epoch, spent)
+        budget.ended = ended
+    amp = config.amp
+    if device.type == "cpu" and amp and cpu_has_fast_bf16():
+        unsafe = bf16_unsafe_convolutions(model, tuple(model.input_config.size))
+        if unsafe:  # oneDNN's bf16 backward is wrong there: train in float32 (recorded in the summary)
+            amp = False
+            result.precision_note = (
+                f"trained in float32: at {model.input_config.size[1]} px the convolution {unsafe[0]} "
+                "strides past its whole input map, where CPU bfloat16 gradients are wrong"
+            )
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and amp else None
     use_scaler = scaler is not None and not torch.cuda.is_bf16_supported()
     net: nn.Module = model
     if info.enabled:
@@ -430,12 +608,16 @@ def _train(
             "history": [asdict(h) for h in history],
             **({"resumes": resumes} if resumes else {}),
             **({"bad_images": bad_names} if bad_names else {}),
+            **({"time_budget": budget_record()} if budget is not None else {}),
         }
 
+    def budget_record() -> dict[str, Any]:
+        assert budget is not None
+        return budget.record(result.epochs_done, step, float(optimizer.param_groups[0]["lr"]))
+
     def save_state(epochs_done: int) -> None:
-        ckpt.save_checkpoint(
-            checkpoint_dir, model, optimizer, scheduler, epochs_done, step, extra=run_record()
-        )
+        extra = {**run_record(), **({"options": dict(options)} if options else {})}
+        ckpt.save_checkpoint(checkpoint_dir, model, optimizer, scheduler, epochs_done, step, extra=extra)
 
     bad_indices: set[int] = set()
     bad_names: list[str] = list(state.meta.get("extra", {}).get("bad_images", [])) if state else []
@@ -451,6 +633,7 @@ def _train(
                 sampler = getattr(train_loader, "sampler", None)
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(epoch)
+                seed_epoch(config.seed, epoch, info.rank, train_loader)
                 net.train()
                 started, seen, loss_sum, hits, steps_done = time.perf_counter(), 0, 0.0, 0, 0
                 for i, (images, targets) in enumerate(_batches(train_loader), start=1):
@@ -466,8 +649,19 @@ def _train(
                     if targets.numel() or info.enabled:  # under DDP every rank joins every backward
                         if channels_last:
                             images = images.contiguous(memory_format=torch.channels_last)
-                        with autocast_for(device, config.amp, training=True):
-                            logits = net(images)
+                        with autocast_for(device, amp, training=True):
+                            try:
+                                logits = net(images)
+                            except ValueError as exc:
+                                if "more than 1 value per channel" not in str(exc):
+                                    raise
+                                if targets.numel() == 1 and config.batch_size > 1 and not info.enabled:
+                                    continue  # unreadable images left one: BatchNorm cannot train on it
+                                raise NhlError(
+                                    "BatchNorm cannot train on one image whose feature map is 1 pixel "
+                                    f"(a step of {targets.numel()} image); give `batch_size` 2 or more, "
+                                    "or a larger input size"
+                                ) from None
                             loss = (
                                 F.cross_entropy(
                                     logits.float(), targets, label_smoothing=config.label_smoothing
@@ -490,26 +684,34 @@ def _train(
                         hits += int((logits.argmax(1) == targets).sum())
                     step += 1
                     steps_done = i
-                    scheduler.step_update(step)
+                    if budget is None:
+                        scheduler.step_update(step)
+                    else:
+                        if i == budget.WARMUP_STEPS and budget.val_s is None:
+                            budget.val_s = len(val_loader) * _time_validation(
+                                model, val_loader, device, config.amp, budget.VAL_PROBE_BATCHES
+                            )
+                        done = budget.progress(step)
+                        if info.enabled:  # every rank the same learning rate and the same last step
+                            done = all_sum(info, done)[0] / info.world_size
+                        scheduler.step_update(done * scheduler.t_initial)  # timm takes fractional steps
                     rate = seen * info.world_size / (time.perf_counter() - started)
                     bar.step(epoch, i, loss_sum / max(seen, 1), hits / max(seen, 1), rate)
-                    if budget is not None and budget.after_step(i):
-                        val_s = _time_validation(
-                            model, val_loader, device, config.amp, budget.VAL_PROBE_BATCHES
-                        )
-                        timed = budget.decide_at - min(budget.WARMUP_STEPS, budget.decide_at - 1)
-                        fit, epoch_s = budget.epochs(timed, val_s, len(val_loader), config.epochs)
-                        fit = int(all_sum(info, fit)[0] / info.world_size)  # every rank runs as many
-                        config = replace(config, epochs=fit)
-                        scheduler.t_initial = max(fit * steps_per_epoch, 2)
-                        result.time_budget = {"epochs": fit, "epoch_seconds": round(epoch_s, 1)}
-                        bar.set_epochs(fit)
+                    if budget is not None and done >= 1.0:
+                        budget.ended = step < config.epochs * steps_per_epoch
+                        break
                 seconds = time.perf_counter() - started
                 seen_all, loss_all, hits_all = all_sum(info, seen, loss_sum, hits)
                 if seen_all == 0:
                     raise unreadable_split_error(train_loader.dataset, sorted(bad_indices))
                 val_bad: set[int] = set()
+                val_started = time.perf_counter()
                 val = evaluate(model, _batches(val_loader), device, info, amp=config.amp, bad_indices=val_bad)
+                if budget is not None:
+                    budget.val_s = time.perf_counter() - val_started
+                    if budget.ended:  # the run is over: its length is what ran, so resume sees it done
+                        config = replace(config, epochs=epoch + 1)
+                        bar.set_epochs(epoch + 1)
                 epoch_record = EpochRecord(
                     epoch=epoch + 1,
                     train_loss=loss_all / seen_all,
@@ -541,6 +743,8 @@ def _train(
     finally:  # hand back the model laid out as a loaded one is, so both give identical logits
         _set_trunk_memory_format(model, torch.contiguous_format)
     result.bad_images = bad_names
+    if budget is not None:
+        result.time_budget = budget_record()
     result.already_done = state is not None and start_epoch >= config.epochs
     if output is not None and info.is_main:
         from nhlcli.profiling import cost_report
