@@ -52,18 +52,12 @@ while True:
 
 
 def machine() -> dict[str, object]:
-    """CPU model (lscpu), core count and the torch threads a fresh process gets."""
+    """bench_demo's machine facts (CPU model, bf16 flags, cores) and the torch threads a fresh
+    process gets."""
     import torch
+    from bench_demo import machine as cpu
 
-    info: dict[str, object] = {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return info
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    info["model"] = fields.get("Model name", "").strip()
-    info["lscpu_cpus"] = fields.get("CPU(s)", "").strip()
-    return info
+    return {**cpu(), "torch_threads": torch.get_num_threads()}
 
 
 def start_load(threads: int) -> subprocess.Popen:

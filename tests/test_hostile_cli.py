@@ -43,6 +43,7 @@ CASES = [
     ("classes ,,, (cutout)", ("cutout", "m.safetensors", "--classes", ",,,", "-o", "e.safetensors"),
      ["--classes ',,,' names no class", "give at least one"]),
     ("classes ,,, (train)", (*TRAIN, "--classes", " , ,"), ["--classes ' , ,' names no class"]),
+    ("freeze a random trunk", (*TRAIN, "--freeze-trunk"), ["--freeze-trunk", "random", "--pretrained"]),
     ("classes ,,, (eval)", ("eval", "m.safetensors", "--data", "data", "--classes", ",,,"),
      ["--classes ',,,' names no class"]),
     ("classes @empty file", ("cutout", "m.safetensors", "--classes", "@empty.txt", "-o", "e.safetensors"),

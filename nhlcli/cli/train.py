@@ -324,6 +324,11 @@ def train_command(
     chans = (1 if data == "fashion-mnist" else 3) if in_chans is None else in_chans
     from nhlcli.training.loop import TrainConfig, seed_everything
 
+    if freeze_trunk and not resume and not (pretrained or pretrained_file):
+        raise NhlError(
+            "--freeze-trunk keeps the trunk's starting weights, and without --pretrained or "
+            "--pretrained-file they are random; add one of them, or drop --freeze-trunk"
+        )
     # before the model is built: its initial weights are the first draw (a resume restores them)
     seed_everything(TrainConfig.seed if seed is None else seed)
     model = create_model(
