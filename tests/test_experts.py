@@ -358,7 +358,6 @@ def test_nhl_cutout_costs_the_parent_without_reading_its_weights_whole(tmp_path,
     def whole_read(*args, **kwargs):
         raise AssertionError("the parent's weights were read whole")
 
-    monkeypatch.setattr(files, "load_weights", whole_read)
     monkeypatch.setattr(files, "read_model_file", whole_read)
     monkeypatch.setattr(loading, "open_model", whole_read)
     cut, parent_cost, expert_cost = cutout_with_cost(parent, [tree.classes[0]], (1,), latency=False)

@@ -40,7 +40,7 @@ from typing import IO, Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensor_bytes
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from nhlcli.atomic import atomic_write
@@ -61,11 +61,6 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _BLOCK = 1 << 20
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file: how an expert names the exact parent it was cut from."""
-    return file_digests(path)[0]
-
-
 def _header_length(handle: Any) -> int:
     """The size of a safetensors header (its first 8 bytes, little-endian)."""
     raw = handle.read(8)
@@ -83,13 +78,6 @@ def _digests_of(handle: IO[bytes], data_offset: int) -> tuple[str, str]:
         whole.update(block)
         data.update(block)
     return whole.hexdigest(), data.hexdigest()
-
-
-def file_digests(path: str | Path) -> tuple[str, str]:
-    """sha256 of the whole file and of its tensor data section, in one pass over the file."""
-    with open(path, "rb") as handle:
-        size = _header_length(handle)
-        return _digests_of(handle, 8 + size)
 
 
 def _seal(path: Path, placeholder: str) -> None:
@@ -444,13 +432,3 @@ def damaged_metadata(path: str | Path, problem: str) -> NhlError:
         f"{path}: the nhl metadata is damaged: {problem} (was it edited by hand?); use an intact "
         "copy of the model file"
     )
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file (never pickle), through one open (a training checkpoint's
-    weights; model files go through :func:`read_model_file`, which also checks their digests)."""
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        reason = " ".join(str(exc).split())
-        raise NhlError(f"{path}: cannot read the weights ({reason}); the file may be truncated") from exc
