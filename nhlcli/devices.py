@@ -97,3 +97,46 @@ def autocast_for(device: torch.device, enabled: bool, training: bool = False) ->
     if device.type == "cpu" and enabled and training and cpu_has_fast_bf16():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
+
+
+def busy_cores_elsewhere(window_s: float = 0.3) -> float | None:
+    """How many CPU cores other processes keep busy now: the machine's busy time over a short
+    window (``/proc/stat``) minus this process's own (``/proc/self/stat``), in cores. ``None``
+    where Linux's counters are not there. Call it while this process is idle."""
+    import os
+    import time
+
+    def sample() -> tuple[float, float, float]:
+        with open("/proc/stat") as stat:
+            fields = [float(v) for v in stat.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        times = os.times()
+        return sum(fields) - idle, sum(fields), times.user + times.system
+
+    try:
+        busy0, total0, own0 = sample()
+        time.sleep(window_s)
+        busy1, total1, own1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks = total1 - total0
+    if ticks <= 0:
+        return None
+    cores = os.cpu_count() or 1
+    wall = ticks / cores / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+    busy = (busy1 - busy0) / ticks * cores  # cores busy, this process included
+    own = (own1 - own0) / wall if wall > 0 else 0.0
+    return max(0.0, busy - own)
+
+
+def threads_beside_load(threads: int, busy_elsewhere: float | None) -> int:
+    """Torch threads that fit beside other processes' load: ``threads`` on a quiet machine, fewer
+    when others keep cores busy. Two processes that each run a thread per core slow each other
+    by up to 10x (spinning OpenMP threads wait on preempted ones), far more than sharing the
+    cores fairly costs."""
+    import os
+
+    if busy_elsewhere is None:
+        return threads
+    free = (os.cpu_count() or 1) - busy_elsewhere
+    return max(1, min(threads, int(free + 0.5)))

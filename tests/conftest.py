@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,13 +14,27 @@ import torch
 
 from nhlcli.gates import GateTraining
 from nhlcli.model.nhl import BranchConfig, FlatModel, with_input_size
-from nhlcli.model.registry import create_model
+from nhlcli.model.registry import VARIANTS, create_model
 from nhlcli.model.trunk import TrunkConfig
 from nhlcli.taxonomy import Tree
 from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.sources import build_flat_tree
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist (``-n N``), give each worker its share of the CPU cores, for its own
+    torch and for the ``nhl`` commands it starts (``OMP_NUM_THREADS``): N processes that each
+    run a thread per core slow each other by up to 10x."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_the_cores_between_workers()
 
 
 def _load_tiny_data_module():
@@ -133,17 +148,17 @@ def tiny_model(
     group_size: int = 0,
     pool_min_side: int = 0,
 ) -> torch.nn.Module:
-    """The one small model the tests build: NHL (branch width ``width`` at every level; for
-    ``nhl-lean`` widths doubling upwards, so levels differ in expansion; ``pool_min_side=1`` makes
-    its level 1 pool even the 2x2 map of a 32 px input) or flat, at ``size`` pixels, in eval mode;
-    ``seed`` fixes the initial weights."""
+    """The one small model the tests build: NHL (branch width ``width`` at every level; for the
+    lean variants, those with a common output, widths doubling upwards, so levels differ in
+    expansion; ``pool_min_side=1`` makes level 1 pool even the 2x2 map of a 32 px input) or flat,
+    at ``size`` pixels, in eval mode; ``seed`` fixes the initial weights."""
     if seed is not None:
         torch.manual_seed(seed)
     trunk = TrunkConfig(backbone, None, in_chans)
     if kind == "nhl":
-        levels = tree.levels
+        levels = tree.levels - int(VARIANTS[variant].linear_leaves)  # linear leaves: no leaf level
         ladder = tuple(min(width * 2 ** (levels - 1 - d), 8 * width) for d in range(levels))
-        widths = ladder if variant == "nhl-lean" else (width,) * levels
+        widths = ladder if VARIANTS[variant].common_output else (width,) * levels
         branches = BranchConfig(widths=widths, group_size=group_size, pool_min_side=pool_min_side)
         model = create_model(tree, variant, trunk, branches)
     else:

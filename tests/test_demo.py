@@ -29,6 +29,7 @@ def test_demo_trains_cuts_the_footwear_expert_and_compares(tmp_path):
     assert run.code == 0, run.err
     summary = json.loads((work / "report.json").read_text())  # the report the demo promises
     assert summary["tree_source"] == "wordnet"  # CI installs WordNet
+    assert set(summary["threads"]) == {"training", "evaluation"} and min(summary["threads"].values()) >= 1
     assert summary["report"] == str(work / "report.json") and summary["tree"] == str(work / "tree.json")
     # the closing hint pastes as it is: quoted class names, the model the demo wrote
     line = next(x for x in run.out.splitlines() if x.startswith("nhl cutout "))
@@ -136,3 +137,30 @@ def test_demo_keeps_its_files_in_nhl_demo_by_default(tmp_path):
     (tmp_path / DEFAULT_WORKDIR / "sandal.png").write_bytes(b"an earlier run's image")
     run = run_nhl("demo", cwd=tmp_path)
     assert_one_line_error(run, DEFAULT_WORKDIR, "earlier demo", "sandal.png", "--overwrite")
+
+
+def test_demo_runs_on_fewer_threads_while_other_processes_keep_the_cores_busy(monkeypatch):
+    """Two processes each running a torch thread per core slow each other by up to 10x; the demo
+    takes the cores the others leave free, at least one, and says so."""
+    import torch
+
+    from nhlcli import devices
+    from nhlcli.demo import fit_threads_to_load
+
+    cores = os.cpu_count() or 1
+    assert devices.threads_beside_load(2, None) == 2  # no counters: as asked
+    assert devices.threads_beside_load(cores, 0.0) == cores
+    assert devices.threads_beside_load(cores, float(cores)) == 1
+    assert devices.threads_beside_load(cores, cores - 1.0) == 1
+    busy = devices.busy_cores_elsewhere(0.05)
+    assert busy is None or 0.0 <= busy <= cores + 0.5
+    said: list[str] = []
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(devices, "busy_cores_elsewhere", lambda: float(cores))
+        assert fit_threads_to_load(cores, said.append) == 1 and torch.get_num_threads() == 1
+        assert f"keep {cores:.1f} of {cores} CPU cores busy" in said[0] and "1 of" in said[0]
+        monkeypatch.setattr(devices, "busy_cores_elsewhere", lambda: 0.0)
+        assert fit_threads_to_load(cores, said.append) == cores and len(said) == 1
+    finally:
+        torch.set_num_threads(before)

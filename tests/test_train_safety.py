@@ -197,16 +197,17 @@ def test_train_refuses_values_that_would_mean_something_else(tmp_path, folder, a
     assert not (tmp_path / "m.safetensors").exists()
 
 
-def test_train_without_a_variant_builds_the_lean_nhl(tmp_path):
-    """The default shape is nhl-lean: every level outputs the same channels (8x the last width)."""
+def test_train_without_a_variant_builds_the_nhl_with_linear_leaves(tmp_path):
+    """The default shape is nhl-scale: branches above the leaves (one level here), each leaf a row
+    reading its parent's features."""
     data = make_tiny_data.make_image_folder(tmp_path / "d", TREE_CLASSES, per_class=2, size=16)
     tree = nested_tree(2).save(tmp_path / "t.json")
     out = tmp_path / "m.safetensors"
     args = ["--input-size", "16", "--batch-size", "4", "--workers", "0", "--augment", "none", "--epochs", "1"]
-    assert run_nhl("train", "--data", data, "-t", tree, "-o", out, "--widths", "8,4", *args).code == 0
+    assert run_nhl("train", "--data", data, "-t", tree, "-o", out, "--widths", "8", *args).code == 0
     branches = read_metadata(out)["branches"]
-    outputs = [w * e for w, e in zip(branches["widths"], branches["expansions"], strict=True)]
-    assert outputs == [32, 32] and branches["pool_min_side"] == 8
+    assert branches["linear_leaves"] is True and branches["widths"] == [8]
+    assert branches["expansions"] == [4] and branches["pool_min_side"] == 8
 
 
 # -- a run that fits its time -----------------------------------------------------------------------

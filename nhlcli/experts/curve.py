@@ -4,8 +4,8 @@ Two selections per k bound what a user can expect: ``related`` keeps k neighbour
 tree order (they share ancestors, so the fewest branch nodes survive), ``random`` keeps k classes
 drawn at random (seeded; they share the fewest ancestors). Beside a model's own curve,
 :func:`variant_curves` draws the same tree and trunk under each NHL variant preset (the paper's
-and ``nhl-lean``) and :func:`base_network_macs` the plain network's cost, the line an expert has to
-stay under to be worth cutting.
+``nhl``, ``nhl-lean`` and ``nhl-scale``) and :func:`base_network_macs` the plain network's cost,
+the line an expert has to stay under to be worth cutting.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from nhlcli.model.registry import create_model
 from nhlcli.model.trunk import TrunkConfig
 from nhlcli.profiling import count_macs
 
-CURVE_VARIANTS = ("nhl", "nhl-lean")  # the presets drawn beside a model's own curve
+CURVE_VARIANTS = ("nhl", "nhl-lean", "nhl-scale")  # the presets drawn beside a model's own curve
 
 STEPS = (1, 2, 5)
 

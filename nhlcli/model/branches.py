@@ -473,15 +473,36 @@ class BranchLevel(nn.Module):
 
 
 class LeafHeads(nn.Module):
-    """Global average pooling + one linear unit per leaf: logits ``[B, num_leaves]``."""
+    """Global average pooling + one linear unit per leaf: logits ``[B, num_leaves]``.
 
-    def __init__(self, num_leaves: int, in_channels: int, shared: bool = False) -> None:
+    Each leaf reads its own branch (``[B, num_leaves * C, H, W]`` in, the paper's shape), or, with
+    ``parent_index`` (the linear-leaf shape), the pooled features of its parent node:
+    ``[B, num_parents * C, H, W]`` in, leaf ``i`` reading parent ``parent_index[i]``. A leaf is then
+    a row of ``weight`` and nothing else, so a class costs ``C`` multiply-adds instead of a
+    bottleneck stack, and slicing still keeps whole rows.
+    """
+
+    def __init__(
+        self,
+        num_leaves: int,
+        in_channels: int,
+        shared: bool = False,
+        parent_index: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         self.num_leaves, self.in_channels = num_leaves, in_channels
         # shared: every leaf reads the same single branch (PHL 1branch, the sequential control)
         self.shared = shared
+        if parent_index is not None:
+            parent_index = [int(p) for p in parent_index]
+            if len(parent_index) != num_leaves or any(p < 0 for p in parent_index):
+                raise ValueError(f"parent_index needs {num_leaves} entries >= 0, got {len(parent_index)}")
+        self.parent_index: list[int] | None = parent_index
+        self.num_inputs = (max(parent_index) + 1) if parent_index else (1 if shared else num_leaves)
         self.weight = nn.Parameter(torch.empty(num_leaves, in_channels))
         self.bias = nn.Parameter(torch.empty(num_leaves))
+        self._layout = _chunk_layout(parent_index) if parent_index and self.num_inputs > 1 else None
+        self._index_cache: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -491,17 +512,100 @@ class LeafHeads(nn.Module):
             self.weight.uniform_(-bound, bound)
             self.bias.uniform_(-bound, bound)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def extra_repr(self) -> str:
+        reads = "shared branch" if self.shared else "parents" if self.parent_index else "own branch"
+        return f"leaves={self.num_leaves}, in={self.in_channels}, reads={reads}"
+
+    def _pool(self, x: Tensor) -> Tensor:
+        """``[B, C', H, W]`` -> ``[B, C']`` by global average pooling."""
         b, c = x.shape[:2]
-        if self.shared:
-            return F.linear(x.mean(dim=(2, 3)), self.weight, self.bias)
-        if c != self.num_leaves * self.in_channels:
-            raise ValueError(f"expected {self.num_leaves} x {self.in_channels} channels, got {c}")
         if x.is_contiguous(memory_format=_CL):
             # Pool over the [B, H*W, C] view: its backward then yields a channels-last gradient
             # (x.mean((2, 3)) would yield an NCHW one, and every op below would mix layouts).
-            pooled = x.permute(0, 2, 3, 1).reshape(b, -1, c).mean(1)
+            return x.permute(0, 2, 3, 1).reshape(b, -1, c).mean(1)
+        return x.mean(dim=(2, 3))
+
+    def _indices(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """The chunk layout's index tensors on ``device`` (made once per device)."""
+        cached = self._index_cache.get(device)
+        if cached is None:
+            assert self._layout is not None
+            with torch.inference_mode(False):  # normal tensors, usable later under autograd
+                cached = tuple(torch.tensor(v, dtype=torch.long, device=device) for v in self._layout[1:])
+            self._index_cache[device] = cached  # type: ignore[assignment]
+        return cached  # type: ignore[return-value]
+
+    def _read_parents(self, pooled: Tensor) -> Tensor:
+        """Leaf logits (no bias) from pooled parent features ``[B, P, C]``.
+
+        Leaves are laid out in chunks of up to ``_CHUNK`` siblings; one batched matmul multiplies
+        each chunk's parent features by its leaves' rows (padding rows are zeros). Gathering
+        every leaf's parent features first (``[B, leaves, C]``) would move 1,861 x 256 values
+        per image at the emoji scale and cost more than the rest of the branches.
+        """
+        chunk_size = self._layout[0]  # type: ignore[index]
+        chunk_parent, slot_leaf, leaf_slot = self._indices(pooled.device)
+        b = pooled.shape[0]
+        rows = torch.cat([self.weight, self.weight.new_zeros(1, self.in_channels)])
+        rows = rows.index_select(0, slot_leaf).view(-1, chunk_size, self.in_channels)  # [n, K, C]
+        inputs = pooled.index_select(1, chunk_parent).transpose(0, 1)  # [n, B, C]
+        out = torch.bmm(inputs, rows.transpose(1, 2))  # [n, B, K]
+        return out.transpose(0, 1).reshape(b, -1).index_select(1, leaf_slot)
+
+    def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
+        """Logits; ``scale`` (``[num_leaves]`` or ``[B, num_leaves]``) multiplies each leaf's
+        read of its features, as scaling its branch's output maps would (top-down attention)."""
+        b, c = x.shape[:2]
+        if c != self.num_inputs * self.in_channels:
+            raise ValueError(f"expected {self.num_inputs} x {self.in_channels} channels, got {c}")
+        pooled = self._pool(x)
+        if self.shared:
+            logits = F.linear(pooled, self.weight)
+        elif self.parent_index is not None and self.num_inputs == 1:
+            logits = F.linear(pooled, self.weight)  # every leaf reads the one input (the trunk)
         else:
-            pooled = x.mean(dim=(2, 3))
-        pooled = pooled.view(b, self.num_leaves, self.in_channels)
-        return torch.einsum("blc,lc->bl", pooled, self.weight) + self.bias
+            pooled = pooled.view(b, self.num_inputs, self.in_channels)
+            if self.parent_index is not None:
+                logits = self._read_parents(pooled)
+            else:
+                logits = torch.einsum("blc,lc->bl", pooled, self.weight)
+        if scale is not None:
+            scale = torch.as_tensor(scale, dtype=logits.dtype, device=logits.device)
+            if scale.shape not in ((self.num_leaves,), (b, self.num_leaves)):
+                raise ValueError(
+                    f"scale must have shape [{self.num_leaves}] or [batch, {self.num_leaves}], "
+                    f"got {tuple(scale.shape)}"
+                )
+            logits = logits * scale
+        return logits + self.bias
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        self._index_cache = {}
+        return super()._apply(fn, recurse)
+
+
+# Siblings per chunk of a linear-leaf read: small enough that padding wastes little (a parent of
+# 17 leaves pads 15 rows), large enough that a batched matmul has work per chunk.
+_CHUNK = 16
+
+
+def _chunk_layout(parent_index: Sequence[int]) -> tuple[int, list[int], list[int], list[int]]:
+    """Leaves in chunks of up to ``_CHUNK`` siblings: (chunk size, each chunk's parent, each
+    slot's leaf (``len(parent_index)``: a padding slot), each leaf's slot)."""
+    children: dict[int, list[int]] = {}
+    for leaf, parent in enumerate(parent_index):
+        children.setdefault(parent, []).append(leaf)
+    size = min(_CHUNK, max(len(c) for c in children.values()))
+    chunk_parent: list[int] = []
+    slot_leaf: list[int] = []
+    for parent in sorted(children):
+        leaves = children[parent]
+        for start in range(0, len(leaves), size):
+            part = leaves[start : start + size]
+            chunk_parent.append(parent)
+            slot_leaf.extend(part + [len(parent_index)] * (size - len(part)))
+    leaf_slot = [0] * len(parent_index)
+    for slot, leaf in enumerate(slot_leaf):
+        if leaf < len(parent_index):
+            leaf_slot[leaf] = slot
+    return size, chunk_parent, slot_leaf, leaf_slot

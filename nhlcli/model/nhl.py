@@ -37,7 +37,7 @@ def _positive_int(value: Any) -> bool:
 
 
 def default_widths(levels: int) -> tuple[int, ...]:
-    return WIDTH_LADDER[-levels:]
+    return WIDTH_LADDER[-levels:] if levels > 0 else ()
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,9 @@ class BranchConfig:
     channels, so levels below the first get identity shortcuts instead of projections;
     ``entry_strides`` (default 1) average-pools a level's input, where its smaller side is at
     least ``pool_min_side`` pixels (0: always); ``group_size`` (0: dense) is the channels per
-    group of every 3x3 convolution.
+    group of every 3x3 convolution. ``linear_leaves``: the leaf level has no branches; each leaf
+    is one linear read of its parent's pooled features (level 1's leaves read the trunk's), so
+    ``widths`` name the levels above the leaves and a class costs a row, not a bottleneck stack.
     """
 
     widths: tuple[int, ...] = ()
@@ -60,17 +62,28 @@ class BranchConfig:
     entry_strides: tuple[int, ...] = ()
     group_size: int = 0
     pool_min_side: int = 0
+    linear_leaves: bool = False
+
+    def branch_levels(self, levels: int) -> int:
+        """How many branch levels a ``levels``-deep tree gets (the leaves are none with
+        ``linear_leaves``)."""
+        return levels - 1 if self.linear_leaves else levels
 
     def resolved(self, levels: int) -> BranchConfig:
+        if self.single_branch and self.linear_leaves:
+            raise NhlError("a single-branch model (phl-1branch) cannot also have linear leaves")
+        tree_levels, levels = levels, self.branch_levels(levels)
         widths = tuple(self.widths) or default_widths(levels)
         if len(widths) != levels:
+            above = " above the leaves (its leaves are linear)" if self.linear_leaves else ""
             raise NhlError(
-                f"gives {counted(len(widths), 'value')} but the tree has {counted(levels, 'level')}",
+                f"gives {counted(len(widths), 'value')} but the tree has "
+                f"{counted(levels, 'branch level')}{above}",
                 "widths",
             )
         if any(w < 1 for w in widths) or self.blocks < 1:
             raise NhlError("branch widths and blocks must be positive")
-        if self.single_branch and levels != 1:
+        if self.single_branch and tree_levels != 1:
             raise NhlError("a single-branch model (phl-1branch) needs a flat, 1-level tree")
         expansions = tuple(self.expansions) or (self.expansion,) * levels
         strides = tuple(self.entry_strides) or (1,) * levels
@@ -96,6 +109,7 @@ class BranchConfig:
             strides,
             self.group_size,
             self.pool_min_side,
+            self.linear_leaves,
         )
 
     def level_outputs(self) -> tuple[int, ...]:
@@ -122,6 +136,7 @@ class BranchConfig:
             tuple(data.get("entry_strides", ())),
             int(data.get("group_size", 0)),
             int(data.get("pool_min_side", 0)),
+            bool(data.get("linear_leaves", False)),
         )
 
 
@@ -172,7 +187,7 @@ def build_branches(
     """
     levels = []
     with torch.device("cpu" if init else "meta"):
-        for depth, width in enumerate(config.widths, start=1):
+        for depth, width in enumerate(config.widths, start=1):  # (none above linear leaves of a 1-level tree)
             nodes = [tree.root] if config.single_branch else tree.level(depth)
             parents = None if config.single_branch else tree_parent_index(tree, depth)
             expansion = config.expansions[depth - 1]
@@ -190,7 +205,10 @@ def build_branches(
                 )
             )
             in_channels = width * expansion
-        heads = LeafHeads(tree.num_classes, in_channels, shared=config.single_branch)
+        leaf_parents = None
+        if config.linear_leaves:  # each leaf reads its parent (level 1's: the trunk output)
+            leaf_parents = tree_parent_index(tree, tree.levels) or [0] * tree.num_classes
+        heads = LeafHeads(tree.num_classes, in_channels, config.single_branch, leaf_parents)
     return nn.ModuleList(levels), heads
 
 
@@ -299,7 +317,10 @@ class NHLModel(nn.Module):
         for depth, level in enumerate(self.levels, start=1):
             scale = attention.get(depth) if attention else None
             features = level(features, scale=scale)
-        return self.heads(features).index_select(1, self.class_to_leaf)
+        leaf_scale = None  # linear leaves: the leaf level's attention scales each leaf's read
+        if attention and self.branch_config.linear_leaves:
+            leaf_scale = attention.get(self.tree.levels)
+        return self.heads(features, leaf_scale).index_select(1, self.class_to_leaf)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -319,7 +340,12 @@ class NHLModel(nn.Module):
         if not isinstance(branches, dict):
             return "'branches' is not an object"
         widths = branches.get("widths")
-        if not (isinstance(widths, list) and widths and all(positive_int(w) for w in widths)):
+        linear_leaves = branches.get("linear_leaves", False)  # a 1-level tree then has no branch level
+        if not (
+            isinstance(widths, list)
+            and (widths or linear_leaves is True)
+            and all(positive_int(w) for w in widths)
+        ):
             return f"'branches.widths' must be a list of positive integers, got {widths!r}"
         for key in ("blocks", "expansion"):
             if not positive_int(branches.get(key)):
@@ -330,6 +356,8 @@ class NHLModel(nn.Module):
                 return f"'branches.{key}' must be a list of positive integers, got {values!r}"
             if values and len(values) != len(widths):
                 return f"'branches.{key}' has {len(values)} entries for {len(widths)} levels"
+        if not isinstance(branches.get("linear_leaves", False), bool):
+            return f"'branches.linear_leaves' must be true or false, got {branches.get('linear_leaves')!r}"
         for key in ("group_size", "pool_min_side"):
             value = branches.get(key, 0)
             if not (value == 0 or positive_int(value)) or isinstance(value, bool):

@@ -12,7 +12,7 @@ from torch import nn
 from nhlcli.errors import NhlError
 from nhlcli.model import DEFAULT_VARIANT
 from nhlcli.model.files import damaged_metadata
-from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, TrunkFlatModel
+from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, TrunkFlatModel, default_widths
 from nhlcli.model.trunk import TrunkConfig
 from nhlcli.taxonomy.tree import Tree
 
@@ -34,6 +34,9 @@ class Variant:
     pooled_entry: bool = False  # level 1 average-pools the trunk output by 2 ...
     pool_min_side: int = 0  # ... where that map is at least this many pixels a side
     group_size: int = 0  # channels per group of the 3x3 convolutions (0: dense)
+    # no leaf-level branches: each leaf is a linear read of its parent; the levels above keep the
+    # widths they have in the tree's ladder (its leaf entry dropped)
+    linear_leaves: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
@@ -44,6 +47,15 @@ VARIANTS: dict[str, Variant] = {
         common_output=8,
         pooled_entry=True,
         pool_min_side=8,
+    ),
+    "nhl-scale": Variant(
+        "NHL for many classes: the lean levels above the leaves (every level outputs 4x the last "
+        "width, level 1 pools the trunk output by 2 where it is 8 px or more), and each leaf one "
+        "linear read of its parent's pooled features instead of a branch of its own",
+        common_output=4,
+        pooled_entry=True,
+        pool_min_side=8,
+        linear_leaves=True,
     ),
     "phl-small": Variant("one level of parallel branches, width 32 (PHL small)", levels=1, widths=(32,)),
     "phl-big": Variant("one level of parallel branches, width 128 (PHL big)", levels=1, widths=(128,)),
@@ -127,8 +139,12 @@ def variant_branches(variant: str, levels: int, given: BranchConfig | None = Non
         branches = replace(branches, widths=spec.widths)
     if spec.single_branch:
         branches = replace(branches, single_branch=True)
+    if spec.linear_leaves:
+        branches = replace(branches, linear_leaves=True)
+        if not branches.widths:
+            branches = replace(branches, widths=default_widths(levels)[:-1])
     branches = branches.resolved(levels)
-    if spec.common_output and not given_field(given, "expansions"):
+    if spec.common_output and branches.widths and not given_field(given, "expansions"):
         out = branches.widths[-1] * spec.common_output
         if not given_field(given, "widths"):  # the ladder capped at the common output
             branches = replace(branches, widths=tuple(min(w, out) for w in branches.widths))
@@ -139,8 +155,8 @@ def variant_branches(variant: str, levels: int, given: BranchConfig | None = Non
                 "widths",
             )
         branches = replace(branches, expansions=tuple(out // w for w in branches.widths))
-    if spec.pooled_entry and not given_field(given, "entry_strides"):
-        branches = replace(branches, entry_strides=(2,) + (1,) * (levels - 1))
+    if spec.pooled_entry and not given_field(given, "entry_strides") and branches.widths:
+        branches = replace(branches, entry_strides=(2,) + (1,) * (len(branches.widths) - 1))
         if not given_field(given, "pool_min_side"):
             branches = replace(branches, pool_min_side=spec.pool_min_side)
     if spec.group_size and not given_field(given, "group_size"):
