@@ -298,9 +298,11 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     # a small rate: the test is about stopping and resuming, and at 3e-3 the 16 px flat network on
     # 8-image batches can diverge when the stop lands at an unlucky epoch
     common += ["--workers", "0", "--lr", "1e-4", "-o", str(out)]
+    # Ctrl-C as in a terminal: a pytest-xdist worker ignores SIGINT and its children would inherit that
     proc = subprocess.Popen(
         [sys.executable, "-m", "nhlcli", *common, "--epochs", "200"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     ckdir = Path(f"{out}.ckpt")
     deadline = time.time() + 120
