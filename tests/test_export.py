@@ -31,12 +31,13 @@ from nhlcli.taxonomy.picture import draw_tree
 
 
 @pytest.mark.parametrize(
-    ("tree_name", "backbone"),
-    [("phl", "resnet18"), ("nhl", "resnet18"), ("phl", "convnextv2_atto"), ("nhl", "convnextv2_atto")],
-)
-def test_experts_export_with_parity_and_a_dynamic_batch(tmp_path, tree_name, backbone):
+    ("tree_name", "backbone", "variant"),
+    [("phl", "resnet18", "nhl"), ("nhl", "resnet18", "nhl"), ("phl", "convnextv2_atto", "nhl"),
+     ("nhl", "convnextv2_atto", "nhl"), ("nhl", "resnet18", "nhl-scale")],
+)  # fmt: skip
+def test_experts_export_with_parity_and_a_dynamic_batch(tmp_path, tree_name, backbone, variant):
     tree = flat_tree() if tree_name == "phl" else two_level_tree()
-    model = tiny_model(tree, backbone, seed=0)
+    model = tiny_model(tree, backbone, seed=0, variant=variant)
     save_model(model, tmp_path / "full.safetensors")
     cut = cutout_file(tmp_path / "full.safetensors", ["apple", "daisy", "fig"])
     save_expert(cut, tmp_path / "expert.safetensors")
