@@ -29,6 +29,7 @@ import argparse
 import json
 import random
 import resource
+import shlex
 import statistics
 import sys
 import tempfile
@@ -36,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_store import add_runs
 
 from nhlcli.demo import RECIPE as DEMO_RECIPE
 
@@ -199,6 +201,39 @@ def gates(args: argparse.Namespace) -> dict:
     return {"fit_seconds": round(fit_s, 1), "routes": rows}
 
 
+def store_train_run(name: str, report: dict) -> None:
+    """One equal-budget run as a record of ``benchmarks/results/<name>.json``, for report.py."""
+    run = {
+        "model": report["variant"],
+        "seed": report["seed"],
+        "top1": round(100 * report["test_top1"], 2),
+        "top5": round(100 * report["test_top5"], 2),
+        "epochs": report["epochs"],
+        "images_seen": report["train_images"],
+        "images_per_s": report["images_per_s"],
+        "peak_mb_per_image": report["peak_rss_mb_per_image"],
+    }
+    labels = {"flat": "flat ResNet18"}
+    add_runs(
+        name,
+        [run],
+        title="All 1,861 emoji classes at an equal training budget",
+        command=shlex.join(["python", "benchmarks/bench_emoji_scale.py", *sys.argv[1:]]),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        setup={
+            "data": "emoji",
+            "classes": "all (1,861)",
+            "tree": "emoji-unicode-l3",
+            "test_images": report["test_images"],
+            "evaluated_on": "test",
+            "input_px": 32,
+            "budget_minutes": report["budget_minutes"],
+            "batch": RECIPE["batch_size"],
+            "arms": {report["variant"]: {"label": labels.get(report["variant"], f"`{report['variant']}`")}},
+        },
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,6 +249,7 @@ def main() -> None:
     t.add_argument("--val-part", default="1/32", help="the part of the test split each epoch validates on")
     t.add_argument("--eval-threads", type=int, default=2, help="threads for the final whole-test evaluation")
     t.add_argument("-o", "--output", type=Path, required=True)
+    t.add_argument("--results", help="add the run to benchmarks/results/NAME.json (replacing its own seed's)")
     e = sub.add_parser("experts")
     e.add_argument("--model", type=Path, required=True)
     e.add_argument("--base", type=Path, help="the flat model on the same trunk, for the base network's cost")
@@ -227,6 +263,8 @@ def main() -> None:
     g.add_argument("--part", default="1/2", help="the part of the test split to measure on (i/k)")
     args = parser.parse_args()
     report = {"train": train_one, "experts": experts, "gates": gates}[args.what](args)
+    if args.what == "train" and args.results:
+        store_train_run(args.results, report)
     print(json.dumps({"torch": torch.__version__, "argv": sys.argv[1:], **report}), flush=True)
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_store import write_results
 
 from nhlcli.experts import count_macs, cut_model, measure_latency
 from nhlcli.memory import keep_freed_cpu_memory
@@ -66,9 +67,9 @@ def paper_experts() -> dict[str, tuple[str, list[str]]]:
 
 
 def table1() -> list[dict]:
-    """Each Table 1 model in the paper's shape (``nhl``) and the lean default, its named expert,
-    and the plain timm network over the same classes: an expert is only worth cutting if it
-    costs less than that network."""
+    """Each Table 1 model in the paper's shape (``nhl``), ``nhl-lean`` and the default
+    ``nhl-scale``, its named expert, and the plain timm network over the same classes: an
+    expert is only worth cutting if it costs less than that network."""
     rows = []
     named = paper_experts()
     for key, tree, backbone in (
@@ -77,7 +78,7 @@ def table1() -> list[dict]:
     ):
         base_params, base_gmacs = size(create_model(tree, "flat", TrunkConfig(backbone)).eval())
         expert_name, expert_classes = named[key]
-        for variant in ("nhl", "nhl-lean"):
+        for variant in ("nhl", "nhl-lean", "nhl-scale"):
             model = create_model(tree, variant, TrunkConfig(backbone)).eval()
             params, gmacs = size(model)
             expert_params, expert_gmacs = size(cut_model(model, expert_classes))
@@ -199,6 +200,18 @@ def main() -> None:
     started = time.perf_counter()
     if args.part == "table1":
         result = {"table1": table1()}
+        write_results(
+            "imagenet-table1",
+            title="Paper 000's Table 1 beside nhl's shapes: full models, named experts, the plain network",
+            command="python benchmarks/bench_experts.py table1",
+            date=time.strftime("%Y-%m-%d", time.gmtime()),
+            setup={
+                "input_px": 224,
+                "weights": "untrained (cost does not depend on them)",
+                "gmacs": "torch.utils.flop_counter.FlopCounterMode, one image",
+            },
+            runs=result["table1"],
+        )
     elif args.part == "latency":
         batches = tuple(int(b) for b in args.batches.split(","))
         result = latency(batches, sizes, args.repeats, args.backbone)

@@ -5,6 +5,8 @@
     python benchmarks/bench_lean.py cost --json
     python benchmarks/bench_lean.py accuracy --data fashion-mnist --seeds 0,1,2 --epochs 2
     python benchmarks/bench_lean.py accuracy --data emoji --classes "Animals & Nature" --seeds 0,1 --epochs 4
+    python benchmarks/bench_lean.py accuracy ... --holdout 0.2      # to choose: score a hold-out of train
+    python benchmarks/bench_lean.py accuracy ... --results NAME     # store benchmarks/results/NAME.json
 
 Every candidate is built on the shipped ``imagenet-1k-wordnet-l3`` (19 / 126 / 1,000 nodes) with
 untrained weights (cost does not depend on them) and measured side by side in one process:
@@ -17,8 +19,10 @@ training speed (forward, loss, backward and AdamW step on batches of 4, median o
 a warm-up).
 
 ``accuracy`` trains each variant with ``nhl train`` (the demo's recipe, one process per run, the
-variants of one seed back to back) and prints test top-1 per seed, mean and spread, the paired
-difference to the paper's NHL, and training images/s.
+variants of one seed back to back) and prints top-1 per seed, mean and spread, the paired
+difference to the first variant, and training images/s. Top-1 is the test split's unless
+``--holdout`` is given: then each run trains without that stratified fraction of the training
+images and is scored on it, which is what a choice between shapes must be made on.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -38,6 +42,7 @@ from pathlib import Path
 
 import torch
 from evidence import difference
+from results_store import machine, write_results
 
 from nhlcli.demo import recipe_args
 from nhlcli.experts import count_macs, cut_model
@@ -187,8 +192,11 @@ def cost(backbones: list[str], names: list[str] | None) -> list[dict]:
     return rows
 
 
-def train_run(data: str, variant: str, seed: int, epochs: int, classes: str | None, workers: int) -> dict:
-    """One ``nhl train`` run; its final test top-1, median training images/s and wall time."""
+def train_run(
+    data: str, variant: str, seed: int, epochs: int, classes: str | None, workers: int, holdout: float
+) -> dict:
+    """One ``nhl train`` run; its final top-1 (on the hold-out when given, else the test split),
+    median training images/s and wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "nhlcli", "train", "--data", data, *recipe_args(epochs),
                "--variant", variant, "--seed", str(seed), "--workers", str(workers),
@@ -197,6 +205,8 @@ def train_run(data: str, variant: str, seed: int, epochs: int, classes: str | No
             cmd[cmd.index("--crop-scale") : cmd.index("--crop-scale") + 2] = []
         if classes:
             cmd += ["--classes", classes]
+        if holdout:
+            cmd += ["--holdout", str(holdout)]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -204,34 +214,35 @@ def train_run(data: str, variant: str, seed: int, epochs: int, classes: str | No
         raise SystemExit(f"{' '.join(cmd)}\n{proc.stderr[-2000:]}")
     summary = json.loads(proc.stdout)
     return {
-        "variant": variant,
+        "model": variant,
         "seed": seed,
-        "test_top1": summary["val_top1"],
+        "split": "holdout" if holdout else "test",
+        "top1": summary["val_top1"],
         "images_per_s": statistics.median(h["images_per_s"] for h in summary["history"]),
         "wall_s": round(wall, 1),
     }
 
 
 def accuracy(data: str, variants: list[str], seeds: list[int], epochs: int, classes: str | None,
-             workers: int) -> dict:  # fmt: skip
+             workers: int, holdout: float = 0.0) -> dict:  # fmt: skip
     runs = []
     for seed in seeds:
         for variant in variants:
-            runs.append(train_run(data, variant, seed, epochs, classes, workers))
+            runs.append(train_run(data, variant, seed, epochs, classes, workers, holdout))
             print(json.dumps(runs[-1]), flush=True)
     summary = {}
     for variant in variants:
-        top1 = [r["test_top1"] for r in runs if r["variant"] == variant]
+        top1 = [r["top1"] for r in runs if r["model"] == variant]
         row = {
             "top1_mean": round(statistics.mean(top1), 4),
             "top1_sd": round(statistics.stdev(top1), 4) if len(top1) > 1 else None,
             "top1_per_seed": [round(t, 4) for t in top1],
             "images_per_s": round(
-                statistics.median(r["images_per_s"] for r in runs if r["variant"] == variant), 1
+                statistics.median(r["images_per_s"] for r in runs if r["model"] == variant), 1
             ),
         }
         if variant != variants[0]:
-            first = [r["test_top1"] for r in runs if r["variant"] == variants[0]]
+            first = [r["top1"] for r in runs if r["model"] == variants[0]]
             paired = difference(first, top1, paired=True)
             row["paired_diff_mean"] = round(paired["diff"], 4)
             row["paired_diff_sd"] = round(paired["sd"], 4) if paired["sd"] is not None else None
@@ -240,19 +251,32 @@ def accuracy(data: str, variants: list[str], seeds: list[int], epochs: int, clas
         f" --classes {classes!r}" if classes else ""
     )
     return {"data": data, "classes": classes, "epochs": epochs, "seeds": seeds, "command": command,
-            "runs": runs, "summary": summary}  # fmt: skip
+            "holdout": holdout, "runs": runs, "summary": summary}  # fmt: skip
 
 
-def machine() -> str:
-    try:
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-            if line.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return f"{model}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+def store(name: str, result: dict) -> Path:
+    """The runs as ``benchmarks/results/<name>.json``, for report.py."""
+    arms = {
+        variant: {"label": f"`{variant}`", "train_images_per_s_median": row["images_per_s"]}
+        for variant, row in result["summary"].items()
+    }
+    setup = {
+        "data": result["data"],
+        "classes": result["classes"],
+        "epochs": result["epochs"],
+        "evaluated_on": "holdout" if result["holdout"] else "test",
+        "holdout": result["holdout"],
+        "recipe": result["command"],
+        "arms": arms,
+    }
+    return write_results(
+        name,
+        title=f"{result['data']}, {result['epochs']} epochs: " + " against ".join(result["summary"]),
+        command=shlex.join(["python", "benchmarks/bench_lean.py", *sys.argv[1:]]),
+        setup=setup,
+        runs=result["runs"],
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+    )
 
 
 def print_table(rows: list[dict]) -> None:
@@ -276,13 +300,21 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--holdout", type=float, default=0.0, help="accuracy: score this fraction of train")
+    parser.add_argument("--results", help="accuracy: store the runs as benchmarks/results/NAME.json")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"# {machine()}; variants: {', '.join(VARIANTS)}")
+    facts = machine()
+    print(f"# {facts['cpu']}, {facts['threads']} threads, torch {facts['torch']}")
+    print(f"# variants: {', '.join(VARIANTS)}")
     if args.what == "accuracy":
+        if not 0 <= args.holdout < 1:
+            parser.error("--holdout is a fraction in [0, 1)")
         result = accuracy(args.data, args.variants.split(","), [int(s) for s in args.seeds.split(",")],
-                          args.epochs, args.classes, args.workers)  # fmt: skip
+                          args.epochs, args.classes, args.workers, args.holdout)  # fmt: skip
+        if args.results:
+            print(f"# stored {store(args.results, result)}")
         print(
             json.dumps(result if args.json else {"command": result["command"], **result["summary"]}, indent=1)
         )

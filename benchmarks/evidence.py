@@ -55,6 +55,42 @@ def difference(
             "n": (len(a), len(b))}  # fmt: skip
 
 
+def welch_from_summaries(
+    a: tuple[float, float, int], b: tuple[float, float, int], level: float = 0.95
+) -> dict[str, Any]:
+    """``b - a`` from (mean, sd, runs) summaries, where only those were kept: Welch's interval."""
+    (mean_a, sd_a, n_a), (mean_b, sd_b, n_b) = a, b
+    var_a, var_b = sd_a**2 / n_a, sd_b**2 / n_b
+    se = (var_a + var_b) ** 0.5
+    df = (var_a + var_b) ** 2 / (var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    diff = mean_b - mean_a
+    return {"diff": diff, "sd": se, "interval": (diff - half, diff + half), "test": "Welch t",
+            "n": (n_a, n_b)}  # fmt: skip
+
+
+def test_set_error(top1_a: float, top1_b: float, images: int) -> float:
+    """Standard error, in points, of the difference of two top-1 figures (in %) measured on the
+    same ``images`` test images, treating their errors as independent: an upper bound (models
+    evaluated on the same images err on many of the same ones), so intervals built from it are
+    conservative. It is the sampling error of the test set, which the seed spread does not see
+    because every seed is scored on the same images."""
+    p_a, p_b = top1_a / 100, top1_b / 100
+    return 100 * ((p_a * (1 - p_a) + p_b * (1 - p_b)) / images) ** 0.5
+
+
+def widen(result: dict[str, Any], error: float, level: float = 0.95) -> dict[str, Any]:
+    """``result`` with the test set's sampling error (``error``, points) added to its seed
+    interval: the two half-widths combine in quadrature."""
+    z = stats.norm.ppf(0.5 + level / 2)
+    if result["interval"] is None:
+        half = z * error
+    else:
+        low, high = result["interval"]
+        half = (((high - low) / 2) ** 2 + (z * error) ** 2) ** 0.5
+    return {**result, "interval": (result["diff"] - half, result["diff"] + half), "test_error": error}
+
+
 def verdict(interval: tuple[float, float] | None, claim: str, margin: float = 0.0) -> str:
     """What an interval for ``b - a`` says about a claim: "better" (b beats a), "equal" (b
     matches a within ``margin``) or "not-worse" (b trails a by less than ``margin``)."""

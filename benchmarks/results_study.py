@@ -1,26 +1,31 @@
 """The results study of docs/results.md: the papers' claims measured with nhl on Fashion-MNIST.
 
 Every experiment is a sequence of ``nhl`` commands (printed as they run), so each row of
-docs/results.md can be re-run by hand. Models and per-experiment JSON go to ``--workdir``; a
-finished step is not redone, so an interrupted study continues where it stopped.
+docs/results.md can be re-run by hand. Models and per-step JSON go to ``--workdir``; a
+finished step is not redone, so an interrupted study continues where it stopped. ``report``
+stores each finished part's per-seed figures under ``benchmarks/results/`` and draws the plots;
+it judges nothing: the verdicts are ``benchmarks/report.py``'s, from ``benchmarks/claims.py``.
 
     python benchmarks/results_study.py all --all-seeds        # every part and seed, then the report
     python benchmarks/results_study.py classification --seeds 3   # 3 seeds for flat and N2HL, 1 for the rest
-    python benchmarks/results_study.py cutouts  # attention, frozen, gates, long, controls, matched, induced
-    python benchmarks/results_study.py report                 # tables (Markdown) and plots
+    python benchmarks/results_study.py cutouts  # frozen, cost, long, controls, matched, induced
+    python benchmarks/results_study.py report                 # results files and plots
+    python benchmarks/report.py --write                        # then the tables and verdicts in docs/
 
 Parts: ``classification`` (paper 003, Table 3: flat against PHL small/big/lateSP/1branch and
 N2HL-N4HL on one trunk, and ResNet18 cut where N2HL branches with one linear layer, the
 control for the NHL's dropped stage; 3 seeds for the main rows, flat and N2HL), ``cutouts`` (Table 2:
-experts against flat models trained on all classes and on the subset only), ``attention``
-(section 4.4, the curve in one pass per level),
+experts against flat models trained on all classes and on the subset only),
 ``frozen`` (paper 000: a frozen ImageNet-trained EfficientNet-Lite0 trunk with NHL and flat
-heads), ``gates`` (paper 004: hinge against cross-entropy d-gates), ``long`` (flat, N2HL and the
-cut-trunk flat for the recipe's full 10 epochs, 3 seeds, with the intervals for N2HL against
-each), ``controls`` (top-down attention's controls on the seed-0 pair of ``long``), ``matched``
+heads), ``long`` (flat, N2HL and the
+cut-trunk flat for the recipe's full 10 epochs, 3 seeds), ``controls`` (top-down attention's
+controls on the seed-0 pair of ``long``), ``matched``
 (each subset's expert from ``long``'s N2HL against ``long``'s flat network pruned to the
 expert's GMACs and fine-tuned, on all classes and on the subset). The ImageNet-scale
-architecture cost (paper 000, Table 1) is ``benchmarks/bench_experts.py table1``.
+architecture cost (paper 000, Table 1) is ``benchmarks/bench_experts.py table1``; the d-gates
+and the attention scale, whose thresholds and scale must be chosen on data the figure is not
+measured on, are ``benchmarks/holdout_choices.py`` (models trained without a hold-out of the
+training images, every choice made on it).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -40,7 +45,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from evidence import difference, judge, verdict
+from results_store import RESULTS_DIR, write_results
 
 from nhlcli.demo import recipe_args
 from nhlcli.model.files import read_metadata
@@ -67,7 +72,6 @@ FLAT, N2HL, CUT = "flat ResNet18", "N2HL (WordNet)", "flat, cut trunk"
 INDUCED = "N2HL (induced)"  # NBDT's tree: grouped by the flat network's classifier rows
 INDUCED_TREE = "fm-induced-l2.json"
 LONG_ROWS = (FLAT, N2HL, CUT)  # trained again for the recipe's full 10 epochs
-EQUAL_MARGIN = 0.5  # points: a claim that two models match holds when the 95% interval lies within it
 SUBSETS: dict[str, list[str]] = {
     "lower 5": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"],
     "upper 5": ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
@@ -194,8 +198,7 @@ class Study:
         for seed in range(seeds):  # seed by seed, so that a stopped study leaves both rows alike
             for name in LONG_ROWS:
                 runs[name].append(self.train(f"{tag(name)}-e{epochs}", CLASSIFICATION[name][0], seed, epochs))
-        rows = {name: summarise(found) for name, found in runs.items()}
-        return {"epochs": epochs, "rows": rows, "differences": long_differences(rows)}
+        return {"epochs": epochs, "rows": {name: summarise(found) for name, found in runs.items()}}
 
     def induced(self, seeds: int, epochs: int) -> dict[str, Any]:
         """NBDT's question: is N2HL more accurate on the tree induced from the ``long`` flat
@@ -217,8 +220,11 @@ class Study:
         for seed in range(seeds):
             runs[N2HL].append(self.train(f"{tag(N2HL)}-e{epochs}", CLASSIFICATION[N2HL][0], seed, epochs))
             runs[INDUCED].append(self.train(f"{tag(INDUCED)}-e{epochs}", options, seed, epochs))
-        rows = {name: summarise(found) for name, found in runs.items()}
-        return {"epochs": epochs, "rows": rows, "trees": trees, "difference": induced_difference(rows)}
+        return {
+            "epochs": epochs,
+            "rows": {name: summarise(found) for name, found in runs.items()},
+            "trees": trees,
+        }
 
     def cost(self, model: str) -> dict[str, Any]:
         """``nhl profile``: params, GMACs and latency at batch 1 and 32 (median, this machine's threads)."""
@@ -299,36 +305,6 @@ class Study:
         )
         return {"expert": self.evaluate(expert), "expert_cost": cut["expert_cost"], **controls}
 
-    def attention(self) -> dict[str, Any]:
-        """Paper 003, 4.4: ``nhl eval --attend-truth 0.5,...,20`` (one pass over the test set per
-        level) on N2HL, N3HL and PHL small; x1 is the unattended model."""
-        from nhlcli.evaluation import attention_curve_file
-
-        scales = ",".join(f"{s:g}" for s in ATTEND_SCALES)
-        rows = {}
-        for name in ("N2HL (WordNet)", "N3HL (WordNet)", "PHL small"):
-            model = self.train(tag(name), CLASSIFICATION[name][0])["model"]
-
-            def make(model: str = model) -> dict[str, Any]:
-                curves = {}
-                for level in ("last", "path"):
-                    args = ["eval", model, "--attend-truth", scales]
-                    args += ["--attend-level", "path"] if level == "path" else []
-                    print("$ " + shlex.join(["nhl", *args]), flush=True)
-                    report = attention_curve_file(
-                        self.workdir / model,
-                        "fashion-mnist",
-                        ATTEND_SCALES,
-                        workers=1,
-                        attend_level="path" if level == "path" else None,
-                    )
-                    curves[level] = [{"scale": p["scale"], "top1": p["top1"]} for p in report["curve"]]
-                unattended = next(p["top1"] for p in curves["last"] if p["scale"] == 1)
-                return {"model": model, "unattended": unattended, "curves": curves}
-
-            rows[name] = self.cached(f"attention-{tag(name)}", make)
-        return rows
-
     def attention_controls(self, epochs: int) -> dict[str, Any]:
         """The controls of ``benchmarks/attention_controls.py`` on the seed-0 flat and N2HL models
         of the ``long`` part: the same logit transform on a flat network, and cues that name a
@@ -376,31 +352,6 @@ class Study:
                 "trainable": trainable_params(self.workdir / run["model"]),
             }
         return rows
-
-    def gates(self) -> dict[str, Any]:
-        """Paper 004: ``benchmarks/bench_gates.py`` on the N2HL and flat models of seed 0."""
-        nhl_model = self.train(tag("N2HL (WordNet)"), CLASSIFICATION["N2HL (WordNet)"][0])["model"]
-        flat_model = self.train(tag("flat ResNet18"), CLASSIFICATION["flat ResNet18"][0])["model"]
-
-        def make() -> dict[str, Any]:
-            out = self.workdir / "runs" / "gates-bench.json"
-            cmd = [
-                sys.executable,
-                str(BENCH / "bench_gates.py"),
-                "--nhl",
-                nhl_model,
-                "--flat",
-                flat_model,
-                "--plot",
-                "gates.png",
-                "--json",
-                str(out),
-            ]
-            print("$ " + shlex.join(["python", "benchmarks/bench_gates.py", *cmd[2:]]), flush=True)
-            subprocess.run(cmd, cwd=self.workdir, check=True, capture_output=True)
-            return json.loads(out.read_text())
-
-        return self.cached("gates", make)
 
     def imagenet_cost(self) -> dict[str, Any]:
         """Paper 000, Table 1 (no training): ``benchmarks/bench_experts.py table1``."""
@@ -454,196 +405,271 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def long_differences(rows: dict[str, Any]) -> dict[str, Any]:
-    """N2HL against each flat row of ``long`` over seeds (points), with the verdict each interval
-    supports for a match within EQUAL_MARGIN (rows not trained yet are left out)."""
-    if N2HL not in rows:
-        return {}
-    nhl = [100 * t for t in rows[N2HL]["top1"]]
-    found = {}
-    for name in (FLAT, CUT):
-        if name in rows:
-            found[f"N2HL - {name}"] = judge([100 * t for t in rows[name]["top1"]], nhl, "equal", EQUAL_MARGIN)
+ARM_KEYS = {  # the study's row names -> the arm names of benchmarks/results (claims.py reads them)
+    "flat ResNet18": "flat",
+    "PHL small": "phl-small",
+    "PHL big": "phl-big",
+    "PHL lateSP": "phl-latesp",
+    "PHL 1branch": "phl-1branch",
+    "N2HL (WordNet)": "n2hl",
+    "N3HL (WordNet)": "n3hl",
+    "N4HL (WordNet)": "n4hl",
+    "flat, cut trunk": "flat-cut-trunk",
+    "N2HL (induced)": "n2hl-induced",
+    "Lite0 frozen + flat head": "lite0-frozen-flat",
+    "Lite0 frozen + N2HL head": "lite0-frozen-n2hl",
+}
+FASHION = {"data": "fashion-mnist", "train_images": 60000, "test_images": 10000, "evaluated_on": "test"}
+
+
+def seeded(runs: Path, name: str) -> list[tuple[int, dict[str, Any]]]:
+    """The cached training runs of one row, with the seed each ran."""
+    found = []
+    for path in sorted(runs.glob(f"train-{name}-s*.json")):
+        seed = re.fullmatch(rf"train-{re.escape(name)}-s(\d+)\.json", path.name)
+        if seed:
+            found.append((int(seed[1]), json.loads(path.read_text())))
     return found
 
 
-def induced_difference(rows: dict[str, Any]) -> dict[str, Any]:
-    """N2HL on the induced tree minus N2HL on WordNet's (points), with the verdict on NBDT's claim
-    that the induced tree is the better one."""
-    wordnet, induced = ([100 * t for t in rows[name]["top1"]] for name in (N2HL, INDUCED))
-    return judge(wordnet, induced, "better")
-
-
-# ---------------------------------------------------------------------------- report
-def pct(value: float | None, digits: int = 2) -> str:
-    return "" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def latency_ms(cost: dict[str, Any]) -> str:
-    """``b1 / b32`` median latency in ms from a cost report."""
-    return " / ".join(f"{r['median_ms']:.2f}" for r in cost["latency"]) + " ms"
-
-
-def classification_table(rows: dict[str, Any]) -> list[str]:
-    lines = [
-        "| model | seeds | test top-1 (mean ± sd) | per seed | params | GMACs | train time (median) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, r in rows.items():
-        spread = f" ± {100 * r['top1_std']:.2f}" if r["top1_std"] is not None else ""
-        seeds = ", ".join(f"{100 * t:.2f}" for t in r["top1"])
-        lines.append(
-            f"| {name} | {r['seeds']} | {100 * r['top1_mean']:.2f}%{spread} | {seeds} | "
-            f"{r['params'] / 1e6:.2f}M | {r['gmacs']:.4f} | {statistics.median(r['train_s']):.0f} s |"
-        )
-    return lines
-
-
-def cutout_table(rows: dict[str, Any]) -> list[str]:
-    lines = [
-        "| subset | expert | full N2HL on the subset | flat (all 10) on the subset | flat (subset only) | "
-        "expert params / GMACs | expert latency b1 / b32 | full N2HL | flat (all 10) | flat (subset only) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for subset, r in rows.items():
-        cols = {key: [s[key] for s in r["seeds"].values()] for key in ("expert", "full_nhl", "flat_all")}
-        cells = [f"{100 * statistics.fmean(v):.2f}%" for v in cols.values()]
-        e, p, f, o = r["expert_cost"], r["parent_cost"], r["flat_all_cost"], r["flat_subset_cost"]
-
-        def size(c: dict[str, Any]) -> str:
-            return f"{c['params']['total'] / 1e6:.2f}M / {c['gmacs']:.4f}"
-
-        lines.append(
-            f"| {subset} ({len(r['classes'].split(','))}) | "
-            + " | ".join(cells)
-            + f" | {100 * r['flat_subset']:.2f}% | {size(e)} | {latency_ms(e)} | "
-            f"{size(p)}, {latency_ms(p)} | {size(f)}, {latency_ms(f)} | {size(o)}, {latency_ms(o)} |"
-        )
-    return lines
-
-
-def attention_table(rows: dict[str, Any]) -> list[str]:
-    lines = [
-        "| model | level | " + " | ".join(f"x{s:g}" for s in ATTEND_SCALES) + " | best |",
-        "|---|---|" + "---|" * (len(ATTEND_SCALES) + 1),
-    ]
-    for name, r in rows.items():
-        for level, curve in r["curves"].items():
-            cells = [f"{100 * p['top1']:.2f} ({100 * (p['top1'] - r['unattended']):+.1f})" for p in curve]
-            best = max(curve, key=lambda p: p["top1"])
-            lines.append(f"| {name} | {level} | " + " | ".join(cells) + f" | x{best['scale']:g} |")
-    return lines
-
-
-def matched_table(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Expert against the pruned flat network at its GMACs: top-1 on the subset (mean of the
-    seeds), the paired difference in points (95% interval) with its verdict for "the expert is
-    not worse by more than EQUAL_MARGIN", and the cost."""
-    lines = [
-        "| subset | seeds | expert | pruned, tuned on all 10 | pruned, tuned on the subset | expert - pruned "
-        "(all 10) | expert - pruned (subset) | GMACs expert / pruned | params expert / pruned |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for subset, seeds in rows.items():
-        if not seeds:
+def arm_records(
+    rows: dict[str, list[tuple[int, dict[str, Any]]]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Each row's label and cost, and one record per seed: what a results file holds."""
+    arms, records = {}, []
+    for name, found in rows.items():
+        if not found:
             continue
-        expert = [100 * r["expert"] for r in seeds]
-        cells = []
-        for name in ("pruned", "pruned + subset"):
-            other = [100 * r[name]["top1"] for r in seeds]
-            result = difference(other, expert, paired=True)
-            interval = result["interval"]
-            spread = f"{interval[0]:+.2f} to {interval[1]:+.2f}" if interval else "one seed"
-            said = verdict(interval, "not-worse", EQUAL_MARGIN)
-            cells.append(f"{result['diff']:+.2f} ({spread}): {said}")
-        mean = {k: statistics.fmean(100 * r[k]["top1"] for r in seeds) for k in ("pruned", "pruned + subset")}
-        first = seeds[0]
-        cost = first["expert_cost"]
-        lines.append(
-            f"| {subset} ({len(first['classes'])}) | {len(seeds)} | {statistics.fmean(expert):.2f}% | "
-            f"{mean['pruned']:.2f}% | {mean['pruned + subset']:.2f}% | {cells[0]} | {cells[1]} | "
-            f"{cost['gmacs']:.4f} / {first['pruned']['macs'] / 1e9:.4f} | "
-            f"{cost['params']['total'] / 1e6:.2f}M / {first['pruned']['params'] / 1e6:.2f}M |"
+        first = found[0][1]
+        arms[ARM_KEYS[name]] = {
+            "label": name,
+            "params_m": round(first["params"]["total"] / 1e6, 2),
+            "gmacs": round(first["gmacs"], 4),
+            "train_s_median": round(statistics.median(run["wall_s"] for _, run in found)),
+        }
+        records += [
+            {
+                "model": ARM_KEYS[name],
+                "seed": seed,
+                "top1": round(100 * run["test_top1"], 2),
+                "top5": round(100 * run["test_top5"], 2),
+                "train_s": run["wall_s"],
+                "command": run["command"],
+            }
+            for seed, run in found
+        ]
+    return arms, records
+
+
+def store(study: Study, long_epochs: int, directory: Path = RESULTS_DIR) -> list[Path]:
+    """Every finished part's per-seed figures as ``benchmarks/results/fm-*.json``, which
+    ``benchmarks/report.py`` turns into the tables and verdicts of docs/results.md."""
+    runs = study.workdir / "runs"
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    written = []
+
+    def save(name: str, title: str, part: str, setup: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        if records:
+            command = f"python benchmarks/results_study.py {part}"
+            written.append(
+                write_results(
+                    name,
+                    title=title,
+                    command=command,
+                    setup=setup,
+                    runs=records,
+                    date=today,
+                    directory=directory,
+                )
+            )
+
+    arms, records = arm_records({name: seeded(runs, tag(name)) for name in CLASSIFICATION})
+    save(
+        "fm-classification",
+        f"Fashion-MNIST, {study.epochs} epochs: flat, PHL and NHL shapes",
+        "classification --all-seeds",
+        {**FASHION, "epochs": study.epochs, "arms": arms},
+        records,
+    )
+    arms, records = arm_records({name: seeded(runs, f"{tag(name)}-e{long_epochs}") for name in LONG_ROWS})
+    save(
+        "fm-long",
+        f"Fashion-MNIST, {long_epochs} epochs: flat, N2HL and the cut-trunk control",
+        f"long --seeds 3 --long-epochs {long_epochs}",
+        {**FASHION, "epochs": long_epochs, "arms": arms},
+        records,
+    )
+    arms, records = arm_records({INDUCED: seeded(runs, f"{tag(INDUCED)}-e{long_epochs}")})
+    if (trees := runs / "induced-tree.json").exists():
+        agreement = json.loads(trees.read_text())["against_wordnet"]
+        save(
+            "fm-induced",
+            f"Fashion-MNIST, {long_epochs} epochs: N2HL on NBDT's induced tree",
+            "induced --seeds 3",
+            {**FASHION, "epochs": long_epochs, "arms": arms, "tree_agreement": agreement},
+            records,
         )
-    return lines
-
-
-def frozen_table(rows: dict[str, Any]) -> list[str]:
-    lines = [
-        "| model | test top-1 | params | trained params | GMACs | train time |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in rows.items():
-        lines.append(
-            f"| {name} | {100 * r['top1_mean']:.2f}% | {r['params'] / 1e6:.2f}M | "
-            f"{r['trainable'] / 1e6:.2f}M | {r['gmacs']:.4f} | {r['train_s'][0]:.0f} s |"
+    arms, records = arm_records({name: seeded(runs, tag(name)) for name in FROZEN_ROWS})
+    for name, arm in zip(FROZEN_ROWS, arms.values(), strict=False):
+        arm["trained_params_m"] = round(
+            trainable_params(study.workdir / seeded(runs, tag(name))[0][1]["model"]) / 1e6, 2
         )
-    return lines
-
-
-def gates_table(result: dict[str, Any]) -> list[str]:
-    lines = [
-        "| model | gates | tuned top-1 (half 2) | full top-1 | drop | GMACs saved | img/s gated / ungated | "
-        "held-out: most GMACs saved at <= 0.5 pt lost |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in result["rows"]:
-        curve = result["heldout"][f"{row['model']}, {row['loss']} gates"]
-        ok = [p for p in curve if p["full_top1"] - p["top1"] <= 0.005]
-        best = max((1 - p["gmacs"] / p["full_gmacs"] for p in ok), default=0.0)
-        lines.append(
-            f"| {row['model']} | {row['loss']} | {pct(row['top1'])} | {pct(row['full_top1'])} | "
-            f"{row['drop_points']:.2f} pt | {row['gmacs_reduction_percent']:.1f}% | "
-            f"{row['images_per_s']:.0f} / {row['ungated_images_per_s']:.0f} | {100 * best:.1f}% |"
+    save(
+        "fm-frozen",
+        f"Fashion-MNIST, {study.epochs} epochs: a frozen ImageNet Lite0 trunk with a flat or N2HL head",
+        "frozen",
+        {**FASHION, "epochs": study.epochs, "input_px": int(FROZEN_SIZE), "arms": arms},
+        records,
+    )
+    save(
+        "fm-cutouts",
+        f"Fashion-MNIST, {study.epochs} epochs: experts cut from N2HL against flat networks",
+        "cutouts",
+        {**FASHION, "epochs": study.epochs, "subsets": subset_setup(), "arms": CUTOUT_ARMS},
+        cutout_records(runs),
+    )
+    save(
+        "fm-matched",
+        f"Fashion-MNIST, {long_epochs}-epoch models: experts against the flat network pruned to their GMACs",
+        "matched --seeds 3",
+        {**FASHION, "epochs": long_epochs, "subsets": subset_setup(), "arms": MATCHED_ARMS},
+        matched_records(runs, long_epochs),
+    )
+    if (controls := runs / f"attention-controls-e{long_epochs}.json").exists():
+        result = json.loads(controls.read_text())
+        records = [
+            {
+                "model": row.replace(" ", "-"),
+                "cue": cue,
+                "scale": scale,
+                "seed": 0,
+                "top1": round(100 * top1, 2),
+            }
+            for key, curve in result["top1"].items()
+            for cue, row in [key.split(" | ")]
+            for scale, top1 in zip(result["scales"], curve, strict=True)
+        ]
+        labels = {
+            row.replace(" ", "-"): {"label": row} for row in ("nhl branches", "nhl logits", "flat logits")
+        }
+        save(
+            "fm-attention-controls",
+            f"Fashion-MNIST, seed-0 {long_epochs}-epoch N2HL and flat: attention's controls",
+            "controls",
+            {**FASHION, "epochs": long_epochs, "scales": result["scales"], "arms": labels},
+            records,
         )
-    return lines
+    return written
 
 
-def imagenet_table(result: dict[str, Any]) -> list[str]:
-    """Paper 000's Table 1 beside ours: each model shape, its named expert, the plain base network."""
-    lines = [
-        "| model | variant | params paper / nhl | GMACs paper / nhl | expert | expert params paper / nhl | "
-        "expert GMACs paper / nhl | base network params / GMACs | expert GMACs / base |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]["table1"]:
-        p = r["paper"]
-        model = f"| {r['model']} | {r['variant']} | {p['params']}M / {r['params_m']}M | "
-        model += f"{p['gmacs']} / {r['gmacs']} | "
-        expert = f'"{r["expert"]}" ({r["expert_classes"]} classes) | '
-        expert += (
-            f"{p['expert_params']}M / {r['expert_params_m']}M | {p['expert_gmacs']} / {r['expert_gmacs']} | "
-        )
-        base = f"{r['base_params_m']}M / {r['base_gmacs']} | {r['expert_gmacs_x_base']}x |"
-        lines.append(model + expert + base)
-    return lines
+CUTOUT_ARMS = {
+    "expert": {"label": "the expert (= N2HL on the subset)"},
+    "flat-all-10": {"label": "flat ResNet18 trained on all 10, on the subset"},
+    "flat-subset-only": {"label": "flat ResNet18 trained on the subset only"},
+}
+MATCHED_ARMS = {
+    "expert": {"label": "the expert"},
+    "pruned-all-10": {"label": "pruned flat, tuned on all 10"},
+    "pruned-subset": {"label": "pruned flat, tuned on the subset"},
+}
 
 
-def study_times(runs: Path) -> dict[str, float]:
-    """Seconds each part took, summed from its cached steps' wall times (so a resumed study
-    counts each step once, as it ran)."""
-
-    def wall(pattern: str) -> float:
-        return sum(json.loads(p.read_text())["wall_s"] for p in runs.glob(pattern))
-
+def subset_setup() -> dict[str, Any]:
     return {
-        "classification": sum(wall(f"train-{tag(name)}-s*.json") for name in CLASSIFICATION),
-        "cutouts": wall("cutout-*.json"),
-        "attention": wall("attention-*.json") - wall("attention-controls-*.json"),
-        "frozen": sum(wall(f"train-{tag(name)}-s*.json") for name in FROZEN_ROWS),
-        "gates": wall("gates.json"),
-        "cost": wall("imagenet-cost.json"),
-        "long": sum(wall(f"train-{tag(name)}-e*-s*.json") for name in LONG_ROWS),
-        "controls": wall("attention-controls-*.json"),
-        "matched": wall("matched-*.json"),
-        "induced": wall(f"train-{tag(INDUCED)}-e*-s*.json"),
+        tag(subset): {"label": subset, "classes": len(classes), "test_images": 1000 * len(classes)}
+        for subset, classes in SUBSETS.items()
     }
 
 
-def time_table(times: dict[str, float]) -> list[str]:
-    lines = ["| part | wall time |", "|---|---|"]
-    lines += [f"| {part} | {seconds / 60:.1f} min |" for part, seconds in times.items()]
-    return [*lines, f"| **whole study** | **{sum(times.values()) / 60:.1f} min** |"]
+def cutout_records(runs: Path) -> list[dict[str, Any]]:
+    """Per subset and seed: the expert, the full N2HL and the flat model on the subset; seed 0's
+    subset-only flat model, and the cost and latency of each (seed 0)."""
+    records = []
+    for subset in SUBSETS:
+        path = runs / f"cutout-{tag(subset)}.json"
+        if not path.exists():
+            continue
+        row, key = json.loads(path.read_text()), tag(subset)
+        for seed, found in sorted(row["seeds"].items(), key=lambda item: int(item[0])):
+            records.append(
+                {
+                    "model": "expert",
+                    "subset": key,
+                    "seed": int(seed),
+                    "top1": round(100 * found["expert"], 2),
+                    "top1_full_n2hl": round(100 * found["full_nhl"], 2),
+                }
+            )
+            records.append(
+                {
+                    "model": "flat-all-10",
+                    "subset": key,
+                    "seed": int(seed),
+                    "top1": round(100 * found["flat_all"], 2),
+                }
+            )
+        records.append(
+            {
+                "model": "flat-subset-only",
+                "subset": key,
+                "seed": 0,
+                "top1": round(100 * row["flat_subset"], 2),
+            }
+        )
+        cost = {"model": "cost", "subset": key, "seed": 0}
+        for prefix, report in (
+            ("expert", row["expert_cost"]),
+            ("full", row["parent_cost"]),
+            ("flat", row["flat_all_cost"]),
+            ("flat_subset", row["flat_subset_cost"]),
+        ):
+            b1, b32 = (r["median_ms"] for r in report["latency"])
+            cost |= {
+                f"{prefix}_params_m": round(report["params"]["total"] / 1e6, 2),
+                f"{prefix}_gmacs": round(report["gmacs"], 4),
+                f"{prefix}_ms_b1": b1,
+                f"{prefix}_ms_b32": b32,
+            }
+        records.append(cost)
+    return records
+
+
+def matched_records(runs: Path, epochs: int) -> list[dict[str, Any]]:
+    """Per subset and seed: the expert and the two pruned, fine-tuned flat networks."""
+    records = []
+    for subset in SUBSETS:
+        key = tag(subset)
+        for path in sorted(runs.glob(f"matched-{key}-e{epochs}-s*.json")):
+            seed = int(path.stem.rsplit("-s", 1)[1])
+            found = json.loads(path.read_text())
+            records += [
+                {"model": "expert", "subset": key, "seed": seed, "top1": round(100 * found["expert"], 2)},
+                {
+                    "model": "pruned-all-10",
+                    "subset": key,
+                    "seed": seed,
+                    "top1": round(100 * found["pruned"]["top1"], 2),
+                },
+                {
+                    "model": "pruned-subset",
+                    "subset": key,
+                    "seed": seed,
+                    "top1": round(100 * found["pruned + subset"]["top1"], 2),
+                },
+            ]
+            if seed == 0:
+                records.append(
+                    {
+                        "model": "cost",
+                        "subset": key,
+                        "seed": 0,
+                        "expert_gmacs": round(found["expert_cost"]["gmacs"], 4),
+                        "pruned_gmacs": round(found["pruned"]["macs"] / 1e9, 4),
+                        "expert_params_m": round(found["expert_cost"]["params"]["total"] / 1e6, 2),
+                        "pruned_params_m": round(found["pruned"]["params"] / 1e6, 2),
+                    }
+                )
+    return records
 
 
 def accuracy_plot(classification: dict[str, Any], frozen: dict[str, Any], output: Path) -> None:
@@ -724,75 +750,21 @@ def cost_plots(study: Study, docs: Path) -> dict[str, Any]:
     return out
 
 
-def report(study: Study, docs: Path, long_epochs: int) -> str:
-    """Every finished part as Markdown tables (stdout) and the plots under ``docs``."""
+def report(study: Study, docs: Path, long_epochs: int) -> None:
+    """Store every finished part's figures as results files and draw the plots under ``docs``;
+    ``benchmarks/report.py --write`` then puts the tables and verdicts into docs/results.md."""
     runs = study.workdir / "runs"
     docs.mkdir(parents=True, exist_ok=True)
-    parts: list[str] = []
+    for path in store(study, long_epochs):
+        print(f"# stored {path}")
     classification = {
         name: summarise(found) for name in CLASSIFICATION if (found := sorted_runs(runs, tag(name)))
     }
-    if classification:
-        parts += ["## Classification", *classification_table(classification)]
-    long_runs = {name: sorted_runs(runs, f"{tag(name)}-e{long_epochs}") for name in LONG_ROWS}
-    long = {name: summarise(found) for name, found in long_runs.items() if found}
-    if long:
-        parts += [f"## Longer training ({long_epochs} epochs)", *classification_table(long)]
-        margin = f"a match: within {EQUAL_MARGIN} points"
-        for name, result in long_differences(long).items():
-            parts += ["", f"{name}: {result['line']}: {result['verdict']} ({margin})."]
-    induced = {name: sorted_runs(runs, f"{tag(name)}-e{long_epochs}") for name in (N2HL, INDUCED)}
-    if all(induced.values()):
-        rows = {name: summarise(found) for name, found in induced.items()}
-        result = induced_difference(rows)
-        parts += [f"## NBDT's induced hierarchy ({long_epochs} epochs)", *classification_table(rows), "",
-                  f"induced - WordNet: {result['line']}: {result['verdict']} (NBDT: the induced tree is "
-                  "better)."]  # fmt: skip
-    if (controls := runs / f"attention-controls-e{long_epochs}.json").exists():
-        import attention_controls
-
-        parts += [f"## Top-down attention: controls ({long_epochs}-epoch models, seed 0)",
-                  *attention_controls.table(json.loads(controls.read_text()))]  # fmt: skip
-    matched = {s: sorted_json(runs, f"matched-{tag(s)}-e{long_epochs}-s*.json") for s in SUBSETS}
-    if any(matched.values()):
-        parts += [f"## Experts against pruned networks ({long_epochs}-epoch models)", *matched_table(matched)]
-    if all((runs / f"cutout-{tag(s)}.json").exists() for s in SUBSETS):
-        parts += [
-            "## Cutouts",
-            *cutout_table({s: json.loads((runs / f"cutout-{tag(s)}.json").read_text()) for s in SUBSETS}),
-        ]
-    attention = {
-        n: json.loads(p.read_text())
-        for n in ("N2HL (WordNet)", "N3HL (WordNet)", "PHL small")
-        if (p := runs / f"attention-{tag(n)}.json").exists()
-    }
-    if attention:
-        parts += ["## Top-down attention", *attention_table(attention)]
-    frozen = {}
-    for name in FROZEN_ROWS:
-        path = runs / f"train-{tag(name)}-s0.json"
-        if path.exists():
-            run = json.loads(path.read_text())
-            frozen[name] = {
-                **summarise([run]),
-                "trainable": trainable_params(study.workdir / run["model"]),
-            }
-    if frozen:
-        parts += ["## Frozen pretrained trunk", *frozen_table(frozen)]
-    if (runs / "gates.json").exists():
-        parts += ["## Decision gates", *gates_table(json.loads((runs / "gates.json").read_text()))]
-        if (plot := study.workdir / "gates.png").exists():
-            shutil.copyfile(plot, docs / "results-gates.png")
-    if (runs / "imagenet-cost.json").exists():
-        parts += [
-            "## ImageNet-scale cost",
-            *imagenet_table(json.loads((runs / "imagenet-cost.json").read_text())),
-        ]
-    parts += ["## Study time (this machine)", *time_table(study_times(runs))]
+    frozen = {name: summarise(found) for name in FROZEN_ROWS if (found := sorted_runs(runs, tag(name)))}
     if classification:
         accuracy_plot(classification, frozen, docs / "results-accuracy-gmacs.png")
         cost_plots(study, docs)
-    return "\n".join(parts)
+    print("# now: python benchmarks/report.py --write")
 
 
 def sorted_runs(runs: Path, name: str) -> list[dict[str, Any]]:
@@ -811,9 +783,7 @@ def main() -> None:
         choices=[
             "classification",
             "cutouts",
-            "attention",
             "frozen",
-            "gates",
             "cost",
             "long",
             "controls",
@@ -840,9 +810,7 @@ def main() -> None:
     steps = {
         "classification": lambda: study.classification(args.seeds, args.all_seeds),
         "cutouts": lambda: study.cutouts(args.seeds),
-        "attention": study.attention,
         "frozen": lambda: study.frozen(study.workdir / args.lite0),
-        "gates": lambda: study.gates()["rows"],
         "cost": study.imagenet_cost,
         "long": lambda: study.long_training(args.seeds, args.long_epochs),
         "controls": lambda: study.attention_controls(args.long_epochs),
@@ -854,7 +822,7 @@ def main() -> None:
             with study.timed(part):
                 print(json.dumps(step(), indent=2))
     if args.part in ("report", "all"):
-        print(report(study, args.docs, args.long_epochs))
+        report(study, args.docs, args.long_epochs)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nhlcli.data.bad import split_bad
-from nhlcli.data.datasets import split_name
-from nhlcli.data.loaders import model_loader
+from nhlcli.data.datasets import resolve_holdout, split_name
+from nhlcli.data.loaders import model_holdout, model_loader
 from nhlcli.devices import autocast_for, resolve_device
 from nhlcli.distributed import DistInfo, all_sum
 from nhlcli.errors import NhlError
@@ -220,6 +220,7 @@ def evaluate_file(
     route_top_k: int | None = None,
     part: str | None = None,
     progress: ImageProgress | None = None,
+    holdout: float | None = None,
 ) -> dict[str, Any]:
     """Load a model file and report top-1, top-5, loss and per-class accuracy on ``data``.
 
@@ -229,20 +230,27 @@ def evaluate_file(
 
     ``attend`` scales chosen classes' branches, ``attend_truth`` each image's own class path
     (paper 003, 4.4); ``attend_level`` picks the level (default the last, an int, or "path").
+
+    ``holdout``: ``val`` is that stratified hold-out of the training images and ``train`` the
+    rest (as ``nhl train --holdout``); ``None`` takes the hold-out the model was trained without
+    (none for a model trained on every training image), ``0`` none: the data's own splits.
     """
+    resolve_holdout(holdout, split)  # a bad fraction or split: before the model is read
     dev = resolve_device(device)
     pairs = attend_pairs(attend)
     check_attention_options(pairs, attend_level, attend_truth)
     model = _load_for_eval(model_file, dev, ungated_only=bool(pairs or attend_truth is not None or classes))
+    held = model_holdout(model, split, holdout)
     if isinstance(model, GatedModel) or route_top_k is not None:
         report = evaluate_gated_model(
-            model, data, split, batch_size, workers, dev, route_top_k, part, progress
+            model, data, split, batch_size, workers, dev, route_top_k, part, progress, held
         )
         return {
             **report,
             "model": str(model_file),
             "data": str(data),
-            "split": split_name(data, split),
+            "split": split_name(data, split, held),
+            "holdout": held,
             "part": part,
         }
     net, labels = _restrict(model, classes, dev)
@@ -255,7 +263,7 @@ def evaluate_file(
         if labels:  # targets index the subset's classes; the oracle needs the full model's
             attention = _SubsetTargets(attention, net.index)
     loader = model_loader(
-        model, data, split, batch_size, workers, tree=net.tree, subset=bool(labels), part=part
+        model, data, split, batch_size, workers, tree=net.tree, subset=bool(labels), part=part, holdout=held
     )
     tree = net.tree  # the model's tree, or the subtree of the requested classes
     report = evaluate(net, loader, dev, attention=attention)
@@ -263,7 +271,8 @@ def evaluate_file(
     report["num_classes"] = len(tree.classes)
     report["model"] = str(model_file)
     report["data"] = str(data)
-    report["split"] = split_name(data, split)
+    report["split"] = split_name(data, split, held)
+    report["holdout"] = held
     report["attention"] = attention_summary(model.tree, pairs, attend_level, attend_truth)
     return report
 
@@ -345,16 +354,20 @@ def attention_curve_file(
     attend_level: int | str | None = None,
     part: str | None = None,
     progress: ImageProgress | None = None,
+    holdout: float | None = None,
 ) -> dict[str, Any]:
     """``nhl eval --attend-truth 0.5,1,2,...``: paper 003's oracle curve (4.4) in one pass over
-    the data, with the scale of largest top-1."""
+    the data, with the scale of largest top-1 (choose that scale on a ``holdout`` of the training
+    images, see :func:`evaluate_file`, and report it on the test split)."""
     if not scales:
         raise NhlError("give at least one scale, e.g. 0.5,1,2", "attend_truth")
+    resolve_holdout(holdout, split)
     dev = resolve_device(device)
     model = _load_for_eval(model_file, dev, ungated_only=True)
+    held = model_holdout(model, split, holdout)
     net, labels = _restrict(model, classes, dev)
     loader = model_loader(
-        model, data, split, batch_size, workers, tree=net.tree, subset=bool(labels), part=part
+        model, data, split, batch_size, workers, tree=net.tree, subset=bool(labels), part=part, holdout=held
     )
     if progress is not None:
         progress.start(len(loader.dataset), f"{len(scales)} attention scales")
@@ -366,7 +379,8 @@ def attention_curve_file(
     return {
         "model": str(model_file),
         "data": str(data),
-        "split": split_name(data, split),
+        "split": split_name(data, split, held),
+        "holdout": held,
         "images": curve[0]["images"],
         "num_classes": len(net.tree.classes),
         "attention": {**summary, "scales": list(scales)},
@@ -399,10 +413,11 @@ def evaluate_gated_model(
     route_top_k: int | None = None,
     part: str | None = None,
     progress: ImageProgress | None = None,
+    holdout: float = 0.0,
 ) -> dict[str, Any]:
     """Gated inference over a data split (what ``nhl eval`` reports for a gated file)."""
     check_gated_options(model, route_top_k, ())
-    loader = model_loader(model, data, split, batch_size, workers, part=part)
+    loader = model_loader(model, data, split, batch_size, workers, part=part, holdout=holdout)
     if progress is not None:
         progress.start(len(loader.dataset), "gated inference")
     return evaluate_gated(model, loader, device, progress=progress.advance if progress else None)

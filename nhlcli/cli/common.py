@@ -25,6 +25,13 @@ CLASSES_HELP = (
     "union; 'nhl hierarchy resolve TREE NAME' shows what a name means."
 )
 
+HOLDOUT_HELP = (
+    "Split the training images as 'nhl train --holdout' does: val is this stratified fraction of "
+    "them (e.g. 0.1), train the rest, so choices are made without the test set. Default: the "
+    "fraction the model was trained with (none if it saw every training image); 0: the data's own "
+    "splits (Fashion-MNIST's val is its test set)."
+)
+
 console = Console()
 
 T = TypeVar("T")

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from nhlcli.cli.common import (
+    HOLDOUT_HELP,
     ImageProgress,
     console,
     friendly_errors,
@@ -56,6 +57,7 @@ def fit_command(
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the gated file."),
     data: str = typer.Option("fashion-mnist", "--data", "-d", help=DATA_HELP),
     split: str = typer.Option("train", "--split", help="The split the gates learn from."),
+    holdout: float | None = typer.Option(None, "--holdout", metavar="FRACTION", help=HOLDOUT_HELP),
     stages: str | None = typer.Option(
         None,
         "--stages",
@@ -90,6 +92,7 @@ def fit_command(
             workers,
             device,
             progress,
+            holdout=holdout,
         )
     report = {
         **gated.spec.fit,
@@ -125,13 +128,20 @@ def fit_command(
     console.print(table)
     quoted = shlex.quote(str(output))
     data_option = f"--data {shlex.quote(str(data))}"
-    console.print(
-        f"wrote {shown(output)}; next, tune on one half of the held-out images and report on the "
-        f"other:\nnhl gates tune {shown(quoted)} {shown(data_option)} --part 1/2 --max-drop 0.5\n"
-        f"nhl eval {shown(quoted)} {shown(data_option)} --part 2/2",
-        highlight=False,
-        soft_wrap=True,
-    )
+    if report.get("holdout"):
+        held = f"--holdout {report['holdout']:g}"
+        next_steps = (
+            f"tune on the hold-out the gates never saw, then report once on the data's own val split:\n"
+            f"nhl gates tune {shown(quoted)} {shown(data_option)} --split val {held} --max-drop 0.5\n"
+            f"nhl eval {shown(quoted)} {shown(data_option)} --holdout 0"
+        )
+    else:
+        next_steps = (
+            f"tune on one half of the held-out images and report on the other:\n"
+            f"nhl gates tune {shown(quoted)} {shown(data_option)} --part 1/2 --max-drop 0.5\n"
+            f"nhl eval {shown(quoted)} {shown(data_option)} --part 2/2"
+        )
+    console.print(f"wrote {shown(output)}; next, {next_steps}", highlight=False, soft_wrap=True)
 
 
 def _exits_table(title: str, result: Mapping[str, Any], names: list[str]) -> Table:
@@ -149,6 +159,7 @@ def tune_command(
     gated_file: Path = typer.Argument(..., help="A gated file from 'nhl gates fit'."),
     data: str = typer.Option("fashion-mnist", "--data", "-d", help=DATA_HELP),
     split: str = typer.Option("val", "--split", help="The held-out split thresholds are tuned on."),
+    holdout: float | None = typer.Option(None, "--holdout", metavar="FRACTION", help=HOLDOUT_HELP),
     part: str | None = typer.Option(None, "--part", metavar="i/k", help=PART_HELP),
     target_accuracy: float | None = typer.Option(
         None, "--target-accuracy", metavar="PERCENT", help="The top-1 to reach, in percent (e.g. 91.5)."
@@ -169,7 +180,6 @@ def tune_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Set the exit thresholds: the lowest average GMACs that reaches a target top-1 on held-out data."""
-    from nhlcli.data.datasets import split_name
     from nhlcli.gates.workflow import tune_file
     from nhlcli.model.files import read_metadata
     from nhlcli.model.gated import exit_names
@@ -190,6 +200,7 @@ def tune_command(
             workers,
             device,
             progress,
+            holdout=holdout,
         )
     if as_json:
         print_json(result)
@@ -197,7 +208,7 @@ def tune_command(
     names = exit_names(read_metadata(output or gated_file)["gates"]["stages"])
     console.print(
         _exits_table(
-            f"thresholds on {shown(data)} ({shown(split_name(data, split))}"
+            f"thresholds on {shown(data)} ({shown(result['split'])}"
             f"{', part ' + shown(part) if part else ''}, "
             f"{counted(result['images'], 'image')})",
             result,
@@ -217,6 +228,7 @@ def sweep_command(
     gated_file: Path = typer.Argument(..., help="A gated file from 'nhl gates fit'."),
     data: str = typer.Option("fashion-mnist", "--data", "-d", help=DATA_HELP),
     split: str = typer.Option("val", "--split", help="The split to measure on."),
+    holdout: float | None = typer.Option(None, "--holdout", metavar="FRACTION", help=HOLDOUT_HELP),
     part: str | None = typer.Option(None, "--part", metavar="i/k", help=PART_HELP),
     route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
     plot: Path | None = typer.Option(None, "--plot", help="Also draw the curve into this PNG."),
@@ -228,7 +240,7 @@ def sweep_command(
     """The accuracy-GMACs curve: thresholds tuned for allowed drops of 0 to 20 points (file unchanged)."""
     from nhlcli.data.datasets import split_name
     from nhlcli.gates.tune import plot_sweeps
-    from nhlcli.gates.workflow import data_input, sweep_file
+    from nhlcli.gates.workflow import data_input, file_holdout, sweep_file
     from nhlcli.paths import check_output_file
 
     check_output_file(plot, [gated_file, data_input(data)], label="--plot")
@@ -236,16 +248,17 @@ def sweep_command(
         raise NhlError(f"--plot {plot}: the picture is written as PNG; name it .png")
     with ImageProgress(not as_json) as progress:
         points = sweep_file(
-            gated_file, data, split, part, None, route_top_k, batch_size, workers, device, progress
-        )
+            gated_file, data, split, part, None, route_top_k, batch_size, workers, device, progress,
+            holdout=holdout,
+        )  # fmt: skip
+    held = file_holdout(gated_file, split, holdout)
+    named = split_name(data, split, held)
     if plot is not None:
-        plot_sweeps(
-            {gated_file.stem: points}, plot, title=f"{gated_file.name} on {data} ({split_name(data, split)})"
-        )
+        plot_sweeps({gated_file.stem: points}, plot, title=f"{gated_file.name} on {data} ({named})")
     if as_json:
-        print_json({"points": points, "plot": str(plot) if plot else None})
+        print_json({"points": points, "split": named, "holdout": held, "plot": str(plot) if plot else None})
         return
-    where = f"{split_name(data, split)}, part {part}" if part else split_name(data, split)
+    where = f"{named}, part {part}" if part else named
     table = Table(title=f"{shown(gated_file.name)}: accuracy against cost on {shown(data)} ({shown(where)})")
     for col in ("allowed drop", "top-1", "GMACs / image", "fewer GMACs", "thresholds"):
         table.add_column(col, justify="right")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from nhlcli.cli.common import (
     CLASSES_HELP,
+    HOLDOUT_HELP,
     TrainingBar,
     console,
     friendly_errors,
@@ -465,6 +466,7 @@ def eval_command(
     ),
     route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
     part: str | None = typer.Option(None, "--part", metavar="i/k", help=PART_HELP),
+    holdout: float | None = typer.Option(None, "--holdout", metavar="FRACTION", help=HOLDOUT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Top-1, top-5 and per-class accuracy of a model file on a dataset.
@@ -491,7 +493,7 @@ def eval_command(
         common = dict(
             split=split, classes=parse_names(classes) or None, batch_size=batch_size, workers=workers,
             device=device,
-            attend_level=attend_level, part=part, progress=progress,
+            attend_level=attend_level, part=part, progress=progress, holdout=holdout,
         )  # fmt: skip
         if len(scales) > 1:
             if pairs or route_top_k is not None:

@@ -13,7 +13,16 @@ the data.
 
 from nhlcli.data.bad import bad_image_names, split_bad, unreadable_split_error
 from nhlcli.data.base import SPLITS, LabeledDataset, bad_target
-from nhlcli.data.datasets import BUILTIN, TreeDataset, dataset_for_tree, open_dataset, split_name, tree_leaves
+from nhlcli.data.datasets import (
+    BUILTIN,
+    TreeDataset,
+    dataset_for_tree,
+    open_dataset,
+    resolve_holdout,
+    split_name,
+    trained_holdout,
+    tree_leaves,
+)
 from nhlcli.data.defaults import (
     AugmentChoice,
     default_augmentation,
@@ -32,6 +41,7 @@ from nhlcli.data.loaders import (
     create_eval_loader,
     create_loaders,
     make_loader,
+    model_holdout,
     model_loader,
 )
 
@@ -54,6 +64,7 @@ __all__ = [
     "channel_stats",
     "create_eval_loader",
     "create_loaders",
+    "model_holdout",
     "model_loader",
     "dataset_for_tree",
     "find_images",
@@ -63,8 +74,10 @@ __all__ = [
     "make_loader",
     "open_dataset",
     "read_image",
+    "resolve_holdout",
     "split_name",
     "split_bad",
+    "trained_holdout",
     "training_image_count",
     "tree_leaves",
     "unreadable_image_message",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,59 @@ BUILTIN = (FASHION_MNIST_NAME, EMOJI_NAME)
 def split_name(data: str | Path, split: str, holdout: float = 0.0) -> str:
     """The split as reports should name it: Fashion-MNIST has no validation set, its ``val`` is the
     10,000-image test set, and emoji's ``val`` is its fixed test set, so reports say ``test``
-    there rather than pass it off as validation; with a ``holdout`` it is that hold-out."""
+    there rather than pass it off as validation; with a ``holdout`` it is that hold-out, and
+    ``train`` the training images less it."""
     if holdout and split in ("val", "validation"):
         return f"hold-out ({holdout:.0%} of train)"
+    if holdout and split == "train":
+        return f"train less the hold-out ({holdout:.0%})"
     held_out = str(data) in (FASHION_MNIST_NAME, EMOJI_NAME) and split in ("val", "validation")
     return "test" if held_out else split
+
+
+def trained_holdout(meta: Mapping[str, Any]) -> float:
+    """The hold-out a model file records it was trained without (``nhl train --holdout``; 0 for
+    none, and for files without a training record: experts cut by hand, gated files keep it)."""
+    value = (meta.get("training") or {}).get("holdout") or 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise NhlError(
+            f"the model file records a training hold-out of {value!r}, not a fraction in [0, 1); "
+            "give `holdout` yourself"
+        )
+    return float(value)
+
+
+def resolve_holdout(holdout: float | None, split: str, trained: float = 0.0) -> float:
+    """The hold-out to take ``split`` of a model's data with (see :func:`open_dataset`).
+
+    ``None``: the one the model was trained with (``trained``, from :func:`trained_holdout`), so
+    ``train`` is the images it learned from and ``val`` the hold-out it never saw; ``0``: none,
+    the data's own splits (Fashion-MNIST's ``val`` is its test set). A fraction in (0, 1): that
+    stratified share of the training images (split seed 0, as ``nhl train --holdout``) is
+    ``val`` and the rest ``train``. A ``val`` hold-out other than a non-zero ``trained`` is
+    refused: it would hold images the model learned from.
+    """
+    if holdout is None:
+        return trained
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+        raise NhlError(
+            f"{holdout}: give the fraction of the training images to hold out, in (0, 1) "
+            "(0: no hold-out, the data's own splits)",
+            "holdout",
+        )
+    if holdout and split not in ("train", "val", "validation"):
+        raise NhlError(
+            f"{split!r}: with `holdout` the training images split into train (the rest) and val "
+            "(the hold-out); use one of those",
+            "split",
+        )
+    if holdout and trained and holdout != trained and split != "train":
+        raise NhlError(
+            f"{holdout:g} is not the hold-out the model was trained without ({trained:g}): that val "
+            f"split would hold images the model learned from; give {trained:g} or leave it out",
+            "holdout",
+        )
+    return float(holdout)
 
 
 class HeldOutSplit(LabeledDataset):

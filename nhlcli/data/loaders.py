@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms
 
-from nhlcli.data.datasets import TreeDataset, dataset_for_tree
+from nhlcli.data.datasets import TreeDataset, dataset_for_tree, resolve_holdout, trained_holdout
 from nhlcli.data.errors import DataError
 from nhlcli.data.folder import VAL_FRACTION
 from nhlcli.data.images import to_mode
@@ -227,6 +227,7 @@ def create_eval_loader(
     subset: bool = False,
     part: str | None = None,
     skip_bad_images: bool = False,
+    holdout: float = 0.0,
 ) -> DataLoader:
     """One split in a fixed order with the evaluation transform (``subset=True`` for experts).
 
@@ -235,6 +236,10 @@ def create_eval_loader(
 
     ``part="i/k"`` keeps the i-th of k fixed, disjoint random parts of the split, so thresholds
     can be tuned on one half of a test set and reported on the other (``"1/2"``, ``"2/2"``).
+
+    ``holdout``: ``val`` is that stratified fraction of the training images and ``train`` the
+    rest, as in :func:`create_loaders` (``nhl train --holdout``), so choices made on the hold-out
+    never look at the test set.
     """
     in_chans = in_chans or len(mean)
     tf = build_transform(
@@ -257,6 +262,7 @@ def create_eval_loader(
         val_fraction=val_fraction,
         split_seed=split_seed,
         skip_bad_images=skip_bad_images,
+        holdout=holdout,
     )
     if part:
         dataset = take_part(dataset, part)  # type: ignore[assignment]
@@ -284,10 +290,12 @@ def model_loader(
     tree: Tree | None = None,
     subset: bool = False,
     part: str | None = None,
+    holdout: float = 0.0,
 ) -> Any:
     """A loader over ``data`` through the model's own evaluation transform, labelled by ``tree``
     (default the model's); the data of an expert, or of a model trained on some of the data's
-    classes (``nhl train --classes``), is restricted to the model's classes."""
+    classes (``nhl train --classes``), is restricted to the model's classes. ``holdout``: see
+    :func:`create_eval_loader` (:func:`model_holdout` resolves a user's choice against the model)."""
     meta = getattr(model, "metadata", {})
     is_expert = bool(meta.get("expert")) or bool((meta.get("training") or {}).get("classes"))
     inp = model.input_config
@@ -305,4 +313,12 @@ def model_loader(
         workers=workers,
         subset=subset or is_expert,
         part=part,
+        holdout=holdout,
     )
+
+
+def model_holdout(model: nn.Module, split: str, holdout: float | None = None) -> float:
+    """The hold-out to take ``split`` of a model's data with: ``holdout`` checked against the one
+    the model's file records it was trained without, or that one when ``holdout`` is ``None``
+    (see :func:`nhlcli.data.datasets.resolve_holdout`)."""
+    return resolve_holdout(holdout, split, trained_holdout(getattr(model, "metadata", None) or {}))

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from nhlcli.data.datasets import split_name
+from nhlcli.data.datasets import resolve_holdout, split_name
 from nhlcli.devices import resolve_device
 from nhlcli.errors import NhlError
 from nhlcli.gates.fit import GateTraining, fit_gates
@@ -61,6 +61,15 @@ def carried_sections(meta: Mapping[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in ("expert", "training", "cost") if k in meta}
 
 
+def file_holdout(path: str | Path, split: str, holdout: float | None = None) -> float:
+    """The hold-out a model or gated file's ``split`` is taken with (what the reports name)."""
+    from nhlcli.data.datasets import trained_holdout
+    from nhlcli.model.files import read_metadata
+
+    resolve_holdout(holdout, split)
+    return resolve_holdout(holdout, split, trained_holdout(read_metadata(path)))
+
+
 def load_gated(path: str | Path, device: torch.device) -> GatedModel:
     from nhlcli.model.loading import open_model
 
@@ -84,24 +93,32 @@ def fit_file(
     workers: int = 2,
     device: str | torch.device | None = None,
     progress: ImageProgress | None = None,
+    holdout: float | None = None,
 ) -> GatedModel:
     """Fit gates on a model file (NHL, expert or flat) and save the gated file (thresholds closed
-    until ``tune_file`` sets them)."""
-    from nhlcli.data.loaders import model_loader
+    until ``tune_file`` sets them).
+
+    ``holdout``: learn from the training images less that stratified hold-out (``split="train"``),
+    so that thresholds tuned on the hold-out (``tune_file(..., split="val", holdout=...)``) are
+    chosen on images the gates never saw; ``None`` takes the hold-out the model was trained
+    without (none for a model trained on every training image), ``0`` none."""
+    from nhlcli.data.loaders import model_holdout, model_loader
     from nhlcli.model.files import save_model
     from nhlcli.model.loading import open_model
     from nhlcli.paths import check_output_file
 
+    resolve_holdout(holdout, split)  # a bad fraction or split: before the model is read
     check_output_file(output, [model_file, data_input(data)], label="`output`")
     dev = resolve_device(device)
     model = open_model(model_file, dev)
     if isinstance(model, GatedModel):
         raise NhlError(f"{model_file} already has gates; fit on the ungated model it was made from")
-    loader = model_loader(model, data, split, batch_size, workers)
+    held = model_holdout(model, split, holdout)
+    loader = model_loader(model, data, split, batch_size, workers, holdout=held)
     if progress is not None:
         progress.start(len(loader.dataset), "fitting gates")
     gated = fit_gates(model, loader, stages, route, config, dev, progress.advance if progress else None)
-    gated.spec.fit.update({"data": str(data), "split": split_name(data, split)})
+    gated.spec.fit.update({"data": str(data), "split": split_name(data, split, held), "holdout": held})
     save_model(gated, output, **carried_sections(getattr(model, "metadata", {})))
     return gated
 
@@ -115,10 +132,11 @@ def record_file(
     workers: int,
     device: torch.device,
     progress: ImageProgress | None = None,
+    holdout: float = 0.0,
 ) -> ExitRecord:
     from nhlcli.data.loaders import model_loader
 
-    loader = model_loader(gated, data, split, batch_size, workers, part=part)
+    loader = model_loader(gated, data, split, batch_size, workers, part=part, holdout=holdout)
     if progress is not None:
         progress.start(len(loader.dataset), "scoring every gate")
     return collect_exits(gated, loader, device, progress.advance if progress else None)
@@ -138,11 +156,19 @@ def tune_file(
     workers: int = 2,
     device: str | torch.device | None = None,
     progress: ImageProgress | None = None,
+    holdout: float | None = None,
 ) -> dict[str, Any]:
     """Set a gated file's thresholds (tuned for a target, or given) and write them into the file
-    (or into ``output``)."""
+    (or into ``output``).
+
+    ``holdout``: tune on that stratified hold-out of the training images (``split="val"``)
+    instead of the data's own val split (Fashion-MNIST's test set); ``None`` takes the hold-out
+    the model was trained without (none for a model trained on every training image), ``0``
+    none."""
+    from nhlcli.data.loaders import model_holdout
     from nhlcli.model.files import save_model
 
+    resolve_holdout(holdout, split)  # a bad fraction or split: before the file is read
     output = check_tune_output(gated_file, output, data)
     if thresholds is None:
         check_target(target_accuracy, max_drop)  # before the file is read or an image scored
@@ -153,14 +179,21 @@ def tune_file(
     if thresholds is not None:
         check_thresholds(thresholds, len(gated.exits))
     gated.set_route_top_k(route_top_k)
-    record = record_file(gated, data, split, part, batch_size, workers, dev, progress)
+    held = model_holdout(gated, split, holdout)
+    record = record_file(gated, data, split, part, batch_size, workers, dev, progress, held)
     if thresholds is not None:
         result = simulate(gated, record, thresholds)
     else:
         result = tune_thresholds(gated, record, target_from(record, target_accuracy, max_drop))
     gated.set_thresholds(result["thresholds"])
     result.update(
-        {"data": str(data), "split": split_name(data, split), "part": part, "images": len(record.labels)}
+        {
+            "data": str(data),
+            "split": split_name(data, split, held),
+            "holdout": held,
+            "part": part,
+            "images": len(record.labels),
+        }
     )
     result["route_top_k"] = route_top_k
     gated.spec.tune = result
@@ -179,10 +212,18 @@ def sweep_file(
     workers: int = 2,
     device: str | torch.device | None = None,
     progress: ImageProgress | None = None,
+    holdout: float | None = None,
 ) -> list[dict[str, Any]]:
-    """The accuracy-GMACs curve of a gated file: thresholds tuned for each allowed accuracy drop."""
+    """The accuracy-GMACs curve of a gated file: thresholds tuned for each allowed accuracy drop.
+
+    ``holdout`` as in :func:`tune_file`: the curve an operating point is chosen from belongs on a
+    hold-out of the training images, not on the split the point is then reported on."""
+    from nhlcli.data.loaders import model_holdout
+
+    resolve_holdout(holdout, split)
     dev = resolve_device(device)
     gated = load_gated(gated_file, dev)
     gated.set_route_top_k(route_top_k)
-    record = record_file(gated, data, split, part, batch_size, workers, dev, progress)
+    held = model_holdout(gated, split, holdout)
+    record = record_file(gated, data, split, part, batch_size, workers, dev, progress, held)
     return sweep(gated, record, *(() if drops is None else (drops,)))
