@@ -20,6 +20,7 @@ stock allocator.
     python benchmarks/bench_branches.py --irregular  # also uneven fan-outs (scatter cost)
     python benchmarks/bench_branches.py --train      # forward + backward in train mode
     python benchmarks/bench_branches.py --size 7 --batch 32 --alloc default --json
+    python benchmarks/bench_branches.py --results    # also store benchmarks/results/branch-execution.json
 """
 
 from __future__ import annotations
@@ -220,6 +221,34 @@ def bench_tree(leaves: int, args: argparse.Namespace, irregular: bool = False) -
     }
 
 
+def store(report: dict[str, Any], argv: Sequence[str]) -> None:
+    """The rows as ``benchmarks/results/branch-execution.json``, the table report.py puts in the docs."""
+    from results_store import machine, write_results
+
+    trunk = report["trunk"]["gmacs"]
+    write_results(
+        "branch-execution",
+        title="Batched branch levels against a loop of per-node modules and the trunk",
+        command=" ".join(["python benchmarks/bench_branches.py", *argv]),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        machine_facts=machine(),
+        setup={k: report[k] for k in ("batch", "input", "widths", "mode", "alloc", "runs", "loop_runs")}
+        | {"trunk_gmacs": round(trunk, 1), "table": {"columns": [
+            ["leaves", "leaves", "{}"], ["GMAC", "gmac", "{:.1f}"], ["batched ms", "batched_ms", "{:.0f}"],
+            ["batched GMAC/s", "batched_gmacs", "{:.0f}"], ["loop ms", "loop_ms", "{:.0f}"],
+            ["loop GMAC/s", "loop_gmacs", "{:.0f}"], ["batched / loop", "speedup", "{:.2f}x"],
+            [f"of trunk rate ({trunk:.1f} GMAC/s)", "branch_to_trunk_rate", "{:.0%}"],
+        ]}},
+        runs=[
+            {"model": f"{r['leaves']} leaves" + (f" ({r['tree']})" if r["tree"] != "even" else ""),
+             "leaves": r["leaves"], "gmac": r["gmac"], "batched_ms": r["batched_s"] * 1e3,
+             "batched_gmacs": r["batched_gmacs"], "loop_ms": r["loop_s"] * 1e3, "loop_gmacs": r["loop_gmacs"],
+             "speedup": r["speedup"], "branch_to_trunk_rate": r["branch_to_trunk_rate"]}
+            for r in report["rows"]
+        ],
+    )  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -246,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="process allocator settings (see above)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--results", action="store_true", help="store the rows for report.py")
     args = parser.parse_args(argv)
     args.widths = [int(w) for w in args.widths.split(",")]
     if args.quick:
@@ -277,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mode": "train step (forward + backward)" if args.train else "inference forward",
         "rows": rows,
     }
+    if args.results:
+        store(report, sys.argv[1:] if argv is None else list(argv))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

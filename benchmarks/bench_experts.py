@@ -4,6 +4,7 @@
     python benchmarks/bench_experts.py latency     # experts of 1/10/100/500 classes, batch 1 and 32
     python benchmarks/bench_experts.py latency --backbone resnet50
     python benchmarks/bench_experts.py cutout      # time and peak memory of nhl cutout on a 1000-class file
+    python benchmarks/bench_experts.py latency --results   # also store benchmarks/results/expert-latency.json
 
 Untrained weights: cost does not depend on them. GMACs come from FlopCounterMode, latency is the
 median of timed runs in this one process (parent and experts measured side by side), cutout
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from results_store import write_results
+from results_store import add_runs, write_results
 
 from nhlcli.experts import count_macs, cut_model, measure_latency
 from nhlcli.memory import keep_freed_cpu_memory
@@ -186,6 +187,71 @@ def cutout(sizes: tuple[int, ...]) -> dict:
     return {"parent_file_mb": round(file_mb, 1), "cuts": rows, "goal": "under 2 s and under 1.5x the file"}
 
 
+TRUNK_NAMES = {"convnextv2_tiny": "ConvNeXtV2-tiny", "resnet50": "ResNet50"}
+LATENCY_RERUN = (
+    "python benchmarks/bench_experts.py latency --results && "
+    "python benchmarks/bench_experts.py latency --backbone resnet50 --results"
+)
+
+
+def store_latency(result: dict, backbone: str, batches: tuple[int, ...], repeats: int) -> None:
+    """One row per model (the full one, then each expert) with its figures at every batch, into
+    ``benchmarks/results/expert-latency.json`` beside the other trunk's rows: the table report.py
+    puts in the docs."""
+    trunk = TRUNK_NAMES.get(backbone, backbone)
+    full = {"model": "full", "trunk": trunk, "classes": 1000, "gmacs": result["full"]["gmacs"]}
+    full |= {f"b{b}_ms": run["median_ms"] for b, run in zip(batches, result["full"]["latency"], strict=True)}
+    runs = [full]
+    for row in result["experts"]:
+        if row["batch"] == batches[0]:
+            runs.append({"model": f"expert-{row['classes']}", "trunk": trunk, "classes": row["classes"],
+                         "gmacs": row["gmacs"], "gmacs_ratio": row["gmacs_ratio"]})  # fmt: skip
+        b = row["batch"]
+        runs[-1] |= {f"b{b}_ms": row["median_ms"], f"b{b}_latency_ratio": row["latency_ratio"],
+                     f"b{b}_latency_over_gmacs": row["latency_over_gmacs"]}  # fmt: skip
+    columns = [["trunk", "trunk", "{}"], ["classes", "model", "{}"], ["GMACs", "gmacs", "{:.2f}"],
+               ["GMACs ratio", "gmacs_ratio", "{:.3f}"]]  # fmt: skip
+    for b in batches:  # the full model's latency in ms, each expert's as a ratio of it
+        columns += [[f"batch {b} latency", f"b{b}_ms", "{:.1f} ms"],
+                    [f"batch {b} latency ratio", f"b{b}_latency_ratio", "{:.3f}"],
+                    ["lat/GMACs", f"b{b}_latency_over_gmacs", "{:.2f}"]]  # fmt: skip
+    for run in runs[1:]:  # an expert's ms stay in the file; the table shows its ratios
+        run["ms"] = {b: run.pop(f"b{b}_ms") for b in batches}
+    add_runs(
+        "expert-latency",
+        runs,
+        key=("trunk", "model"),
+        title="Expert latency against GMACs: experts of random classes cut from a 1000-class NHL",
+        command=LATENCY_RERUN,
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        setup={"tree": "imagenet-1k-wordnet-l3", "variant": "nhl", "input_px": 224, "repeats": repeats,
+               "weights": "untrained (cost does not depend on them)",
+               "arms": {r["model"]: {"label": "1000 (full)" if r["model"] == "full" else str(r["classes"])}
+                        for r in runs},
+               "table": {"columns": columns}},
+    )  # fmt: skip
+
+
+def store_cutout(result: dict) -> None:
+    """The cuts as ``benchmarks/results/cutout-cost.json``, the table report.py puts in the docs."""
+    write_results(
+        "cutout-cost",
+        title="cutout_file + save_expert on a 1000-class ConvNeXtV2-tiny NHL file: time and memory",
+        command="python benchmarks/bench_experts.py cutout --results",
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        setup={"tree": "imagenet-1k-wordnet-l3", "variant": "nhl", "backbone": "convnextv2_tiny",
+               "parent_file_mb": result["parent_file_mb"],
+               "weights": "untrained (cost does not depend on them)",
+               "arms": {f"expert-{r['classes']}": {"label": str(r["classes"])} for r in result["cuts"]},
+               "table": {"columns": [
+                   ["classes kept", "model", "{}"], ["time", "seconds", "{:.2f} s"],
+                   ["extra peak memory", "extra_peak_mb", "{:.1f} MB"],
+                   ["/ file size", "memory_over_file", "{:.2f}"], ["expert file", "expert_mb", "{:.1f} MB"],
+               ]}},
+        runs=[{"model": f"expert-{r['classes']}", **r} for r in result["cuts"]],
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("part", choices=["table1", "latency", "cutout"])
@@ -194,6 +260,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backbone", default="convnextv2_tiny", help="trunk of the latency model")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--results", action="store_true", help="store the figures for report.py")
     args = parser.parse_args()
     keep_freed_cpu_memory()  # as the nhl command does
     sizes = tuple(int(s) for s in args.sizes.split(","))
@@ -215,8 +282,12 @@ def main() -> None:
     elif args.part == "latency":
         batches = tuple(int(b) for b in args.batches.split(","))
         result = latency(batches, sizes, args.repeats, args.backbone)
+        if args.results:
+            store_latency(result, args.backbone, batches, args.repeats)
     else:
         result = cutout(sizes)
+        if args.results:
+            store_cutout(result)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["cpu_threads"] = torch.get_num_threads()
     result["cpus"] = os.cpu_count()

@@ -5,7 +5,7 @@ Experts of 1, 10 and 100 random classes are cut from an untrained 1000-class NHL
 (parity checked), and timed in this one process: the median of repeated runs at batch 1 and 32,
 torch eager (``torch.inference_mode``) and onnxruntime's CPU provider, same thread count.
 
-    python benchmarks/bench_export.py --backbone resnet50
+    python benchmarks/bench_export.py --backbone resnet50 [--results]   # --results: store onnx-experts.json
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -29,6 +31,30 @@ from nhlcli.model.trunk import TrunkConfig
 from nhlcli.profiling import count_macs, measure_latency
 from nhlcli.taxonomy import shipped_tree
 
+COLUMNS = [
+    ["expert classes", "classes", "{}"], ["GMACs", "gmacs", "{:.2f}"], ["batch", "batch", "{}"],
+    ["torch eager", "torch_ms", "{:.1f} ms"], ["onnxruntime", "onnxruntime_ms", "{:.1f} ms"],
+    ["onnxruntime speed-up", "ort_speedup", "x{:.2f}"],
+    ["parity (max abs diff)", "parity_max_abs_diff", "{:.1e}"], ["export time", "export_s", "{:.1f} s"],
+]  # fmt: skip
+
+
+def store(rows: list[dict], backbone: str, repeats: int) -> None:
+    """The rows as ``benchmarks/results/onnx-experts.json``, the table report.py puts in the docs."""
+    from results_store import machine, write_results
+
+    write_results(
+        "onnx-experts",
+        title=f"ONNX experts: onnxruntime against torch eager, experts of a {backbone} NHL over ImageNet-1k",
+        command=" ".join(["python benchmarks/bench_export.py", *sys.argv[1:]]),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        machine_facts=machine(),
+        setup={"tree": "imagenet-1k-wordnet-l3", "variant": "nhl", "backbone": backbone, "input_px": 224,
+               "opset": 18, "repeats": repeats, "weights": "untrained (cost does not depend on them)",
+               "table": {"columns": COLUMNS}},
+        runs=[{"model": f"expert-{r['classes']}", **r} for r in rows],
+    )  # fmt: skip
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -36,6 +62,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,10,100")
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--results", action="store_true", help="store the rows for report.py")
     args = parser.parse_args()
     keep_freed_cpu_memory()
     tree = shipped_tree("imagenet-1k-wordnet-l3")
@@ -72,6 +99,8 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
             del expert
     print(json.dumps({"backbone": args.backbone, "threads": torch.get_num_threads(), "rows": rows}, indent=1))
+    if args.results:
+        store(rows, args.backbone, args.repeats)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Runs ``nhl train`` on the 60k training images (Debian's dataset-fashion-mnist, o
 evaluates on the 10k test images every epoch, as a user would, and prints top-1, wall time and
 throughput. ``--flat`` runs the plain timm model with the same trunk and settings.
 
-    python benchmarks/bench_fashion_mnist.py [--epochs 10] [--flat] [--json]
+    python benchmarks/bench_fashion_mnist.py [--epochs 10] [--flat] [--json] [--results]
 """
 
 from __future__ import annotations
@@ -23,11 +23,33 @@ from nhlcli.model import DEFAULT_VARIANT
 GOAL_TOP1, GOAL_SECONDS = 0.92, 600
 
 
+def store(result: dict, epochs: int) -> None:
+    """The run as one row of ``benchmarks/results/fm-real-data.json`` (a rerun of the same model
+    and epochs replaces its row, the others stay), the table report.py puts in the docs."""
+    from results_store import add_runs
+
+    name = f"{result['model']}-e{epochs}"
+    columns = [["run", "model", "{}"]] + [[str(e), f"e{e}", "{:.2f}%"] for e in range(1, 11)]
+    add_runs(
+        "fm-real-data",
+        [{"model": name, "variant": result["model"], "wall_s": result["wall_s"],
+          **{f"e{row['epoch']}": 100 * row["test_top1"] for row in result["per_epoch"]}}],
+        key=("model",),
+        title="Fashion-MNIST with the default recipe: test top-1 after every epoch, wall time",
+        command=" ".join(["python benchmarks/bench_fashion_mnist.py", *sys.argv[1:]]),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        setup={"data": "fashion-mnist", "tree": "fashion-mnist-wordnet-l2", "evaluated_on": "test",
+               "arms": {name: {"label": f"`{result['model']}`, {epochs} epochs, default recipe"}},
+               "table": {"columns": columns + [["wall time", "wall_s", "{:.0f} s"]]}},
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--flat", action="store_true", help="train the flat baseline instead")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--results", action="store_true", help="store the run in fm-real-data.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "fm.safetensors"
@@ -56,6 +78,8 @@ def main() -> None:
         ],
         "goal": f"top-1 >= {GOAL_TOP1:.0%} within {GOAL_SECONDS} s",
     }
+    if args.results:
+        store(result, args.epochs)
     if args.json:
         print(json.dumps(result, indent=2))
         return

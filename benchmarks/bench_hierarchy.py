@@ -5,7 +5,7 @@ imports and loading WordNet: what a user waits for. The warm-cache LLM rebuild r
 key and an unreachable server address, so it proves that a rebuild makes no network call; its
 output is checked to be byte-identical to the first build's.
 
-    python benchmarks/bench_hierarchy.py [--runs 5] [--json]
+    python benchmarks/bench_hierarchy.py [--runs 5] [--json] [--results]
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from nhlcli.taxonomy.llm import AnswerCache, LLMSettings, cache_key, class_label
 
 GOAL_COLD_S = 5.0
 GOAL_WARM_S = 1.0
+ROWS = {
+    "wordnet-cold": "ImageNet-1k, 3 levels from WordNet, cold",
+    "llm-warm": "ImageNet-1k, 3 levels from an LLM, warm cache",
+}
 
 
 def nhl_build(args: list[str], env: dict[str, str]) -> float:
@@ -66,10 +70,40 @@ def warm_cache(path: Path, levels: int, model: str) -> None:
     )
 
 
+def store(result: dict) -> None:
+    """The medians as ``benchmarks/results/tree-builds.json``, the table report.py puts in the docs."""
+    from results_store import machine, write_results
+
+    write_results(
+        "tree-builds",
+        title="ImageNet-1k tree builds as fresh nhl processes",
+        command=f"python benchmarks/bench_hierarchy.py --runs {result['runs']} --results",
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        machine_facts={**machine(), "threads": None},  # no torch computation: no thread count applies
+        setup={
+            "runs": result["runs"],
+            "arms": {name: {"label": label} for name, label in ROWS.items()},
+            "table": {"columns": [
+                ["what", "model", "{}"],
+                [f"median of {result['runs']}", "median_s", "{:.2f} s"],
+                ["goal", "goal_s", "< {:g} s"],
+                ["rebuilds byte-identical", "byte_identical", "{}"],
+            ]},
+        },
+        runs=[
+            {"model": "wordnet-cold", "median_s": result["wordnet_cold_median_s"],
+             "all_s": result["wordnet_cold_all_s"], "goal_s": GOAL_COLD_S},
+            {"model": "llm-warm", "median_s": result["llm_warm_median_s"], "all_s": result["llm_warm_all_s"],
+             "goal_s": GOAL_WARM_S, "byte_identical": "yes" if result["llm_warm_byte_identical"] else "no"},
+        ],
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="runs of each build (median reported)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--results", action="store_true", help="store the medians for report.py")
     args = parser.parse_args()
 
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
@@ -114,6 +148,8 @@ def main() -> None:
         "goal_warm_s": GOAL_WARM_S,
         "cpu_count": os.cpu_count(),
     }
+    if args.results:
+        store(result)
     if args.json:
         print(json.dumps(result, indent=2))
         return

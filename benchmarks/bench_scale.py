@@ -13,21 +13,21 @@ experts cut from it against the base network's.
     python benchmarks/bench_scale.py                       # both settings below
     python benchmarks/bench_scale.py --setting emoji       # 1,861 classes, ResNet18, 32 px, batch 64
     python benchmarks/bench_scale.py --setting imagenet    # 1,000 classes, ResNet50/ConvNeXtV2-tiny, 224 px
+    python benchmarks/bench_scale.py --results             # also store benchmarks/results/*-cost.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from results_store import machine, write_results
 
 from nhlcli.devices import bf16_unsafe_convolutions, cpu_has_fast_bf16
 from nhlcli.experts import count_macs, cut_model
@@ -46,30 +46,17 @@ class Setting:
     backbones: tuple[str, ...]
     size: int
     batch: int
+    results: str  # the results file it stores (benchmarks/results/<results>.json)
     in_chans: int = 3
 
 
 SETTINGS = {
-    "emoji": Setting("emoji-unicode-l3", ("resnet18",), 32, 64),
-    "imagenet": Setting("imagenet-1k-wordnet-l3", ("resnet50", "convnextv2_tiny"), 224, 16),
+    "emoji": Setting("emoji-unicode-l3", ("resnet18",), 32, 64, "emoji1861-cost"),
+    "imagenet": Setting(
+        "imagenet-1k-wordnet-l3", ("resnet50", "convnextv2_tiny"), 224, 16, "imagenet1000-cost"
+    ),
 }
-
-
-def machine() -> dict:
-    """The CPU (``lscpu``'s model name and its bf16/AMX flags), threads and torch version."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
-        flags = next(line.split(":", 1)[1].split() for line in lines if line.startswith("Flags"))
-    except (OSError, StopIteration):
-        model, flags = platform.processor(), []
-    wanted = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return {
-        "cpu": model,
-        "flags": [f for f in wanted if f in flags],
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
+LABELS = {"flat": "base", "nhl-scale": "`nhl-scale`", "nhl-lean": "`nhl-lean`"}
 
 
 def saved_bytes_per_image(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> float:
@@ -171,6 +158,37 @@ def run_setting(name: str, setting: Setting, variants: list[str], steps: int) ->
     return rows
 
 
+def store(name: str, setting: Setting, rows: list[dict], steps: int) -> None:
+    """The rows as ``benchmarks/results/<setting.results>.json``, the records report.py reads."""
+    runs = []
+    for row in rows:
+        record = {
+            "model": row["variant"],
+            "backbone": row["backbone"],
+            "params_m": row["params_m"],
+            "gmacs": row["gmacs"],
+            "train_images_per_s": row["images_per_s"],
+            "step_ms_spread": row["step_ms_spread"],
+            "backward_mb_per_image": row["train_mb_per_image"],
+        }
+        for key, value in row.items():
+            if key.startswith("expert ") and key.endswith(" x_base"):
+                which = key[len("expert ") : -len(" x_base")].replace(" ", "_").replace("-", "")
+                record[f"expert_{which}_x_base"] = value
+        runs.append(record)
+    arms = {v: {"label": LABELS.get(v, f"`{v}`")} for v in dict.fromkeys(r["model"] for r in runs)}
+    write_results(
+        setting.results,
+        title=f"{rows[0]['classes']:,} classes at {setting.size} px: training cost against the base network",
+        command=f"python benchmarks/bench_scale.py --setting {name} --results",
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        setup={"tree": setting.tree, "input_px": setting.size, "batch": setting.batch,
+               "steps": f"median of {steps} after a warm-up, models alternating",
+               "arms": arms},
+        runs=runs,
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
@@ -181,12 +199,15 @@ def main() -> None:
     parser.add_argument("--variants", default="nhl-scale,nhl-lean", help="NHL variants timed beside flat")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", action="store_true", help="store each setting's rows for report.py")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(json.dumps({"machine": machine(), "steps": args.steps}), flush=True)
     names = list(SETTINGS) if args.setting == "all" else [args.setting]
     for name in names:
-        run_setting(name, SETTINGS[name], args.variants.split(","), args.steps)
+        rows = run_setting(name, SETTINGS[name], args.variants.split(","), args.steps)
+        if args.results:
+            store(name, SETTINGS[name], rows, args.steps)
 
 
 if __name__ == "__main__":

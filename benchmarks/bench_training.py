@@ -7,6 +7,7 @@ images/s, GMACs per image (forward, ``torch.utils.flop_counter``) and parameters
 
     python benchmarks/bench_training.py [--tree fashion-mnist-wordnet-l2] [--size 28] [--batch 64] [--json]
     python benchmarks/bench_training.py --tree emoji-unicode-l3 --in-chans 3 --variants nhl,nhl-lean,flat
+    python benchmarks/bench_training.py --steps 8 --results training-throughput   # store for report.py
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -45,6 +47,42 @@ def step_time(
     return time.perf_counter() - start
 
 
+# the tables docs/benchmarks.md shows (--results NAME): their columns, as report.py renders them
+TABLES = {
+    "training-throughput": [
+        ["backbone", "backbone", "{}"], ["model", "model", "{}"], ["images/s", "images_per_s", "{:.0f}"],
+        ["GMACs/image", "gmacs_per_image", "{:.4f}"], ["params", "params_m", "{:.2f}M"],
+    ],
+    "training-throughput-emoji1861": [
+        ["backbone", "backbone", "{}"], ["model", "model", "{}"], ["images/s", "images_per_s", "{:.1f}"],
+        ["step ms", "step_ms", "{:,.0f}"], ["GMACs/image", "gmacs_per_image", "{:.3f}"],
+        ["params", "params_m", "{:.2f}M"],
+    ],
+}  # fmt: skip
+LABELS = {
+    "training-throughput": {"nhl": "NHL", "flat": "flat"},
+    "training-throughput-emoji1861": {"nhl": "NHL (widths 128/64/32)", "flat": "flat"},
+}
+
+
+def store(name: str, result: dict, steps: int, classes: int) -> None:
+    """The rows as ``benchmarks/results/<name>.json``, the table report.py puts in the docs."""
+    from results_store import machine, write_results
+
+    variants = dict.fromkeys(r["model"] for r in result["rows"])
+    write_results(
+        name,
+        title=f"Training steps, NHL against flat over {result['tree']}'s {classes:,} classes",
+        command=" ".join(["python benchmarks/bench_training.py", *sys.argv[1:]]),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        machine_facts=machine(),
+        setup={"tree": result["tree"], "input": result["input"], "batch": result["batch"], "steps": steps,
+               "arms": {v: {"label": LABELS[name].get(v, f"`{v}`")} for v in variants},
+               "table": {"columns": TABLES[name]}},
+        runs=result["rows"],
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tree", default="fashion-mnist-wordnet-l2", help="tree file or shipped tree name")
@@ -57,6 +95,7 @@ def main() -> None:
         "--variants", default="nhl,flat", help="variants timed side by side (any of nhl train's)"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--results", choices=sorted(TABLES), help="store the rows as this results file")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -96,6 +135,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "rows": rows,
     }
+    if args.results:
+        store(args.results, result, args.steps, tree.num_classes)
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -12,7 +12,7 @@ all class pairs the Spearman correlation of lowest-common-ancestor depths.
 - ``random``: Unicode's tree with its classes shuffled among the leaves (chance: about 0);
 - ``flat``: every class under the root (no grouping at all).
 
-    python benchmarks/bench_tree_sources.py --model emoji-flat.safetensors [--seeds 5] [--json]
+    python benchmarks/bench_tree_sources.py --model emoji-flat.safetensors [--seeds 5] [--json] [--results]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -64,11 +65,47 @@ def shuffled(tree: Tree, seed: int) -> Tree:
     return Tree.from_dict(data)
 
 
+COLUMNS = [
+    ["source", "model", "{}"], ["classes compared", "classes", "{:,}"],
+    ["level-1 groups built", "groups_l1", "{:,}"], ["ARI level 1", "ari_l1", "{:.3f}"],
+    ["AMI level 1", "ami_l1", "{:.3f}"], ["ARI level 2", "ari_l2", "{:.3f}"],
+    ["AMI level 2", "ami_l2", "{:.3f}"], ["LCA-depth Spearman", "lca_spearman", "{:.3f}"],
+]  # fmt: skip
+
+
+def store(results: dict[str, Any], model: str | None) -> None:
+    """The sources as ``benchmarks/results/tree-sources.json``, the table report.py puts in the docs."""
+    from results_store import machine, write_results
+
+    random_row = results["random"]
+    # the random trees have Unicode's shape over every class; their summary keeps only the means
+    shape = {"classes": results["flat"]["classes"], "groups_l1": GROUPS[0]}
+    labels = {
+        "wordnet": f"WordNet (names it knows, of {results['wordnet']['placed_of']:,})",
+        "induced": f"induced (flat model `{model}`)",
+        "random": f"random (Unicode's shape, classes shuffled; mean of {random_row['seeds']}, "
+        f"ARI spread {random_row['spread_ari_l1']:.3f})",
+        "flat": "flat",
+    }
+    write_results(
+        "tree-sources",
+        title=f"Tree sources against Unicode's emoji tree ({GROUPS[0]} groups, {GROUPS[1]} subgroups)",
+        command=" ".join(["python benchmarks/bench_tree_sources.py", *sys.argv[1:]]),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        machine_facts=machine(),
+        notes="Only the induced row depends on a machine (the one its flat model was trained on).",
+        setup={"reference": "emoji-unicode-l3", "groups": GROUPS, "seeds": random_row["seeds"],
+               "arms": {name: {"label": labels[name]} for name in results}, "table": {"columns": COLUMNS}},
+        runs=[{"model": name, **shape, **row} for name, row in results.items()],
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="a flat model trained on emoji (for the induced source)")
     parser.add_argument("--seeds", type=int, default=5, help="shuffles for the random baseline")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--results", action="store_true", help="store the sources' figures for report.py")
     args = parser.parse_args()
     unicode = shipped_tree("emoji-unicode-l3")
     entries = load_class_list("emoji")
@@ -99,6 +136,8 @@ def main() -> None:
     )
     results["random"]["seeds"] = args.seeds
     results["flat"] = summary(compare_trees(unicode, build_tree("flat", entries)))
+    if args.results:
+        store(results, args.model)
     if args.json:
         print(json.dumps(results, indent=2))
         return

@@ -93,15 +93,16 @@ def compare(results: dict[str, Any], claim: Claim, level: float = LEVEL) -> dict
     if claim.kind == "within-model":
         return within_model(claim, stats_a, stats_b, seeds_b, level)
     if claim.design == "paired":
-        if sorted(seeds_a) != sorted(seeds_b) or None in seeds_a:
+        order = sorted(set(seeds_a) & set(seeds_b) - {None})
+        if not order:
             raise ReportError(
-                f"claim {claim.id} is declared paired, but its arms ran seeds {seeds_a} and {seeds_b}: "
-                "rerun them on the same seeds, or declare design='welch' in benchmarks/claims.py"
+                f"claim {claim.id} is declared paired, but its arms ran seeds {seeds_a} and {seeds_b}, none "
+                "in common: rerun them on the same seeds, or declare design='welch' in benchmarks/claims.py"
             )
         by_seed_a = {r["seed"]: r[claim.a.metric] for r in runs_a}
         by_seed_b = {r["seed"]: r[claim.b.metric] for r in runs_b}
-        order = sorted(by_seed_a)
         result = difference([by_seed_a[s] for s in order], [by_seed_b[s] for s in order], True, level)
+        seeds_b = order  # the pairs: a seed only one arm ran has no partner
     elif stats_a[1] is not None and stats_b[1] is not None and "top1_mean" in (runs_a[0] | runs_b[0]):
         result = welch_from_summaries(stats_a, stats_b, level)  # type: ignore[arg-type]
     else:
@@ -186,9 +187,11 @@ def evidence_sentence(results: dict[str, Any], claim: Claim, outcome: dict[str, 
     )
     if outcome["seed_interval"] is None:
         return text + ", one run a side, no interval"
-    test = outcome["test"] + (
-        f", seeds {_seed_list(outcome['seeds'])}" if outcome["test"] == "paired t" else ""
-    )
+    test = outcome["test"]
+    if test == "paired t":
+        ran = (outcome["a"][2], outcome["b"][2])
+        both = " (the seeds both arms ran)" if len(outcome["seeds"]) < max(ran) else ""
+        test += f", seeds {_seed_list(outcome['seeds'])}{both}"
     text += f", 95% interval {_interval(outcome['seed_interval'])} ({test})"
     if "test_error" in outcome:
         half = 1.96 * outcome["test_error"]
@@ -266,7 +269,8 @@ def arms_table(results: dict[str, Any], experiment: str) -> list[str]:
         ("train images/s (median)", "train_images_per_s_median", lambda v: f"{v:.0f}"),
     ]
     columns = [c for c in columns if any(c[1] in arms.get(n, {}) for n in names)]
-    header = ["model", "seeds", "test top-1 (mean ± sd)", "per seed"] + [c[0] for c in columns]
+    split = "hold-out" if document["setup"].get("evaluated_on") == "holdout" else "test"
+    header = ["model", "seeds", f"{split} top-1 (mean ± sd)", "per seed"] + [c[0] for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
         runs = [r for r in document["runs"] if r["model"] == name]
@@ -471,6 +475,63 @@ def attention_holdout_table(results: dict[str, Any]) -> list[str]:
     return md_table(["level", "split", *(f"x{x:g}" for x in scales), "chosen"], rows)
 
 
+EXPERT_COLUMNS = {
+    "expert_10_random_x_base": "expert of 10 random classes",
+    "expert_10_of_a_subgroup_x_base": "expert of 10 classes of one subgroup",
+    "expert_cat5_x_base": "cat-5 expert",
+    "expert_20_random_x_base": "20 random classes",
+}
+
+
+def _against(row: dict[str, Any], base: dict[str, Any], key: str, shape: str) -> str:
+    """A figure, and its multiple of the base network's beside it (none on the base's own row)."""
+    text = shape.format(row[key])
+    return text if row is base else f"{text} ({row[key] / base[key]:.2f}x)"
+
+
+def cost_table(results: dict[str, Any], experiment: str) -> list[str]:
+    """Each model's cost as measured side by side with its base network (``flat``, the same
+    backbone), and each as a multiple of it."""
+    document = results[experiment]
+    arms = document["setup"]["arms"]
+    runs = document["runs"]
+    experts = [key for key in EXPERT_COLUMNS if any(key in r for r in runs)]
+    backbones = list(dict.fromkeys(r["backbone"] for r in runs))
+    header = ["backbone"] * (len(backbones) > 1) + [
+        "model", "params", "GMACs (x base)", "train images/s (x base)", "backward memory per image (x base)",
+    ] + [f"{EXPERT_COLUMNS[key]} (GMACs x base)" for key in experts]  # fmt: skip
+    rows = []
+    for backbone in backbones:
+        base = next(r for r in runs if r["backbone"] == backbone and r["model"] == "flat")
+        for r in (r for r in runs if r["backbone"] == backbone):
+            rows.append([backbone] * (len(backbones) > 1) + [
+                arms[r["model"]]["label"], f"{r['params_m']:.2f}M",
+                _against(r, base, "gmacs", "{:.4f}"),
+                _against(r, base, "train_images_per_s", "{:.1f}"),
+                _against(r, base, "backward_mb_per_image", "{:.2f} MB"),
+            ] + [f"{r[key]:.2f}x" if key in r else "" for key in experts])  # fmt: skip
+    return md_table(header, rows)
+
+
+def declared_table(document: dict[str, Any]) -> list[str]:
+    """The table a results file declares for itself (``setup.table.columns``: header, record
+    key and Python format per column; ``model`` shows the arm's label), one row per run: how a
+    benchmark's single-run figures (timings, sizes, counts) reach the docs without a renderer
+    of their own."""
+    arms = document["setup"].get("arms", {})
+    columns = document["setup"]["table"]["columns"]
+    rows = []
+    for run in document["runs"]:
+        cells = []
+        for _, key, shape in columns:
+            value = run.get(key)
+            if key == "model":
+                value = arms.get(value, {}).get("label", value)
+            cells.append("" if value is None else shape.format(value))
+        rows.append(cells)
+    return md_table([header for header, _, _ in columns], rows)
+
+
 def provenance(results: dict[str, Any], experiment: str) -> list[str]:
     """The line under every table: where and when its runs ran, and how to rerun them."""
     document = results[experiment]
@@ -505,6 +566,12 @@ def render(results: dict[str, Any], claims: list[Claim] = CLAIMS) -> dict[str, s
         "fm-attention-holdout": attention_holdout_table(results)
         + [""]
         + provenance(results, "fm-attention-holdout"),
+        "emoji1861-cost": cost_table(results, "emoji1861-cost")
+        + [""]
+        + provenance(results, "emoji1861-cost"),
+        "imagenet1000-cost": cost_table(results, "imagenet1000-cost")
+        + [""]
+        + provenance(results, "imagenet1000-cost"),
         "imagenet-table1": imagenet_table(results) + [""] + provenance(results, "imagenet-table1"),
         "emoji1861-experts": emoji_experts_table(results) + [""] + provenance(results, "emoji1861-experts"),
     }
@@ -520,8 +587,13 @@ def render(results: dict[str, Any], claims: list[Claim] = CLAIMS) -> dict[str, s
         "emoji152-lean-vs-paper-e8",
         "emoji152-lean-vs-paper-e20",
         "emoji152-scale-e20",
+        "fm-recipe-holdout-e10",
+        "fm-recipe-holdout-e2",
     ):
         blocks[experiment] = arms_table(results, experiment) + [""] + provenance(results, experiment)
+    for name, document in results.items():
+        if "table" in document["setup"] and name not in blocks:
+            blocks[name] = declared_table(document) + [""] + provenance(results, name)
     return {name: "\n".join(lines) + "\n" for name, lines in blocks.items()}
 
 

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "nhl-results/1"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# where results files go; NHL_RESULTS_DIR points a trial run elsewhere so it cannot overwrite the
+# committed figures
+RESULTS_DIR = Path(os.environ.get("NHL_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 WANTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from evidence import judge, mean_sd
+from results_store import write_results
 
 from nhlcli.demo import RECIPE, recipe_args
 from nhlcli.model import DEFAULT_VARIANT
@@ -86,6 +87,38 @@ def train_candidate(args: list[str], workdir: Path) -> dict[str, Any]:
     return {"holdout_top1": summary["val_top1"], "wall_s": round(time.perf_counter() - start, 1)}
 
 
+def arm_name(lr: float, smoothing: float) -> str:
+    return f"lr {lr:g}, smoothing {smoothing:g}"
+
+
+def store(
+    name: str, args: argparse.Namespace, found: dict[tuple[float, float], list[dict[str, Any]]]
+) -> None:
+    """Every run's hold-out top-1 as ``benchmarks/results/<name>.json``, for report.py."""
+    shipped = (RECIPE["lr"], RECIPE["label_smoothing"])
+    arms = {
+        arm_name(*knobs): {
+            "label": f"lr {knobs[0]:g}" + (" (the recipe's)" if knobs == shipped else ""),
+            "train_s_median": round(statistics.median(r["wall_s"] for r in runs)),
+        }
+        for knobs, runs in found.items()
+    }
+    runs = [
+        {"model": arm_name(*knobs), "lr": knobs[0], "label_smoothing": knobs[1], "seed": r["seed"],
+         "top1": round(100 * r["holdout_top1"], 2), "train_s": r["wall_s"]}
+        for knobs, found_runs in found.items() for r in found_runs
+    ]  # fmt: skip
+    write_results(
+        name,
+        title=f"The recipe's learning rate on a hold-out of the training images, {args.epochs} epochs",
+        command=shlex.join(["python", "benchmarks/tune_recipe.py", *sys.argv[1:]]),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        setup={"data": "fashion-mnist", "variant": args.variant, "epochs": args.epochs, "holdout": HOLDOUT,
+               "evaluated_on": "holdout", "test_images": 6000, "arms": arms},
+        runs=runs,
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -98,6 +131,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", default="0", help="seeds, comma-separated; two or more give intervals")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--results", help="also store the runs as benchmarks/results/NAME.json")
     args = parser.parse_args()
     seeds = [int(v) for v in numbers(args.seeds)]
     found: dict[tuple[float, float], list[dict[str, Any]]] = {}
@@ -126,6 +160,8 @@ def main() -> None:
         "recipe": {k: RECIPE[k] for k in knobs},
         "beats_recipe": None if chosen is None else {k: chosen[k] for k in knobs},
     }
+    if args.results:
+        store(args.results, args, found)
     if args.json:
         print(json.dumps(result, indent=2))
         return

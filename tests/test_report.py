@@ -104,10 +104,17 @@ def test_pairing_follows_the_declared_design_not_the_runs(copy):
     assert report.compare(loaded, paired)["test"] == "paired t"
     welch = claims_module.Claim(**{**paired.__dict__, "design": "welch"})
     assert report.compare(loaded, welch)["test"] == "Welch t"
-    # a paired claim over arms that did not run the same seeds is refused, not quietly unpaired
+    # a seed only one arm ran has no partner: the pairs are the seeds both ran, and the row says so
     loaded["fm-classification"]["runs"] = [
         r for r in loaded["fm-classification"]["runs"] if not (r["model"] == "flat" and r["seed"] == 2)
     ]
+    outcome = report.compare(loaded, paired)
+    assert outcome["seeds"] == [0, 1] and outcome["n"] == (2, 2)
+    assert "seeds 0, 1 (the seeds both arms ran)" in report.judge(loaded, paired)["evidence"]
+    # arms with no seed in common cannot be paired: refused, not quietly unpaired
+    for run in loaded["fm-classification"]["runs"]:
+        if run["model"] == "flat":
+            run["seed"] += 10
     with pytest.raises(report.ReportError, match="declared paired"):
         report.compare(loaded, paired)
 
@@ -214,3 +221,23 @@ def test_the_study_stores_its_cached_runs_as_the_results_report_reads(tmp_path):
     footwear = [r for r in stored["fm-cutouts"]["runs"] if r["subset"] == "footwear"]
     assert {r["model"] for r in footwear} == {"expert", "flat-all-10", "flat-subset-only", "cost"}
     assert stored["fm-cutouts"]["setup"]["subsets"]["footwear"]["test_images"] == 3000
+
+
+def test_a_results_file_can_declare_its_own_table(copy):
+    results, docs = copy
+    write_results(
+        "bench-x",
+        title="t",
+        command="python benchmarks/bench_x.py --results",
+        setup={"arms": {"a": {"label": "model A"}},
+               "table": {"columns": [["model", "model", "{}"], ["images/s", "ips", "{:.1f}"]]}},
+        runs=[{"model": "a", "ips": 1234.56}, {"model": "b", "ips": 7.0}],
+        date="2026-12-06",
+        directory=results,
+    )  # fmt: skip
+    blocks = report.render(load_results(results))
+    assert "| model A | 1234.6 |" in blocks["bench-x"] and "| b | 7.0 |" in blocks["bench-x"]
+    assert "Rerun: `python benchmarks/bench_x.py --results`" in blocks["bench-x"]
+    # a block no doc holds is an error, so a stored table cannot go unshown
+    run = run_report("--check", "--results", str(results), "--docs", str(docs))
+    assert run.returncode == 2 and "bench-x" in run.stderr
