@@ -14,6 +14,9 @@ from another), to show that the race is real on this machine and that the count 
     python benchmarks/bench_concurrent_loads.py                      # 8 writers, 300 loads
     python benchmarks/bench_concurrent_loads.py --writers 4 --loads 60   # a quick check
     python benchmarks/bench_concurrent_loads.py --cli                # writers run `nhl cutout`
+
+``--results`` adds the run, as the row of its writer and reader, to
+``benchmarks/results/concurrent-loads.json`` (the table report.py puts in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -162,6 +166,52 @@ def machine() -> dict[str, Any]:
     return {"cpu": model, "cores": cores, "python": version, "torch": torch.__version__}
 
 
+# the columns report.py renders (header, record key, format)
+COLUMNS = [
+    ["writers", "model", "{}"], ["readers", "readers", "{}"], ["loads", "loads", "{}"],
+    ["replacements during the run", "replacements", "{}"], ["ok", "ok", "{}"], ["mixed", "mixed", "**{}**"],
+    ["one-line errors", "errors", "{}"], ["tracebacks", "tracebacks", "{}"],
+]  # fmt: skip
+
+
+RERUN = " && ".join(
+    f"python benchmarks/bench_concurrent_loads.py {args}--results"
+    for args in ("", "--reader naive --loads 100 ", "--cli ")
+)
+
+
+def store(result: dict[str, Any], cli: bool, naive: bool, argv: list[str]) -> Path:
+    """The run as the row of its writer and reader in ``benchmarks/results/concurrent-loads.json``
+    (rows of the other writer/reader pairs stay), for report.py."""
+    from results_store import add_runs, machine
+
+    name = f"{'cli' if cli else 'library'}-{'naive' if naive else 'nhl'}"
+    writer = "`nhl cutout`" if cli else "library: `cutout_file` + `save_expert`"
+    label = f"{result['writers']} ({writer})"
+    if naive:
+        control = "control: the old loader (header and tensors from two opens)"
+        label = f"{result['writers']} ({'`nhl cutout`' if cli else 'library'}), {control}"
+    outcomes = result["outcomes"]
+    run = {"model": name, "writers": result["writers"], "readers": result["readers"],
+           "loads": result["loads"], "replacements": result["replacements"], "ok": outcomes["ok"],
+           "mixed": outcomes["mixed"],
+           "errors": outcomes["error"], "tracebacks": outcomes["traceback"],
+           "writer_failures": result["writer_failures"], "seconds": result["seconds"],
+           "command": shlex.join(["python", "benchmarks/bench_concurrent_loads.py", *argv])}  # fmt: skip
+    return add_runs(
+        "concurrent-loads",
+        [run],
+        key=("model",),
+        title="Model loads racing atomic replacements of the same path",
+        command=RERUN,  # the table's three rows; each row keeps its own command
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        machine_facts={**machine(), "threads": 1},  # every writer and reader runs 1 torch thread
+        setup={"parent": "resnet18 NHL, width-8 branches, 32 px, classes cat, dog, car, truck",
+               "class_sets": [list(c) for c in CLASS_SETS], "arms": {name: {"label": label}},
+               "table": {"columns": COLUMNS}},
+    )  # fmt: skip
+
+
 def log(message: str, started: float) -> None:
     print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
@@ -176,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reader", choices=["nhl", "naive"], default="nhl")
     parser.add_argument("--cli", action="store_true", help="writers run `nhl cutout` (slower)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--results", action="store_true", help="store the run as a row for report.py")
     args = parser.parse_args(argv)
 
     import torch
@@ -235,6 +286,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "examples": {k: v for k, v in examples.items() if k != "ok"},
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if args.results:
+        stored = store(result, args.cli, args.reader == "naive", sys.argv[1:] if argv is None else argv)
+        print(f"stored {stored}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

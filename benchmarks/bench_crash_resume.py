@@ -10,7 +10,10 @@ with an error other than "no checkpoint to resume from") and how many finished w
 weights, with the machine, thread count and seed. Exit status 1 unless every run finished with
 identical weights.
 
-    python benchmarks/bench_crash_resume.py --runs 50
+    python benchmarks/bench_crash_resume.py --runs 50 [--results]
+
+``--results`` stores the counts as ``benchmarks/results/crash-resume.json``, the table report.py
+puts in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import importlib.util
 import os
 import platform
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -110,6 +114,30 @@ def killed_then_resumed(
     return "refused: did not finish in 5 resumes", None
 
 
+def store(record: dict, threads: int, argv: list[str]) -> Path:
+    """The counts as ``benchmarks/results/crash-resume.json``, the table report.py renders."""
+    from results_store import machine, write_results
+
+    return write_results(
+        "crash-resume",
+        title="kill -9 at random moments of a seeded nhl train, then --resume: the same weights?",
+        command=shlex.join(["python", "benchmarks/bench_crash_resume.py", *argv]),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        machine_facts={**machine(), "threads": threads},  # each nhl process's torch threads
+        setup={
+            "train": "flat resnet10t, 16 px, tiny generated ImageFolder, batch 4, no AMP",
+            "epochs": record["epochs"], "seed": record["seed"],
+            "table": {"columns": [
+                ["runs", "runs", "{}"], ["finished", "finished", "{}"],
+                ["bit-identical to the uninterrupted run", "identical", "**{}**"],
+                ["refused", "refused", "{}"], ["mismatched", "mismatched", "{}"],
+                ["wall", "wall_s", "{:.0f} s"],
+            ]},
+        },
+        runs=[{"model": "kill-9-then-resume", **record}],
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50, help="killed runs (default 50)")
@@ -119,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch threads of each nhl process (default 1)"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--results", action="store_true", help="store the counts for report.py")
     options = parser.parse_args(argv)
+    begun = time.perf_counter()
     threads = str(options.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONHASHSEED": "0"}
     work = options.workdir or Path(tempfile.mkdtemp(prefix="nhl-crash-"))
@@ -141,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"a second uninterrupted run with the same seed gives identical weights: {repeatable}", flush=True)
     moments = random.Random(options.seed)
     counts = {"finished": 0, "identical": 0, "refused": 0, "mismatched": 0}
+    kills = []
     for index in range(options.runs):
         kill_at = moments.uniform(0.0, wall)
+        kills.append(kill_at)
         outcome, model = killed_then_resumed(index, work, data, options.seed, options.epochs, kill_at, env)
         if model is None:
             counts["refused"] += 1
@@ -160,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if options.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
+    if options.results:
+        record = {"runs": options.runs, **counts, "wall_s": round(time.perf_counter() - begun, 1),
+                  "reference_s": round(wall, 1), "repeatable": repeatable, "epochs": options.epochs,
+                  "seed": options.seed, "kill_min_s": round(min(kills, default=0.0), 1),
+                  "kill_max_s": round(max(kills, default=0.0), 1)}  # fmt: skip
+        print(f"stored {store(record, options.threads, sys.argv[1:] if argv is None else argv)}")
     return 0 if counts["identical"] == options.runs else 1
 
 

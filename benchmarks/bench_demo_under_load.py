@@ -11,7 +11,10 @@ products it finished, so a report shows that the load was real. The demo runs as
 ``python -m nhlcli demo --json`` in a fresh work directory, timed from outside (start-up, imports,
 WordNet, training, evaluation, cutout and cost all included).
 
-    python benchmarks/bench_demo_under_load.py [--data fashion-mnist] [--load-threads 2] [--json]
+    python benchmarks/bench_demo_under_load.py [--data fashion-mnist] [--load-threads 2] [--json] [--results]
+
+``--results`` adds the run, labelled with its date, to ``benchmarks/results/demo-under-load.json``
+(the table report.py puts in docs/benchmarks.md), replacing a run of the same day.
 
 A quick check that it works (not a measurement): ``--epochs 1`` with a small Fashion-MNIST,
 e.g. ``python tests/data/make_tiny_data.py /tmp/tiny`` then
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -92,6 +96,51 @@ def run_demo(workdir: Path, data: str, epochs: int | None, env: dict[str, str]) 
     return {"process_wall_s": round(wall, 1), "demo": json.loads(proc.stdout)}
 
 
+# the columns report.py renders (header, record key, format)
+COLUMNS = [
+    ["run", "model", "{}"], ["demo threads, training", "threads_training", "{}"],
+    ["demo threads, evaluation", "threads_evaluation", "{}"], ["training", "train_s", "{:.1f} s"],
+    ["training budget", "train_budget_s", "{:.0f} s"], ["epochs", "epochs", "{}"], ["steps", "steps", "{:,}"],
+    ["ended by", "ended_by", "{}"], ["test top-1 (full)", "top1", "{:.2f}%"],
+    ["load's products", "load_products", "{:,}"], ["load ran", "load_s", "{:.0f} s"],
+    ["demo", "demo_s", "{:.1f} s"], ["process wall", "wall_s", "**{:.1f} s**"],
+    ["goal <= 10 min", "goal", "{}"],
+]  # fmt: skip
+
+
+def store(report: dict, command: str) -> Path:
+    """The run as a row of ``benchmarks/results/demo-under-load.json`` (its date the row's name,
+    ``, no load`` added for the baseline), for report.py; a rerun on the same day replaces that
+    day's row."""
+    from results_store import add_runs
+
+    demo, load = report["demo"], report.get("load") or {}
+    budget = demo.get("time_budget") or {}
+    date = time.strftime("%Y-%m-%d", time.gmtime())
+    name = date if report["load_threads"] else f"{date}, no load"
+    ended = "the budget, learning rate annealed" if budget.get("ended_by_budget") else "its epochs"
+    run = {
+        "model": name, "load_threads": report["load_threads"],
+        "threads_training": demo.get("threads", {}).get("training"),
+        "threads_evaluation": demo.get("threads", {}).get("evaluation"),
+        "train_s": demo["train_seconds"], "train_budget_s": budget.get("budget_seconds"),
+        "epochs": demo["epochs"], "steps": budget.get("steps"), "ended_by": ended,
+        "top1": round(100 * demo["full"]["top1"], 2), "load_products": load.get("products"),
+        "load_s": load.get("seconds"), "demo_s": demo["seconds"], "wall_s": report["process_wall_s"],
+        "goal": "met" if report["goal_met"] else "missed",
+    }  # fmt: skip
+    return add_runs(
+        "demo-under-load",
+        [run],
+        key=("model",),
+        title="nhl demo beside a competing process multiplying matrices on 2 torch threads",
+        command=command,
+        date=date,
+        setup={"data": demo["data"], "seed": 0, "goal_s": GOAL_S, "arms": {name: {"label": name}},
+               "table": {"columns": COLUMNS}},
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,6 +155,7 @@ def main() -> None:
         "--nhl-data", type=Path, help="NHL_DATA for the demo (a folder with the Fashion-MNIST files)"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--results", action="store_true", help="store the run as a row for report.py")
     args = parser.parse_args()
     env = dict(os.environ)
     if args.nhl_data is not None:
@@ -124,6 +174,9 @@ def main() -> None:
     wall = float(report["process_wall_s"])  # type: ignore[arg-type]
     report["goal_s"] = GOAL_S
     report["goal_met"] = wall <= GOAL_S
+    if args.results:
+        command = shlex.join(["python", "benchmarks/bench_demo_under_load.py", *sys.argv[1:]])
+        print(f"stored {store(report, command)}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
         return

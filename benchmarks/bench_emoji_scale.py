@@ -21,6 +21,9 @@ against the ungated model on the same images.
     python benchmarks/bench_emoji_scale.py train --variant flat -o flat.safetensors; wait
     python benchmarks/bench_emoji_scale.py experts --model lean.safetensors --base flat.safetensors
     python benchmarks/bench_emoji_scale.py gates --model lean.safetensors
+
+``experts --results NAME`` and ``gates --results NAME`` store their tables as
+``benchmarks/results/NAME.json`` for report.py (``train --results NAME`` adds one run).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import time
 from pathlib import Path
 
 import torch
-from results_store import add_runs
+from results_store import add_runs, write_results
 
 from nhlcli.demo import RECIPE as DEMO_RECIPE
 
@@ -117,8 +120,8 @@ def expert_sets(tree, seed: int) -> list[tuple[str, list[str]]]:  # noqa: ANN001
         ("1 random class", rng.sample(names, 1)),
         ("10 random classes", rng.sample(names, 10)),
         ("100 random classes", rng.sample(names, 100)),
-        ("subgroup animal-marine", ["animal-marine"]),
-        ("group Flags", ["Flags"]),
+        ("subgroup `animal-marine`", ["animal-marine"]),
+        ("group `Flags`", ["Flags"]),
     ]
 
 
@@ -173,7 +176,8 @@ def experts(args: argparse.Namespace) -> dict:
         from nhlcli.profiling import count_macs, measure_latency
 
         base_model = open_model(args.base)
-        base = {"params_m": round(sum(p.numel() for p in base_model.parameters()) / 1e6, 2),
+        base = {"classes": len(base_model.classes),
+                "params_m": round(sum(p.numel() for p in base_model.parameters()) / 1e6, 2),
                 "gmacs": round(count_macs(base_model) / 1e9, 4),
                 "file_mb": round(Path(args.base).stat().st_size / 1e6, 1),
                 **{f"batch{b}_ms": measure_latency(base_model, b)["median_ms"] for b in (1, 64)}}  # fmt: skip
@@ -199,6 +203,77 @@ def gates(args: argparse.Namespace) -> dict:
             )
             print(json.dumps(rows[-1]), flush=True)
     return {"fit_seconds": round(fit_s, 1), "routes": rows}
+
+
+EXPERT_COLUMNS = [
+    ["model", "model", "{}"], ["kept", "which", "{}"], ["classes", "classes", "{:,}"],
+    ["params", "params_m", "{:.2f}M"], ["GMACs", "gmacs", "{:.4f}"],
+    ["latency batch 1 (ms)", "ms_b1", "{:,.1f}"], ["latency batch 64 (ms)", "ms_b64", "{:,.1f}"],
+    ["file", "file_mb", "{:.1f} MB"], ["same answers", "same_answers", "{:,}"],
+    ["test images", "answers", "{:,}"],
+]  # fmt: skip
+ROUTE_COLUMNS = [
+    ["route top-K", "route_top_k", "{}"], ["top-1 routed", "top1_routed", "{:.2f}%"],
+    ["top-1 ungated", "top1_ungated", "{:.2f}%"], ["avg GMACs", "gmacs", "{:.4f}"],
+    ["fewer GMACs", "fewer_gmacs_pct", "{:.1f}%"], ["img/s routed", "images_per_s_routed", "{:.0f}"],
+    ["img/s ungated", "images_per_s_ungated", "{:.0f}"], ["speed-up", "speedup", "x{:.2f}"],
+]  # fmt: skip
+
+
+def _figures(row: dict) -> dict:
+    """A cost row's figures under the results files' keys."""
+    return {"classes": row["classes"], "params_m": row["params_m"], "gmacs": row["gmacs"],
+            "ms_b1": row["batch1_ms"], "ms_b64": row["batch64_ms"], "file_mb": row["file_mb"]}  # fmt: skip
+
+
+def store_experts(name: str, report: dict, args: argparse.Namespace) -> None:
+    """The experts table as ``benchmarks/results/<name>.json`` for report.py: the base network,
+    the full model, then each expert with how many of its test images it answered as the full
+    model restricted to its classes did."""
+    runs = [{"model": "flat", **_figures(report["base"])}] if report["base"] else []
+    runs.append({"model": "full", **_figures(report["full"])})
+    runs += [
+        {"model": "expert", "which": r["kept"], **_figures(r), "same_answers": r["same_answers"],
+         "answers": r["test_images"], "max_logprob_diff": r["max_log_prob_diff"],
+         "cut_and_cost_s": r["cut_and_cost_s"]}
+        for r in report["experts"]
+    ]  # fmt: skip
+    labels = {"flat": "flat ResNet18 (base network)", "full": f"full NHL ({args.model.name})"}
+    write_results(
+        name,
+        title=f"Experts cut from the trained 1,861-class model {args.model.name}",
+        command=shlex.join(["python", "benchmarks/bench_emoji_scale.py", *sys.argv[1:]]),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        setup={"data": "emoji", "tree": "emoji-unicode-l3", "test_images_per_class": 4,
+               "experts_seed": args.seed, "latency": f"median, {args.threads} threads",
+               "arms": {m: {"label": labels.get(m, m)} for m in dict.fromkeys(r["model"] for r in runs)},
+               "table": {"columns": EXPERT_COLUMNS}},
+        runs=runs,
+    )  # fmt: skip
+
+
+def store_gates(name: str, report: dict, args: argparse.Namespace) -> None:
+    """The routing table as ``benchmarks/results/<name>.json`` for report.py: each route width
+    against the ungated model on the same images."""
+    runs = [
+        {"model": "routed", "route_top_k": r["route_top_k"], "top1_routed": round(100 * r["top1"], 2),
+         "top1_ungated": round(100 * r["ungated_top1"], 2), "gmacs": round(r["gmacs"], 4),
+         "fewer_gmacs_pct": r["gmacs_reduction_percent"], "images_per_s_routed": round(r["images_per_s"], 1),
+         "images_per_s_ungated": round(r["ungated_images_per_s"], 1), "speedup": round(r["speedup"], 3),
+         "images": r["images"]}
+        for r in report["routes"]
+    ]  # fmt: skip
+    write_results(
+        name,
+        title=f"Routing the 1,861-class model {args.model.name} to its top-K groups, exits closed",
+        command=shlex.join(["python", "benchmarks/bench_emoji_scale.py", *sys.argv[1:]]),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        setup={"data": "emoji", "tree": "emoji-unicode-l3", "gate": "routing over the 9 groups",
+               "fit_on": "train", "fit_seconds": report["fit_seconds"],
+               "measured_on": f"test part {args.part}", "threads": args.threads,
+               "table": {"columns": ROUTE_COLUMNS}},
+        runs=runs,
+    )  # fmt: skip
 
 
 def store_train_run(name: str, report: dict) -> None:
@@ -255,16 +330,20 @@ def main() -> None:
     e.add_argument("--base", type=Path, help="the flat model on the same trunk, for the base network's cost")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--results", help="store the table as benchmarks/results/NAME.json")
     g = sub.add_parser("gates")
     g.add_argument("--model", type=Path, required=True)
     g.add_argument("--threads", type=int, default=2)
     g.add_argument("--workers", type=int, default=1)
     g.add_argument("--top-k", type=int, nargs="+", default=[1, 3])
     g.add_argument("--part", default="1/2", help="the part of the test split to measure on (i/k)")
+    g.add_argument("--results", help="store the table as benchmarks/results/NAME.json")
     args = parser.parse_args()
     report = {"train": train_one, "experts": experts, "gates": gates}[args.what](args)
     if args.what == "train" and args.results:
         store_train_run(args.results, report)
+    elif args.results:
+        {"experts": store_experts, "gates": store_gates}[args.what](args.results, report, args)
     print(json.dumps({"torch": torch.__version__, "argv": sys.argv[1:], **report}), flush=True)
 
 

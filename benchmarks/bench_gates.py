@@ -9,12 +9,18 @@ exit fractions, and throughput gated against ungated on the same batches in one 
 closed exits, running only the branches of each image's top-K super-categories.
 
     python benchmarks/bench_gates.py --nhl nhl.safetensors --flat flat.safetensors --plot docs/gates.png
+
+``--results`` stores the three tables docs/benchmarks.md shows as ``benchmarks/results/``
+``gates-test-halves.json`` (each model and loss at ``--max-drop``), ``gates-test-halves-curve.json``
+(every point of the sweep) and ``gates-routing-fm.json`` (route widths), which report.py renders.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -110,6 +116,80 @@ def run_routing(path: Path, workers: int, out: Path) -> list[dict]:
     return rows
 
 
+def store(summary: dict, max_drop: float, workers: int) -> list[Path]:
+    """The three tables as results files for report.py: percent for top-1, millions for MACs."""
+    from results_store import machine, write_results
+
+    common = {
+        "command": shlex.join(["python", "benchmarks/bench_gates.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine_facts": machine(),
+    }
+    setup = {"data": "fashion-mnist", "fit_on": "train", "tuned_on": f"test part {TUNE}",
+             "measured_on": f"test part {TEST}", "batch": 256, "workers": workers,
+             "arms": {"flat": {"label": "flat"}, "nhl": {"label": "nhl"}}}  # fmt: skip
+    rows = [
+        {"model": r["model"], "loss": r["loss"], "tuned_for_drop": r["tuned_for_drop"],
+         "top1_full": round(100 * r["full_top1"], 2), "top1_gated": round(100 * r["top1"], 2),
+         "drop_points": r["drop_points"], "mmacs_full": round(1e3 * r["full_gmacs"], 2),
+         "mmacs_gated": round(1e3 * r["gmacs"], 2), "fewer_gmacs_pct": r["gmacs_reduction_percent"],
+         "exits": [round(f, 4) for f in r["exit_fractions"]],
+         "images_per_s_ungated": r["ungated_images_per_s"], "images_per_s_gated": r["images_per_s"],
+         "speedup": r["speedup"]}
+        for r in summary["rows"]
+    ]  # fmt: skip
+    exits = {len(r["exits"]) for r in rows}  # one share per gate, then the full network's
+    exits_shape = " / ".join(f"{{0[{i}]:.0%}}" for i in range(exits.pop())) if len(exits) == 1 else "{}"
+    columns = [
+        ["model", "model", "{}"], ["gates", "loss", "{}"], ["tuned for", "tuned_for_drop", "-{:g} pt"],
+        ["top-1 full (held-out half)", "top1_full", "{:.2f}%"],
+        ["top-1 gated (held-out half)", "top1_gated", "{:.2f}%"], ["drop", "drop_points", "{:.2f} pt"],
+        ["avg MACs full", "mmacs_full", "{:.2f}M"], ["avg MACs gated", "mmacs_gated", "{:.2f}M"],
+        ["fewer GMACs", "fewer_gmacs_pct", "**{:.1f}%**"],
+        ["exits (per gate, then full)", "exits", exits_shape],
+        ["img/s ungated", "images_per_s_ungated", "{:.0f}"], ["img/s gated", "images_per_s_gated", "{:.0f}"],
+        ["speed-up", "speedup", "x{:.2f}"],
+    ]  # fmt: skip
+    title = f"Gates tuned on test half 1 for -{max_drop:g} pt, measured on half 2"
+    table = {**setup, "max_drop_points": max_drop, "table": {"columns": columns}}
+    paths = [write_results("gates-test-halves", title=title, setup=table, runs=rows, **common)]
+    curve, drops = [], []
+    for label, points in summary["heldout"].items():
+        model, loss = label.removesuffix(" gates").split(", ")
+        record: dict = {"model": model, "loss": loss}
+        for p in points:  # the drop in points and the change in GMACs, both on half 2
+            drops.append(p["max_drop"])
+            record[f"at_{p['max_drop']:g}"] = {
+                "drop_points": round(100 * (p["full_top1"] - p["top1"]), 2),
+                "gmacs_change_pct": round(100 * (p["gmacs"] / p["full_gmacs"] - 1), 1),
+            }
+        curve.append(record)
+    point_columns = [["model", "model", "{}"], ["gates", "loss", "{}"]] + [
+        [f"{d:g} pt", f"at_{d:g}", "{0[drop_points]:.2f} pt, {0[gmacs_change_pct]:.0f}%"]
+        for d in sorted(set(drops))
+    ]
+    title = "Every point of the gate sweep: tuned on test half 1, measured on half 2"
+    table = {**setup, "table": {"columns": point_columns}}
+    paths.append(write_results("gates-test-halves-curve", title=title, setup=table, runs=curve, **common))
+    routes = [
+        {"model": "nhl", "route_top_k": r["route_top_k"], "top1": round(100 * r["top1"], 2),
+         "mmacs": round(1e3 * r["gmacs"], 2), "fewer_gmacs_pct": r["gmacs_reduction_percent"],
+         "images_per_s_ungated": r["ungated_images_per_s"], "images_per_s_routed": r["images_per_s"]}
+        for r in summary["routing"]
+    ]  # fmt: skip
+    route_columns = [
+        ["route top-K", "route_top_k", "{}"], ["top-1 (held-out half)", "top1", "{:.2f}%"],
+        ["avg MACs", "mmacs", "{:.2f}M"], ["fewer GMACs", "fewer_gmacs_pct", "{:.1f}%"],
+        ["img/s ungated", "images_per_s_ungated", "{:.0f}"],
+        ["img/s routed", "images_per_s_routed", "{:.0f}"],
+    ]  # fmt: skip
+    if routes:
+        title = "Routing the NHL model to its top-K super-categories, exits closed"
+        table = {**setup, "table": {"columns": route_columns}}
+        paths.append(write_results("gates-routing-fm", title=title, setup=table, runs=routes, **common))
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nhl", type=Path, required=True, help="the NHL default model file")
@@ -119,6 +199,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--plot", type=Path, help="PNG of the accuracy-GMACs curves")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--results", action="store_true", help="store the three tables for report.py")
     args = parser.parse_args()
     keep_freed_cpu_memory()
     losses = args.losses.split(",")
@@ -149,6 +230,9 @@ def main() -> None:
     }
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
+    if args.results:
+        for path in store(summary, args.max_drop, args.workers):
+            print(f"stored {path}", file=sys.stderr)
     print(json.dumps(summary["heldout"], indent=1))
 
 

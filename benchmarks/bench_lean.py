@@ -3,6 +3,7 @@
     python benchmarks/bench_lean.py cost                 # 1000 classes, 224 px, ConvNeXtV2-tiny and ResNet50
     python benchmarks/bench_lean.py cost --backbone resnet50 --candidates paper,lean
     python benchmarks/bench_lean.py cost --json
+    python benchmarks/bench_lean.py cost --results lean-cost   # store benchmarks/results/lean-cost.json
     python benchmarks/bench_lean.py accuracy --data fashion-mnist --seeds 0,1,2 --epochs 2
     python benchmarks/bench_lean.py accuracy --data emoji --classes "Animals & Nature" --seeds 0,1 --epochs 4
     python benchmarks/bench_lean.py accuracy ... --holdout 0.2      # to choose: score a hold-out of train
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import torch
 from evidence import difference
-from results_store import machine, write_results
+from results_store import add_runs, machine, write_results
 
 from nhlcli.demo import recipe_args
 from nhlcli.experts import count_macs, cut_model
@@ -217,7 +218,7 @@ def train_run(
         "model": variant,
         "seed": seed,
         "split": "holdout" if holdout else "test",
-        "top1": summary["val_top1"],
+        "top1": round(100 * summary["val_top1"], 2),  # percent, as every results file
         "images_per_s": statistics.median(h["images_per_s"] for h in summary["history"]),
         "wall_s": round(wall, 1),
     }
@@ -279,6 +280,41 @@ def store(name: str, result: dict) -> Path:
     )
 
 
+# the cost table's columns as report.py renders them (header, record key, format), and its labels
+COST_COLUMNS = [
+    ["backbone", "backbone", "{}"], ["candidate", "model", "{}"], ["params", "params_m", "{:.2f}M"],
+    ["GMACs", "gmacs", "{:.3f}"], ["x base", "x_base", "{:.2f}x"],
+    ["cat-5 expert", "cat-5_x_base", "{:.2f}x"], ["related-20", "related-20_x_base", "{:.2f}x"],
+    ["random-20", "random-20_x_base", "{:.2f}x"],
+    ["train MB/image", "train_mb_per_image", "{:.1f}"], ["latency ms", "latency_ms", "{:.0f}"],
+    ["train images/s", "train_images_per_s", "{:.2f}"],
+]  # fmt: skip
+COST_LABELS = {"paper": "paper (`nhl`)", "lean (out-256+pool)": "**lean (`nhl-lean`, out-256+pool)**"}
+
+
+def store_cost(name: str, rows: list[dict]) -> Path:
+    """The cost rows into ``benchmarks/results/<name>.json`` for report.py, replacing the stored
+    rows of the same backbone and candidate, so a run of some candidates (after another process
+    ran out of memory) completes the table instead of replacing it."""
+    runs = [{"model": r["candidate"], **r} for r in rows]
+    return add_runs(
+        name,
+        runs,
+        key=("backbone", "model"),
+        title="Lean NHL candidates at 1,000 classes: cost of the full model and its experts",
+        command=f"python benchmarks/bench_lean.py cost --results {name}",
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        setup={"tree": TREE, "input_px": 224, "weights": "untrained (cost does not depend on them)",
+               "experts": "cat-5: ImageNet 281-285; related-20: the first 20 leaves in tree order; "
+                          "random-20: 20 leaves drawn with seed 0; each as a multiple of the base's GMACs",
+               "train_mb_per_image": "activations autograd keeps for backward, batch 2, float32",
+               "latency": "one image, inference mode, median of 5",
+               "train_images_per_s": "full steps on batches of 4, median of 3",
+               "arms": {r["model"]: {"label": COST_LABELS.get(r["model"], r["model"])} for r in runs},
+               "table": {"columns": COST_COLUMNS}},
+    )  # fmt: skip
+
+
 def print_table(rows: list[dict]) -> None:
     cols = ["backbone", "candidate", "params_m", "gmacs", "x_base", "cat-5_x_base", "related-20_x_base",
             "random-20_x_base", "train_mb_per_image", "latency_ms", "train_images_per_s"]  # fmt: skip
@@ -301,7 +337,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--holdout", type=float, default=0.0, help="accuracy: score this fraction of train")
-    parser.add_argument("--results", help="accuracy: store the runs as benchmarks/results/NAME.json")
+    parser.add_argument("--results", help="store the runs (cost: the rows) as benchmarks/results/NAME.json")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -320,6 +356,8 @@ def main() -> None:
         )
         return
     rows = cost(args.backbone.split(","), args.candidates.split(",") if args.candidates else None)
+    if args.results:
+        print(f"# stored {store_cost(args.results, rows)}")
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

@@ -58,10 +58,15 @@ TABLES = {
         ["step ms", "step_ms", "{:,.0f}"], ["GMACs/image", "gmacs_per_image", "{:.3f}"],
         ["params", "params_m", "{:.2f}M"],
     ],
+    "lean-training-emoji1861": [
+        ["model", "model", "{}"], ["images/s", "images_per_s", "{:.1f}"], ["step ms", "step_ms", "{:,.0f}"],
+        ["GMACs/image", "gmacs_per_image", "{:.3f}"], ["params", "params_m", "{:.2f}M"],
+    ],
 }  # fmt: skip
 LABELS = {
     "training-throughput": {"nhl": "NHL", "flat": "flat"},
     "training-throughput-emoji1861": {"nhl": "NHL (widths 128/64/32)", "flat": "flat"},
+    "lean-training-emoji1861": {"nhl": "paper (`nhl`)", "nhl-lean": "lean (`nhl-lean`)", "flat": "flat"},
 }
 
 

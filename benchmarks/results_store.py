@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,14 @@ def write_results(
     command: str,
     setup: dict[str, Any],
     runs: list[dict[str, Any]],
-    date: str,
+    date: str | None = None,
     machine_facts: dict[str, Any] | None = None,
     notes: str = "",
     directory: Path = RESULTS_DIR,
 ) -> Path:
     """Write ``directory/name.json`` atomically (a temporary file beside it, then a rename), so
-    a killed run leaves the previous results whole."""
+    a killed run leaves the previous results whole. ``date``: the run's (default today, UTC);
+    ``machine_facts``: where it ran (default this machine's)."""
     for run in runs:
         if "model" not in run:
             raise ValueError(f"every run needs a 'model' (its arm), got {run}")
@@ -74,7 +76,7 @@ def write_results(
         "schema": SCHEMA,
         "name": name,
         "title": title,
-        "date": date,
+        "date": date or time.strftime("%Y-%m-%d", time.gmtime()),
         "command": command,
         "machine": machine_facts if machine_facts is not None else machine(),
         "setup": setup,
