@@ -684,6 +684,17 @@ CLAIMS: list[Claim] = [
         margin=0.3,
         test_images=608,
     ),
+    # --- the default shape, checked on a hold-out of the training images ------------------------
+    Claim(
+        "scale-not-worse-than-lean-holdout",
+        "issue 36",
+        "the default `nhl-scale` is not worse than `nhl-lean` by more than 1 point on the 152-class hold-out",
+        "not-worse",
+        Arm("emoji152-shapes-holdout", "nhl-lean"),
+        Arm("emoji152-shapes-holdout", "nhl-scale"),
+        margin=1.0,
+        test_images=456,
+    ),
     # --- 1,861 classes -----------------------------------------------------------------------
     Claim(
         "scale-not-worse-equal-budget",

@@ -589,6 +589,8 @@ def render(results: dict[str, Any], claims: list[Claim] = CLAIMS) -> dict[str, s
         "emoji152-scale-e20",
         "fm-recipe-holdout-e10",
         "fm-recipe-holdout-e2",
+        "emoji152-shapes-holdout",
+        "emoji152-widths-holdout",
     ):
         blocks[experiment] = arms_table(results, experiment) + [""] + provenance(results, experiment)
     for name, document in results.items():
