@@ -223,15 +223,13 @@ def bench_tree(leaves: int, args: argparse.Namespace, irregular: bool = False) -
 
 def store(report: dict[str, Any], argv: Sequence[str]) -> None:
     """The rows as ``benchmarks/results/branch-execution.json``, the table report.py puts in the docs."""
-    from results_store import machine, write_results
+    from results_store import write_results
 
     trunk = report["trunk"]["gmacs"]
     write_results(
         "branch-execution",
         title="Batched branch levels against a loop of per-node modules and the trunk",
         command=" ".join(["python benchmarks/bench_branches.py", *argv]),
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
-        machine_facts=machine(),
         setup={k: report[k] for k in ("batch", "input", "widths", "mode", "alloc", "runs", "loop_runs")}
         | {"trunk_gmacs": round(trunk, 1), "table": {"columns": [
             ["leaves", "leaves", "{}"], ["GMAC", "gmac", "{:.1f}"], ["batched ms", "batched_ms", "{:.0f}"],

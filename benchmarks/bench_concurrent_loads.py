@@ -204,7 +204,6 @@ def store(result: dict[str, Any], cli: bool, naive: bool, argv: list[str]) -> Pa
         key=("model",),
         title="Model loads racing atomic replacements of the same path",
         command=RERUN,  # the table's three rows; each row keeps its own command
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
         machine_facts={**machine(), "threads": 1},  # every writer and reader runs 1 torch thread
         setup={"parent": "resnet18 NHL, width-8 branches, 32 px, classes cat, dog, car, truck",
                "class_sets": [list(c) for c in CLASS_SETS], "arms": {name: {"label": label}},

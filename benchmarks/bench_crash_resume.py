@@ -122,7 +122,6 @@ def store(record: dict, threads: int, argv: list[str]) -> Path:
         "crash-resume",
         title="kill -9 at random moments of a seeded nhl train, then --resume: the same weights?",
         command=shlex.join(["python", "benchmarks/bench_crash_resume.py", *argv]),
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
         machine_facts={**machine(), "threads": threads},  # each nhl process's torch threads
         setup={
             "train": "flat resnet10t, 16 px, tiny generated ImageFolder, batch 4, no AMP",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -134,7 +133,7 @@ def store(report: dict, data: str, command: str) -> Path:
     """The run as its model's row of ``benchmarks/results/demo-end-to-end[-emoji].json`` for
     report.py. Rows of other models (earlier defaults) stay: each names its own date and machine,
     so unlike ``add_runs`` this keeps rows of another machine, and the file's machine is this run's."""
-    from results_store import RESULTS_DIR, machine, write_results
+    from results_store import RESULTS_DIR, write_results
 
     from nhlcli.model import DEFAULT_VARIANT
 
@@ -160,8 +159,6 @@ def store(report: dict, data: str, command: str) -> Path:
         name,
         title=f"nhl demo --data {data} end to end, timed as a fresh process",
         command=command,
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
-        machine_facts=machine(),
         setup={"data": data, "seed": 0, "arms": arms, "table": {"columns": columns}},
         runs=runs,
         notes="One run per row; each row names the date and machine it ran on, the file's machine is the "
@@ -194,7 +191,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report.update(time_demo(Path(tmp) / "demo", args.data, args.epochs, env))
     if args.results:
-        command = shlex.join(["python", "benchmarks/bench_demo.py", *sys.argv[1:]])
+        from results_store import invoked_command
+
+        command = invoked_command()
         print(f"stored {store(report, args.data, command)}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))

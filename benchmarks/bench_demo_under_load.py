@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -175,7 +174,9 @@ def main() -> None:
     report["goal_s"] = GOAL_S
     report["goal_met"] = wall <= GOAL_S
     if args.results:
-        command = shlex.join(["python", "benchmarks/bench_demo_under_load.py", *sys.argv[1:]])
+        from results_store import invoked_command
+
+        command = invoked_command()
         print(f"stored {store(report, command)}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -47,14 +46,12 @@ ROWS = {
 
 def store(result: dict, size: int, images: int, classes: int) -> None:
     """The figures as ``benchmarks/results/emoji-data.json``, the table report.py puts in the docs."""
-    from results_store import machine, write_results
+    from results_store import invoked_command, write_results
 
     write_results(
         "emoji-data",
         title=f"The emoji data set: drawing speed at {size} px, in one process and through the train loader",
-        command=" ".join(["python benchmarks/bench_emoji.py", *sys.argv[1:]]),
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
-        machine_facts=machine(),
+        command=invoked_command(),
         setup={"size": size, "images": images, "batch": 64,
                "arms": {name: {"label": label} for name, (_, label, _) in ROWS.items()},
                "table": {"columns": [["what", "model", "{}"], ["figure", "figure", "{:,}"],

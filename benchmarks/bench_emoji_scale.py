@@ -32,7 +32,6 @@ import argparse
 import json
 import random
 import resource
-import shlex
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import time
 from pathlib import Path
 
 import torch
-from results_store import add_runs, write_results
+from results_store import add_runs, invoked_command, write_results
 
 from nhlcli.demo import RECIPE as DEMO_RECIPE
 
@@ -242,8 +241,7 @@ def store_experts(name: str, report: dict, args: argparse.Namespace) -> None:
     write_results(
         name,
         title=f"Experts cut from the trained 1,861-class model {args.model.name}",
-        command=shlex.join(["python", "benchmarks/bench_emoji_scale.py", *sys.argv[1:]]),
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        command=invoked_command(),
         setup={"data": "emoji", "tree": "emoji-unicode-l3", "test_images_per_class": 4,
                "experts_seed": args.seed, "latency": f"median, {args.threads} threads",
                "arms": {m: {"label": labels.get(m, m)} for m in dict.fromkeys(r["model"] for r in runs)},
@@ -266,8 +264,7 @@ def store_gates(name: str, report: dict, args: argparse.Namespace) -> None:
     write_results(
         name,
         title=f"Routing the 1,861-class model {args.model.name} to its top-K groups, exits closed",
-        command=shlex.join(["python", "benchmarks/bench_emoji_scale.py", *sys.argv[1:]]),
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        command=invoked_command(),
         setup={"data": "emoji", "tree": "emoji-unicode-l3", "gate": "routing over the 9 groups",
                "fit_on": "train", "fit_seconds": report["fit_seconds"],
                "measured_on": f"test part {args.part}", "threads": args.threads,
@@ -293,8 +290,7 @@ def store_train_run(name: str, report: dict) -> None:
         name,
         [run],
         title="All 1,861 emoji classes at an equal training budget",
-        command=shlex.join(["python", "benchmarks/bench_emoji_scale.py", *sys.argv[1:]]),
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        command=invoked_command(),
         setup={
             "data": "emoji",
             "classes": "all (1,861)",

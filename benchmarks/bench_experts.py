@@ -223,7 +223,6 @@ def store_latency(result: dict, backbone: str, batches: tuple[int, ...], repeats
         key=("trunk", "model"),
         title="Expert latency against GMACs: experts of random classes cut from a 1000-class NHL",
         command=LATENCY_RERUN,
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
         setup={"tree": "imagenet-1k-wordnet-l3", "variant": "nhl", "input_px": 224, "repeats": repeats,
                "weights": "untrained (cost does not depend on them)",
                "arms": {r["model"]: {"label": "1000 (full)" if r["model"] == "full" else str(r["classes"])}
@@ -238,7 +237,6 @@ def store_cutout(result: dict) -> None:
         "cutout-cost",
         title="cutout_file + save_expert on a 1000-class ConvNeXtV2-tiny NHL file: time and memory",
         command="python benchmarks/bench_experts.py cutout --results",
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
         setup={"tree": "imagenet-1k-wordnet-l3", "variant": "nhl", "backbone": "convnextv2_tiny",
                "parent_file_mb": result["parent_file_mb"],
                "weights": "untrained (cost does not depend on them)",
@@ -271,7 +269,6 @@ def main() -> None:
             "imagenet-table1",
             title="Paper 000's Table 1 beside nhl's shapes: full models, named experts, the plain network",
             command="python benchmarks/bench_experts.py table1",
-            date=time.strftime("%Y-%m-%d", time.gmtime()),
             setup={
                 "input_px": 224,
                 "weights": "untrained (cost does not depend on them)",

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -41,14 +39,12 @@ COLUMNS = [
 
 def store(rows: list[dict], backbone: str, repeats: int) -> None:
     """The rows as ``benchmarks/results/onnx-experts.json``, the table report.py puts in the docs."""
-    from results_store import machine, write_results
+    from results_store import invoked_command, write_results
 
     write_results(
         "onnx-experts",
         title=f"ONNX experts: onnxruntime against torch eager, experts of a {backbone} NHL over ImageNet-1k",
-        command=" ".join(["python benchmarks/bench_export.py", *sys.argv[1:]]),
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
-        machine_facts=machine(),
+        command=invoked_command(),
         setup={"tree": "imagenet-1k-wordnet-l3", "variant": "nhl", "backbone": backbone, "input_px": 224,
                "opset": 18, "repeats": repeats, "weights": "untrained (cost does not depend on them)",
                "table": {"columns": COLUMNS}},

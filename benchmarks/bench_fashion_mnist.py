@@ -26,7 +26,7 @@ GOAL_TOP1, GOAL_SECONDS = 0.92, 600
 def store(result: dict, epochs: int) -> None:
     """The run as one row of ``benchmarks/results/fm-real-data.json`` (a rerun of the same model
     and epochs replaces its row, the others stay), the table report.py puts in the docs."""
-    from results_store import add_runs
+    from results_store import add_runs, invoked_command
 
     name = f"{result['model']}-e{epochs}"
     columns = [["run", "model", "{}"]] + [[str(e), f"e{e}", "{:.2f}%"] for e in range(1, 11)]
@@ -36,8 +36,7 @@ def store(result: dict, epochs: int) -> None:
           **{f"e{row['epoch']}": 100 * row["test_top1"] for row in result["per_epoch"]}}],
         key=("model",),
         title="Fashion-MNIST with the default recipe: test top-1 after every epoch, wall time",
-        command=" ".join(["python benchmarks/bench_fashion_mnist.py", *sys.argv[1:]]),
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        command=invoked_command(),
         setup={"data": "fashion-mnist", "tree": "fashion-mnist-wordnet-l2", "evaluated_on": "test",
                "arms": {name: {"label": f"`{result['model']}`, {epochs} epochs, default recipe"}},
                "table": {"columns": columns + [["wall time", "wall_s", "{:.0f} s"]]}},

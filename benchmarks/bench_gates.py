@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -118,10 +117,10 @@ def run_routing(path: Path, workers: int, out: Path) -> list[dict]:
 
 def store(summary: dict, max_drop: float, workers: int) -> list[Path]:
     """The three tables as results files for report.py: percent for top-1, millions for MACs."""
-    from results_store import machine, write_results
+    from results_store import invoked_command, machine, write_results
 
     common = {
-        "command": shlex.join(["python", "benchmarks/bench_gates.py", *sys.argv[1:]]),
+        "command": invoked_command(),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine_facts": machine(),
     }

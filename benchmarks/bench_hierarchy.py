@@ -78,7 +78,6 @@ def store(result: dict) -> None:
         "tree-builds",
         title="ImageNet-1k tree builds as fresh nhl processes",
         command=f"python benchmarks/bench_hierarchy.py --runs {result['runs']} --results",
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
         machine_facts={**machine(), "threads": None},  # no torch computation: no thread count applies
         setup={
             "runs": result["runs"],

@@ -32,7 +32,6 @@ import argparse
 import gc
 import json
 import random
-import shlex
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from pathlib import Path
 
 import torch
 from evidence import difference
-from results_store import add_runs, machine, write_results
+from results_store import add_runs, invoked_command, machine, write_results
 
 from nhlcli.demo import recipe_args
 from nhlcli.experts import count_macs, cut_model
@@ -273,10 +272,9 @@ def store(name: str, result: dict) -> Path:
     return write_results(
         name,
         title=f"{result['data']}, {result['epochs']} epochs: " + " against ".join(result["summary"]),
-        command=shlex.join(["python", "benchmarks/bench_lean.py", *sys.argv[1:]]),
+        command=invoked_command(),
         setup=setup,
         runs=result["runs"],
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
     )
 
 
@@ -303,7 +301,6 @@ def store_cost(name: str, rows: list[dict]) -> Path:
         key=("backbone", "model"),
         title="Lean NHL candidates at 1,000 classes: cost of the full model and its experts",
         command=f"python benchmarks/bench_lean.py cost --results {name}",
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
         setup={"tree": TREE, "input_px": 224, "weights": "untrained (cost does not depend on them)",
                "experts": "cat-5: ImageNet 281-285; related-20: the first 20 leaves in tree order; "
                           "random-20: 20 leaves drawn with seed 0; each as a multiple of the base's GMACs",

@@ -181,7 +181,6 @@ def store(name: str, setting: Setting, rows: list[dict], steps: int) -> None:
         setting.results,
         title=f"{rows[0]['classes']:,} classes at {setting.size} px: training cost against the base network",
         command=f"python benchmarks/bench_scale.py --setting {name} --results",
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
         setup={"tree": setting.tree, "input_px": setting.size, "batch": setting.batch,
                "steps": f"median of {steps} after a warm-up, models alternating",
                "arms": arms},

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 
 import torch
@@ -72,15 +71,13 @@ LABELS = {
 
 def store(name: str, result: dict, steps: int, classes: int) -> None:
     """The rows as ``benchmarks/results/<name>.json``, the table report.py puts in the docs."""
-    from results_store import machine, write_results
+    from results_store import invoked_command, write_results
 
     variants = dict.fromkeys(r["model"] for r in result["rows"])
     write_results(
         name,
         title=f"Training steps, NHL against flat over {result['tree']}'s {classes:,} classes",
-        command=" ".join(["python benchmarks/bench_training.py", *sys.argv[1:]]),
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
-        machine_facts=machine(),
+        command=invoked_command(),
         setup={"tree": result["tree"], "input": result["input"], "batch": result["batch"], "steps": steps,
                "arms": {v: {"label": LABELS[name].get(v, f"`{v}`")} for v in variants},
                "table": {"columns": TABLES[name]}},

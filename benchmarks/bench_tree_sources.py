@@ -21,7 +21,6 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -75,7 +74,7 @@ COLUMNS = [
 
 def store(results: dict[str, Any], model: str | None) -> None:
     """The sources as ``benchmarks/results/tree-sources.json``, the table report.py puts in the docs."""
-    from results_store import machine, write_results
+    from results_store import invoked_command, write_results
 
     random_row = results["random"]
     # the random trees have Unicode's shape over every class; their summary keeps only the means
@@ -90,9 +89,7 @@ def store(results: dict[str, Any], model: str | None) -> None:
     write_results(
         "tree-sources",
         title=f"Tree sources against Unicode's emoji tree ({GROUPS[0]} groups, {GROUPS[1]} subgroups)",
-        command=" ".join(["python benchmarks/bench_tree_sources.py", *sys.argv[1:]]),
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
-        machine_facts=machine(),
+        command=invoked_command(),
         notes="Only the induced row depends on a machine (the one its flat model was trained on).",
         setup={"reference": "emoji-unicode-l3", "groups": GROUPS, "seeds": random_row["seeds"],
                "arms": {name: {"label": labels[name]} for name in results}, "table": {"columns": COLUMNS}},

@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +29,11 @@ SCHEMA = "nhl-results/1"
 # committed figures
 RESULTS_DIR = Path(os.environ.get("NHL_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
 WANTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def invoked_command() -> str:
+    """The command line that ran this script, as a results file's ``command``: what reruns it."""
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def machine() -> dict[str, Any]:
@@ -111,6 +118,7 @@ def add_runs(
     one run per process (one seed, one variant) build up one results file, and a rerun replaces
     its own record."""
     path = directory / f"{name}.json"
+    fields.setdefault("date", time.strftime("%Y-%m-%d", time.gmtime()))  # the new runs' day
     if path.exists():
         document = json.loads(path.read_text(encoding="utf-8"))
         if document.get("schema") != SCHEMA:

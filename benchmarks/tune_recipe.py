@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from evidence import judge, mean_sd
-from results_store import write_results
+from results_store import invoked_command, write_results
 
 from nhlcli.demo import RECIPE, recipe_args
 from nhlcli.model import DEFAULT_VARIANT
@@ -111,8 +111,7 @@ def store(
     write_results(
         name,
         title=f"The recipe's learning rate on a hold-out of the training images, {args.epochs} epochs",
-        command=shlex.join(["python", "benchmarks/tune_recipe.py", *sys.argv[1:]]),
-        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        command=invoked_command(),
         setup={"data": "fashion-mnist", "variant": args.variant, "epochs": args.epochs, "holdout": HOLDOUT,
                "evaluated_on": "holdout", "test_images": 6000, "arms": arms},
         runs=runs,
