@@ -284,6 +284,8 @@ def store_train_run(name: str, report: dict) -> None:
         "images_seen": report["train_images"],
         "images_per_s": report["images_per_s"],
         "peak_mb_per_image": report["peak_rss_mb_per_image"],
+        "params_m": report["params_m"],
+        "gmacs": report["gmacs"],
     }
     labels = {"flat": "flat ResNet18"}
     add_runs(
