@@ -6,10 +6,21 @@ normalisation recorded in its file), so a prediction here is what ``nhl eval`` w
 computed for the same file. Probabilities are the softmax over the model's classes; for an
 expert that is its own classes (paper 003, eq. 3), for a
 :class:`~nhlcli.evaluation.ClassSubset` the kept ones.
+
+Images are decoded by a DataLoader (``workers`` processes beside the model) and go through the
+model in batches, as in ``nhl eval``. With ``bad_images="report"`` an image that cannot be read
+(corrupt, truncated, not an image, a FIFO found in a folder) does not stop the run: its result
+carries an ``error`` instead of classes. :func:`expand_inputs` turns the command line's files,
+folders and globs into the list of image files; :func:`write_predictions` writes the results as
+CSV or JSON lines.
 """
 
 from __future__ import annotations
 
+import csv
+import glob
+import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +28,19 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import Dataset
 
+from nhlcli.data.errors import UnreadableImageError
 from nhlcli.data.images import image_file_problem, read_image
 from nhlcli.errors import NhlError
 from nhlcli.model.gated import GatedModel
+from nhlcli.progress import ImageProgress
 from nhlcli.text import printable
 
 PREDICT_HINT = "give image files Pillow can open (PNG, JPEG, ...)"
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+BAD_IMAGES = ("raise", "report")
+_GLOB_CHARS = frozenset("*?[")
 
 
 def check_image_path(path: Path) -> None:
@@ -36,6 +53,59 @@ def check_image_path(path: Path) -> None:
         raise NhlError(f"{shown} is a folder; give image files (e.g. {shown}/*.jpg)")
     if problem is not None:
         raise NhlError(f"image {shown} {problem}; {PREDICT_HINT}")
+
+
+def _folder_images(folder: Path, required: bool = True) -> list[Path]:
+    from timm.data.readers.img_extensions import get_img_extensions
+
+    from nhlcli.data.folder import find_images
+
+    found = sorted(Path(p) for p in find_images(folder))
+    if not found and required:
+        extensions = ", ".join(sorted(get_img_extensions()))
+        raise NhlError(
+            f"{printable(str(folder))} is a folder with no image files in it, at any depth "
+            f"(looked for {extensions}); give another folder or the files themselves"
+        )
+    return found
+
+
+def _file_or_folder(path: Path, required: bool = True) -> list[Path]:
+    if path.is_dir():
+        return _folder_images(path, required)
+    check_image_path(path)
+    return [path]
+
+
+def _one_input(text: str) -> list[Path]:
+    """One command-line input: an existing path (or a name without pattern characters) as it is,
+    else a pattern expanded as a shell would."""
+    if os.path.lexists(text) or not _GLOB_CHARS & set(text):
+        return _file_or_folder(Path(text))
+    found = [
+        p for match in sorted(glob.glob(text, recursive=True)) for p in _file_or_folder(Path(match), False)
+    ]
+    if not found:
+        raise NhlError(f"{printable(text)} matches no image file; check the pattern")
+    return found
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files that ``nhl predict``'s inputs name, in the order given, each once.
+
+    A file is taken as it is (whatever its name; a missing one, a FIFO or a device is refused). A
+    folder gives every image below it, at any depth (the image extensions and the walk of the
+    ImageFolder data, :func:`nhlcli.data.folder.find_images`), sorted by path. A pattern with
+    ``*``, ``?`` or ``[`` that names no existing file is expanded here (``**`` reaches into
+    subfolders), as a shell would, each match then taken as a file or folder. An input that
+    gives no image (an empty folder, a pattern matching nothing) is a one-line :class:`NhlError`.
+    """
+    if not inputs:
+        raise NhlError("give at least one image file, folder or pattern")
+    paths: list[Path] = []
+    for given in inputs:
+        paths.extend(_one_input(str(given)))
+    return list(dict.fromkeys(paths))
 
 
 def load_image(path: str | Path, mode: str | None = None) -> Image.Image:
@@ -77,61 +147,187 @@ def check_top_k(top_k: int, num_classes: int) -> int:
     return min(top_k, num_classes)
 
 
+def image_error(exc: BaseException) -> str:
+    """The one-line reason an image could not be read, without the advice every such line ends in."""
+    text = " ".join(str(exc).split())
+    return text.removesuffix(f"; {PREDICT_HINT}")
+
+
+class _ImageFiles(Dataset):
+    """Image files as model inputs: ``(tensor, "")``, or with ``report`` a blank tensor and the
+    reason for a file that cannot be read (so one bad file does not stop the batch)."""
+
+    def __init__(self, paths: Sequence[Path], model: nn.Module, report: bool) -> None:
+        self.paths = [str(p) for p in paths]
+        self.transform = eval_transform(model)
+        self.mode = "L" if model.input_config.size[0] == 1 else "RGB"
+        self.report = report
+        side = model.input_config.size[1]
+        self.blank = torch.zeros_like(self.transform(Image.new(self.mode, (side, side))))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            image = read_image(self.paths[index], self.mode, hint=PREDICT_HINT)
+        except UnreadableImageError as exc:
+            if not self.report:
+                raise
+            return self.blank, image_error(exc)
+        return self.transform(image), ""
+
+
 def predict_images(
     model: nn.Module,
     paths: Sequence[str | Path],
     top_k: int = 5,
     attention: Mapping[int, torch.Tensor] | None = None,
     batch_size: int = 32,
+    *,
+    workers: int = 0,
+    bad_images: str = "raise",
+    progress: ImageProgress | None = None,
+    amp: bool = True,
 ) -> list[dict[str, Any]]:
     """The ``top_k`` most probable classes of each image, most probable first.
 
     ``model`` is anything with ``.tree``, ``.input_config`` and ``forward(x, attention)``: a
     loaded model, an expert, or a :class:`~nhlcli.evaluation.ClassSubset`. ``attention`` is the
     per-level mapping of :func:`nhlcli.model.attention.class_attention` (NHL models only).
-    Returns one ``{"file", "top": [{"id", "name", "probability"}, ...]}`` per path, in order. A
-    gated model (``nhl gates``) adds each image's ``exit`` and ``gmacs``; an image that left at a
-    hinge gate gets the softmax of its margins, a ranking rather than a calibrated probability.
+    Returns one ``{"file", "top": [{"id", "name", "probability"}, ...], "error"}`` per path, in
+    order. A gated model (``nhl gates``) adds each image's ``exit`` and ``gmacs``; an image that
+    left at a hinge gate gets the softmax of its margins, a ranking rather than a calibrated
+    probability.
+
+    ``bad_images="raise"``: every path is checked before any work (a missing file, a folder, a
+    FIFO is refused) and the first image that cannot be decoded raises a one-line
+    :class:`NhlError`. ``"report"``: such an image gets ``"top": []``, ``"error"`` its reason
+    (``exit``/``gmacs`` ``None``), and the rest are predicted; ``error`` is ``None`` otherwise.
+    ``workers`` DataLoader processes decode images beside the model (none when all fit in one
+    batch); ``progress`` hears of every batch; ``amp``: mixed precision on a GPU, as ``nhl eval``.
     """
+    from nhlcli.data.loaders import make_loader
+    from nhlcli.devices import autocast_for
+
     if batch_size < 1:
         raise NhlError(f"must be at least 1, got {batch_size}", "batch_size")
+    if workers < 0:
+        raise NhlError(f"must be 0 or more, got {workers}", "workers")
+    if bad_images not in BAD_IMAGES:
+        raise NhlError(f"{bad_images!r}: use one of {', '.join(BAD_IMAGES)}", "bad_images")
     tree = model.tree
     k = check_top_k(top_k, len(tree.classes))
     paths = [Path(p) for p in paths]
-    for path in paths:  # fail on a typo, a folder or a FIFO before any work is done
-        check_image_path(path)
-    transform = eval_transform(model)
-    mode = "L" if model.input_config.size[0] == 1 else "RGB"
+    report = bad_images == "report"
+    if not report:
+        for path in paths:  # fail on a typo, a folder or a FIFO before any work is done
+            check_image_path(path)
+    dataset = _ImageFiles(paths, model, report)
+    batches = -(-len(paths) // batch_size)  # workers only pay off when one batch decodes beside another
+    loader = make_loader(dataset, batch_size=batch_size, workers=min(workers, batches) if batches > 1 else 0)
     device = _model_device(model)
     names = [tree.node(c).name for c in tree.classes]
+    gated_model = isinstance(model, GatedModel)
+    exit_names = model.exit_names() if gated_model else []
     was_training = model.training
     model.eval()
+    if progress is not None:
+        progress.start(len(paths), "predicting")
     results: list[dict[str, Any]] = []
     try:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            batch = torch.stack([transform(load_image(p, mode)) for p in chunk]).to(device)
-            gated = None
-            with torch.no_grad():
-                if isinstance(model, GatedModel):  # each image stops at its exit
-                    gated = model.run(batch)
-                    logits = gated.logits
-                else:
-                    logits = model(batch, attention) if attention else model(batch)
-            probs = logits.float().softmax(dim=1).cpu()
-            values, indices = probs.topk(k, dim=1)
-            for j, (path, row_p, row_i) in enumerate(
-                zip(chunk, values.tolist(), indices.tolist(), strict=True)
-            ):
-                top = [
-                    {"id": tree.classes[i], "name": names[i], "probability": p}
-                    for p, i in zip(row_p, row_i, strict=True)
-                ]
-                result: dict[str, Any] = {"file": str(path), "top": top}
-                if gated is not None:
-                    result["exit"] = model.exit_names()[int(gated.exits[j])]
-                    result["gmacs"] = float(gated.macs[j]) / 1e9
-                results.append(result)
+        for images, errors in loader:
+            chunk = paths[len(results) : len(results) + len(errors)]
+            good = [j for j, error in enumerate(errors) if not error]
+            rows: dict[int, dict[str, Any]] = {}
+            if good:
+                batch = images if len(good) == len(errors) else images[good]
+                batch = batch.to(device, non_blocking=True)
+                gated = None
+                with torch.no_grad():
+                    if gated_model:  # each image stops at its exit
+                        gated = model.run(batch)
+                        logits = gated.logits
+                    else:
+                        with autocast_for(device, amp):
+                            logits = model(batch, attention) if attention else model(batch)
+                    values, indices = logits.float().softmax(dim=1).topk(k, dim=1)
+                for row, (j, row_p, row_i) in enumerate(
+                    zip(good, values.tolist(), indices.tolist(), strict=True)
+                ):
+                    top = [
+                        {"id": tree.classes[i], "name": names[i], "probability": p}
+                        for p, i in zip(row_p, row_i, strict=True)
+                    ]
+                    rows[j] = {"file": str(chunk[j]), "top": top}
+                    if gated is not None:
+                        rows[j]["exit"] = exit_names[int(gated.exits[row])]
+                        rows[j]["gmacs"] = float(gated.macs[row]) / 1e9
+                    rows[j]["error"] = None
+            for j, error in enumerate(errors):
+                if error:
+                    rows[j] = {"file": str(chunk[j]), "top": []}
+                    if gated_model:
+                        rows[j].update(exit=None, gmacs=None)
+                    rows[j]["error"] = error
+                results.append(rows[j])
+            if progress is not None:
+                progress.advance(len(errors))
     finally:
         model.train(was_training)
     return results
+
+
+def output_format(path: str | Path, label: str = "output") -> str:
+    """``"csv"`` or ``"jsonl"`` from the output file's suffix; any other suffix is refused."""
+    kind = OUTPUT_FORMATS.get(Path(path).suffix.lower())
+    if kind is None:
+        raise NhlError(
+            f"{label} {printable(str(path))}: name a .csv or .jsonl file (the suffix picks the format)"
+        )
+    return kind
+
+
+def csv_columns(top_k: int, gated: bool) -> list[str]:
+    """The columns of the CSV output: the file, ``top1_id``, ``top1_name``, ``top1_probability``
+    and so on to ``top_k``, a gated model's ``exit`` and ``gmacs``, and ``error``."""
+    columns = ["file"]
+    for rank in range(1, top_k + 1):
+        columns += [f"top{rank}_id", f"top{rank}_name", f"top{rank}_probability"]
+    return [*columns, *(["exit", "gmacs"] if gated else []), "error"]
+
+
+def _csv_row(result: Mapping[str, Any], columns: Sequence[str]) -> list[Any]:
+    cells: dict[str, Any] = {"file": result["file"]}
+    for rank, entry in enumerate(result["top"], start=1):
+        for key in ("id", "name", "probability"):
+            cells[f"top{rank}_{key}"] = entry[key]
+    for key in ("exit", "gmacs", "error"):
+        cells[key] = result.get(key)
+    return ["" if cells.get(c) is None else cells[c] for c in columns]
+
+
+def write_predictions(
+    path: str | Path, results: Sequence[Mapping[str, Any]], top_k: int, gated: bool = False
+) -> Path:
+    """Write :func:`predict_images`' results to ``path``, one row per image, atomically (a
+    temporary file renamed into place): CSV with :func:`csv_columns`, or JSON lines with the
+    fields of each result, by the suffix (:func:`output_format`). Names that are not valid
+    UTF-8 keep their bytes in CSV and are ``\\u`` escapes in JSON."""
+    from nhlcli.atomic import atomic_write
+
+    kind = output_format(path)
+
+    def write(tmp: Path) -> None:
+        if kind == "csv":
+            with tmp.open("w", encoding="utf-8", errors="surrogateescape", newline="") as file:
+                columns = csv_columns(top_k, gated)
+                writer = csv.writer(file)
+                writer.writerow(columns)
+                writer.writerows(_csv_row(r, columns) for r in results)
+            return
+        with tmp.open("w", encoding="utf-8", errors="backslashreplace") as file:
+            for result in results:
+                file.write(json.dumps(result, ensure_ascii=False) + "\n")
+
+    return atomic_write(path, write)

@@ -119,7 +119,7 @@ def test_nhls_own_directory_is_marked_and_accepted_again(tmp_path, folder):
         run = run_nhl("train", "--data", folder, "-o", out, *SMALL, "--epochs", "1")
         assert run.code == 0, run.err
     ckdir = Path(f"{out}.ckpt")
-    assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0001", ckpt.MARKER_NAME]
+    assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0001", ckpt.MARKER_NAME, ckpt.SUMMARY_FILE]
 
 
 # -------------------------------------------------------------------- outputs that would do harm
@@ -205,7 +205,7 @@ def test_a_crash_during_a_save_keeps_the_last_complete_checkpoint_and_resume_fin
     result = train(flat_model(seed=1), folder, out, config, checkpoint_dir=ckdir, resume=True)
     assert result.epochs_done == 3 and out.is_file()
     # the half-made directories are gone, and only the newest checkpoint is kept
-    assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0003", ckpt.MARKER_NAME]
+    assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0003", ckpt.MARKER_NAME, ckpt.SUMMARY_FILE]
 
 
 def test_a_kill_9_while_saving_leaves_a_resumable_run(tmp_path, folder):
@@ -233,7 +233,7 @@ def test_a_kill_9_while_saving_leaves_a_resumable_run(tmp_path, folder):
     run = run_nhl("train", "-o", out, "--checkpoint-dir", ckdir, "--resume")
     assert run.code == 0, run.err
     assert "after 3 epochs" in run.out
-    assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0003", ckpt.MARKER_NAME]
+    assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0003", ckpt.MARKER_NAME, ckpt.SUMMARY_FILE]
 
 
 def test_stale_temporary_files_of_the_first_format_are_cleaned(tmp_path, folder):
@@ -243,7 +243,7 @@ def test_stale_temporary_files_of_the_first_format_are_cleaned(tmp_path, folder)
     (ckdir / ".last.safetensors.abc123.tmp").write_bytes(b"")  # what a kill -9 left before
     run = run_nhl("train", "--data", folder, "-o", out, *SMALL, "--epochs", "1")
     assert run.code == 0, run.err
-    assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0001", ckpt.MARKER_NAME]
+    assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0001", ckpt.MARKER_NAME, ckpt.SUMMARY_FILE]
 
 
 def test_a_first_format_checkpoint_still_resumes(tmp_path, folder, finished_run):
@@ -256,7 +256,7 @@ def test_a_first_format_checkpoint_still_resumes(tmp_path, folder, finished_run)
         "train", "-o", tmp_path / "m.safetensors", "--checkpoint-dir", ckdir, "--resume", "--epochs", "2"
     )
     assert run.code == 0, run.err
-    assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0002", ckpt.MARKER_NAME]
+    assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0002", ckpt.MARKER_NAME, ckpt.SUMMARY_FILE]
 
 
 # ------------------------------------------------------------------------- hand-edited sidecars

@@ -196,21 +196,27 @@ def show(
         None,
         "--format",
         "-f",
-        help="rich (terminal) | dot | mermaid | json | png | svg (pictures) [default: from the -o file's "
-        "extension, else rich].",
+        help="rich (terminal) | dot | mermaid | json | newick (phylogenetics and tree-distance tools) | "
+        "png | svg (pictures) [default: from the -o file's extension, else rich].",
     ),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="Write dot/mermaid/json/png/svg here (.dot, .mmd, .json, .png, .svg)."
+        None,
+        "-o",
+        "--output",
+        help="Write dot/mermaid/json/newick/png/svg here (.dot, .mmd, .json, .nwk, .png, .svg).",
     ),
     parent: Path | None = typer.Option(
         None, "--parent", help="For an expert file cut before parents were recorded: its parent model file."
     ),
     as_json: bool = typer.Option(False, "--json", help="For pictures: print what was drawn as JSON."),
 ) -> None:
-    """Draw a tree in the terminal, as a picture (png, svg), or export it as dot, Mermaid or JSON.
+    """Draw a tree in the terminal, as a picture (png, svg), or export it as dot, Mermaid, JSON or Newick.
 
     For an expert model file the picture is its parent's tree with the kept paths highlighted.
-    Names are printed with control characters escaped (a name cannot drive the terminal).
+    Newick writes every class of the tree a model classifies (an expert's own classes): leaves
+    labelled with the class names when they are unique, else with the class ids, inner nodes
+    with their names, quoted where Newick needs it. Names are printed with control characters
+    escaped (a name cannot drive the terminal).
     """
     from nhlcli.paths import check_output_file
     from nhlcli.taxonomy.picture import PICTURE_FORMATS, draw_tree
@@ -222,10 +228,15 @@ def show(
     if fmt in PICTURE_FORMATS and output is None:
         raise NhlError(f"--format {fmt} draws a picture: give the file with -o tree.{fmt}")
     if fmt == "rich" and output is not None:
-        raise NhlError("--output needs --format dot, mermaid, json, png or svg")
+        raise NhlError("--output needs --format dot, mermaid, json, newick, png or svg")
     if depth is not None and depth < 1:
         raise NhlError(f"--depth {depth}: levels count from 1, the top level; give 1 or more")
-    tree, highlight = _tree_and_highlight(tree_file, parent)
+    if fmt == "newick" and depth is not None:
+        raise NhlError("--depth does not apply to --format newick: a Newick tree holds every class")
+    if fmt == "newick":  # the tree a model classifies: Newick has no way to highlight kept paths
+        tree, highlight = _any_tree(tree_file), None
+    else:
+        tree, highlight = _tree_and_highlight(tree_file, parent)
     if depth is not None and depth > tree.levels:
         levels = counted(tree.levels, "level")
         raise NhlError(f"--depth {depth}: the tree has {levels}; give a depth from 1 to {tree.levels}")
@@ -266,6 +277,8 @@ EXTENSION_FORMATS = {
     ".mmd": "mermaid",
     ".mermaid": "mermaid",
     ".json": "json",
+    ".nwk": "newick",
+    ".newick": "newick",
     ".png": "png",
     ".svg": "svg",
 }
@@ -366,18 +379,30 @@ def _any_tree(spec: str) -> Tree:
 @friendly_errors
 def compare(
     first: str = typer.Argument(..., help="A tree file, a shipped tree's name, or a model file."),
-    second: str = typer.Argument(..., help="The tree to compare it with, over the same classes."),
+    second: str = typer.Argument(..., help="The tree to compare it with, over the classes both hold."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
-    """How far two trees over the same classes agree: each level's grouping (adjusted Rand index,
-    adjusted mutual information; 1 = the same, 0 = chance) and, over every pair of classes, the
-    Spearman correlation of how deep their lowest common ancestor sits."""
+    """How far two trees agree, over the classes both hold: each level's grouping (adjusted Rand
+    index, adjusted mutual information; 1 = the same, 0 = chance), over every pair of classes the
+    Spearman correlation of how deep their lowest common ancestor sits, and the Robinson-Foulds
+    distance of their topologies on rooted clusters (the class sets below inner nodes, with
+    single-child chains counted once): the clusters found in one tree only, raw and divided by
+    the clusters of both (0 = same topology, 1 = no group in common). Classes only one tree
+    holds are dropped, and the output says how many."""
     from nhlcli.taxonomy.compare import compare_trees
 
-    report = compare_trees(_any_tree(first), _any_tree(second))
+    report = compare_trees(_any_tree(first), _any_tree(second), shared_classes=True)
     if as_json:
         print_json(report)
         return
+    dropped_a, dropped_b = report["classes_dropped_a"], report["classes_dropped_b"]
+    if dropped_a or dropped_b:
+        console.print(
+            f"compared over the {counted(report['classes'], 'class')} both trees hold: dropped "
+            f"{dropped_a} only in {shown(report['a'] or 'the first')}, {dropped_b} only in "
+            f"{shown(report['b'] or 'the second')}",
+            highlight=False,
+        )
     table = Table(
         title=f"{shown(report['a'])} against {shown(report['b'])} ({counted(report['classes'], 'class')})"
     )
@@ -395,6 +420,12 @@ def compare(
     rho = report["lca_depth_spearman"]
     said = "undefined (a flat tree relates every pair alike)" if rho is None else f"{rho:.3f}"
     console.print(f"lowest-common-ancestor depth, Spearman over {report['pairs']:,} class pairs: {said}")
+    rf = report["robinson_foulds"]
+    console.print(
+        f"Robinson-Foulds distance on rooted clusters: {rf['distance']} "
+        f"(max {rf['max']}, normalised {rf['normalised']:.3f})",
+        highlight=False,
+    )
 
 
 @hierarchy_app.command("resolve")

@@ -1,13 +1,25 @@
-"""``nhl predict``: the most probable classes of image files, optionally with top-down attention."""
+"""``nhl predict``: the most probable classes of images (files, folders, patterns), optionally with
+top-down attention, on the terminal or into a CSV or JSON-lines file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from nhlcli.cli.common import console, friendly_errors, parse_attend, print_json, shown
+from nhlcli.cli.common import (
+    ImageProgress,
+    console,
+    err_console,
+    friendly_errors,
+    parse_attend,
+    print_json,
+    shown,
+)
+from nhlcli.errors import NhlError
+from nhlcli.text import counted, printable
 
 ATTEND_HELP = (
     "Scale the branch feature maps of a class, inner node or WordNet concept (names as for --classes): "
@@ -23,32 +35,62 @@ ATTEND_LEVEL_HELP = (
 )
 
 
+IMAGES_HELP = (
+    "Image files (any format and mode Pillow reads), folders (every image below them) or patterns "
+    "such as 'imgs/*.png' or 'imgs/**/*.jpg' (expanded here when the shell did not)."
+)
+OUTPUT_HELP = (
+    "Write one row per image to this file instead of the tables: .csv (file, top1_id, top1_name, "
+    "top1_probability, ..., error) or .jsonl (one JSON object a line), by the suffix."
+)
+PARTIAL_EXIT = 3  # the run finished, but some images could not be read (their rows say why)
+
+
 def predict_command(
     model_file: Path = typer.Argument(..., help="An nhl model or expert file (.safetensors)."),
-    images: list[Path] = typer.Argument(..., help="Image files (any format and mode Pillow reads)."),
+    images: list[str] = typer.Argument(..., help=IMAGES_HELP),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes to list per image (at most all of them)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help=OUTPUT_HELP),
     attend: list[str] | None = typer.Option(None, "--attend", metavar="CLASS=SCALE", help=ATTEND_HELP),
     attend_level: str | None = typer.Option(None, "--attend-level", metavar="N|path", help=ATTEND_LEVEL_HELP),
     route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Image decoding processes [default: from the cores; none for one batch]."
+    ),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
 ) -> None:
-    """Classify image files with a model: the top classes and their probabilities per image.
+    """Classify images with a model: the top classes and their probabilities per image.
 
-    A gated file (nhl gates) also says where each image left the network and what it cost.
+    A gated file (nhl gates) also says where each image left the network and what it cost. An image
+    that cannot be read does not stop the others: its row says why, and the command ends with exit
+    status 3 and a one-line summary.
     """
 
+    from nhlcli.data.defaults import MAX_WORKERS, usable_cores
     from nhlcli.devices import resolve_device
     from nhlcli.evaluation import attend_pairs, attention_summary, check_attention_options, describe_attention
     from nhlcli.model.attention import class_attention
     from nhlcli.model.gated import GatedModel
     from nhlcli.model.loading import open_model
-    from nhlcli.prediction import check_top_k, predict_images
+    from nhlcli.paths import check_output_file
+    from nhlcli.prediction import PREDICT_HINT, check_top_k, expand_inputs, output_format, predict_images
 
     check_top_k(top_k, 1)
+    if batch_size < 1:
+        raise NhlError(f"--batch-size {batch_size}: give at least 1")
+    if workers is not None and workers < 0:
+        raise NhlError(f"--workers must be 0 or more, got {workers}")
+    if output is not None:
+        output_format(output, "--output")
     pairs = attend_pairs(parse_attend(attend))
     check_attention_options(pairs, attend_level, None)
+    files = expand_inputs(images)
+    check_output_file(output, [model_file, *files], "--output")
+    if workers is None:  # as nhl eval on image folders: one core for the model, the rest decode
+        cores = usable_cores()
+        workers = 0 if cores <= 2 else min(MAX_WORKERS, cores - 1)
     dev = resolve_device(device)
     model = open_model(model_file, dev)
     if route_top_k is not None or isinstance(model, GatedModel):
@@ -57,31 +99,66 @@ def predict_command(
         check_gated_options(model, route_top_k, pairs)
     attention = class_attention(model, pairs, attend_level) if pairs else None
     summary = attention_summary(model.tree, pairs, attend_level)
-    results = predict_images(model, images, top_k=top_k, attention=attention, batch_size=batch_size)
+    k = check_top_k(top_k, len(model.tree.classes))
+    with ImageProgress(not as_json) as progress:
+        results = predict_images(
+            model, files, top_k=top_k, attention=attention, batch_size=batch_size, workers=workers,
+            bad_images="report", progress=progress,
+        )  # fmt: skip
+    if output is not None:
+        from nhlcli.prediction import write_predictions
+
+        write_predictions(output, results, k, gated=isinstance(model, GatedModel))
+    failed = [r for r in results if r["error"]]
     if as_json:
         print_json(
             {
                 "model": str(model_file),
                 "num_classes": len(model.tree.classes),
-                "top_k": check_top_k(top_k, len(model.tree.classes)),
+                "top_k": k,
                 "attention": summary,
                 "predictions": results,
             }
         )
-        return
-    for result in results:
-        table = Table(title=shown(result["file"]), title_justify="left")
-        table.add_column("#", justify="right")
-        table.add_column("class")
-        table.add_column("id", style="dim")
-        table.add_column("probability", justify="right")
-        for rank, row in enumerate(result["top"], start=1):
-            table.add_row(str(rank), shown(row["name"]), shown(row["id"]), f"{row['probability']:.2%}")
-        if "exit" in result:
-            table.caption = f"left at {result['exit']}, {result['gmacs'] * 1e3:.2f} MMACs"
-        console.print(table)
-    if summary:
+    elif output is not None:
+        console.print(
+            f"wrote {counted(len(results), 'prediction')} to {shown(output)}"
+            + (f" ({len(failed)} with an error)" if failed else "")
+        )
+    else:
+        for result in results:
+            console.print(prediction_table(result))
+    if summary and not as_json:
         console.print(f"attention: {shown(describe_attention(summary))}")
+    if failed:
+        where = (
+            f"their rows in {output} say why" if output is not None
+            else "see their 'error' fields" if as_json
+            else "marked above"
+        )  # fmt: skip
+        first = failed[0]["error"]
+        message = (
+            f"{len(failed)} of {counted(len(results), 'image')} could not be read ({where}); "
+            f"the first: {first}; {PREDICT_HINT}"
+        )
+        err_console.print(f"[bold red]error:[/] {escape(printable(message))}", markup=True, highlight=False)
+        raise typer.Exit(PARTIAL_EXIT)
+
+
+def prediction_table(result: dict) -> Table | str:
+    """One image's classes as a table; for an image that could not be read, one line saying why."""
+    if result.get("error"):
+        return f"[bold]{shown(result['file'])}[/]: [red]error:[/] {shown(result['error'])}"
+    table = Table(title=shown(result["file"]), title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("class")
+    table.add_column("id", style="dim")
+    table.add_column("probability", justify="right")
+    for rank, row in enumerate(result["top"], start=1):
+        table.add_row(str(rank), shown(row["name"]), shown(row["id"]), f"{row['probability']:.2%}")
+    if result.get("exit") is not None:
+        table.caption = f"left at {result['exit']}, {result['gmacs'] * 1e3:.2f} MMACs"
+    return table
 
 
 def register(app: typer.Typer) -> None:

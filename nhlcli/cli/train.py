@@ -255,12 +255,20 @@ def train_command(
     max_steps: int | None = typer.Option(
         None, "--max-steps-per-epoch", help="Cut epochs short (smoke tests)."
     ),
+    tensorboard: Path | None = typer.Option(
+        None,
+        "--tensorboard",
+        metavar="DIR",
+        help="Also write each epoch's losses, accuracies and learning rate as TensorBoard events in DIR "
+        "(view with: tensorboard --logdir DIR; needs pip install tensorboard).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
 ) -> None:
     """Train an NHL model (or a flat baseline) on a dataset and a category tree.
 
-    Every epoch ends in a checkpoint (OUTPUT.ckpt); Ctrl-C stops at once and --resume continues
-    from the last whole epoch.
+    Every epoch ends in a checkpoint (OUTPUT.ckpt) and a row of OUTPUT.ckpt/summary.csv (loss,
+    top-1, top-5, learning rate; draw it with nhl plot-log); Ctrl-C stops at once and --resume
+    continues from the last whole epoch.
     """
     from nhlcli.data import default_augmentation, default_workers, training_image_count
     from nhlcli.model.nhl import BranchConfig, with_input_size
@@ -276,6 +284,10 @@ def train_command(
         train,
     )
 
+    if tensorboard is not None:
+        from nhlcli.training.log import require_tensorboard
+
+        require_tensorboard()  # refused before any work or any file
     ckdir = checkpoint_dir_for(output, checkpoint_dir)
     stored_tree = None
     if resume:  # options left out are the run's: its data, model shape and tree
@@ -297,10 +309,11 @@ def train_command(
     inputs = _input_files(
         hierarchy, pretrained_file, data, classes[1:] if classes and classes[0] == "@" else None
     )
-    check_outputs(output, ckdir, data)
+    check_outputs(output, ckdir, data, tensorboard)
     check_output_file(output, inputs, label="--output")
     check_output_dir(ckdir, inputs, label="--checkpoint-dir")
-    check_distinct_outputs({"--output": output, "--checkpoint-dir": ckdir})
+    check_output_dir(tensorboard, inputs, label="--tensorboard")
+    check_distinct_outputs({"--output": output, "--checkpoint-dir": ckdir, "--tensorboard": tensorboard})
     check_fresh_start(ckdir, resume, overwrite)
     if flat and variant not in (None, "flat"):
         raise NhlError(f"--flat trains the plain classifier, not --variant {variant}; give one of the two")
@@ -383,7 +396,7 @@ def train_command(
     config = replace(config, augment=config.augment or None)
     result = train(
         model, data, output, config, checkpoint_dir=ckdir, resume=resume, overwrite=overwrite,
-        options=dict(
+        tensorboard=tensorboard, options=dict(
             data=str(Path(data).resolve()) if Path(data).is_dir() else data, backbone=backbone,
             variant=variant, split=split, widths=widths, blocks=blocks, input_size=input_size,
             in_chans=in_chans, classes=classes, freeze_trunk=freeze_trunk,
@@ -559,6 +572,35 @@ def attention_curve_table(report: dict[str, Any], name: str, data: str) -> Table
     return table
 
 
+def plot_log_command(
+    log: Path = typer.Argument(
+        ...,
+        metavar="LOG.csv",
+        help="A training log: the summary.csv that nhl train writes in its checkpoint directory "
+        "(OUTPUT.ckpt/summary.csv); timm's summary.csv works too.",
+        show_default=False,
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Where to write the picture (.png).", show_default=False
+    ),
+) -> None:
+    """Draw a training run's curves as a PNG: loss (training and validation) and validation top-1
+    against epoch.
+
+    nhl train adds a row to OUTPUT.ckpt/summary.csv after every epoch, so this works during a run as
+    well as after it, e.g. nhl plot-log model.safetensors.ckpt/summary.csv -o curves.png
+    """
+    from nhlcli.paths import check_output_file
+    from nhlcli.training.log import plot_summary
+
+    if output.suffix.lower() != ".png":
+        raise NhlError(f"{output} does not end in .png; this command writes PNG pictures", "output")
+    check_output_file(output, [log], label="--output")
+    written = plot_summary(log, output)
+    console.print(f"wrote [bold]{escape(str(written))}[/]")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(friendly_errors(train_command))
     app.command("eval")(friendly_errors(eval_command))
+    app.command("plot-log")(friendly_errors(plot_log_command))

@@ -10,6 +10,13 @@ at its groups, not at a level it does not have.
 Over all pairs: the depth of two classes' lowest common ancestor, as a fraction of each tree's
 depth, says how closely a tree relates them; the Spearman correlation of those depths over all
 class pairs says whether the two trees relate the same classes closely (1 = same order).
+
+Topology: the Robinson-Foulds distance on rooted clusters (:mod:`nhlcli.taxonomy.topology`),
+raw and divided by its maximum.
+
+Trees over different classes are refused, unless ``shared_classes=True`` (what ``nhl hierarchy
+compare`` passes): then both are cut to the classes they share, every measure is taken over
+those, and the report says how many classes of each tree were dropped.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from nhlcli.errors import NhlError
+from nhlcli.taxonomy.topology import robinson_foulds
 from nhlcli.taxonomy.tree import Tree
+from nhlcli.text import counted
 
 
 def level_labels(tree: Tree, depth: int, classes: list[str]) -> np.ndarray:
@@ -34,8 +43,17 @@ def level_labels(tree: Tree, depth: int, classes: list[str]) -> np.ndarray:
     return np.asarray(labels)
 
 
-def _check_same_classes(a: Tree, b: Tree) -> list[str]:
+def _check_same_classes(a: Tree, b: Tree, shared_classes: bool = False) -> list[str]:
     only_a, only_b = set(a.classes) - set(b.classes), set(b.classes) - set(a.classes)
+    if shared_classes:
+        classes = [c for c in a.classes if c not in only_a]
+        if len(classes) < 2:
+            raise NhlError(
+                f"the trees share {counted(len(classes), 'class')} ({len(only_a)} only in "
+                f"{a.name or 'the first'}, {len(only_b)} only in {b.name or 'the second'}); comparing "
+                "needs at least 2 shared classes"
+            )
+        return classes
     if only_a or only_b:
         shown = ", ".join(sorted(only_a | only_b)[:5])
         raise NhlError(
@@ -65,12 +83,26 @@ def lca_depths(tree: Tree, classes: list[str]) -> np.ndarray:
     return shared[np.triu_indices(n, k=1)] / tree.levels
 
 
-def compare_trees(a: Tree, b: Tree) -> dict[str, Any]:
-    """Agreement of ``a`` and ``b`` per level (ARI, AMI) and over all class pairs (Spearman)."""
+def restricted(tree: Tree, classes: list[str]) -> Tree:
+    """``tree`` cut to ``classes`` (in its class order): the nodes on their paths from the root."""
+    keep = set(classes)
+    if keep == set(tree.classes):
+        return tree
+    kept = [c for c in tree.classes if c in keep]
+    nodes = {n for c in kept for n in tree.path(c)}
+    return Tree(tree.graph.subgraph(nodes).copy(), tree.root, kept, name=tree.name, source=tree.source)
+
+
+def compare_trees(a: Tree, b: Tree, shared_classes: bool = False) -> dict[str, Any]:
+    """Agreement of ``a`` and ``b`` per level (ARI, AMI), over all class pairs (Spearman) and in
+    topology (rooted Robinson-Foulds). ``shared_classes``: compare over the classes both trees
+    hold instead of refusing trees over different classes."""
     from scipy.stats import spearmanr
     from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 
-    classes = _check_same_classes(a, b)
+    classes = _check_same_classes(a, b, shared_classes)
+    topology = robinson_foulds(a, b)  # over the shared classes, with the counts dropped
+    a, b = restricted(a, classes), restricted(b, classes)
     levels = []
     for depth in range(1, a.levels):
         other = _matching_depth(depth, a.levels, b.levels)
@@ -96,9 +128,12 @@ def compare_trees(a: Tree, b: Tree) -> dict[str, Any]:
         "a": a.name,
         "b": b.name,
         "classes": len(classes),
+        "classes_dropped_a": topology["dropped_a"],
+        "classes_dropped_b": topology["dropped_b"],
         "levels_a": a.levels,
         "levels_b": b.levels,
         "per_level": levels,
         "pairs": len(depth_a),
         "lca_depth_spearman": rho,
+        "robinson_foulds": topology,
     }

@@ -1,4 +1,4 @@
-"""Trees for people and other tools: a rich terminal tree, Graphviz dot, Mermaid, JSON."""
+"""Trees for people and other tools: a rich terminal tree, Graphviz dot, Mermaid, JSON, Newick."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from rich.markup import escape
 from rich.tree import Tree as RichTree
 
 from nhlcli.atomic import dumps_json
+from nhlcli.taxonomy.newick import to_newick
 from nhlcli.taxonomy.tree import Tree
 from nhlcli.text import counted, printable
 
-FORMATS = ("rich", "dot", "mermaid", "json")
+FORMATS = ("rich", "dot", "mermaid", "json", "newick")
 
 
 def default_show_depth(tree: Tree) -> int:
@@ -87,7 +88,9 @@ def to_mermaid(tree: Tree, depth: int | None = None) -> str:
 
 
 def render_text(tree: Tree, fmt: str, depth: int | None = None) -> str:
-    """The tree as text in ``fmt`` (dot, mermaid or json)."""
+    """The tree as text in ``fmt`` (dot, mermaid, json or newick; newick always holds every class)."""
+    if fmt == "newick":
+        return to_newick(tree)
     if fmt == "dot":
         return to_dot(tree, depth)
     if fmt == "mermaid":

@@ -4,11 +4,11 @@ A checkpoint directory (``<output>.ckpt`` or ``checkpoint_dir``) holds a marker 
 (``nhl-checkpoints.json``, so nhl can tell its own directory from a user's) and the newest
 checkpoint, ``epoch-0003/``: ``weights.safetensors`` (model weights, optimizer moments, random
 generators) and ``state.json`` (epoch, step, schedule, optimizer scalars, run record and the sha256
-of the weights file). Each checkpoint is written into a hidden ``.epoch-0003.tmp-*`` directory,
-flushed to disk, and renamed to ``epoch-0003`` in one step; only then is the previous one moved
-aside and removed. So a kill -9 at any instruction leaves the previous complete checkpoint (or the
-new one) in place, never a mixed pair; the next run removes whatever half-made directories a crash
-left. Nothing is pickled.
+of the weights file); beside it the run's log, ``summary.csv`` (:mod:`nhlcli.training.log`). Each
+checkpoint is written into a hidden ``.epoch-0003.tmp-*`` directory, flushed to disk, and renamed
+to ``epoch-0003`` in one step; only then is the previous one moved aside and removed. So a kill -9
+at any instruction leaves the previous complete checkpoint (or the new one) in place, never a mixed
+pair; the next run removes whatever half-made directories a crash left. Nothing is pickled.
 
 A directory that holds anything nhl did not write is refused, never written over. Directories of
 the first format (``last.safetensors`` + ``last.json``) are still read, and replaced by the new
@@ -46,8 +46,11 @@ MARKER_NAME = "nhl-checkpoints.json"
 MARKER_FORMAT = "nhl-checkpoint-directory"
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "state.json"
+SUMMARY_FILE = "summary.csv"  # one row per epoch, written by nhlcli.training.log
 EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
-TEMPORARY = re.compile(r"\.epoch-\d+\.tmp-.*|\.trash-.*|\.nhl-probe-.*|\.nhl-checkpoints\.json\..*\.tmp")
+TEMPORARY = re.compile(
+    r"\.epoch-\d+\.tmp-.*|\.trash-.*|\.nhl-probe-.*|\.nhl-checkpoints\.json\..*\.tmp|\.summary\.csv\..*\.tmp"
+)
 # the first format: one pair in the directory itself, each file written by atomic_write
 OLD_WEIGHTS, OLD_SIDECAR = "last.safetensors", "last.json"
 OLD_TEMPORARY = re.compile(r"\.last\.(safetensors|json)\..*\.tmp")
@@ -210,6 +213,8 @@ def check_ownership(directory: str | Path) -> None:
         if name == MARKER_NAME and ours:
             continue
         if EPOCH_DIR.fullmatch(name) and entry.is_dir() and not entry.is_symlink() and ours:
+            continue
+        if name == SUMMARY_FILE and entry.is_file() and not entry.is_symlink() and (ours or old):
             continue
         if TEMPORARY.fullmatch(name) and (ours or name.startswith(".nhl-probe-")):
             continue
@@ -431,11 +436,13 @@ def _retire(entry: Path) -> None:
 
 
 def discard(directory: str | Path) -> None:
-    """Remove every checkpoint in ``directory`` (a fresh start): a crash of the new run must never
-    resume an older run's epochs."""
+    """Remove every checkpoint in ``directory`` (a fresh start), and the old run's log: a crash of
+    the new run must never resume an older run's epochs."""
     directory = Path(directory)
     for _, entry in _epoch_dirs(directory):
         _retire(entry)
+    if _has_marker(directory):
+        (directory / SUMMARY_FILE).unlink(missing_ok=True)
     for name in (OLD_SIDECAR, OLD_WEIGHTS):
         (directory / name).unlink(missing_ok=True)
     clean_stale(directory)

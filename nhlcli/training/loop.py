@@ -3,7 +3,8 @@
 AdamW or SGD, cosine schedule with warmup (timm), timm's transforms with RandAugment, mixed
 precision on GPU, a seed for the data order and augmentation of every epoch (so a resumed run
 trains as the uninterrupted one; :func:`seed_everything` seeds the initial weights), validation
-every epoch, an atomic checkpoint every epoch, ``resume``, an optional time budget that ends the
+every epoch, an atomic checkpoint every epoch with a ``summary.csv`` log beside it (and TensorBoard
+scalars on request; :mod:`nhlcli.training.log`), ``resume``, an optional time budget that ends the
 run annealed (:class:`_TimeBudget`), Ctrl-C that saves and stops cleanly, and DDP under torchrun
 (rank 0 writes).
 """
@@ -40,6 +41,7 @@ from nhlcli.evaluation import evaluate
 from nhlcli.model.files import save_model
 from nhlcli.progress import SilentProgress, TrainingProgress
 from nhlcli.training import checkpoint as ckpt
+from nhlcli.training.log import RunLog, require_tensorboard
 
 
 @dataclass
@@ -135,6 +137,7 @@ class EpochRecord:
     val_top5: float
     images_per_s: float
     seconds: float
+    lr: float | None = None  # the learning rate at the epoch's end (None in runs recorded before it was)
 
 
 @dataclass
@@ -224,6 +227,7 @@ def train(
     loaders: tuple[Any, Any] | None = None,
     overwrite: bool = False,
     options: Mapping[str, Any] | None = None,
+    tensorboard: str | Path | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` (ImageFolder directory or ``fashion-mnist``) and save it.
 
@@ -234,25 +238,33 @@ def train(
     The output and the checkpoint directory are locked while the run writes them. Under torchrun
     every rank calls this; rank 0 writes.
 
+    After every epoch the checkpoint directory's ``summary.csv`` gets the epoch's row (timm's
+    columns; a resumed run continues it, an epoch trained again replacing its row), and with
+    ``tensorboard`` (a directory; needs the tensorboard package) TensorBoard gets the same scalars.
+
     ``config.seed`` seeds each epoch's data order and augmentation (loader workers included) by
     epoch and rank; the model's initial weights are seeded by :func:`seed_everything` before it
     is built. With ``config.time_budget_s`` the run stops when the budget is spent (at most
     ``config.epochs``), the learning rate annealed by the fraction spent; see :class:`_TimeBudget`.
     """
+    if tensorboard is not None:
+        require_tensorboard()  # before anything is written
     validate_config(config)
     checkpoint_dir = checkpoint_dir_for(output, checkpoint_dir)
-    check_outputs(output, checkpoint_dir, data)
+    check_outputs(output, checkpoint_dir, data, tensorboard)
     with contextlib.ExitStack() as held:
         held.enter_context(locks.holding(checkpoint_dir, "checkpoint directory"))
         if output is not None:
             held.enter_context(locks.holding(output))
+        if tensorboard is not None:
+            held.enter_context(locks.holding(tensorboard, "TensorBoard directory"))
         check_fresh_start(checkpoint_dir, resume, overwrite)
         record = {"data": str(data), **(options or {})}
         info = setup(config.device)
         try:
             return _train(
                 model, data, output, config, checkpoint_dir, resume, progress, on_epoch, loaders, info,
-                options=record,
+                options=record, log=RunLog(checkpoint_dir, tensorboard),
             )  # fmt: skip
         finally:
             teardown(info)
@@ -314,11 +326,27 @@ def _stored_config_problem(stored: Mapping[str, Any]) -> str | None:
     return None
 
 
-def check_outputs(output: str | Path | None, checkpoint_dir: str | Path, data: str | Path | None) -> None:
+def check_outputs(
+    output: str | Path | None,
+    checkpoint_dir: str | Path,
+    data: str | Path | None,
+    tensorboard: str | Path | None = None,
+) -> None:
     """Refuse a model file inside the checkpoint directory (the checkpoint's next save or clean-up
-    would remove it, or it would replace the checkpoint), and outputs inside the data folder (a
+    would remove it, or it would replace the checkpoint), a TensorBoard directory there (nhl refuses
+    a checkpoint directory holding files it did not write), and outputs inside the data folder (a
     checkpoint directory there becomes a class folder, breaking every later run on the data)."""
     ckdir = Path(checkpoint_dir).resolve()
+    if tensorboard is not None:
+        board = Path(tensorboard).resolve()
+        if board == ckdir or ckdir in board.parents:
+            raise NhlError(
+                f"{tensorboard} is the checkpoint directory {checkpoint_dir} or inside it, which holds "
+                "nhl's files alone; write TensorBoard's events elsewhere",
+                "tensorboard",
+            )
+        if board.exists() and not board.is_dir():
+            raise NhlError(f"{tensorboard} is a file, not a directory; choose another path", "tensorboard")
     if output is not None:
         target = Path(output).resolve()
         if target == ckdir or ckdir in target.parents:
@@ -329,7 +357,8 @@ def check_outputs(output: str | Path | None, checkpoint_dir: str | Path, data: s
             )
     if data is not None and str(data).strip() and Path(data).is_dir():
         root = Path(data).resolve()
-        for label, path in (("output", output), ("checkpoint_dir", checkpoint_dir)):
+        outputs = (("output", output), ("checkpoint_dir", checkpoint_dir), ("tensorboard", tensorboard))
+        for label, path in outputs:
             if path is not None and (Path(path).resolve() == root or root in Path(path).resolve().parents):
                 raise NhlError(
                     f"{path} is inside the data folder {data}; it would become part of the data set "
@@ -508,6 +537,7 @@ def _train(
     loaders: tuple[Any, Any] | None,
     info: DistInfo,
     options: Mapping[str, Any] | None = None,
+    log: RunLog | None = None,
 ) -> TrainResult:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
@@ -625,6 +655,9 @@ def _train(
     bar = progress if progress is not None and info.is_main and start_epoch < epochs else SilentProgress()
     bar.begin(epochs, steps_per_epoch, start_epoch, split_name(data, "val", config.holdout))
     epoch, steps_done = start_epoch, 0
+    log = log or RunLog(checkpoint_dir)
+    if info.is_main:
+        log.start(history)  # a resumed run continues the log of the epochs its checkpoint holds
     try:
         with contextlib.closing(bar):
             for epoch in range(start_epoch, epochs):
@@ -721,6 +754,7 @@ def _train(
                     val_top5=val["top5"],
                     images_per_s=seen_all / seconds if seconds > 0 else 0.0,
                     seconds=seconds,
+                    lr=sum(g["lr"] for g in optimizer.param_groups) / len(optimizer.param_groups),
                 )
                 history.append(epoch_record)
                 result.epochs_done = epoch + 1
@@ -731,6 +765,7 @@ def _train(
                 bar.epoch_done(epoch_record)
                 if info.is_main:
                     save_state(epoch + 1)
+                    log.epoch(history)  # after the checkpoint: the log never runs ahead of it
                     if on_epoch:
                         on_epoch(epoch_record)
                 barrier(info)
@@ -742,6 +777,7 @@ def _train(
         return result
     finally:  # hand back the model laid out as a loaded one is, so both give identical logits
         _set_trunk_memory_format(model, torch.contiguous_format)
+        log.close()
     result.bad_images = bad_names
     if budget is not None:
         result.time_budget = budget_record()
