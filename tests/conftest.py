@@ -176,3 +176,33 @@ def random_batches(n: int = 48, batch: int = 16, seed: int = 0) -> list[tuple[to
     x = torch.randn(n, 3, 32, 32, generator=generator)
     y = torch.randint(0, len(CLASSES), (n,), generator=generator)
     return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
+
+
+FRUIT = ["apple", "banana", "cherry"]  # the classes of the small image folder the training tests share
+
+
+@pytest.fixture(scope="module")
+def fruit_folder(tmp_path_factory) -> Path:
+    """A 3-class ImageFolder of 16 px images, 4 a class: the data of the quick training runs."""
+    root = tmp_path_factory.mktemp("data") / "d"
+    return make_tiny_data.make_image_folder(root, FRUIT, per_class=4, size=16)
+
+
+def fruit_flat_model(seed: int = 0):
+    """A flat resnet10t over ``FRUIT`` at 16 px, seeded."""
+    from nhlcli.taxonomy.classes import ClassEntry
+    from nhlcli.taxonomy.sources import build_flat_tree
+
+    tree = build_flat_tree([ClassEntry(c, c) for c in FRUIT], name="toy")
+    return tiny_model(tree, backbone="resnet10t", kind="flat", size=16, seed=seed)
+
+
+def quick_train_config(**changes: object):
+    """Two epochs of two steps on the fruit folder, float32, no workers: a training run in seconds."""
+    from nhlcli.training import TrainConfig
+
+    base = dict(
+        epochs=2, batch_size=4, lr=3e-4, warmup_epochs=0, workers=0, augment=None, seed=0, amp=False,
+        max_steps_per_epoch=2,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **changes})

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, assert_one_line_error, make_tiny_data, random_batches, run_nhl, tiny_model
+from conftest import (
+    FRUIT,
+    QUICK,
+    assert_one_line_error,
+    fruit_flat_model,
+    quick_train_config,
+    random_batches,
+    run_nhl,
+    tiny_model,
+)
 from safetensors.torch import load_file
 
 from nhlcli import locks
@@ -26,11 +35,11 @@ from nhlcli.gates import fit_gates
 from nhlcli.model.files import save_model
 from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.sources import build_flat_tree
-from nhlcli.training import TrainConfig, train
 from nhlcli.training import checkpoint as ckpt
+from nhlcli.training import train
 from nhlcli.training.loop import resolve_config
 
-CLASSES = ["apple", "banana", "cherry"]
+CLASSES = FRUIT
 SMALL = [
     "--flat", "--backbone", "resnet10t", "--input-size", "16", "--batch-size", "4", "--workers", "0",
     "--augment", "none", "--no-amp", "--max-steps-per-epoch", "2",
@@ -47,23 +56,12 @@ def tree_of(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    return make_tiny_data.make_image_folder(
-        tmp_path_factory.mktemp("data") / "d", CLASSES, per_class=4, size=16
-    )
+def folder(fruit_folder: Path) -> Path:
+    return fruit_folder
 
 
-def flat_model(seed: int = 0):
-    tree = build_flat_tree([ClassEntry(c, c) for c in CLASSES], name="toy")
-    return tiny_model(tree, backbone="resnet10t", kind="flat", size=16, seed=seed)
-
-
-def small_config(**changes) -> TrainConfig:
-    base = dict(
-        epochs=2, batch_size=4, lr=3e-4, warmup_epochs=0, workers=0, augment=None, seed=0, amp=False,
-        max_steps_per_epoch=2,
-    )  # fmt: skip
-    return TrainConfig(**{**base, **changes})
+flat_model = fruit_flat_model
+small_config = quick_train_config
 
 
 @pytest.fixture(scope="module")
