@@ -11,6 +11,7 @@ script to copy from.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nhlcli.data.registry import DATASETS, DEFAULT_DATASET, FASHION_MNIST_DEMO, DemoTask, dataset_spec
 from nhlcli.errors import NhlError
 from nhlcli.model import DEFAULT_VARIANT
 from nhlcli.progress import TrainingProgress
@@ -42,91 +44,34 @@ RECIPE: dict[str, Any] = {
     "crop_scale": "0.8,1",
     "label_smoothing": 0.1,
 }
-FOOTWEAR = ("sandal", "sneaker", "ankle boot")
-SHIPPED_TREE = "fashion-mnist-wordnet-l2"
-DEFAULT_WORKDIR = "nhl-demo"  # in the current directory, so that the docs' next commands find the files
+DEFAULT_DEMO = DEFAULT_DATASET
 TREE_FILE = "tree.json"
 REPORT_FILE = "report.json"
 
 
-@dataclass(frozen=True)
-class DemoTask:
-    """One data set's demo: what it trains on, which expert it cuts, which test images it keeps.
-
-    ``train_classes`` cuts the data's tree to a part that trains well within the budget (the
-    emoji demo trains on one Unicode group); ``sample_images`` maps a PNG file name to the class
-    whose first test image it holds.
-    """
-
-    data: str
-    title: str
-    train_classes: tuple[str, ...] | None
-    expert_name: str
-    expert_classes: tuple[str, ...]
-    model_file: str
-    expert_file: str
-    in_chans: int
-    max_epochs: int
-    workdir: str
-    sample_images: dict[str, str]
-
-    @property
-    def files(self) -> tuple[str, ...]:
-        """Every file the demo writes into its work directory (an earlier run's are refused)."""
-        return (TREE_FILE, self.model_file, f"{self.model_file}.ckpt", self.expert_file, REPORT_FILE,
-                *self.sample_images)  # fmt: skip
+def demos() -> dict[str, DemoTask]:
+    """The demo of every registered data set that has one (its spec's ``demo``), by data set."""
+    return {name: spec.demo for name, spec in DATASETS.items() if spec.demo is not None}
 
 
-DEMOS: dict[str, DemoTask] = {
-    "fashion-mnist": DemoTask(
-        data="fashion-mnist",
-        title="Fashion-MNIST",
-        train_classes=None,
-        expert_name="footwear",
-        expert_classes=FOOTWEAR,
-        model_file="fashion-nhl.safetensors",
-        expert_file="footwear-expert.safetensors",
-        in_chans=1,
-        max_epochs=8,
-        workdir=DEFAULT_WORKDIR,
-        # the first test image of each class, by file name
-        sample_images={
-            "sandal.png": "sandal",
-            "sneaker.png": "sneaker",
-            "ankle-boot.png": "ankle-boot",
-            "shirt.png": "shirt",
-        },
-    ),
-    # Unicode's "Animals & Nature" group (152 emoji, 3 levels): its 2,432 training images an epoch
-    # train at about 270 images/s here, so the budget holds tens of epochs; all 1,861 classes
-    # train with ``nhl train --data emoji`` (a full NHL trains at about 5 images/s there).
-    "emoji": DemoTask(
-        data="emoji",
-        title="Emoji, Animals & Nature",
-        train_classes=("Animals & Nature",),
-        expert_name="sea animals",
-        expert_classes=("animal-marine",),
-        model_file="emoji-nhl.safetensors",
-        expert_file="sea-animals-expert.safetensors",
-        in_chans=3,
-        max_epochs=30,
-        workdir="nhl-demo-emoji",
-        sample_images={
-            "shark.png": "shark",
-            "octopus.png": "octopus",
-            "dolphin.png": "dolphin",
-            "cat-face.png": "cat face",
-        },
-    ),
-}
+DEMOS: dict[str, DemoTask] = demos()  # the built-in data sets' (a data set registered later is found too)
 DEMO_DATA = tuple(DEMOS)
+FOOTWEAR = FASHION_MNIST_DEMO.expert_classes
+DEFAULT_WORKDIR = DEMOS[DEFAULT_DEMO].workdir
+
+
+def demo_files(task: DemoTask) -> tuple[str, ...]:
+    """Every file the demo writes into its work directory (an earlier run's are refused)."""
+    return (TREE_FILE, task.model_file, f"{task.model_file}.ckpt", task.expert_file, REPORT_FILE,
+            *task.sample_images)  # fmt: skip
 
 
 def demo_task(data: str) -> DemoTask:
-    """The demo for ``data``, or a one-line error naming the data sets it knows."""
-    if data not in DEMOS:
-        raise NhlError(f"has no demo for {data!r}; choose one of {', '.join(DEMO_DATA)}", "data")
-    return DEMOS[data]
+    """The demo for ``data`` (its data-set spec's), or a one-line error naming the data sets it knows."""
+    task = demos().get(data)
+    if task is None:
+        raise NhlError(f"has no demo for {data!r}; choose one of {', '.join(demos())}", "data")
+    return task
 
 
 def recipe_args(epochs: int = DEFAULT_EPOCHS) -> list[str]:
@@ -151,12 +96,12 @@ class DemoResult:
     expert: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     images: list[dict[str, Any]] = field(default_factory=list)
-    data: str = "fashion-mnist"
+    data: str = DEFAULT_DATASET
     threads: dict[str, int] = field(default_factory=dict)  # torch threads per stage, fitted to the load
 
     @property
     def task(self) -> DemoTask:
-        return DEMOS[self.data]
+        return demo_task(self.data)
 
     def summary(self) -> dict[str, Any]:
         """What ``report.json`` holds and ``nhl demo --json`` prints."""
@@ -178,27 +123,26 @@ class DemoResult:
         }
 
 
-def demo_tree(data: str = "fashion-mnist") -> tuple[Any, str]:
-    """The demo's tree and where it came from.
-
-    Fashion-MNIST's is built from WordNet (the shipped one when WordNet is missing); the emoji
-    demo's is Unicode's group -> subgroup -> emoji tree cut to the task's training classes.
-    """
-    from nhlcli.taxonomy import build_tree, resolve_tree, shipped_tree
-    from nhlcli.taxonomy.classes import FASHION_MNIST
+def demo_tree(data: str = DEFAULT_DATASET) -> tuple[Any, str]:
+    """The demo's tree and where it came from: what the data set's demo builds (Fashion-MNIST's
+    from WordNet, the shipped one when WordNet is missing), else the data set's default tree cut to
+    the demo's training classes (emoji: Unicode's group -> subgroup -> emoji tree, one group)."""
+    from nhlcli.taxonomy import resolve_tree
 
     task = demo_task(data)
-    if data == "emoji":
-        full = resolve_tree("emoji-unicode-l3")
-        tree = full.select(task.train_classes or ()).subtree(full)
-        return tree, f"Unicode's emoji groups, {', '.join(task.train_classes or ())} (emoji-unicode-l3)"
-    try:
-        return build_tree("wordnet", FASHION_MNIST, levels=2, name="fashion-mnist-wordnet-l2"), "wordnet"
-    except NhlError:
-        return shipped_tree(SHIPPED_TREE), f"shipped ({SHIPPED_TREE}; WordNet is not installed)"
+    if task.tree is not None:
+        return task.tree()
+    default = dataset_spec(data).default_tree
+    if default is None:
+        raise NhlError(f"{data!r} has no default tree for its demo to train on", "data")
+    tree = resolve_tree(default)
+    if task.train_classes:
+        tree = tree.select(task.train_classes).subtree(tree)
+    about = ", ".join(part for part in (task.tree_about, *(task.train_classes or ())) if part)
+    return tree, f"{about} ({default})" if about else default
 
 
-def write_sample_images(workdir: Path, data: str = "fashion-mnist") -> list[dict[str, Any]]:
+def write_sample_images(workdir: Path, data: str = DEFAULT_DATASET) -> list[dict[str, Any]]:
     """Save the first test image of a few classes as PNG files beside the model.
 
     A newcomer has no image file of the data to hand to ``nhl predict``; these are the exact test
@@ -253,7 +197,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:g} minutes" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
 
 
-def check_workdir(workdir: str | Path | None, overwrite: bool = False, data: str = "fashion-mnist") -> Path:
+def check_workdir(workdir: str | Path | None, overwrite: bool = False, data: str = DEFAULT_DATASET) -> Path:
     """Refuse a work directory that holds an earlier demo's files, unless ``overwrite``.
 
     ``None`` is the task's default, in the current directory."""
@@ -261,7 +205,7 @@ def check_workdir(workdir: str | Path | None, overwrite: bool = False, data: str
 
     task = demo_task(data)
     workdir = check_output_dir(task.workdir if workdir is None else workdir, label="`workdir`")
-    found = [name for name in task.files if (workdir / name).exists()]
+    found = [name for name in demo_files(task) if (workdir / name).exists()]
     if found and not overwrite:
         raise NhlError(
             f"{workdir} already holds an earlier demo's files ({', '.join(found)}); choose another `workdir` "
@@ -277,7 +221,7 @@ def run_demo(
     say: Callable[[str], None] = print,
     batch_size: int = 16,
     overwrite: bool = False,
-    data: str = "fashion-mnist",
+    data: str = DEFAULT_DATASET,
     max_steps_per_epoch: int | None = None,
     seed: int = 0,
     train_budget_s: float = TRAIN_BUDGET_S,
@@ -294,26 +238,13 @@ def run_demo(
     threads give the same model on CPU). ``max_steps_per_epoch`` shortens epochs for quick checks.
     ``report.json`` holds :meth:`DemoResult.summary`.
     """
-    import shutil
-
     import torch
 
     from nhlcli.atomic import atomic_write_json
-    from nhlcli.data import default_workers
-    from nhlcli.evaluation import evaluate_file
-    from nhlcli.experts import compare, cutout_with_cost, save_expert
-    from nhlcli.model.nhl import with_input_size
-    from nhlcli.model.registry import create_model
-    from nhlcli.model.trunk import TrunkConfig
     from nhlcli.text import counted
-    from nhlcli.training.loop import TrainConfig, check_seed, seed_everything, train
 
     task = demo_task(data)
-    if epochs is not None and epochs < 1:
-        raise NhlError(f"must be at least 1, got {epochs}", "epochs")
-    check_seed(seed)
-    if not (isinstance(train_budget_s, (int, float)) and 0 < train_budget_s < float("inf")):
-        raise NhlError(f"must be a positive number of seconds, got {train_budget_s}", "train_budget_s")
+    _check_demo_options(epochs, seed, train_budget_s)
     started = time.perf_counter()
     workdir = check_workdir(workdir, overwrite, data)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -325,73 +256,109 @@ def run_demo(
         f"1/5 tree: {counted(len(tree.classes), 'class')}, {counted(tree.levels, 'level')}, "
         f"from {source} -> {tree_file}"
     )
-
     threads = torch.get_num_threads()
     result.threads["training"] = fit_threads_to_load(threads, say)
+    budget = None if epochs else train_budget_s
+    full_file = _train_demo_model(result, tree, epochs, seed, budget, max_steps_per_epoch, progress, say)
+    say("3/5 evaluating on the test split")
+    result.threads["evaluation"] = fit_threads_to_load(threads, say)
+    _evaluate_and_cut(result, full_file, batch_size, say)
+    result.seconds = time.perf_counter() - started
+    atomic_write_json(workdir / REPORT_FILE, result.summary())
+    return result
+
+
+def _check_demo_options(epochs: int | None, seed: int, train_budget_s: float) -> None:
+    from nhlcli.training.loop import check_seed
+
+    if epochs is not None and epochs < 1:
+        raise NhlError(f"must be at least 1, got {epochs}", "epochs")
+    check_seed(seed)
+    if not (isinstance(train_budget_s, (int, float)) and 0 < train_budget_s < float("inf")):
+        raise NhlError(f"must be a positive number of seconds, got {train_budget_s}", "train_budget_s")
+
+
+def _train_demo_model(
+    result: DemoResult,
+    tree: Any,
+    epochs: int | None,
+    seed: int,
+    budget_s: float | None,
+    max_steps_per_epoch: int | None,
+    progress: TrainingProgress | None,
+    say: Callable[[str], None],
+) -> Path:
+    """Step 2: the default NHL on the demo's data, for ``epochs`` or until ``budget_s`` is spent
+    (at most the task's ``max_epochs``); records how it ended in ``result``."""
+    from nhlcli.data import default_workers
+    from nhlcli.model.nhl import with_input_size
+    from nhlcli.model.registry import create_model
+    from nhlcli.model.trunk import TrunkConfig
+    from nhlcli.text import counted
+    from nhlcli.training.loop import TrainConfig, seed_everything, train
+
+    data, task = result.data, result.task
     seed_everything(seed)  # before the model is built: its initial weights are the first draw
-    model = create_model(tree, DEFAULT_VARIANT, TrunkConfig(RECIPE["backbone"], None, task.in_chans))
+    trunk = TrunkConfig(RECIPE["backbone"], None, dataset_spec(data).in_chans)
+    model = create_model(tree, DEFAULT_VARIANT, trunk)
     model.input_config = with_input_size(model.input_config, RECIPE["input_size"])
     config = TrainConfig(
-        epochs=epochs or task.max_epochs,
-        batch_size=RECIPE["batch_size"],
-        lr=RECIPE["lr"],
-        warmup_epochs=RECIPE["warmup_epochs"],
-        augment=None,
-        crop_scale=(0.8, 1.0),
-        label_smoothing=RECIPE["label_smoothing"],
-        workers=default_workers(data),
-        seed=seed,
-        time_budget_s=None if epochs else train_budget_s,
-        classes=task.train_classes or (),
-        max_steps_per_epoch=max_steps_per_epoch,
-    )
-    how = "" if epochs else (
-        f" (until {_duration(train_budget_s)} are spent, at most {task.max_epochs} epochs, the learning rate "
+        epochs=epochs or task.max_epochs, batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
+        warmup_epochs=RECIPE["warmup_epochs"], augment=None, crop_scale=(0.8, 1.0),
+        label_smoothing=RECIPE["label_smoothing"], workers=default_workers(data), seed=seed,
+        time_budget_s=budget_s, classes=task.train_classes or (), max_steps_per_epoch=max_steps_per_epoch,
+    )  # fmt: skip
+    how = "" if budget_s is None else (
+        f" (until {_duration(budget_s)} are spent, at most {task.max_epochs} epochs, the learning rate "
         "annealed by the time spent; `epochs` to choose)"
     )  # fmt: skip
     say(f"2/5 training {RECIPE['backbone']} NHL on {task.title}{how}")
-    full_file = workdir / task.model_file
+    full_file = result.workdir / task.model_file
     t0 = time.perf_counter()
     run = train(model, data, full_file, config, progress=progress, overwrite=True)
     if run.interrupted:
         raise KeyboardInterrupt
     result.train_seconds = time.perf_counter() - t0
-    result.epochs = run.epochs_done
-    result.time_budget = run.time_budget
-    if run.time_budget:
+    result.epochs, result.time_budget = run.epochs_done, run.time_budget
+    if run.time_budget and budget_s is not None:
         steps = counted(run.time_budget["steps"], "step")
         result.epochs_how = (
-            f"the {_duration(train_budget_s)} training budget ran out in epoch {run.epochs_done} after "
+            f"the {_duration(budget_s)} training budget ran out in epoch {run.epochs_done} after "
             f"{steps}, the learning rate annealed to its minimum"
             if run.time_budget["ended_by_budget"]
-            else f"the demo's cap of {task.max_epochs} ({steps}), within the {_duration(train_budget_s)} "
+            else f"the demo's cap of {task.max_epochs} ({steps}), within the {_duration(budget_s)} "
             "training budget"
         )
         say(f"   trained {counted(run.epochs_done, 'epoch')}: {result.epochs_how}")
+    return full_file
 
-    say("3/5 evaluating on the test split")
-    result.threads["evaluation"] = fit_threads_to_load(threads, say)
-    workers = config.workers
+
+def _evaluate_and_cut(
+    result: DemoResult, full_file: Path, batch_size: int, say: Callable[[str], None]
+) -> None:
+    """Steps 3 to 5: the full model on the test split, the expert cut out of it, the expert on its
+    classes' test images, and the sample images; what they measured goes into ``result``."""
+    from nhlcli.data import default_workers
+    from nhlcli.evaluation import evaluate_file
+    from nhlcli.experts import compare, cutout_with_cost, save_expert
+
+    data, task, workdir = result.data, result.task, result.workdir
+    workers = default_workers(data)
     full_eval = evaluate_file(full_file, data, workers=workers)
     expert_eval_full = evaluate_file(full_file, data, classes=task.expert_classes, workers=workers)
-
     say(f"4/5 cutting the {task.expert_name} expert ({', '.join(task.expert_classes)})")
     cut, full_cost, expert_cost = cutout_with_cost(full_file, list(task.expert_classes), (1, batch_size))
     expert_file = workdir / task.expert_file
     save_expert(cut, expert_file, cost=expert_cost)
-
     say(f"5/5 evaluating the expert on the {task.expert_name} test images")
     expert_eval = evaluate_file(expert_file, data, workers=workers)
     result.images = write_sample_images(workdir, data)
     shown = ", ".join(Path(image["file"]).name for image in result.images)
     say(f"   test images to try nhl predict on: {shown} (in {workdir})")
     result.full = {
-        "file": str(full_file),
-        "top1": full_eval["top1"],
-        "images": full_eval["images"],
-        "top1_on_expert_classes": expert_eval_full["top1"],
-        "cost": full_cost,
-    }
+        "file": str(full_file), "top1": full_eval["top1"], "images": full_eval["images"],
+        "top1_on_expert_classes": expert_eval_full["top1"], "cost": full_cost,
+    }  # fmt: skip
     result.expert = {
         "file": str(expert_file),
         "name": task.expert_name,
@@ -403,6 +370,3 @@ def run_demo(
         "cost": expert_cost,
         "reduction_percent": compare(full_cost, expert_cost),
     }
-    result.seconds = time.perf_counter() - started
-    atomic_write_json(workdir / REPORT_FILE, result.summary())
-    return result

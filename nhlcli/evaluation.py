@@ -22,7 +22,7 @@ from nhlcli.devices import autocast_for, resolve_device
 from nhlcli.distributed import DistInfo, all_sum
 from nhlcli.errors import NhlError
 from nhlcli.model.attention import TruthAttention, attention_levels, check_attend, class_attention
-from nhlcli.model.gated import GatedModel
+from nhlcli.model.contract import NhlModel
 from nhlcli.progress import ImageProgress
 from nhlcli.taxonomy.tree import Tree
 
@@ -241,7 +241,7 @@ def evaluate_file(
     check_attention_options(pairs, attend_level, attend_truth)
     model = _load_for_eval(model_file, dev, ungated_only=bool(pairs or attend_truth is not None or classes))
     held = model_holdout(model, split, holdout)
-    if isinstance(model, GatedModel) or route_top_k is not None:
+    if model.exit_names() or route_top_k is not None:
         report = evaluate_gated_model(
             model, data, split, batch_size, workers, dev, route_top_k, part, progress, held
         )
@@ -277,16 +277,13 @@ def evaluate_file(
     return report
 
 
-def _load_for_eval(model_file: str | Path, device: torch.device, ungated_only: bool) -> nn.Module:
+def _load_for_eval(model_file: str | Path, device: torch.device, ungated_only: bool) -> NhlModel:
     """The model file, refused when it is gated and the evaluation needs the ungated network."""
     from nhlcli.model.loading import open_model
 
     model = open_model(model_file, device)
-    if ungated_only and isinstance(model, GatedModel):
-        raise NhlError(
-            "a gated file is evaluated whole: `attend`, `attend_truth` and `classes` need the ungated "
-            "model (or cut an expert first and fit gates on it)"
-        )
+    if ungated_only and model.whole_only_problem:
+        raise NhlError(model.whole_only_problem)
     return model
 
 
@@ -390,17 +387,11 @@ def attention_curve_file(
     }
 
 
-def check_gated_options(model: nn.Module, route_top_k: int | None, attend: Sequence[Any]) -> None:
+def check_gated_options(model: NhlModel, route_top_k: int | None, attend: Sequence[Any]) -> None:
     """Options a gated file takes (routing) and refuses (attention); sets the routing."""
-    if not isinstance(model, GatedModel):
-        raise NhlError(
-            "needs a gated file with a routing gate; make one with "
-            "'nhl gates fit MODEL -o gated.safetensors'",
-            "route_top_k",
-        )
-    if attend:
-        raise NhlError("top-down attention and gates do not combine; use the ungated model to attend")
-    model.set_route_top_k(route_top_k)
+    model.set_route_top_k(route_top_k)  # refused, in one line, by a model without a routing gate
+    if attend and model.attention_problem:
+        raise NhlError(model.attention_problem)
 
 
 def evaluate_gated_model(
@@ -425,7 +416,7 @@ def evaluate_gated_model(
 
 @torch.no_grad()
 def evaluate_gated(
-    gated: GatedModel,
+    gated: NhlModel,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     baseline: bool = True,

@@ -21,8 +21,9 @@ from nhlcli.errors import NhlError
 PathLike = str | os.PathLike[str]
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(first: PathLike, second: PathLike) -> bool:
     """Whether two spellings name one file: resolved paths (``./../x``, symlinks) or hard links."""
+    a, b = Path(first), Path(second)
     if a.resolve() == b.resolve():
         return True
     try:
@@ -42,7 +43,7 @@ def _inside(path: Path, directory: Path) -> bool:
 def _refuse_inside_input(target: Path, given: Path, label: str) -> None:
     """An output inside an input folder (``--data D`` with ``-o D/train/m.safetensors``) would
     change that input: the data set gains a file or a class folder."""
-    if given.is_dir() and not _same_file(target, given) and _inside(target, given):
+    if given.is_dir() and not same_file(target, given) and _inside(target, given):
         raise NhlError(
             f"{label} {target} is inside the input folder {given}; writing there would change that input "
             "(a data set would gain a class folder): choose a path outside it"
@@ -92,7 +93,7 @@ def check_output_file(
         raise NhlError(f"{label} is empty; give a file name")
     target = Path(path)
     for given in inputs:
-        if given is not None and _same_file(target, Path(given)):
+        if given is not None and same_file(target, Path(given)):
             raise NhlError(
                 f"{label} {target} is also an input of this command ({given}); writing it would destroy "
                 "the input: choose another output path"
@@ -119,7 +120,7 @@ def check_output_dir(
         raise NhlError(f"{label} is empty; give a directory")
     target = Path(path)
     for given in inputs:
-        if given is not None and (_same_file(target, Path(given)) or _inside(Path(given), target)):
+        if given is not None and (same_file(target, Path(given)) or _inside(Path(given), target)):
             raise NhlError(
                 f"{label} {target} holds an input of this command ({given}); choose another directory"
             )

@@ -33,9 +33,9 @@ from torch.utils.data import Dataset
 from nhlcli.data.errors import UnreadableImageError
 from nhlcli.data.images import image_file_problem, read_image
 from nhlcli.errors import NhlError
-from nhlcli.model.gated import GatedModel
+from nhlcli.model.contract import NhlModel
 from nhlcli.progress import ImageProgress
-from nhlcli.text import printable
+from nhlcli.text import one_line, printable
 
 PREDICT_HINT = "give image files Pillow can open (PNG, JPEG, ...)"
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
@@ -149,7 +149,7 @@ def check_top_k(top_k: int, num_classes: int) -> int:
 
 def image_error(exc: BaseException) -> str:
     """The one-line reason an image could not be read, without the advice every such line ends in."""
-    text = " ".join(str(exc).split())
+    text = one_line(exc)
     return text.removesuffix(f"; {PREDICT_HINT}")
 
 
@@ -179,7 +179,7 @@ class _ImageFiles(Dataset):
 
 
 def predict_images(
-    model: nn.Module,
+    model: NhlModel,
     paths: Sequence[str | Path],
     top_k: int = 5,
     attention: Mapping[int, torch.Tensor] | None = None,
@@ -192,8 +192,8 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """The ``top_k`` most probable classes of each image, most probable first.
 
-    ``model`` is anything with ``.tree``, ``.input_config`` and ``forward(x, attention)``: a
-    loaded model, an expert, or a :class:`~nhlcli.evaluation.ClassSubset`. ``attention`` is the
+    ``model`` is any model kind (:class:`~nhlcli.model.contract.NhlModel`): a loaded model, an
+    expert, a gated file; it runs through its one inference entry, ``infer``. ``attention`` is the
     per-level mapping of :func:`nhlcli.model.attention.class_attention` (NHL models only).
     Returns one ``{"file", "top": [{"id", "name", "probability"}, ...], "error"}`` per path, in
     order. A gated model (``nhl gates``) adds each image's ``exit`` and ``gmacs``; an image that
@@ -208,7 +208,6 @@ def predict_images(
     batch); ``progress`` hears of every batch; ``amp``: mixed precision on a GPU, as ``nhl eval``.
     """
     from nhlcli.data.loaders import make_loader
-    from nhlcli.devices import autocast_for
 
     if batch_size < 1:
         raise NhlError(f"must be at least 1, got {batch_size}", "batch_size")
@@ -216,20 +215,19 @@ def predict_images(
         raise NhlError(f"must be 0 or more, got {workers}", "workers")
     if bad_images not in BAD_IMAGES:
         raise NhlError(f"{bad_images!r}: use one of {', '.join(BAD_IMAGES)}", "bad_images")
-    tree = model.tree
-    k = check_top_k(top_k, len(tree.classes))
+    k = check_top_k(top_k, len(model.tree.classes))
     paths = [Path(p) for p in paths]
     report = bad_images == "report"
     if not report:
         for path in paths:  # fail on a typo, a folder or a FIFO before any work is done
             check_image_path(path)
-    dataset = _ImageFiles(paths, model, report)
     batches = -(-len(paths) // batch_size)  # workers only pay off when one batch decodes beside another
-    loader = make_loader(dataset, batch_size=batch_size, workers=min(workers, batches) if batches > 1 else 0)
-    device = _model_device(model)
-    names = [tree.node(c).name for c in tree.classes]
-    gated_model = isinstance(model, GatedModel)
-    exit_names = model.exit_names() if gated_model else []
+    loader = make_loader(
+        _ImageFiles(paths, model, report),
+        batch_size=batch_size,
+        workers=min(workers, batches) if batches > 1 else 0,
+    )
+    rows = _Rows(model, k, amp)
     was_training = model.training
     model.eval()
     if progress is not None:
@@ -238,44 +236,135 @@ def predict_images(
     try:
         for images, errors in loader:
             chunk = paths[len(results) : len(results) + len(errors)]
-            good = [j for j, error in enumerate(errors) if not error]
-            rows: dict[int, dict[str, Any]] = {}
-            if good:
-                batch = images if len(good) == len(errors) else images[good]
-                batch = batch.to(device, non_blocking=True)
-                gated = None
-                with torch.no_grad():
-                    if gated_model:  # each image stops at its exit
-                        gated = model.run(batch)
-                        logits = gated.logits
-                    else:
-                        with autocast_for(device, amp):
-                            logits = model(batch, attention) if attention else model(batch)
-                    values, indices = logits.float().softmax(dim=1).topk(k, dim=1)
-                for row, (j, row_p, row_i) in enumerate(
-                    zip(good, values.tolist(), indices.tolist(), strict=True)
-                ):
-                    top = [
-                        {"id": tree.classes[i], "name": names[i], "probability": p}
-                        for p, i in zip(row_p, row_i, strict=True)
-                    ]
-                    rows[j] = {"file": str(chunk[j]), "top": top}
-                    if gated is not None:
-                        rows[j]["exit"] = exit_names[int(gated.exits[row])]
-                        rows[j]["gmacs"] = float(gated.macs[row]) / 1e9
-                    rows[j]["error"] = None
-            for j, error in enumerate(errors):
-                if error:
-                    rows[j] = {"file": str(chunk[j]), "top": []}
-                    if gated_model:
-                        rows[j].update(exit=None, gmacs=None)
-                    rows[j]["error"] = error
-                results.append(rows[j])
+            results += rows.of_batch(images, errors, chunk, attention)
             if progress is not None:
                 progress.advance(len(errors))
     finally:
         model.train(was_training)
     return results
+
+
+class _Rows:
+    """One result row per image of a batch: its top classes, and for a gated model its exit and
+    cost; an image that could not be read gets its error instead."""
+
+    def __init__(self, model: NhlModel, top_k: int, amp: bool) -> None:
+        self.model = model
+        self.top_k = top_k
+        self.amp = amp
+        self.device = _model_device(model)
+        self.names = [model.tree.node(c).name for c in model.tree.classes]
+        self.exit_names = model.exit_names()  # a gated model says where each image left; others have none
+
+    def of_batch(
+        self,
+        images: torch.Tensor,
+        errors: Sequence[str],
+        files: Sequence[Path],
+        attention: Mapping[int, torch.Tensor] | None,
+    ) -> list[dict[str, Any]]:
+        good = [j for j, error in enumerate(errors) if not error]
+        rows: dict[int, dict[str, Any]] = {}
+        if good:
+            batch = images if len(good) == len(errors) else images[good]
+            rows.update(zip(good, self._predicted(batch, [files[j] for j in good], attention), strict=True))
+        for j, error in enumerate(errors):
+            if error:
+                rows[j] = {"file": str(files[j]), "top": []}
+                if self.exit_names:
+                    rows[j].update(exit=None, gmacs=None)
+                rows[j]["error"] = error
+        return [rows[j] for j in range(len(errors))]
+
+    def _predicted(
+        self, batch: torch.Tensor, files: Sequence[Path], attention: Mapping[int, torch.Tensor] | None
+    ) -> list[dict[str, Any]]:
+        from nhlcli.devices import autocast_for
+
+        classes = self.model.tree.classes
+        # exits compare scores with thresholds at full precision, as nhl eval does
+        with torch.no_grad(), autocast_for(self.device, self.amp and not self.exit_names):
+            out = self.model.infer(batch.to(self.device, non_blocking=True), attention)
+            values, indices = out.logits.float().softmax(dim=1).topk(self.top_k, dim=1)
+        rows = []
+        for row, (file, row_p, row_i) in enumerate(
+            zip(files, values.tolist(), indices.tolist(), strict=True)
+        ):
+            top = [
+                {"id": classes[i], "name": self.names[i], "probability": p}
+                for p, i in zip(row_p, row_i, strict=True)
+            ]
+            result: dict[str, Any] = {"file": str(file), "top": top}
+            if self.exit_names:
+                result["exit"] = self.exit_names[int(out.exits[row])]
+                result["gmacs"] = float(out.macs[row]) / 1e9
+            result["error"] = None
+            rows.append(result)
+        return rows
+
+
+def predict_files(
+    model_file: str | Path,
+    images: Sequence[str],
+    *,
+    top_k: int = 5,
+    output: str | Path | None = None,
+    attend: Sequence[tuple[str, float]] = (),
+    attend_level: str | None = None,
+    route_top_k: int | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str | None = None,
+    progress: ImageProgress | None = None,
+) -> dict[str, Any]:
+    """What ``nhl predict`` does: open a model file, predict every image that ``images`` (files,
+    folders, glob patterns) names, an unreadable one reported in its row, and write the rows to
+    ``output`` (.csv or .jsonl) when given. Returns the model, its class count, ``top_k``, the
+    attention applied and the rows (``predictions``), as ``nhl predict --json`` prints them.
+
+    Every input is checked before the model is read; ``workers`` (default: from the cores, as
+    ``nhl eval`` on image folders) decode beside the model; ``attend``: ``(class, scale)`` pairs."""
+    from nhlcli.data.defaults import MAX_WORKERS, usable_cores
+    from nhlcli.devices import resolve_device
+    from nhlcli.evaluation import (
+        attend_pairs,
+        attention_summary,
+        check_attention_options,
+        check_gated_options,
+    )
+    from nhlcli.model.attention import class_attention
+    from nhlcli.model.loading import open_model
+    from nhlcli.paths import check_output_file
+
+    check_top_k(top_k, 1)
+    if workers is not None and workers < 0:
+        raise NhlError(f"must be 0 or more, got {workers}", "workers")
+    if output is not None:
+        output_format(output, "`output`")
+    pairs = attend_pairs(attend)
+    check_attention_options(pairs, attend_level, None)
+    files = expand_inputs(images)
+    check_output_file(output, [model_file, *files], "`output`")
+    if workers is None:  # one core for the model, the rest decode
+        cores = usable_cores()
+        workers = 0 if cores <= 2 else min(MAX_WORKERS, cores - 1)
+    model = open_model(model_file, resolve_device(device))
+    check_gated_options(model, route_top_k, pairs)
+    attention = class_attention(model, pairs, attend_level) if pairs else None
+    k = check_top_k(top_k, len(model.tree.classes))
+    results = predict_images(
+        model, files, top_k=k, attention=attention, batch_size=batch_size, workers=workers,
+        bad_images="report", progress=progress,
+    )  # fmt: skip
+    if output is not None:
+        write_predictions(output, results, k, gated=bool(model.exit_names()))
+    return {
+        "model": str(model_file),
+        "num_classes": len(model.tree.classes),
+        "top_k": k,
+        "attention": attention_summary(model.tree, pairs, attend_level),
+        "predictions": results,
+    }
 
 
 def output_format(path: str | Path, label: str = "output") -> str:

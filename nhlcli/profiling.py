@@ -2,16 +2,16 @@
 
 GMACs come from ``torch.utils.flop_counter.FlopCounterMode`` (it counts FLOPs = 2 x MACs). The
 branches' inference path uses fused oneDNN kernels the counter has no formula for, so MACs are
-counted on the autograd path (same arithmetic) in eval mode. Latency is the median of repeated
-timed runs under ``torch.inference_mode`` at batch 1 and a larger batch, with the thread count
-stated. Peak memory is the most tensor memory alive at once during one forward pass (weights
-plus activations), tracked op by op on CPU and by the CUDA allocator on GPU.
+counted on the autograd path (same arithmetic) in eval mode. Latency is the median and spread of
+timed runs by ``torch.utils.benchmark.Timer`` under ``torch.inference_mode`` at batch 1 and a
+larger batch, with the thread count stated. Peak memory is the most tensor memory alive at once
+during one forward pass (weights plus activations), tracked op by op on CPU and by the CUDA
+allocator on GPU.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import logging
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -115,25 +115,35 @@ def peak_memory(model: nn.Module, batch: int, size: Sequence[int] | None = None)
     return weight_bytes(model) + tracker.peak
 
 
-def timed_runs(
-    run: Callable[[], object], repeats: int = 20, min_repeats: int = 3, budget_s: float = 5.0
-) -> dict[str, Any]:
-    """Median wall time of ``run()`` after two warm-up calls, over up to ``repeats`` timed calls.
+def _torch_benchmark() -> Any:
+    """``torch.utils.benchmark``, imported without the warning its C++-extension helpers log on a
+    machine with a CUDA toolkit but no CUDA runtime (it would be a second line under any error)."""
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        quiet.setLevel(level)
+    return benchmark
 
-    Stops early once ``budget_s`` is spent (at least ``min_repeats`` calls), so profiling a large
-    model stays bounded; the result states how many calls the median is over.
+
+def timed_runs(run: Callable[[], object], repeats: int = 20, budget_s: float = 5.0) -> dict[str, Any]:
+    """Median wall time of one ``run()`` by ``torch.utils.benchmark.Timer``, on this process's
+    torch threads: after warm-up it times blocks of calls until their spread (interquartile range)
+    is within 10% of the median, or until about ``repeats`` calls' worth of time, and never much
+    past ``budget_s``, so profiling a large model stays bounded. The result says how many timed
+    calls the median is over and their spread.
     """
-    for _ in range(2):  # warm-up: allocator, oneDNN primitives, folded BatchNorm
-        run()
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < repeats and (len(times) < min_repeats or spent < budget_s):
-        start = time.perf_counter()
-        run()
-        elapsed = time.perf_counter() - start
-        times.append(elapsed)
-        spent += elapsed
-    return {"median_s": statistics.median(times), "runs": len(times)}
+    benchmark = _torch_benchmark()
+    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
+    one_call = timer.timeit(number=1).median  # after two warm-up calls: allocator, oneDNN, folded BatchNorm
+    measured = timer.adaptive_autorange(threshold=0.1, max_run_time=min(budget_s, repeats * one_call))
+    return {
+        "median_s": measured.median,
+        "iqr_s": measured.iqr,
+        "runs": len(measured.raw_times) * measured.number_per_run,
+    }
 
 
 def measure_latency(
@@ -141,7 +151,6 @@ def measure_latency(
     batch: int,
     size: Sequence[int] | None = None,
     repeats: int = 20,
-    min_repeats: int = 3,
     budget_s: float = 5.0,
 ) -> dict[str, Any]:
     """Median wall time of a forward pass at ``batch`` (see :func:`timed_runs`)."""
@@ -155,15 +164,17 @@ def measure_latency(
             torch.cuda.synchronize(device)
 
     with torch.inference_mode():
-        timing = timed_runs(forward, repeats, min_repeats, budget_s)
+        timing = timed_runs(forward, repeats, budget_s)
     return latency_row(batch, timing)
 
 
 def latency_row(batch: int, timing: Mapping[str, Any]) -> dict[str, Any]:
+    """A report row: median and spread (interquartile range) in ms, images/s and the timed calls."""
     median = timing["median_s"]
     return {
         "batch": batch,
         "median_ms": round(median * 1e3, 3),
+        "iqr_ms": round(timing["iqr_s"] * 1e3, 3),
         "images_per_s": round(batch / median, 1),
         "runs": timing["runs"],
     }

@@ -1,4 +1,4 @@
-"""Counts in words, for every message nhl prints."""
+"""Counts in words, escaped names and one-line text, for every message nhl prints."""
 
 from __future__ import annotations
 
@@ -19,3 +19,15 @@ def printable(text: str) -> str:
     ``\\x1b``-style escapes, so a name from a file or a server cannot move the cursor, recolour
     the terminal or hide text when printed."""
     return str(text).translate(_CONTROL)
+
+
+def one_line(text: object, limit: int | None = None, secret: str | None = None) -> str:
+    """``text`` (an exception's message, a server's reply) on one line: every run of whitespace,
+    newlines among them, becomes one space, so a library's multi-line message keeps nhl's errors to
+    the single line users read. ``limit`` cuts it to that many characters; ``secret`` (an API key a
+    server may echo back) is written as ``***`` first, so it never reaches a message."""
+    text = str(text)
+    if secret:
+        text = text.replace(secret, "***")
+    line = " ".join(text.split())
+    return line if limit is None else line[:limit]

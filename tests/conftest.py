@@ -156,9 +156,10 @@ def tiny_model(
         torch.manual_seed(seed)
     trunk = TrunkConfig(backbone, None, in_chans)
     if kind == "nhl":
-        levels = tree.levels - int(VARIANTS[variant].linear_leaves)  # linear leaves: no leaf level
+        preset = VARIANTS[variant].preset
+        levels = tree.levels - int(preset.get("linear_leaves", False))  # linear leaves: no leaf level
         ladder = tuple(min(width * 2 ** (levels - 1 - d), 8 * width) for d in range(levels))
-        widths = ladder if VARIANTS[variant].common_output else (width,) * levels
+        widths = ladder if preset.get("common_output") else (width,) * levels
         branches = BranchConfig(widths=widths, group_size=group_size, pool_min_side=pool_min_side)
         model = create_model(tree, variant, trunk, branches)
     else:

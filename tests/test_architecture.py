@@ -110,3 +110,26 @@ def test_docs_architecture_table_lists_these_layers():
         documented.setdefault(int(rank), set()).update(names)
     checked = {rank: set(names) - {"__main__", "__init__"} for rank, names in enumerate(LAYERS)}
     assert documented == checked
+
+
+def test_the_command_line_starts_without_torch_and_its_static_defaults_match_the_library():
+    """Every ``nhl`` call imports the CLI to build its help; torch and timm load only in the
+    command that runs (seconds on every call otherwise). The facts the CLI therefore spells out
+    itself must be the library's."""
+    import subprocess
+    import sys
+
+    probe = "import sys, nhlcli.cli; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+    from nhlcli.cli.demo import DEMO_HELP
+    from nhlcli.cli.train import EVAL_OPTIONS
+    from nhlcli.data.registry import DEFAULT_DATASET
+    from nhlcli.demo import DEFAULT_DEMO, DEMOS, REPORT_FILE, TRAIN_BUDGET_S
+
+    assert EVAL_OPTIONS["data"].default == DEFAULT_DATASET == DEFAULT_DEMO == "fashion-mnist"
+    assert DEMO_HELP["data"] == " or ".join(DEMOS)
+    assert DEMO_HELP["workdirs"] == " or ".join(task.workdir for task in DEMOS.values())
+    assert DEMO_HELP["max_epochs"] == ", ".join(f"{t.max_epochs} on {name}" for name, t in DEMOS.items())
+    assert DEMO_HELP["budget_minutes"] == round(TRAIN_BUDGET_S / 60) and DEMO_HELP["report"] == REPORT_FILE

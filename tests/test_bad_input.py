@@ -55,6 +55,7 @@ def _data_offset(path: Path) -> int:
 
 
 # ----------------------------------------------------------------------- outputs against inputs
+@pytest.mark.slow
 def test_an_output_that_names_an_input_is_refused_and_the_input_stays_intact(files, tmp_path):
     model, gated, data, root = files["model"], files["gated"], files["data"], files["root"]
     before = {path: path.read_bytes() for path in (model, gated)}
@@ -79,6 +80,7 @@ def test_an_output_that_names_an_input_is_refused_and_the_input_stays_intact(fil
     assert not (tmp_path / "e.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_two_outputs_of_one_command_must_differ(files, tmp_path):
     out = tmp_path / "e.safetensors"
     run = run_nhl("cutout", files["model"], "--classes", "apple", "-o", out, "--report", out)
@@ -103,6 +105,7 @@ def _bad_path(kind: str, tmp_path: Path) -> tuple[str, str]:
 KINDS = ["directory", "below a file", "read-only", "empty"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_bad_cutout_output_path_fails_in_one_line(files, tmp_path, kind):
     path, fragment = _bad_path(kind, tmp_path)
@@ -111,6 +114,7 @@ def test_a_bad_cutout_output_path_fails_in_one_line(files, tmp_path, kind):
     assert not list(tmp_path.glob("*.safetensors"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "kind"),
     [
@@ -156,6 +160,7 @@ def test_the_recorded_digest_is_the_sha256_of_the_tensor_data_as_written(files):
     assert verify_model_file(path) == recorded
 
 
+@pytest.mark.slow
 def test_a_flipped_byte_in_the_tensor_data_is_found_by_verify_and_cutout(files, tmp_path):
     intact = tmp_path / "intact.safetensors"
     intact.write_bytes(files["model"].read_bytes())
@@ -180,6 +185,7 @@ def test_a_flipped_byte_in_the_tensor_data_is_found_by_verify_and_cutout(files, 
         verify_model_file(damaged)
 
 
+@pytest.mark.slow
 def test_a_file_without_a_digest_still_loads_and_verify_says_there_is_none(files, tmp_path):
     with safe_open(str(files["model"]), framework="pt") as handle:
         meta = {METADATA_KEY: handle.metadata()[METADATA_KEY]}  # as nhl wrote files before digests
@@ -247,6 +253,7 @@ def test_files_from_before_the_lean_knobs_load_as_the_papers_shape(files, tmp_pa
         assert torch.equal(older(x), now(x))
 
 
+@pytest.mark.slow
 def test_hand_edited_metadata_through_the_cli(files, tmp_path):
     path = _edited(files["model"], tmp_path / "edited.safetensors", EDITS["zero size"][0])
     assert_one_line_error(
@@ -257,6 +264,7 @@ def test_hand_edited_metadata_through_the_cli(files, tmp_path):
 
 
 # ----------------------------------------------------------------------- file modes
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_models_and_json_files_get_the_mode_of_the_users_umask(tmp_path, umask):
     expected = 0o666 & ~umask
@@ -278,6 +286,7 @@ def test_models_and_json_files_get_the_mode_of_the_users_umask(tmp_path, umask):
 
 
 # ----------------------------------------------------------------------- devices
+@pytest.mark.slow
 def test_unknown_or_missing_devices_are_one_line_errors(files):
     with pytest.raises(NhlError, match="not a device torch knows"):
         resolve_device("tpu")
@@ -300,6 +309,7 @@ def test_unknown_or_missing_devices_are_one_line_errors(files):
 
 
 # ----------------------------------------------------------------------- backbones and sizes
+@pytest.mark.slow
 def test_a_transformer_at_a_size_it_cannot_take_says_which_backbones_can(tmp_path):
     tree = two_level_tree()
     model = NHLModel(tree, TrunkConfig("vit_tiny_patch16_224"))
@@ -340,6 +350,7 @@ def test_sizes_and_channels_below_one_are_refused():
         InputConfig(size=(3, 0, 0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("option", "value"),
     [("--input-size", "0"), ("--input-size", "-5"), ("--in-chans", "0"), ("--in-chans", "-1")],

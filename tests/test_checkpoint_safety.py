@@ -83,6 +83,7 @@ def copy_dir(source: Path, target: Path) -> Path:
 
 
 # ------------------------------------------------------------------ directories nhl does not own
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, content, default_dir, extra",
     [
@@ -111,6 +112,7 @@ def test_a_checkpoint_directory_holding_a_foreign_file_is_refused_and_left_alone
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_nhls_own_directory_is_marked_and_accepted_again(tmp_path, folder):
     out = tmp_path / "m.safetensors"
     for _ in range(2):  # the second run finds a finished run's directory: its own, so accepted
@@ -121,6 +123,7 @@ def test_nhls_own_directory_is_marked_and_accepted_again(tmp_path, folder):
 
 
 # -------------------------------------------------------------------- outputs that would do harm
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -206,6 +209,7 @@ def test_a_crash_during_a_save_keeps_the_last_complete_checkpoint_and_resume_fin
     assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0003", ckpt.MARKER_NAME, ckpt.SUMMARY_FILE]
 
 
+@pytest.mark.slow
 def test_a_kill_9_while_saving_leaves_a_resumable_run(tmp_path, folder):
     """The real thing: SIGKILL the moment a checkpoint's temporary directory appears."""
     out, ckdir = tmp_path / "m.safetensors", tmp_path / "ck"
@@ -234,6 +238,7 @@ def test_a_kill_9_while_saving_leaves_a_resumable_run(tmp_path, folder):
     assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0003", ckpt.MARKER_NAME, ckpt.SUMMARY_FILE]
 
 
+@pytest.mark.slow
 def test_stale_temporary_files_of_the_first_format_are_cleaned(tmp_path, folder):
     out = tmp_path / "m.safetensors"
     ckdir = Path(f"{out}.ckpt")
@@ -244,6 +249,7 @@ def test_stale_temporary_files_of_the_first_format_are_cleaned(tmp_path, folder)
     assert sorted(p.name for p in ckdir.iterdir()) == ["epoch-0001", ckpt.MARKER_NAME, ckpt.SUMMARY_FILE]
 
 
+@pytest.mark.slow
 def test_a_first_format_checkpoint_still_resumes(tmp_path, folder, finished_run):
     ckdir = tmp_path / "old"
     ckdir.mkdir()
@@ -289,6 +295,7 @@ SIDECAR_EDITS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(SIDECAR_EDITS))
 def test_a_hand_edited_sidecar_is_one_line_not_a_traceback(tmp_path, finished_run, case):
     edit, fragment = SIDECAR_EDITS[case]
@@ -303,6 +310,7 @@ def test_a_hand_edited_sidecar_is_one_line_not_a_traceback(tmp_path, finished_ru
     assert tree_of(ckdir) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cut", [0, 100])
 def test_a_truncated_sidecar_is_called_damaged_not_missing(tmp_path, folder, finished_run, cut):
     ckdir = copy_dir(finished_run, tmp_path / "ck")
@@ -314,6 +322,7 @@ def test_a_truncated_sidecar_is_called_damaged_not_missing(tmp_path, folder, fin
         assert "no checkpoint" not in run.err
 
 
+@pytest.mark.slow
 def test_truncated_weights_are_called_damaged(tmp_path, finished_run):
     ckdir = copy_dir(finished_run, tmp_path / "ck")
     weights = ckpt.latest(ckdir)[1]
@@ -323,6 +332,7 @@ def test_truncated_weights_are_called_damaged(tmp_path, finished_run):
 
 
 # ------------------------------------------------------------------------- --resume on its own
+@pytest.mark.slow
 def test_resume_alone_takes_data_model_and_tree_from_the_checkpoint(tmp_path, finished_run):
     ckdir = copy_dir(finished_run, tmp_path / "ck")
     out = tmp_path / "m.safetensors"
@@ -334,6 +344,7 @@ def test_resume_alone_takes_data_model_and_tree_from_the_checkpoint(tmp_path, fi
     assert meta["model"]["trunk"]["backbone"] == "resnet10t" and meta["model"]["input"]["size"] == [3, 16, 16]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "option, fragment",
     [
@@ -416,6 +427,7 @@ LOCKED_COMMANDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", list(LOCKED_COMMANDS))
 def test_a_second_writer_of_an_output_is_refused_naming_the_first(
     tmp_path, folder, model_files, holder, command

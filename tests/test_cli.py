@@ -11,6 +11,7 @@ from conftest import assert_one_line_error, run_nhl
 from nhlcli.taxonomy import Tree
 
 
+@pytest.mark.slow
 def test_build_show_validate_stats_round_trip(tmp_path):
     out = tmp_path / "fm.json"
     built = run_nhl(
@@ -93,6 +94,7 @@ def test_bad_build_inputs_fail_in_one_line_without_output(tmp_path, args, fragme
     assert not list(tmp_path.iterdir())  # no temp file left behind either
 
 
+@pytest.mark.slow
 def test_bad_class_files_fail_in_one_line(tmp_path):
     out = tmp_path / "tree.json"
     empty = _write(tmp_path, "empty.txt", "# nothing here\n")

@@ -338,6 +338,7 @@ def drain(loader: DataLoader) -> tuple[list[torch.Tensor], list[int], list[int]]
     return images, targets, bad
 
 
+@pytest.mark.slow
 def test_bad_images_stop_training_without_the_option(tmp_path):
     root = tiny.make_image_folder(tmp_path / "d", ANIMALS, per_class=3, split=True)
     (bad,) = tiny.write_bad_images(root / "train" / "dog", ["empty.png"])
@@ -347,6 +348,7 @@ def test_bad_images_stop_training_without_the_option(tmp_path):
     one_line(err.value, f"cannot decode image {bad}", "`skip_bad_images`")
 
 
+@pytest.mark.slow
 def test_skip_bad_images_with_workers(tmp_path):
     root = tiny.make_image_folder(tmp_path / "d", ANIMALS, per_class=3, split=True)
     bad_train = tiny.write_bad_images(root / "train" / "dog")

@@ -21,6 +21,7 @@ from nhlcli.errors import NhlError
 from nhlcli.model.loading import open_model
 
 
+@pytest.mark.slow
 def test_demo_trains_cuts_the_footwear_expert_and_compares(tmp_path):
     data = make_tiny_data.make_fashion_mnist_idx(tmp_path / "fm", n_train=256, n_test=60)
     env = {**os.environ, "NHL_DATA": str(data), "NHL_OFFLINE": "1", "COLUMNS": "300"}
@@ -69,6 +70,7 @@ def test_demo_trains_cuts_the_footwear_expert_and_compares(tmp_path):
     assert "test top-1, all 10 classes" in text
 
 
+@pytest.mark.slow
 def test_the_emoji_demo_trains_on_animals_and_nature_and_cuts_the_sea_animals_expert(tmp_path):
     # the library call behind `nhl demo --data emoji`, with epochs of two steps to stay quick
     result = run_demo(tmp_path / "w", epochs=1, say=lambda text: None, data="emoji", max_steps_per_epoch=2)
@@ -98,6 +100,7 @@ def test_the_emoji_demo_trains_on_animals_and_nature_and_cuts_the_sea_animals_ex
         run_demo(tmp_path / "w", epochs=1, data="emoji")
 
 
+@pytest.mark.slow
 def test_demo_names_the_data_sets_it_knows():
     run = run_nhl("demo", "--data", "cifar10")
     assert_one_line_error(run, "cifar10", "fashion-mnist, emoji")
@@ -118,6 +121,7 @@ def test_recipe_args_are_train_options():
     assert "--label-smoothing" in args and "--input-size" in args
 
 
+@pytest.mark.slow
 def test_demo_refuses_a_workdir_with_an_earlier_demos_files(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -130,6 +134,7 @@ def test_demo_refuses_a_workdir_with_an_earlier_demos_files(tmp_path):
     assert_one_line_error(run_nhl("demo", "--workdir", plain), "not a directory")
 
 
+@pytest.mark.slow
 def test_demo_keeps_its_files_in_nhl_demo_by_default(tmp_path):
     # without --workdir the files go to ./nhl-demo, where the README's next commands look for them;
     # a test image left there by an earlier run is an earlier demo's file too

@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 from conftest import assert_one_line_error, run_nhl
 
@@ -63,6 +64,7 @@ def test_unicodes_tree_ships_and_subsets_by_group_and_subgroup():
     assert two.levels == 2 and [two.node(n).name for n in two.level(1)] == ["Smileys & Emotion"]
 
 
+@pytest.mark.slow
 def test_missing_debian_packages_are_named_in_one_line(tmp_path):
     env = {**os.environ, "NHL_EMOJI_TEST": str(tmp_path / "missing.txt")}
     run = run_nhl("hierarchy", "build", "-s", "emoji", "-c", "emoji", "-o", tmp_path / "t.json", env=env)
@@ -73,6 +75,7 @@ def test_missing_debian_packages_are_named_in_one_line(tmp_path):
     assert not (tmp_path / "t.json").exists() and not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_subgroup_of_emoji_trains_evaluates_and_cuts(tmp_path):
     model = tmp_path / "smiles.safetensors"
     train = run_nhl(

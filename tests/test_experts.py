@@ -252,6 +252,7 @@ def model_files(tmp_path_factory):
     return root, tree
 
 
+@pytest.mark.slow
 def test_cli_cutout_writes_expert_and_report(model_files, tmp_path):
     root, tree = model_files
     kept = tree.classes[:2]
@@ -278,6 +279,7 @@ def test_cli_cutout_writes_expert_and_report(model_files, tmp_path):
     assert profile["cost"]["params"] == summary["expert_cost"]["params"]
 
 
+@pytest.mark.slow
 def test_cli_profile_flat_and_curve(model_files, tmp_path):
     root, _ = model_files
     run = run_nhl("profile", root / "flat.safetensors", "--batch-size", "2", "--repeats", "2", "--json")
@@ -303,6 +305,7 @@ def test_cli_profile_flat_and_curve(model_files, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_cli_eval_on_expert_restricts_data(tmp_path):
     names = ["apple", "banana", "cherry", "daisy"]
     data = make_tiny_data.make_image_folder(tmp_path / "data", names, per_class=4, size=32)
@@ -327,6 +330,7 @@ def test_cli_eval_on_expert_restricts_data(tmp_path):
     assert report["images"] == json.loads(via_parent.out)["images"]
 
 
+@pytest.mark.slow
 def test_cli_cutout_bad_inputs(model_files, tmp_path):
     root, _ = model_files
     out = tmp_path / "e.safetensors"

@@ -30,6 +30,7 @@ from nhlcli.model.loading import open_model
 from nhlcli.taxonomy.picture import draw_tree
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("tree_name", "backbone", "variant"),
     [("phl", "resnet18", "nhl"), ("nhl", "resnet18", "nhl"), ("phl", "convnextv2_atto", "nhl"),
@@ -60,6 +61,7 @@ def test_experts_export_with_parity_and_a_dynamic_batch(tmp_path, tree_name, bac
     assert meta["opset"] == onnx.load(str(tmp_path / "expert.onnx")).opset_import[0].version
 
 
+@pytest.mark.slow
 def test_a_gated_file_exports_its_gates_as_outputs_with_thresholds_in_the_metadata(tmp_path):
     gated = fit_gates(tiny_model(two_level_tree(), "resnet18", seed=0), random_batches(n=16), config=QUICK)
     gated.set_thresholds([None, 1.5, 2.0, None])
@@ -82,6 +84,7 @@ def test_a_failed_parity_check_leaves_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [tmp_path / "flat.safetensors"]
 
 
+@pytest.mark.slow
 def test_cli_export_and_profile_an_onnx_expert(tmp_path):
     model = tiny_model(two_level_tree(), "resnet18", seed=0)
     expert = cut_model(model, ["apple", "banana"])

@@ -94,7 +94,7 @@ def test_thresholds_at_infinity_equal_the_ungated_model_and_at_minus_infinity_ex
         assert torch.all(out.macs == count_macs(model))
         first = gated.run(x, [-math.inf] * len(gated.exits))
     assert (first.exits == 0).all()
-    assert torch.equal(first.logits, gated.exits[0](gated.staged.stages[0](x)))
+    assert torch.equal(first.logits, gated.exits[0](gated.staged().stages[0](x)))
 
 
 def independent_exit_macs(gated, backbone: str) -> list[int]:
@@ -163,7 +163,7 @@ def test_routing_through_every_super_category_equals_the_full_model_and_top_1_ke
         gated.set_route_top_k(1)
         one = gated.run(x)
         trunk_output = x
-        for stage in gated.staged.stages:
+        for stage in gated.staged().stages:
             trunk_output = stage(trunk_output)
         route = gated.route(trunk_output)
     kept = torch.isfinite(one.logits)
@@ -207,6 +207,7 @@ def gated_files(tmp_path_factory):
     return root, data
 
 
+@pytest.mark.slow
 def test_cli_fit_tune_eval_sweep_predict_on_a_gated_nhl_file(gated_files, tmp_path):
     root, data = gated_files
     gated_file = tmp_path / "gated.safetensors"
@@ -279,6 +280,7 @@ def test_cli_fit_tune_eval_sweep_predict_on_a_gated_nhl_file(gated_files, tmp_pa
     assert_one_line_error(run, "--target-accuracy", "--max-drop")
 
 
+@pytest.mark.slow
 def test_cli_bad_gate_inputs_get_one_line_errors(gated_files, tmp_path):
     root, data = gated_files
     gated_file = tmp_path / "flat-gated.safetensors"
@@ -341,6 +343,7 @@ def test_cli_bad_gate_inputs_get_one_line_errors(gated_files, tmp_path):
     assert_one_line_error(run, "gated", "gates fit")
 
 
+@pytest.mark.slow
 def test_the_fit_hint_tunes_on_one_half_and_reports_on_the_other(gated_files, tmp_path):
     root, data = gated_files
     gated_file = tmp_path / "hint gated.safetensors"

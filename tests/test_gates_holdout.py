@@ -166,6 +166,7 @@ def test_holdout_choices_are_checked():
         model_holdout(Trained(), "val")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [

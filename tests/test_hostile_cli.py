@@ -142,6 +142,7 @@ CASES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_a_hostile_command_line_is_refused_in_one_line(files, args, fragments):
     before = sorted(p.name for p in files.iterdir())
@@ -166,6 +167,7 @@ def test_help_still_works(command):
     assert "Usage: nhl" in run.out and not run.err
 
 
+@pytest.mark.slow
 def test_a_byte_order_mark_in_a_class_file_is_dropped(files, tmp_path):
     run = run_nhl(
         "cutout", files / "m.safetensors", "--classes", f"@{files / 'bom.txt'}", "--no-latency", "--json",
@@ -220,6 +222,7 @@ def test_an_older_tree_with_escape_sequences_in_its_names_prints_them_escaped(
     assert "fruit" in out
 
 
+@pytest.mark.slow
 def test_the_thread_bound_follows_the_machine(files):
     cores = os.cpu_count() or 1
     run = run_nhl("profile", files / "m.safetensors", "--threads", str(4 * cores + 1))

@@ -219,6 +219,7 @@ def write_16_bit_copy(source: Path, target: Path) -> None:
         Image.fromarray(grey).save(out)
 
 
+@pytest.mark.slow
 def test_eval_scores_a_16_bit_copy_exactly_as_the_8_bit_original(tmp_path):
     eight = make_tiny_data.make_image_folder(tmp_path / "eight", CLASSES, per_class=2, size=SIDE)
     for image in list(eight.rglob("*.jpg")):  # lossless grey originals, so the copies hold the same values
@@ -239,6 +240,7 @@ def test_eval_scores_a_16_bit_copy_exactly_as_the_8_bit_original(tmp_path):
         assert reports[0][key] == reports[1][key], key
 
 
+@pytest.mark.slow
 def test_predict_reads_every_mode_through_the_cli(mode_folder, tmp_path):
     model = tmp_path / "m.safetensors"
     save_model(flat_model(), model)
@@ -460,6 +462,7 @@ def test_library_walks_and_reads_a_hostile_entry_in_one_line(tmp_path, name):
         assert target < 0 and not image.any()  # a placeholder, counted and named by the loop
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n, e in ENTRIES.items() if e.predict])
 def test_predict_refuses_a_hostile_file_in_one_line(tmp_path, name, model_file):
     entry = ENTRIES[name]
@@ -470,6 +473,7 @@ def test_predict_refuses_a_hostile_file_in_one_line(tmp_path, name, model_file):
     assert "DecompressionBomb" not in run.err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ENTRIES))
 def test_eval_on_a_hostile_folder_finishes_or_stops_in_one_line(tmp_path, name, model_file):
     entry = ENTRIES[name]
@@ -491,6 +495,7 @@ TRAIN = ["--flat", "--input-size", str(SIDE), "--batch-size", "4", "--workers", 
          "--epochs", "1", "--device", "cpu", "--json"]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["symlink loop (up -> ..)", "FIFO named x.png", "bomb over the warning limit"]
 )

@@ -107,6 +107,7 @@ def _command(name: str, path: Path, files: dict) -> list:
 COMMANDS = ["profile --verify", "predict", "eval"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(HOSTILE_METADATA))
 @pytest.mark.parametrize("command", COMMANDS)
 def test_hostile_metadata_is_refused_in_one_line(files, tmp_path, case, command):
@@ -125,6 +126,7 @@ def test_hostile_metadata_is_refused_by_every_reader_of_the_library(files, tmp_p
         assert all(f.lower() in str(error.value).lower() for f in fragments), str(error.value)
 
 
+@pytest.mark.slow
 def test_an_unedited_metadata_digest_passes_and_old_files_without_one_still_load(files, tmp_path):
     run = run_nhl("profile", files["model"], "--verify", "--json")
     assert run.code == 0, run.err
@@ -145,6 +147,7 @@ def _flipped(source: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_flipped_tensor_byte_is_refused(files, tmp_path, command):
     path = _flipped(files["model"], tmp_path / "flipped.safetensors")
@@ -191,6 +194,7 @@ def test_a_file_replaced_during_a_load_is_read_wholly_as_the_old_file(files, tmp
     assert torch.equal(_logits(model), _logits(fruit))  # its weights too, not plant's rows
 
 
+@pytest.mark.slow
 def test_loads_racing_atomic_replacements_are_never_mixed(files, tmp_path):
     """Two experts of the same shape over other classes, swapped into one path while it is loaded:
     every load gives one of them whole (a mix would load: the shapes fit)."""
@@ -230,6 +234,7 @@ EXPORT_OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(EXPORT_OPTIONS))
 def test_export_options_no_exporter_honours_are_refused_before_any_work(files, tmp_path, case):
     pytest.importorskip("onnx")
@@ -240,6 +245,7 @@ def test_export_options_no_exporter_honours_are_refused_before_any_work(files, t
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_profile_refuses_a_torch_model_the_onnx_was_not_exported_from(files, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")

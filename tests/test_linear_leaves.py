@@ -23,7 +23,6 @@ from nhlcli.model.files import save_model
 from nhlcli.model.loading import open_model
 from nhlcli.model.nhl import BranchConfig
 from nhlcli.model.registry import DEFAULT_VARIANT, VARIANTS, create_model, variant_branches
-from nhlcli.model.slicing import sliced_branches
 from nhlcli.model.trunk import TrunkConfig
 from nhlcli.taxonomy import Tree
 
@@ -108,7 +107,7 @@ def test_linear_leaf_model_round_trips_and_routes(tmp_path):
         assert torch.equal(model(x), loaded(x))
         # routing runs one level-1 node's branches: the same logits for that node's classes
         node = tree.level(1)[0]
-        levels, heads = sliced_branches(model, tree.subtree([node]))
+        levels, heads = model.sliced_branches(tree.subtree([node]))
         features = model.trunk(x)
         for level in levels:
             features = level(features)
@@ -157,7 +156,7 @@ def balanced_tree(groups: int, subgroups: int, leaves: int) -> Tree:
 def test_default_variant_has_linear_leaves_and_is_cheap_at_many_classes():
     """At 600 classes under 30 subgroups the default costs far less than leaf bottlenecks would,
     and under twice the flat network."""
-    assert DEFAULT_VARIANT == LINEAR and VARIANTS[LINEAR].linear_leaves
+    assert DEFAULT_VARIANT == LINEAR and VARIANTS[LINEAR].preset["linear_leaves"]
     assert len(variant_branches(LINEAR, 3).widths) == 2
     tree = balanced_tree(3, 10, 20)
     trunk = TrunkConfig("resnet18")

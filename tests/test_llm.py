@@ -281,8 +281,25 @@ HTML_PAGE = (
         ('{"status": "ok"}', "application/json", "a JSON object without 'choices'"),
         ('{"choices": ["hi"]}', "application/json", "a first choice without a 'message' object"),
         ('{"error": {"message": "quota used up"}}', "application/json", "an error: 'quota used up'"),
+        ('{"choices": {"0": "hi"}}', "application/json", "'choices' that is a JSON object, not a list"),
+        (
+            '{"choices": [{"index": 0, "message": {"role": "assistant", "content": 5}}]}',
+            "application/json",
+            "a message whose 'content' is a JSON number, not text",
+        ),
     ],
-    ids=["html", "garbage-json", "json-list", "json-string", "empty", "no-choices", "bad-choice", "error"],
+    ids=[
+        "html",
+        "garbage-json",
+        "json-list",
+        "json-string",
+        "empty",
+        "no-choices",
+        "bad-choice",
+        "error",
+        "choices-object",
+        "content-number",
+    ],
 )
 def test_a_server_that_is_not_openai_compatible_is_named(
     llm_server: Any, tmp_path: Path, body: str, content_type: str, what: str

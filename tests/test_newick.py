@@ -218,6 +218,7 @@ def test_show_writes_newick_to_stdout_and_atomically_to_a_file(tmp_path):
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary left
 
 
+@pytest.mark.slow
 def test_show_newick_of_a_model_file_is_the_tree_it_classifies(tmp_path):
     from nhlcli.experts import cutout_file, save_expert
     from nhlcli.model.files import save_model
@@ -321,6 +322,7 @@ def test_rf_agrees_with_brute_force_on_random_trees():
 
 
 # --------------------------------------------------------------------------- hierarchy compare
+@pytest.mark.slow
 def test_compare_reports_rf_in_json_and_table_over_the_shared_classes(tmp_path):
     first = tree_of(EIGHT, "eight").save(tmp_path / "a.json")
     second = tree_of(MOVED, "moved").save(tmp_path / "b.json")

@@ -282,6 +282,7 @@ def test_attention_curve_equals_one_evaluation_per_scale(setup, classes, level):
 
 
 # ---------------------------------------------------------------------------- the CLI
+@pytest.mark.slow
 def test_predict_json_through_the_cli(setup):
     images = [setup["images"]["rgb.jpg"], setup["images"]["grey16.png"]]
     run = run_nhl("predict", setup["file"], *images, "--top-k", "3", "--device", "cpu", "--json")
@@ -296,6 +297,7 @@ def test_predict_json_through_the_cli(setup):
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_predict_table_with_attention_through_the_cli(setup):
     run = run_nhl(
         "predict", setup["file"], setup["images"]["big.png"], "--attend", "fruit=2", "--attend-level", "1",
@@ -306,6 +308,7 @@ def test_predict_table_with_attention_through_the_cli(setup):
     assert "attention: fruit x2 at level 1" in run.out
 
 
+@pytest.mark.slow
 def test_eval_attend_truth_one_equals_plain_eval(setup):
     args = ("eval", setup["file"], "--data", setup["data"], "--workers", "0", "--device", "cpu", "--json")
     plain = run_nhl(*args)
@@ -318,6 +321,7 @@ def test_eval_attend_truth_one_equals_plain_eval(setup):
         assert truth[key] == plain[key], key
 
 
+@pytest.mark.slow
 def test_eval_attention_curve_through_the_cli(setup):
     args = ("eval", setup["file"], "--data", setup["data"], "--workers", "0", "--device", "cpu")
     plain = json.loads(run_nhl(*args, "--json").out)
@@ -332,6 +336,7 @@ def test_eval_attention_curve_through_the_cli(setup):
     assert "x2.5" in table.out and "(best)" in table.out and "at level 2" in table.out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     [

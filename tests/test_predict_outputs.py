@@ -86,6 +86,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- inputs
+@pytest.mark.slow
 def test_a_folder_gives_every_image_below_it(setup):
     predictions = json_predictions(cli(setup, setup["images"], "--json"))
     assert [p["file"] for p in predictions] == [str(p) for p in setup["all"]]  # no .txt, no hidden file
@@ -95,6 +96,7 @@ def test_a_folder_gives_every_image_below_it(setup):
         assert got["error"] is None
 
 
+@pytest.mark.slow
 def test_a_pattern_the_shell_left_alone_is_expanded(setup):
     images = setup["images"]
     flat = json_predictions(cli(setup, f"{images}/*.png", "--json"))  # no shell: nhl sees the '*'
@@ -104,6 +106,7 @@ def test_a_pattern_the_shell_left_alone_is_expanded(setup):
     assert deep == [images / "more" / "photo.jpg", setup["top"][1], *rest]  # in order given, each once
 
 
+@pytest.mark.slow
 def test_an_input_that_gives_no_image_is_one_error_line(setup, tmp_path):
     (tmp_path / "empty").mkdir()
     assert_one_line_error(cli(setup, f"{setup['images']}/*.gif"), "*.gif", "matches no image")
@@ -113,6 +116,7 @@ def test_an_input_that_gives_no_image_is_one_error_line(setup, tmp_path):
 
 
 # ---------------------------------------------------------------------------- outputs
+@pytest.mark.slow
 def test_csv_and_jsonl_rows_match_the_terminal_top1(setup, tmp_path):
     # run inside the folder, so that the tables' titles (the files) are short enough not to wrap
     images, model = setup["images"], setup["model"]
@@ -140,6 +144,7 @@ def test_csv_and_jsonl_rows_match_the_terminal_top1(setup, tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # renamed into place
 
 
+@pytest.mark.slow
 def test_a_gated_model_writes_the_exit_it_took(setup, tmp_path):
     out = tmp_path / "gated.csv"
     run = run_nhl("predict", setup["gated"], *setup["top"], "-k", "2", "--device", "cpu", "-o", out)
@@ -168,6 +173,7 @@ def with_bad_images(setup, tmp_path):
     return folder, sorted(good)
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_gets_an_error_row_and_the_rest_are_predicted(setup, with_bad_images, tmp_path):
     folder, good = with_bad_images
     bad = {str(folder / "corrupt.png"), str(folder / "more" / "truncated.jpg")}
@@ -206,6 +212,7 @@ def test_workers_and_batches_give_the_same_rows(setup, with_bad_images):
 
 
 # ---------------------------------------------------------------------------- refused before any work
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["preds.json", "preds"])
 def test_an_output_of_another_kind_is_refused_before_any_work(tmp_path, name):
     before = sorted(tmp_path.iterdir())
@@ -215,6 +222,7 @@ def test_an_output_of_another_kind_is_refused_before_any_work(tmp_path, name):
     assert sorted(tmp_path.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_an_output_that_is_an_input_is_refused(setup, tmp_path):
     shot = write_png(tmp_path / "x.png", 3)
     named_csv = tmp_path / "shot.csv"  # a PNG under another name is still an input image

@@ -47,6 +47,7 @@ def test_lite0_weights_map_one_to_one_onto_timm(lite0):
     assert state["classifier.bias"].abs().sum() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nhl", "flat"])
 def test_frozen_pretrained_trunk_keeps_the_imagenet_weights(tmp_path, lite0, kind):
     data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=4, size=32)
@@ -85,6 +86,7 @@ def test_frozen_pretrained_trunk_keeps_the_imagenet_weights(tmp_path, lite0, kin
         )
 
 
+@pytest.mark.slow
 def test_pickled_pretrained_weights_are_refused(tmp_path):
     pth = tmp_path / "trunk.pth"
     pth.write_bytes(b"\x80\x04\x95" + b"\x00" * 32)
@@ -175,15 +177,24 @@ def _pickle_named_safetensors(tmp_path):
     return path, ["not a readable safetensors file"]
 
 
+def _truncated(tmp_path):
+    whole = tmp_path / "whole.safetensors"
+    save_file(timm.create_model("resnet18", num_classes=0).state_dict(), str(whole))
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # a download that stopped half way
+    return path, ["not a readable safetensors file", "truncated"]
+
+
 def _bin(tmp_path):
     path = tmp_path / "pytorch_model.bin"
     path.write_bytes(b"PK\x03\x04" + b"\x00" * 64)  # a torch zip file
     return path, ["only .safetensors weights are read"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make",
-    [_foreign, _nhl_model, _other_backbone, _empty, _pickle_named_safetensors, _bin],
+    [_foreign, _nhl_model, _other_backbone, _empty, _pickle_named_safetensors, _truncated, _bin],
     ids=lambda f: f.__name__,
 )
 def test_pretrained_files_that_do_not_fit_are_one_line_errors(tmp_path, make):

@@ -94,6 +94,7 @@ def test_the_seed_fixes_the_initial_weights():
     assert differing(weights(new_model(5)), weights(new_model(6)))
 
 
+@pytest.mark.slow
 def test_nhl_train_with_the_same_seed_twice_writes_the_same_weights(tmp_path, folder):
     # the check: `nhl train --seed 0` twice, mixed precision as by default
     args = ["train", "--data", folder, "--flat", "--input-size", str(SIZE), "--batch-size", "6",
@@ -137,6 +138,7 @@ def test_a_run_stopped_after_an_epoch_and_resumed_ends_with_the_uninterrupted_we
 BAD_SEEDS = ["1180591620717411303424", "-5", str(2**63)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", BAD_SEEDS)
 def test_nhl_train_refuses_a_seed_out_of_range_in_one_line(tmp_path, folder, seed):
     run = run_nhl("train", "--data", folder, "--flat", "--seed", seed, "-o", tmp_path / "m.safetensors")

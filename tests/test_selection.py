@@ -120,6 +120,7 @@ def test_trees_without_wordnet_ids_keep_their_own_names():
         tree.select(["dog"])
 
 
+@pytest.mark.slow
 def test_the_cards_command_cuts_the_sharks_and_records_what_each_name_meant(tmp_path):
     """``nhl cutout --classes shark,hammerhead`` on a 1000-class model over a shipped tree."""
     tree = shipped_tree("imagenet-1k-wordnet-l3")
@@ -138,6 +139,7 @@ def test_the_cards_command_cuts_the_sharks_and_records_what_each_name_meant(tmp_
     assert not (tmp_path / "x.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_hierarchy_resolve_prints_what_names_mean():
     run = run_nhl("hierarchy", "resolve", "imagenet-1k-wordnet-l3", "shark", "hammerhead", "--json")
     assert run.code == 0, run.err
@@ -163,6 +165,7 @@ def test_attend_on_a_concept_scales_each_node_of_its_classes_once():
         class_attention(model, [("shark", 2.0), ("shark.n.01", 3.0)])
 
 
+@pytest.mark.slow
 def test_train_and_eval_classes_take_concepts_and_refuse_a_repeat(tmp_path):
     folders = ["n01484850", "n01491361", "n01494475", "n01440764"]  # three sharks and a tench
     data = make_tiny_data.make_image_folder(tmp_path / "data", folders, per_class=2, size=16)

@@ -136,6 +136,7 @@ def test_flat_model_uses_the_same_loop_and_file_format(tmp_path):
     assert torch.equal(model.eval()(x), loaded(x))
 
 
+@pytest.mark.slow
 def test_flat_trunk_is_the_nhl_trunk_with_a_linear_head(tmp_path):
     """The control for an NHL's savings: the same cut trunk, pooled into one linear layer."""
     data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=2, size=16)
@@ -160,6 +161,7 @@ def test_flat_trunk_is_the_nhl_trunk_with_a_linear_head(tmp_path):
     assert induced.code == 0, induced.err  # its classifier rows cluster like a full flat model's
 
 
+@pytest.mark.slow
 def test_train_with_a_holdout_scores_on_it_and_records_it(tmp_path):
     data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=4, size=16)
     out = tmp_path / "m.safetensors"
@@ -190,6 +192,7 @@ def test_bad_model_files_give_clear_errors(tmp_path):
         open_model(pickle_like)
 
 
+@pytest.mark.slow
 def test_cli_train_bad_inputs(tmp_path):
     data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=2, size=16)
     out = tmp_path / "m.safetensors"
@@ -210,6 +213,7 @@ def test_cli_train_bad_inputs(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu_write_one_valid_file(tmp_path):
     data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=4, size=16)
     tree_file = tmp_path / "tree.json"
@@ -273,6 +277,7 @@ def _json_objects(text: str) -> list[str]:
     return objects
 
 
+@pytest.mark.slow
 def test_fashion_mnist_short_real_run_reaches_stated_accuracy(tmp_path):
     """Real images: 200 steps of 64 (12,800 of the 60,000 training images) reach 70% on the 10k test set.
 
@@ -288,6 +293,7 @@ def test_fashion_mnist_short_real_run_reaches_stated_accuracy(tmp_path):
     assert read_metadata(out)["tree"]["name"] == "fashion-mnist-wordnet-l2"
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     import signal
     import time
@@ -366,6 +372,7 @@ def test_lean_variant_pools_level_one_keeps_outputs_equal_and_round_trips(tmp_pa
         create_model(tree, "nhl-lean", TrunkConfig("resnet18"), BranchConfig(widths=(96, 64, 32)))
 
 
+@pytest.mark.slow
 def test_induced_tree_from_a_flat_models_classifier(tmp_path):
     """NBDT's method: a tree from a trained flat model's weights, named from WordNet where it can."""
     from nhlcli.taxonomy.classes import FASHION_MNIST
@@ -406,6 +413,7 @@ def test_induced_tree_from_a_flat_models_classifier(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_train_on_some_classes_keeps_only_their_images_and_eval_follows(tmp_path):
     """``nhl train --classes``: the subset baseline of paper 003, Table 2 (trained on the subset only)."""
     data = make_tiny_data.make_image_folder(tmp_path / "data", CLASSES, per_class=4, size=16)

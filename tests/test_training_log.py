@@ -208,6 +208,7 @@ def test_without_tensorboard_the_library_refuses_before_anything_is_written(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_nhl_train_tensorboard_without_tensorboard_is_one_line_and_writes_nothing(tmp_path, folder):
     # a package named tensorboard that fails to import stands first on the path, as if not installed
     shim = tmp_path.parent / f"{tmp_path.name}-shim"
@@ -223,6 +224,7 @@ def test_nhl_train_tensorboard_without_tensorboard_is_one_line_and_writes_nothin
     assert list(tmp_path.iterdir()) == []  # no model, no checkpoint directory, no event folder
 
 
+@pytest.mark.slow
 def test_nhl_train_tensorboard_writes_events_tensorboard_reads(tmp_path, folder):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -246,6 +248,7 @@ def test_a_tensorboard_directory_where_it_would_do_harm_is_refused(tmp_path, fol
 
 
 # --------------------------------------------------------------------------------- plot-log
+@pytest.mark.slow
 def test_plot_log_draws_nhls_log_and_refuses_a_bad_output_first(tmp_path, folder, capsys):
     ckdir = tmp_path / "ck"
     train(flat_model(), folder, None, small_config(), checkpoint_dir=ckdir)

@@ -282,6 +282,7 @@ def test_a_build_with_other_group_counts_never_takes_a_shipped_trees_name():
     assert unshipped_name("my-own-name", other) == "my-own-name"
 
 
+@pytest.mark.slow
 @pytest.mark.needs_data  # WordNet
 def test_hierarchy_build_says_when_the_groups_differ_from_the_request(tmp_path):
     from conftest import run_nhl

@@ -19,7 +19,7 @@ from nhlcli.cli.gates import register as register_gates
 from nhlcli.cli.hierarchy import hierarchy_app
 from nhlcli.cli.predict import register as register_predict
 from nhlcli.cli.train import register as register_training
-from nhlcli.text import printable
+from nhlcli.text import one_line, printable
 
 app = typer.Typer(
     name="nhl",
@@ -125,7 +125,7 @@ def empty_value_problem(args: Sequence[str]) -> str | None:
 
 def usage_error_line(exc: typer.TyperException) -> str:
     """A usage error (unknown option, missing argument, bad number) as one line, pointing at the help."""
-    message = " ".join(exc.format_message().split())
+    message = one_line(exc.format_message())
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command_path", "") or "nhl"
     return f"{message.rstrip('.')} (see '{command} --help')"

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nhlcli.errors import NhlError
-from nhlcli.text import printable
+from nhlcli.text import one_line, printable
 
 CLASSES_HELP = (
     "comma-separated (a name with commas in double quotes), or @file with one per line. A name is a "
@@ -145,7 +145,7 @@ def friendly_errors(func: F) -> F:
             check_finite_options(kwargs)
             return func(*args, **kwargs)
         except NhlError as exc:
-            message = printable(" ".join(exc.for_command_line().split()))  # names from files: no escapes
+            message = printable(one_line(exc.for_command_line()))  # names from files: no escapes
             err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
             raise typer.Exit(1) from None
 

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from nhlcli.cli.common import TrainingBar, console, friendly_errors, print_json, shown
-from nhlcli.demo import (
-    DEMO_DATA,
-    DEMOS,
-    REPORT_FILE,
-    TRAIN_BUDGET_S,
-    DemoResult,
-    check_workdir,
-    demo_task,
-    run_demo,
-)
 from nhlcli.errors import with_flags
+
+if TYPE_CHECKING:
+    from nhlcli.demo import DemoResult
+
+# The demos' facts as the help prints them: the demos themselves live in the data sets' specs,
+# which need torch to read, and every nhl command would pay for that import to build its help.
+# tests/test_demo.py checks these against the specs.
+DEMO_HELP = {
+    "data": "fashion-mnist or emoji",
+    "workdirs": "nhl-demo or nhl-demo-emoji",
+    "budget_minutes": 7,
+    "max_epochs": "8 on fashion-mnist, 30 on emoji",
+    "report": "report.json",
+}
 
 
 def closing_table(result: DemoResult) -> Table:
@@ -67,28 +72,28 @@ def demo_command(
         "fashion-mnist",
         "--data",
         "-d",
-        help=f"Which built-in data set: {' or '.join(DEMO_DATA)} (Unicode's Animals & Nature group, 152 "
+        help=f"Which built-in data set: {DEMO_HELP['data']} (Unicode's Animals & Nature group, 152 "
         "classes over its 3-level tree, with a sea animals expert).",
     ),
     workdir: Path | None = typer.Option(
         None,
         "--workdir",
         "-w",
-        help=f"Where to keep the tree, model, expert, test images and {REPORT_FILE} (created if missing; "
-        f"default {' or '.join(t.workdir for t in DEMOS.values())} in the current directory).",
+        help=f"Where to keep the tree, model, expert, test images and {DEMO_HELP['report']} (created if "
+        f"missing; default {DEMO_HELP['workdirs']} in the current directory).",
     ),
     epochs: int | None = typer.Option(
         None,
         "--epochs",
         "-e",
-        help=f"Training epochs (default: train until {TRAIN_BUDGET_S / 60:.0f} minutes are spent, at most "
-        f"{', '.join(f'{t.max_epochs} on {name}' for name, t in DEMOS.items())} epochs).",
+        help=f"Training epochs (default: train until {DEMO_HELP['budget_minutes']} minutes are spent, at "
+        f"most {DEMO_HELP['max_epochs']} epochs).",
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an earlier demo's files in --workdir (refused otherwise)."
     ),
     as_json: bool = typer.Option(
-        False, "--json", help=f"Print the results as JSON (what {REPORT_FILE} holds)."
+        False, "--json", help=f"Print the results as JSON (what {DEMO_HELP['report']} holds)."
     ),
 ) -> None:
     """Run the main job end to end: tree, training, eval, an expert, its cost.
@@ -107,6 +112,8 @@ def demo_command(
     def say(text: str) -> None:
         if not as_json:
             console.print(f"[bold cyan]{shown(with_flags(text))}[/]")
+
+    from nhlcli.demo import check_workdir, demo_task, run_demo
 
     task = demo_task(data)
     check_workdir(workdir, overwrite, data)  # before anything runs
@@ -131,7 +138,7 @@ def demo_command(
         commands.append(f"nhl predict {model} {pictures}")
     console.print(
         f"done in {result.seconds:.0f} s ({result.train_seconds:.0f} s training); files and "
-        f"{REPORT_FILE} in {shown(result.workdir)}. Next:",
+        f"{DEMO_HELP['report']} in {shown(result.workdir)}. Next:",
         highlight=False,
     )
     for command in commands:

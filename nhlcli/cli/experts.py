@@ -152,15 +152,6 @@ def cutout_command(
     console.print(f"wrote [bold]{shown(output)}[/] (cut in {cut.seconds:.2f} s)")
 
 
-def _tree_summary(tree: Any) -> dict[str, Any]:
-    return {
-        "name": tree.name,
-        "classes": len(tree.classes),
-        "levels": tree.levels,
-        "nodes_per_level": [len(tree.level(d)) for d in range(1, tree.levels + 1)],
-    }
-
-
 def profile_command(
     model_file: Path = typer.Argument(..., help="An nhl model file (full, expert, flat, gated) or .onnx."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency and peak memory."),
@@ -174,7 +165,10 @@ def profile_command(
         "tree under the other NHL variants (nhl, nhl-lean, nhl-scale) and the plain network's GMACs.",
     ),
     torch_file: Path | None = typer.Option(
-        None, "--torch", help="For .onnx: the model file to time torch on (default: its source beside it)."
+        None,
+        "--torch",
+        "--torch-file",
+        help="For .onnx: the model file to time torch on (default: its source beside it).",
     ),
     verify: bool = typer.Option(
         False,
@@ -188,9 +182,7 @@ def profile_command(
 
     An .onnx file from nhl export: params, GMACs and onnxruntime latency beside torch's.
     """
-    from nhlcli.experts import compare, cost_report
-    from nhlcli.model.gated import GatedModel
-    from nhlcli.model.loading import open_model
+    from nhlcli.experts.profile import profile_model_file
     from nhlcli.paths import check_output_file
 
     if verify:
@@ -212,86 +204,53 @@ def profile_command(
         else:
             console.print(onnx_profile_table(report))
         return
-    model = open_model(model_file)
-    meta = model.metadata
-    gated = model if isinstance(model, GatedModel) else None
-    if gated is not None:  # the cost of the network the gates sit on; the exits below
-        model = gated.model
-    result: dict[str, Any] = {
-        "file": str(model_file),
-        "kind": meta["kind"],
-        "backbone": meta["trunk"]["backbone"],
-        "tree": _tree_summary(model.tree),
-        "cost": cost_report(model, _batches(batch_size), latency=latency, repeats=repeats, threads=threads),
-    }
-    if gated is not None:
-        every_gate_on = gated.exit_macs([0.0] * len(gated.exits))
-        result["gates"] = {
-            "loss": gated.spec.loss,
-            "params": gated.parameter_groups()["gates"],
-            "thresholds": gated.thresholds,
-            "exits": [
-                {"name": name, "gmacs": macs / 1e9}
-                for name, macs in zip(gated.exit_names(), every_gate_on, strict=True)
-            ],
-            "tuned": gated.spec.tune,
-        }
-    lineage = meta.get("expert")
-    if lineage:
-        at_cut = {"parent": lineage.get("parent_cost"), "expert": meta.get("cost")}
-        result["expert"] = {
-            "parent_file": lineage["parent_file"],
-            "parent_sha256": lineage["parent_sha256"],
-            "parent_classes": lineage["parent_classes"],
-            "at_cut": at_cut,
-            "reduction_percent": compare(at_cut["parent"], at_cut["expert"])
-            if all(at_cut.values())
-            else None,
-        }
-    if curve is not None:
-        from nhlcli.experts.curve import base_network_macs, cost_curve, plot_cost_curve, variant_curves
-
-        rows = cost_curve(model)
-        variants = variant_curves(model)
-        base_gmacs = round(base_network_macs(model) / 1e9, 6)
-        title = f"{model_file.name}: expert cost against kept classes"
-        plot_cost_curve(rows, curve, title, variants, base_gmacs)
-        result["curve"] = {"file": str(curve), "points": rows, "variants": variants, "base_gmacs": base_gmacs}
+    result = profile_model_file(
+        model_file, _batches(batch_size), latency=latency, repeats=repeats, threads=threads, curve=curve
+    )
     if as_json:
         print_json(result)
         return
+    _print_profile(model_file, result)
+
+
+def _print_profile(model_file: Path, result: dict[str, Any]) -> None:
+    """``nhl profile``'s report as text."""
     from nhlcli.text import counted
 
     tree = result["tree"]
     console.print(
-        f"[bold]{shown(model_file.name)}[/]: {shown(meta['kind'])} model on {shown(result['backbone'])}, "
+        f"[bold]{shown(model_file.name)}[/]: {shown(result['kind'])} model on {shown(result['backbone'])}, "
         f"tree {shown(repr(tree['name']))}: "
         f"{counted(tree['classes'], 'class')}, {counted(tree['levels'], 'level')}, "
         f"nodes per level {tree['nodes_per_level']}"
     )
     console.print(cost_table("cost", {"this file": result["cost"]}))
-    if gated is not None:
-        gates = result["gates"]
-        thresholds = [*gates["thresholds"], None]
-        exits = ", ".join(
-            f"{e['name']} {e['gmacs']:.4f} GMACs (threshold {'inf' if t is None else f'{t:.3g}'})"
-            if i < len(gates["exits"]) - 1
-            else f"{e['name']} {e['gmacs']:.4f} GMACs"
-            for i, (e, t) in enumerate(zip(gates["exits"], thresholds, strict=True))
-        )
-        console.print(f"{gates['loss']} gates ({gates['params']:,} params): {exits}")
-        if gates["tuned"]:
-            t = gates["tuned"]
-            console.print(f"tuned: top-1 {t['top1']:.2%} at {t['gmacs']:.4f} GMACs on average ({t['split']})")
+    if "gates" in result:
+        _print_exits(result["gates"])
+    lineage = result.get("expert")
     if lineage:
         console.print(
             f"expert of {shown(lineage['parent_file'])} ({lineage['parent_classes']} classes, "
             f"sha256 {lineage['parent_sha256'][:12]})"
         )
-        if result["expert"]["reduction_percent"] is not None:
-            console.print(cost_table("recorded at cut time", result["expert"]["at_cut"], show_reduction=True))
-    if curve is not None:
-        console.print(f"wrote the cost curve to [bold]{shown(curve)}[/]")
+        if lineage["reduction_percent"] is not None:
+            console.print(cost_table("recorded at cut time", lineage["at_cut"], show_reduction=True))
+    if "curve" in result:
+        console.print(f"wrote the cost curve to [bold]{shown(result['curve']['file'])}[/]")
+
+
+def _print_exits(gates: dict[str, Any]) -> None:
+    thresholds = [*gates["thresholds"], None]
+    exits = ", ".join(
+        f"{e['name']} {e['gmacs']:.4f} GMACs (threshold {'inf' if t is None else f'{t:.3g}'})"
+        if i < len(gates["exits"]) - 1
+        else f"{e['name']} {e['gmacs']:.4f} GMACs"
+        for i, (e, t) in enumerate(zip(gates["exits"], thresholds, strict=True))
+    )
+    console.print(f"{gates['loss']} gates ({gates['params']:,} params): {exits}")
+    if gates["tuned"]:
+        t = gates["tuned"]
+        console.print(f"tuned: top-1 {t['top1']:.2%} at {t['gmacs']:.4f} GMACs on average ({t['split']})")
 
 
 def _verify(model_file: Path, as_json: bool) -> None:

@@ -76,32 +76,26 @@ def fit_command(
 ) -> None:
     """Fit exit gates (and a routing gate) on a frozen model; thresholds stay closed until tuned."""
     from nhlcli.gates.fit import GateTraining
-    from nhlcli.gates.workflow import fit_file
+    from nhlcli.gates.workflow import fit_file, fit_report
 
     config = GateTraining(loss=loss, epochs=epochs, lr=lr)
     with ImageProgress(not as_json) as progress:
         gated = fit_file(
-            model_file,
-            output,
-            data,
-            split,
-            parse_stages(stages),
-            route,
-            config,
-            batch_size,
-            workers,
-            device,
-            progress,
-            holdout=holdout,
-        )
-    report = {
-        **gated.spec.fit,
-        "output": str(output),
-        "exit_gmacs": [m / 1e9 for m in gated.exit_macs([0.0] * len(gated.exits))],
-    }
+            model_file, output, data, split, parse_stages(stages), route, config, batch_size, workers, device,
+            progress, holdout=holdout,
+        )  # fmt: skip
+    report = fit_report(gated, output)
     if as_json:
         print_json(report)
         return
+    console.print(_fit_table(report, model_file, gated.base_macs()))
+    next_steps = _fit_next_steps(output, data, report)
+    console.print(f"wrote {shown(output)}; next, {next_steps}", highlight=False, soft_wrap=True)
+
+
+def _fit_table(report: Mapping[str, Any], model_file: Path, full_macs: float) -> Table:
+    """Each gate fitted: after which stage, on how many features, its train top-1 and the GMACs
+    an image costs to leave there; the routing gate; the full network's GMACs."""
     table = Table(
         title=f"gates for {shown(model_file.name)} ({report['loss']} loss, "
         f"{counted(report['images'], 'image')})"
@@ -124,24 +118,26 @@ def fit_command(
         table.add_row(
             "route", str(r["stage"]), f"{r['outputs']} super-categories", f"{r['train_top1']:.2%}", ""
         )
-    table.add_row("full network", "", "", "", f"{gated.base_macs() / 1e9:.4f}")
-    console.print(table)
+    table.add_row("full network", "", "", "", f"{full_macs / 1e9:.4f}")
+    return table
+
+
+def _fit_next_steps(output: Path, data: str, report: Mapping[str, Any]) -> str:
+    """The commands that tune the fitted gates and then report on images the tuning never saw."""
     quoted = shlex.quote(str(output))
     data_option = f"--data {shlex.quote(str(data))}"
     if report.get("holdout"):
         held = f"--holdout {report['holdout']:g}"
-        next_steps = (
+        return (
             f"tune on the hold-out the gates never saw, then report once on the data's own val split:\n"
             f"nhl gates tune {shown(quoted)} {shown(data_option)} --split val {held} --max-drop 0.5\n"
             f"nhl eval {shown(quoted)} {shown(data_option)} --holdout 0"
         )
-    else:
-        next_steps = (
-            f"tune on one half of the held-out images and report on the other:\n"
-            f"nhl gates tune {shown(quoted)} {shown(data_option)} --part 1/2 --max-drop 0.5\n"
-            f"nhl eval {shown(quoted)} {shown(data_option)} --part 2/2"
-        )
-    console.print(f"wrote {shown(output)}; next, {next_steps}", highlight=False, soft_wrap=True)
+    return (
+        f"tune on one half of the held-out images and report on the other:\n"
+        f"nhl gates tune {shown(quoted)} {shown(data_option)} --part 1/2 --max-drop 0.5\n"
+        f"nhl eval {shown(quoted)} {shown(data_option)} --part 2/2"
+    )
 
 
 def _exits_table(title: str, result: Mapping[str, Any], names: list[str]) -> Table:

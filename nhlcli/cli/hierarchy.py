@@ -8,7 +8,6 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from nhlcli.atomic import atomic_write_text
 from nhlcli.cli.common import (
     console,
     friendly_errors,
@@ -20,7 +19,7 @@ from nhlcli.cli.common import (
 )
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.tree import Tree
-from nhlcli.text import counted, printable
+from nhlcli.text import counted
 
 hierarchy_app = typer.Typer(
     help=(
@@ -109,14 +108,10 @@ def build(
 ) -> None:
     """Build a category tree for a class list and write it as JSON."""
     from nhlcli.paths import check_distinct_outputs, check_output_file
-    from nhlcli.taxonomy import build_tree, load_class_list
-    from nhlcli.taxonomy.build import built_groups, requested_groups, unshipped_name
+    from nhlcli.taxonomy.build import build_tree_for, llm_settings
     from nhlcli.taxonomy.classes import class_list_path
 
-    if timeout <= 0:
-        raise NhlError(f"--timeout {timeout:g}: give the seconds to wait for each LLM answer, e.g. 120")
-    if max_retries < 0:
-        raise NhlError(f"--max-retries {max_retries}: give 0 (no retry) or more")
+    settings = llm_settings(None if source == "induced" else model, base_url, cache, max_retries, timeout)
     # every input, so that neither output replaces one; checked before any work starts
     class_file = class_list_path(classes) if classes.strip() else None
     model_file = model if source == "induced" else None
@@ -126,43 +121,34 @@ def build(
     check_output_file(output, inputs, label="--output")
     check_output_file(cache, inputs, label="--cache")  # read and rewritten: an input and an output
     check_distinct_outputs({"--output": output, "--cache": cache})
-
-    entries = [] if source == "induced" else load_class_list(classes)
-    label = class_file.stem if class_file is not None and class_file.exists() else classes
-    if source == "induced":
-        label = Path(model or "model").stem
-    settings = None
-    if source in ("llm", "hybrid"):
-        from nhlcli.taxonomy.llm import LLMSettings
-
-        settings = LLMSettings(
-            model=model or "gpt-4o-mini",
-            base_url=base_url,
-            cache=cache,
-            max_retries=max_retries,
-            timeout=timeout,
-        )
-    weights = None
+    classifier = None
     if model_file is not None:
         from nhlcli.model.loading import classifier_weights
 
-        weights, entries = classifier_weights(model_file)
-    tree = build_tree(
+        classifier = classifier_weights(model_file)
+    tree = build_tree_for(
         source,
-        entries,
+        classes,
         levels=levels,
         groups=parse_list(groups, "--groups", whole_number, "10,100") if groups else None,
-        name="",
+        name=name,
         llm=settings,
-        class_weights=weights,
-        weights_name=Path(model_file).name if model_file else "",
+        classifier=classifier,
+        classifier_file=model_file,
     )
-    tree.name = name or unshipped_name(f"{label}-{source}-l{tree.levels}", tree)
     tree.save(output)
+    _print_built(tree, output, source, bool(groups), as_json)
+
+
+def _print_built(tree: Tree, output: Path, source: str, groups_given: bool, as_json: bool) -> None:
+    """What ``hierarchy build`` reports: the tree's statistics, and the groups per level it got
+    where they differ from the ``--groups`` asked for."""
+    from nhlcli.taxonomy.build import built_groups, requested_groups
+
     stats = tree.stats()
-    asked, built = (requested_groups(tree), built_groups(tree)) if groups else (None, None)
+    asked, built = (requested_groups(tree), built_groups(tree)) if groups_given else (None, None)
     if as_json:
-        extra = {"groups_requested": asked, "groups_built": built} if groups else {}
+        extra = {"groups_requested": asked, "groups_built": built} if groups_given else {}
         print_json({"output": str(output), **stats, **extra})
         return
     console.print(
@@ -219,12 +205,32 @@ def show(
     escaped (a name cannot drive the terminal).
     """
     from nhlcli.paths import check_output_file
-    from nhlcli.taxonomy.picture import PICTURE_FORMATS, draw_tree
-    from nhlcli.taxonomy.render import render_text, to_rich
+    from nhlcli.taxonomy.render import check_show_depth, printable_tree, render_text, to_rich, write_tree
     from nhlcli.taxonomy.sources import tree_source_file
 
     check_output_file(output, [tree_source_file(tree_file), parent], label="--output")
     fmt = show_format(fmt, output)
+    _check_show_options(fmt, output, depth)
+    if fmt == "newick":  # the tree a model classifies: Newick has no way to highlight kept paths
+        tree, highlight = _any_tree(tree_file), None
+    else:
+        tree, highlight = _tree_and_highlight(tree_file, parent)
+    check_show_depth(tree, depth)
+    if output is not None:
+        written = write_tree(tree, output, fmt, depth, highlight)
+        _print_written(written, output, bool(highlight), as_json)
+    elif fmt == "json":  # the data itself, as JSON text (which escapes control characters)
+        typer.echo(json_for_terminal(render_text(tree, fmt, depth)), nl=False)
+    elif fmt == "rich":  # for people: names with control characters escaped
+        console.print(to_rich(printable_tree(tree), depth))
+    else:
+        typer.echo(render_text(printable_tree(tree), fmt, depth), nl=False)
+
+
+def _check_show_options(fmt: str, output: Path | None, depth: int | None) -> None:
+    """Refuse options of ``hierarchy show`` that do not go together, before any tree is read."""
+    from nhlcli.taxonomy.picture import PICTURE_FORMATS
+
     if fmt in PICTURE_FORMATS and output is None:
         raise NhlError(f"--format {fmt} draws a picture: give the file with -o tree.{fmt}")
     if fmt == "rich" and output is not None:
@@ -233,41 +239,18 @@ def show(
         raise NhlError(f"--depth {depth}: levels count from 1, the top level; give 1 or more")
     if fmt == "newick" and depth is not None:
         raise NhlError("--depth does not apply to --format newick: a Newick tree holds every class")
-    if fmt == "newick":  # the tree a model classifies: Newick has no way to highlight kept paths
-        tree, highlight = _any_tree(tree_file), None
-    else:
-        tree, highlight = _tree_and_highlight(tree_file, parent)
-    if depth is not None and depth > tree.levels:
-        levels = counted(tree.levels, "level")
-        raise NhlError(f"--depth {depth}: the tree has {levels}; give a depth from 1 to {tree.levels}")
-    if fmt == "json":  # the data itself, as a file or as JSON text (which escapes control characters)
-        text = render_text(tree, fmt, depth)
-        if output:
-            atomic_write_text(output, text)
-            console.print(f"wrote {shown(output)}")
-        else:
-            typer.echo(json_for_terminal(text), nl=False)
-        return
-    # for people and drawing tools: names with control characters escaped
-    tree, highlight = printable_tree(tree), None if highlight is None else [printable(n) for n in highlight]
-    if fmt in PICTURE_FORMATS:
-        drawn = draw_tree(tree, output, fmt, depth, highlight)
-        if as_json:
-            print_json(drawn)
-        else:
-            levels = "level 1" if drawn["depth"] == 1 else f"levels 1-{drawn['depth']}"
-            kept = " and kept paths" if highlight else ""
-            console.print(f"wrote {shown(output)} ({counted(drawn['rows'], 'row')}, {levels}{kept})")
-        return
-    if fmt == "rich":
-        console.print(to_rich(tree, depth))
-        return
-    text = render_text(tree, fmt, depth)
-    if output:
-        atomic_write_text(output, text)
+
+
+def _print_written(written: dict[str, Any], output: Path, highlighted: bool, as_json: bool) -> None:
+    """What ``hierarchy show -o`` reports: for a picture what was drawn (as JSON with ``--json``)."""
+    if "rows" not in written:
         console.print(f"wrote {shown(output)}")
+    elif as_json:
+        print_json(written)
     else:
-        typer.echo(text, nl=False)
+        levels = "level 1" if written["depth"] == 1 else f"levels 1-{written['depth']}"
+        kept = " and kept paths" if highlighted else ""
+        console.print(f"wrote {shown(output)} ({counted(written['rows'], 'row')}, {levels}{kept})")
 
 
 # what ``hierarchy show`` writes for each file extension, when --format is left out
@@ -319,25 +302,6 @@ def show_format(fmt: str | None, output: Path | None) -> str:
 
 def _extension(fmt: str) -> str:
     return " or ".join(ext for ext, name in EXTENSION_FORMATS.items() if name == fmt)
-
-
-def printable_tree(tree: Tree) -> Tree:
-    """``tree`` with every name and id printable (control characters escaped), for the terminal and
-    drawing tools. Trees loaded from files have no control characters; one built in code or
-    read by an older nhl might."""
-    data = tree.to_dict()
-    escaped = _printable_strings(data)
-    return tree if escaped == data else Tree.from_dict(escaped)
-
-
-def _printable_strings(value: Any) -> Any:
-    if isinstance(value, str):
-        return printable(value)
-    if isinstance(value, dict):
-        return {key: _printable_strings(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_printable_strings(item) for item in value]
-    return value
 
 
 def _tree_and_highlight(spec: str, parent: Path | None) -> tuple[Tree, list[str] | None]:

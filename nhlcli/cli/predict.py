@@ -68,58 +68,21 @@ def predict_command(
     status 3 and a one-line summary.
     """
 
-    from nhlcli.data.defaults import MAX_WORKERS, usable_cores
-    from nhlcli.devices import resolve_device
-    from nhlcli.evaluation import attend_pairs, attention_summary, check_attention_options, describe_attention
-    from nhlcli.model.attention import class_attention
-    from nhlcli.model.gated import GatedModel
-    from nhlcli.model.loading import open_model
-    from nhlcli.paths import check_output_file
-    from nhlcli.prediction import PREDICT_HINT, check_top_k, expand_inputs, output_format, predict_images
+    from nhlcli.evaluation import describe_attention
+    from nhlcli.prediction import PREDICT_HINT, predict_files
 
-    check_top_k(top_k, 1)
     if batch_size < 1:
         raise NhlError(f"--batch-size {batch_size}: give at least 1")
-    if workers is not None and workers < 0:
-        raise NhlError(f"--workers must be 0 or more, got {workers}")
-    if output is not None:
-        output_format(output, "--output")
-    pairs = attend_pairs(parse_attend(attend))
-    check_attention_options(pairs, attend_level, None)
-    files = expand_inputs(images)
-    check_output_file(output, [model_file, *files], "--output")
-    if workers is None:  # as nhl eval on image folders: one core for the model, the rest decode
-        cores = usable_cores()
-        workers = 0 if cores <= 2 else min(MAX_WORKERS, cores - 1)
-    dev = resolve_device(device)
-    model = open_model(model_file, dev)
-    if route_top_k is not None or isinstance(model, GatedModel):
-        from nhlcli.evaluation import check_gated_options
-
-        check_gated_options(model, route_top_k, pairs)
-    attention = class_attention(model, pairs, attend_level) if pairs else None
-    summary = attention_summary(model.tree, pairs, attend_level)
-    k = check_top_k(top_k, len(model.tree.classes))
     with ImageProgress(not as_json) as progress:
-        results = predict_images(
-            model, files, top_k=top_k, attention=attention, batch_size=batch_size, workers=workers,
-            bad_images="report", progress=progress,
+        run = predict_files(
+            model_file, images, top_k=top_k, output=output, attend=parse_attend(attend),
+            attend_level=attend_level, route_top_k=route_top_k, batch_size=batch_size, workers=workers,
+            device=device, progress=progress,
         )  # fmt: skip
-    if output is not None:
-        from nhlcli.prediction import write_predictions
-
-        write_predictions(output, results, k, gated=isinstance(model, GatedModel))
+    results, summary = run["predictions"], run["attention"]
     failed = [r for r in results if r["error"]]
     if as_json:
-        print_json(
-            {
-                "model": str(model_file),
-                "num_classes": len(model.tree.classes),
-                "top_k": k,
-                "attention": summary,
-                "predictions": results,
-            }
-        )
+        print_json(run)
     elif output is not None:
         console.print(
             f"wrote {counted(len(results), 'prediction')} to {shown(output)}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,9 @@ from nhlcli.cli.common import (
     whole_number,
 )
 from nhlcli.cli.predict import ATTEND_HELP, ATTEND_LEVEL_HELP
-from nhlcli.errors import NhlError
+from nhlcli.errors import NhlError, with_flags
 from nhlcli.model import DEFAULT_VARIANT
 from nhlcli.text import counted
-
-BUILTIN_DEFAULT_TREE = {"fashion-mnist": "fashion-mnist-wordnet-l2", "emoji": "emoji-unicode-l3"}
-BUILTIN_DEFAULT_SIZE = {"emoji": 32}  # drawn data: its own default size, not the backbone's 224
 
 
 def _parse_crop_scale(text: str | None) -> tuple[float, float] | None:
@@ -43,74 +40,8 @@ def _parse_crop_scale(text: str | None) -> tuple[float, float] | None:
     return bounds[0], bounds[1]
 
 
-def _tree_for(hierarchy: str | None, data: str, flat: bool):
-    from nhlcli.data import open_dataset
-    from nhlcli.taxonomy import resolve_tree
-    from nhlcli.taxonomy.sources import build_flat_tree
-
-    if hierarchy:
-        return resolve_tree(hierarchy)
-    if data in BUILTIN_DEFAULT_TREE:
-        return resolve_tree(BUILTIN_DEFAULT_TREE[data])
-    if flat:
-        return build_flat_tree(open_dataset(data, "train").classes, name=f"{Path(data).name}-flat")
-    raise NhlError(
-        "give --hierarchy TREE (build one with 'nhl hierarchy build --classes DATA'), "
-        "or --flat for a plain model"
-    )
-
-
-def _negative_split(split: int, backbone: str, in_chans: int | None) -> str:
-    """Why ``--split -1`` is refused: stages count from 0, and a negative one (the library's "from
-    the end") would silently cut somewhere else than a user counting from the start meant."""
-    from nhlcli.model.trunk import create_timm_model
-
-    try:  # the backbone's stages, to say the range (an error path: building it is cheap enough)
-        stages = len(create_timm_model(backbone, in_chans or 3, False, None).feature_info)
-        valid = f"{backbone} has stages 0 to {stages - 1}"
-    except Exception:  # an unknown backbone is reported later, in its own words
-        valid = "stages count from 0"
-    return f"--split {split}: {valid}; give a stage number counted from 0, or leave it out (before the last)"
-
-
-def _input_files(*specs: str | Path | None) -> list[Path]:
-    """The given specs that name existing files or folders (a shipped tree's name names none)."""
-    return [Path(s) for s in specs if s and Path(s).exists()]
-
-
-RUN_OPTIONS = {
-    "data": str, "backbone": str, "variant": str, "split": int, "widths": str, "blocks": int,
-    "input_size": int, "in_chans": int, "classes": str, "freeze_trunk": bool,
-}  # fmt: skip
-
-
-def _run_options(ckdir: Path) -> dict[str, Any]:
-    """The model options and the tree of the run checkpointed in ``ckdir``, for ``--resume`` to take
-    where left out (the help promises it); refuses a hand-edited record that does not read."""
-    from nhlcli.taxonomy import Tree
-    from nhlcli.training.checkpoint import read_sidecar
-
-    sidecar = read_sidecar(ckdir)
-    if sidecar is None:
-        raise NhlError(f"no checkpoint in {ckdir} to resume from; start without --resume")
-    stored = sidecar["extra"].get("options", {})
-    run: dict[str, Any] = {}
-    for key, kind in RUN_OPTIONS.items():
-        value = stored.get(key)
-        if value is not None and (not isinstance(value, kind) or kind is int and isinstance(value, bool)):
-            raise NhlError(
-                f"the checkpoint in {ckdir} is damaged: its option {key!r} is {value!r}; --resume cannot "
-                "continue it (delete the directory, or pass --overwrite to start over)"
-            )
-        run[key] = value
-    tree = sidecar["model"].get("tree")
-    if tree is not None:
-        run["tree"] = Tree.from_dict(tree)
-    return run
-
-
-def train_command(
-    data: str | None = typer.Option(
+TRAIN_OPTIONS: dict[str, Any] = {
+    "data": typer.Option(
         None,
         "--data",
         "-d",
@@ -118,18 +49,18 @@ def train_command(
         "1,861 emoji, drawn on the fly) [default: fashion-mnist].",
         show_default=False,
     ),
-    hierarchy: str | None = typer.Option(
+    "hierarchy": typer.Option(
         None,
         "--hierarchy",
         "-t",
         help="Tree file or shipped tree name (default for fashion-mnist: its WordNet tree; for emoji: "
         "Unicode's emoji-unicode-l3).",
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write the model (.safetensors)."),
-    backbone: str | None = typer.Option(
+    "output": typer.Option(..., "-o", "--output", help="Where to write the model (.safetensors)."),
+    "backbone": typer.Option(
         None, "--backbone", "-b", help="Any timm CNN with stages, e.g. resnet50 [default: resnet18]."
     ),
-    variant: str | None = typer.Option(
+    "variant": typer.Option(
         None,
         "--variant",
         help=f"Model shape (default {DEFAULT_VARIANT}): nhl-scale (nhl-lean's levels above the leaves, "
@@ -140,129 +71,155 @@ def train_command(
         "phl-latesp | phl-1branch | flat | flat-trunk (the plain classifier on the NHL's trunk, cut "
         "at --split: the control for the stages an NHL drops).",
     ),
-    flat: bool = typer.Option(
+    "flat": typer.Option(
         False, "--flat", help="Train the plain timm classifier (baseline), same file format."
     ),
-    pretrained: bool = typer.Option(
-        False, "--pretrained", help="Start the trunk from timm's pretrained weights."
-    ),
-    pretrained_file: Path | None = typer.Option(
+    "pretrained": typer.Option(False, "--pretrained", help="Start the trunk from timm's pretrained weights."),
+    "pretrained_file": typer.Option(
         None, "--pretrained-file", help="Start the trunk from a local .safetensors file of timm weights."
     ),
-    classes: str | None = typer.Option(
+    "classes": typer.Option(
         None,
         "--classes",
         "-c",
         help="Train on these classes only (the tree is cut to them and images of other classes are left "
         "out; paper 003's subset baselines): " + CLASSES_HELP,
     ),
-    holdout: float | None = typer.Option(
+    "holdout": typer.Option(
         None,
         "--holdout",
         help="Validate on this stratified fraction of the training images (e.g. 0.1; the rest trains) "
         "instead of the val or test split, to choose a recipe without looking at the test set.",
     ),
-    freeze_trunk: bool = typer.Option(
+    "freeze_trunk": typer.Option(
         False,
         "--freeze-trunk",
         help="Keep the trunk fixed; train the branches only (flat: the last stage and the classifier; "
         "flat-trunk: the classifier).",
     ),
-    split: int | None = typer.Option(
-        None, "--split", help="Trunk stage to branch after (default: before the last)."
-    ),
-    widths: str | None = typer.Option(
+    "split": typer.Option(None, "--split", help="Trunk stage to branch after (default: before the last)."),
+    "widths": typer.Option(
         None,
         "--widths",
         help="Branch width per level, e.g. 128,64,32 (nhl-scale: per level above the leaves, e.g. 128,64).",
     ),
-    blocks: int | None = typer.Option(
-        None, "--blocks", help="Bottleneck blocks per branch node [default: 1]."
-    ),
-    input_size: int | None = typer.Option(
+    "blocks": typer.Option(None, "--blocks", help="Bottleneck blocks per branch node [default: 1]."),
+    "input_size": typer.Option(
         None, "--input-size", help="Image side in pixels (default: the backbone's; 32 for emoji)."
     ),
-    in_chans: int | None = typer.Option(
+    "in_chans": typer.Option(
         None, "--in-chans", help="Input channels (default 1 for fashion-mnist, else 3)."
     ),
-    epochs: int | None = typer.Option(
-        None, "--epochs", "-e", help="Passes over the training data [default: 10]."
-    ),
-    batch_size: int | None = typer.Option(
+    "epochs": typer.Option(None, "--epochs", "-e", help="Passes over the training data [default: 10]."),
+    "batch_size": typer.Option(
         None, "--batch-size", help="Images per step (per process under torchrun) [default: 64]."
     ),
-    lr: float | None = typer.Option(
+    "lr": typer.Option(
         None, "--lr", help="Peak learning rate (cosine schedule after warmup) [default: 0.001]."
     ),
-    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay [default: 0.05]."),
-    optimizer: str | None = typer.Option(
+    "weight_decay": typer.Option(None, "--weight-decay", help="Weight decay [default: 0.05]."),
+    "optimizer": typer.Option(
         None, "--optimizer", help="adamw | sgd (any timm optimizer name) [default: adamw]."
     ),
-    warmup_epochs: float | None = typer.Option(
+    "warmup_epochs": typer.Option(
         None, "--warmup-epochs", help="Linear warmup length in epochs [default: 1]."
     ),
-    label_smoothing: float | None = typer.Option(
-        None, "--label-smoothing", help="Label smoothing, 0-1 [default: 0]."
-    ),
-    augment: str | None = typer.Option(
+    "label_smoothing": typer.Option(None, "--label-smoothing", help="Label smoothing, 0-1 [default: 0]."),
+    "augment": typer.Option(
         None,
         "--augment",
         help="timm RandAugment config (e.g. rand-m9-mstd0.5, the paper's), or 'none' "
         "[default: chosen from the input size and the number of images, and printed].",
     ),
-    crop_scale: str | None = typer.Option(
+    "crop_scale": typer.Option(
         None,
         "--crop-scale",
         help="Random-resized-crop area range, e.g. 0.5,1 [default: chosen with --augment; ImageNet's 0.08,1 "
         "for large images].",
     ),
-    seed: int | None = typer.Option(
+    "seed": typer.Option(
         None, "--seed", help="Random seed (weights, data order, augmentation) [default: 0]."
     ),
-    workers: int | None = typer.Option(
+    "workers": typer.Option(
         None,
         "--workers",
         help="Data loading processes [default: from the cores and the dataset; 0 where a worker would "
         "compete with training for the cores].",
     ),
-    device: str | None = typer.Option(
-        None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."
-    ),
-    no_amp: bool = typer.Option(
+    "device": typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    "no_amp": typer.Option(
         False,
         "--no-amp",
         help="Train in float32 (default: mixed precision on GPU, bfloat16 on CPUs with native bf16).",
     ),
-    checkpoint_dir: Path | None = typer.Option(
+    "checkpoint_dir": typer.Option(
         None, "--checkpoint-dir", help="Where epoch checkpoints go (default: OUTPUT.ckpt)."
     ),
-    resume: bool = typer.Option(
+    "resume": typer.Option(
         False,
         "--resume",
         help="Continue the checkpointed run with its recipe (options left out are taken from it; "
         "--epochs, --workers, --device, --no-amp may change, the recipe may not).",
     ),
-    overwrite: bool = typer.Option(
+    "overwrite": typer.Option(
         False,
         "--overwrite",
         help="Start afresh even where an unfinished run's checkpoint would be discarded.",
     ),
-    skip_bad_images: bool = typer.Option(
+    "skip_bad_images": typer.Option(
         False,
         "--skip-bad-images",
         help="Leave out images that cannot be decoded (counted and named at the end) instead of stopping.",
     ),
-    max_steps: int | None = typer.Option(
-        None, "--max-steps-per-epoch", help="Cut epochs short (smoke tests)."
-    ),
-    tensorboard: Path | None = typer.Option(
+    "max_steps": typer.Option(None, "--max-steps-per-epoch", help="Cut epochs short (smoke tests)."),
+    "tensorboard": typer.Option(
         None,
         "--tensorboard",
         metavar="DIR",
         help="Also write each epoch's losses, accuracies and learning rate as TensorBoard events in DIR "
         "(view with: tensorboard --logdir DIR; needs pip install tensorboard).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
+    "as_json": typer.Option(False, "--json", help="Print a JSON summary at the end."),
+}
+
+
+def train_command(
+    data: str | None = TRAIN_OPTIONS["data"],
+    hierarchy: str | None = TRAIN_OPTIONS["hierarchy"],
+    output: Path = TRAIN_OPTIONS["output"],
+    backbone: str | None = TRAIN_OPTIONS["backbone"],
+    variant: str | None = TRAIN_OPTIONS["variant"],
+    flat: bool = TRAIN_OPTIONS["flat"],
+    pretrained: bool = TRAIN_OPTIONS["pretrained"],
+    pretrained_file: Path | None = TRAIN_OPTIONS["pretrained_file"],
+    classes: str | None = TRAIN_OPTIONS["classes"],
+    holdout: float | None = TRAIN_OPTIONS["holdout"],
+    freeze_trunk: bool = TRAIN_OPTIONS["freeze_trunk"],
+    split: int | None = TRAIN_OPTIONS["split"],
+    widths: str | None = TRAIN_OPTIONS["widths"],
+    blocks: int | None = TRAIN_OPTIONS["blocks"],
+    input_size: int | None = TRAIN_OPTIONS["input_size"],
+    in_chans: int | None = TRAIN_OPTIONS["in_chans"],
+    epochs: int | None = TRAIN_OPTIONS["epochs"],
+    batch_size: int | None = TRAIN_OPTIONS["batch_size"],
+    lr: float | None = TRAIN_OPTIONS["lr"],
+    weight_decay: float | None = TRAIN_OPTIONS["weight_decay"],
+    optimizer: str | None = TRAIN_OPTIONS["optimizer"],
+    warmup_epochs: float | None = TRAIN_OPTIONS["warmup_epochs"],
+    label_smoothing: float | None = TRAIN_OPTIONS["label_smoothing"],
+    augment: str | None = TRAIN_OPTIONS["augment"],
+    crop_scale: str | None = TRAIN_OPTIONS["crop_scale"],
+    seed: int | None = TRAIN_OPTIONS["seed"],
+    workers: int | None = TRAIN_OPTIONS["workers"],
+    device: str | None = TRAIN_OPTIONS["device"],
+    no_amp: bool = TRAIN_OPTIONS["no_amp"],
+    checkpoint_dir: Path | None = TRAIN_OPTIONS["checkpoint_dir"],
+    resume: bool = TRAIN_OPTIONS["resume"],
+    overwrite: bool = TRAIN_OPTIONS["overwrite"],
+    skip_bad_images: bool = TRAIN_OPTIONS["skip_bad_images"],
+    max_steps: int | None = TRAIN_OPTIONS["max_steps"],
+    tensorboard: Path | None = TRAIN_OPTIONS["tensorboard"],
+    as_json: bool = TRAIN_OPTIONS["as_json"],
 ) -> None:
     """Train an NHL model (or a flat baseline) on a dataset and a category tree.
 
@@ -270,139 +227,53 @@ def train_command(
     top-1, top-5, learning rate; draw it with nhl plot-log); Ctrl-C stops at once and --resume
     continues from the last whole epoch.
     """
-    from nhlcli.data import default_augmentation, default_workers, training_image_count
-    from nhlcli.model.nhl import BranchConfig, with_input_size
-    from nhlcli.model.registry import create_model
-    from nhlcli.model.trunk import TrunkConfig
-    from nhlcli.paths import check_distinct_outputs, check_output_dir, check_output_file
-    from nhlcli.training.loop import (
-        check_fresh_start,
-        check_outputs,
-        checkpoint_dir_for,
-        option_name,
-        resolve_config,
-        train,
-    )
-
-    if tensorboard is not None:
-        from nhlcli.training.log import require_tensorboard
-
-        require_tensorboard()  # refused before any work or any file
-    ckdir = checkpoint_dir_for(output, checkpoint_dir)
-    stored_tree = None
-    if resume:  # options left out are the run's: its data, model shape and tree
-        run = _run_options(ckdir)
-        stored_tree = None if hierarchy is not None else run.pop("tree", None)
-        data = data if data is not None else run.get("data")
-        backbone = backbone if backbone is not None else run.get("backbone")
-        variant = variant if variant is not None or flat else run.get("variant")
-        split = split if split is not None else run.get("split")
-        widths = widths if widths is not None else run.get("widths")
-        blocks = blocks if blocks is not None else run.get("blocks")
-        input_size = input_size if input_size is not None else run.get("input_size")
-        in_chans = in_chans if in_chans is not None else run.get("in_chans")
-        classes = classes if classes is not None else run.get("classes")
-        freeze_trunk = freeze_trunk or bool(run.get("freeze_trunk"))
-        pretrained, pretrained_file = False, None  # the checkpoint holds the weights
-    data = "fashion-mnist" if data is None else data
-    backbone = backbone or "resnet18"
-    inputs = _input_files(
-        hierarchy, pretrained_file, data, classes[1:] if classes and classes[0] == "@" else None
-    )
-    check_outputs(output, ckdir, data, tensorboard)
-    check_output_file(output, inputs, label="--output")
-    check_output_dir(ckdir, inputs, label="--checkpoint-dir")
-    check_output_dir(tensorboard, inputs, label="--tensorboard")
-    check_distinct_outputs({"--output": output, "--checkpoint-dir": ckdir, "--tensorboard": tensorboard})
-    check_fresh_start(ckdir, resume, overwrite)
-    if flat and variant not in (None, "flat"):
-        raise NhlError(f"--flat trains the plain classifier, not --variant {variant}; give one of the two")
-    variant = "flat" if flat else variant or DEFAULT_VARIANT
-    flat_shape = variant in ("flat", "flat-trunk")
-    if variant == "flat" and split is not None and not freeze_trunk:
-        raise NhlError(
-            "--split does not cut a --flat model (it keeps every stage); use --variant flat-trunk for the "
-            "plain classifier on a trunk cut at --split, or add --freeze-trunk to freeze the stages up to it"
-        )
-    if flat_shape and (widths is not None or blocks not in (None, 1)):
-        raise NhlError(f"--widths and --blocks shape NHL branches; a {variant} model has none")
-    if split is not None and split < 0:
-        raise NhlError(_negative_split(split, backbone, in_chans))
-    tree = _tree_for(hierarchy, data, flat_shape) if stored_tree is None else stored_tree
-    selection = tuple(parse_names(classes)) if classes is not None else None
     from nhlcli.distributed import is_main_process
+    from nhlcli.training.run import TrainRequest, run_training
 
-    # under torchrun every rank runs this command: rank 0 alone speaks, in text or JSON
-    speaks = is_main_process()
-    say = (lambda text: None) if as_json or not speaks else (lambda text: console.print(shown(text)))
-    if classes is not None and stored_tree is None:  # a checkpoint's tree is already cut
-        chosen = tree.select(selection)
-        for note in chosen.notes(tree):
-            say(note)
-        tree = chosen.subtree(tree)
-    chans = (1 if data == "fashion-mnist" else 3) if in_chans is None else in_chans
-    from nhlcli.training.loop import TrainConfig, seed_everything
-
-    if freeze_trunk and not resume and not (pretrained or pretrained_file):
-        raise NhlError(
-            "--freeze-trunk keeps the trunk's starting weights, and without --pretrained or "
-            "--pretrained-file they are random; add one of them, or drop --freeze-trunk"
-        )
-    # before the model is built: its initial weights are the first draw (a resume restores them)
-    seed_everything(TrainConfig.seed if seed is None else seed)
-    model = create_model(
-        tree,
-        variant,
-        TrunkConfig(backbone, split, chans),
-        BranchConfig(tuple(parse_list(widths or "", "--widths", whole_number, "128,64,32")), blocks or 1)
-        if not flat_shape
-        else None,
-        pretrained=pretrained,
-        pretrained_file=pretrained_file,
-    )
-    input_size = BUILTIN_DEFAULT_SIZE.get(data) if input_size is None else input_size
-    if input_size is not None:
-        model.input_config = with_input_size(model.input_config, input_size)
-    if freeze_trunk:
-        if variant == "flat":
-            model.freeze_trunk(split)  # the layers an NHL trunk holds; the last stage and head train
-        else:
-            model.trunk.freeze()
-    given = dict(
+    speaks = is_main_process()  # under torchrun every rank runs this command: rank 0 alone speaks
+    say = _speaker(not as_json and speaks)
+    config = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, seed=seed, workers=workers,
         augment=None if augment is None else ("" if augment == "none" else augment),
         crop_scale=_parse_crop_scale(crop_scale), amp=False if no_amp else None, device=device,
-        max_steps_per_epoch=max_steps, classes=selection, skip_bad_images=skip_bad_images or None,
-        holdout=holdout,
+        max_steps_per_epoch=max_steps, skip_bad_images=skip_bad_images or None, holdout=holdout,
     )  # fmt: skip
-    pretrained_load = getattr(model, "pretrained_load", None)
-    if pretrained_load is not None:
-        say(pretrained_load.describe())
-    if not resume:
-        if augment is None or crop_scale is None:
-            side = model.input_config.size[-1]
-            choice = default_augmentation(side, training_image_count(data))
-            if augment is None:
-                given["augment"] = choice.augment or ""
-            if crop_scale is None:
-                given["crop_scale"] = choice.crop_scale
-            say(f"augmentation: {choice.reason} (--augment and --crop-scale to choose)")
-        if workers is None:
-            given["workers"] = default_workers(data)
-        if selection is None:
-            given["classes"] = ()
-    config = resolve_config(given, ckdir if resume else None)
-    config = replace(config, augment=config.augment or None)
-    result = train(
-        model, data, output, config, checkpoint_dir=ckdir, resume=resume, overwrite=overwrite,
-        tensorboard=tensorboard, options=dict(
-            data=str(Path(data).resolve()) if Path(data).is_dir() else data, backbone=backbone,
-            variant=variant, split=split, widths=widths, blocks=blocks, input_size=input_size,
-            in_chans=in_chans, classes=classes, freeze_trunk=freeze_trunk,
-        ),
-        progress=None if as_json else TrainingBar(),
+    request = TrainRequest(
+        output, data=data, hierarchy=hierarchy, backbone=backbone, variant=variant, flat=flat,
+        pretrained=pretrained, pretrained_file=pretrained_file, classes=_parse_classes(classes),
+        freeze_trunk=freeze_trunk, split=split, widths=_parse_widths(widths), blocks=blocks,
+        input_size=input_size, in_chans=in_chans, config=config, checkpoint_dir=checkpoint_dir,
+        resume=resume, overwrite=overwrite, tensorboard=tensorboard,
+        read_files=[classes[1:]] if classes and classes.startswith("@") else [],
     )  # fmt: skip
+    run = run_training(request, progress=None if as_json else TrainingBar(), say=say)
+    _report_training(run, output, say, as_json=as_json, speaks=speaks)
+
+
+def _speaker(speaks: bool) -> Callable[[str], None]:
+    """What the library says to the user, printed (its arguments as flags), or nothing."""
+    if not speaks:
+        return lambda text: None
+    return lambda text: console.print(shown(with_flags(text)))
+
+
+def _parse_classes(text: str | None) -> tuple[str, ...] | None:
+    return tuple(parse_names(text)) if text is not None else None
+
+
+def _parse_widths(text: str | None) -> tuple[int, ...] | None:
+    return tuple(parse_list(text, "--widths", whole_number, "128,64,32")) if text is not None else None
+
+
+def _report_training(
+    run: Any, output: Path, say: Callable[[str], None], *, as_json: bool, speaks: bool
+) -> None:
+    """What ``nhl train`` prints at the end: the run's notes, then where the model went and how it
+    scored (or the JSON summary); exit 130 after a Ctrl-C."""
+    from nhlcli.training.loop import option_name
+
+    result = run.result
     for key, (before, now) in result.resumed_changes.items():
         say(f"resumed with {option_name(key)} {now} (the run had {before})")
     if result.precision_note:
@@ -411,39 +282,38 @@ def train_command(
         listed = ", ".join(result.bad_images[:5]) + (" ..." if len(result.bad_images) > 5 else "")
         say(f"left out {counted(len(result.bad_images), 'image')} that could not be read: {listed}")
     if result.interrupted:
-        at = result.interrupted_at or {}
-        kept = (
-            f"the checkpoint in {result.checkpoint_dir} holds the end of epoch {result.epochs_done}; "
-            "continue with the same command and --resume"
-            if result.epochs_done
-            else "no epoch had finished, so there is nothing to resume"
-        )
-        console.print(
-            f"interrupted in epoch {at.get('epoch')} after {at.get('steps_done')} of {at.get('steps')} "
-            f"steps; {kept}"
-        )
+        _say_interrupted(result)
         raise typer.Exit(130)
-    from nhlcli.data.datasets import split_name
-
     if not speaks:  # under torchrun rank 0 wrote the file and says so, once
         return
     if as_json:
-        summary = result.summary()
-        summary["pretrained"] = pretrained_load.to_dict() if pretrained_load is not None else None
-        print_json(summary)
-        return
-    if result.already_done:
+        print_json(run.summary())
+    elif result.already_done:
         console.print(
             f"the run in {result.checkpoint_dir} had already finished its "
             f"{counted(result.epochs_done, 'epoch')}; wrote [bold]{escape(str(output))}[/] from its "
             "last checkpoint"
         )
-        return
-    last = result.history[-1]
-    scored_on = split_name(data, "val", config.holdout)
+    else:
+        last = result.history[-1]
+        console.print(
+            f"wrote [bold]{escape(str(output))}[/]: {run.scored_on} top-1 {last.val_top1:.2%}, "
+            f"top-5 {last.val_top5:.2%} after {counted(result.epochs_done, 'epoch')}"
+        )
+
+
+def _say_interrupted(result: Any) -> None:
+    """Where a Ctrl-C left the run, and whether ``--resume`` can continue it."""
+    at = result.interrupted_at or {}
+    kept = (
+        f"the checkpoint in {result.checkpoint_dir} holds the end of epoch {result.epochs_done}; "
+        "continue with the same command and --resume"
+        if result.epochs_done
+        else "no epoch had finished, so there is nothing to resume"
+    )
     console.print(
-        f"wrote [bold]{escape(str(output))}[/]: {scored_on} top-1 {last.val_top1:.2%}, "
-        f"top-5 {last.val_top5:.2%} after {counted(result.epochs_done, 'epoch')}"
+        f"interrupted in epoch {at.get('epoch')} after {at.get('steps_done')} of {at.get('steps')} "
+        f"steps; {kept}"
     )
 
 
@@ -451,36 +321,55 @@ ROUTE_HELP = "Gated NHL files: run just the branches of each image's K likeliest
 PART_HELP = "Use only part i of k of the split (fixed shuffle), e.g. 2/2 when thresholds were tuned on 1/2."
 
 
-def eval_command(
-    model_file: Path = typer.Argument(..., help="An nhl model file (.safetensors)."),
-    data: str = typer.Option(
+EVAL_OPTIONS: dict[str, Any] = {
+    "model_file": typer.Argument(..., help="An nhl model file (.safetensors)."),
+    "data": typer.Option(
+        # the data registry's DEFAULT_DATASET (reading it needs torch; tests/test_architecture.py checks)
         "fashion-mnist", "--data", "-d", help="ImageFolder directory, fashion-mnist or emoji."
     ),
-    split: str = typer.Option("val", "--split", help="val (or test data) | train."),
-    classes: str | None = typer.Option(
+    "split": typer.Option("val", "--split", help="val (or test data) | train."),
+    "classes": typer.Option(
         None,
         "--classes",
         "-c",
         help="Only these classes, softmax over them: " + CLASSES_HELP,
     ),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
-    workers: int | None = typer.Option(
+    "batch_size": typer.Option(64, "--batch-size", help="Images per batch."),
+    "workers": typer.Option(
         None, "--workers", help="Data loading processes [default: from the cores and the dataset]."
     ),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
-    attend: list[str] | None = typer.Option(None, "--attend", metavar="CLASS=SCALE", help=ATTEND_HELP),
-    attend_level: str | None = typer.Option(None, "--attend-level", metavar="N|path", help=ATTEND_LEVEL_HELP),
-    attend_truth: str | None = typer.Option(
+    "device": typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
+    "attend": typer.Option(None, "--attend", metavar="CLASS=SCALE", help=ATTEND_HELP),
+    "attend_level": typer.Option(None, "--attend-level", metavar="N|path", help=ATTEND_LEVEL_HELP),
+    "attend_truth": typer.Option(
         None,
         "--attend-truth",
         metavar="SCALE[,SCALE...]",
         help="Scale each image's own class path by SCALE (paper 003's oracle test; not with --attend). "
         "Several scales, e.g. 0.5,1,2,5: the accuracy curve over them, in one pass over the data.",
     ),
-    route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
-    part: str | None = typer.Option(None, "--part", metavar="i/k", help=PART_HELP),
-    holdout: float | None = typer.Option(None, "--holdout", metavar="FRACTION", help=HOLDOUT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    "route_top_k": typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
+    "part": typer.Option(None, "--part", metavar="i/k", help=PART_HELP),
+    "holdout": typer.Option(None, "--holdout", metavar="FRACTION", help=HOLDOUT_HELP),
+    "as_json": typer.Option(False, "--json", help="Print the results as JSON."),
+}
+
+
+def eval_command(
+    model_file: Path = EVAL_OPTIONS["model_file"],
+    data: str = EVAL_OPTIONS["data"],
+    split: str = EVAL_OPTIONS["split"],
+    classes: str | None = EVAL_OPTIONS["classes"],
+    batch_size: int = EVAL_OPTIONS["batch_size"],
+    workers: int | None = EVAL_OPTIONS["workers"],
+    device: str | None = EVAL_OPTIONS["device"],
+    attend: list[str] | None = EVAL_OPTIONS["attend"],
+    attend_level: str | None = EVAL_OPTIONS["attend_level"],
+    attend_truth: str | None = EVAL_OPTIONS["attend_truth"],
+    route_top_k: int | None = EVAL_OPTIONS["route_top_k"],
+    part: str | None = EVAL_OPTIONS["part"],
+    holdout: float | None = EVAL_OPTIONS["holdout"],
+    as_json: bool = EVAL_OPTIONS["as_json"],
 ) -> None:
     """Top-1, top-5 and per-class accuracy of a model file on a dataset.
 
@@ -488,9 +377,8 @@ def eval_command(
     and measured throughput against the ungated model on the same batches.
     """
     from nhlcli.cli.common import ImageProgress
-    from nhlcli.cli.gates import gated_report_table
     from nhlcli.data import default_workers
-    from nhlcli.evaluation import attention_curve_file, describe_attention, evaluate_file
+    from nhlcli.evaluation import attention_curve_file, evaluate_file
 
     if workers is None:
         workers = default_workers(data)
@@ -519,7 +407,16 @@ def eval_command(
             )
     if as_json:
         print_json(report)
-        return
+    else:
+        _print_eval_report(report, model_file, data)
+
+
+def _print_eval_report(report: dict[str, Any], model_file: Path, data: str) -> None:
+    """``nhl eval``'s report for people: the attention curve, the gated file's exits and
+    throughput, or per-class accuracy and top-1/top-5."""
+    from nhlcli.cli.gates import gated_report_table
+    from nhlcli.evaluation import describe_attention
+
     if "curve" in report:
         console.print(attention_curve_table(report, shown(model_file.name), shown(data)))
         return

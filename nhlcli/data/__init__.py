@@ -1,6 +1,7 @@
 """Data for training and evaluating classifiers whose logits follow a category tree's classes.
 
-``open_dataset`` reads a split of Fashion-MNIST or an ImageFolder in the data's own label order;
+``open_dataset`` reads a split of a registered data set (``registry.py``: Fashion-MNIST, emoji;
+:func:`register_dataset` adds one) or an ImageFolder in the data's own label order;
 ``dataset_for_tree`` relabels it into ``tree.classes`` order; ``create_loaders`` builds the
 train/val DataLoaders with timm's transforms. Every user-facing problem is a one-line
 :class:`DataError` (an :class:`~nhlcli.errors.NhlError`), also from DataLoader workers.
@@ -14,7 +15,6 @@ the data.
 from nhlcli.data.bad import bad_image_names, split_bad, unreadable_split_error
 from nhlcli.data.base import SPLITS, LabeledDataset, bad_target
 from nhlcli.data.datasets import (
-    BUILTIN,
     TreeDataset,
     dataset_for_tree,
     open_dataset,
@@ -44,9 +44,24 @@ from nhlcli.data.loaders import (
     model_holdout,
     model_loader,
 )
+from nhlcli.data.registry import (
+    DATASETS,
+    DEFAULT_DATASET,
+    DatasetSpec,
+    DemoTask,
+    dataset_names,
+    dataset_spec,
+    register_dataset,
+)
 
 __all__ = [
-    "BUILTIN",
+    "DATASETS",
+    "DEFAULT_DATASET",
+    "DatasetSpec",
+    "DemoTask",
+    "dataset_names",
+    "dataset_spec",
+    "register_dataset",
     "DEFAULT_AUGMENT",
     "MAX_IMAGE_PIXELS",
     "SPLITS",

@@ -10,31 +10,25 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from nhlcli.data.base import LabeledDataset, bad_target, check_split
-from nhlcli.data.emoji import NAME as EMOJI_NAME
-from nhlcli.data.emoji import EmojiDataset
 from nhlcli.data.errors import DataError
-from nhlcli.data.fashion_mnist import NAME as FASHION_MNIST_NAME
-from nhlcli.data.fashion_mnist import FashionMNISTDataset
 from nhlcli.data.folder import VAL_FRACTION, ImageFolderDataset, holdout_indices
+from nhlcli.data.registry import dataset_names, dataset_spec, open_registered, registered_dataset
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.taxonomy.match import match_classes
 from nhlcli.taxonomy.tree import Tree
 
-BUILTIN = (FASHION_MNIST_NAME, EMOJI_NAME)
-
 
 def split_name(data: str | Path, split: str, holdout: float = 0.0) -> str:
-    """The split as reports should name it: Fashion-MNIST has no validation set, its ``val`` is the
-    10,000-image test set, and emoji's ``val`` is its fixed test set, so reports say ``test``
-    there rather than pass it off as validation; with a ``holdout`` it is that hold-out, and
-    ``train`` the training images less it."""
+    """The split as reports should name it: the data set's spec says what its splits are
+    (Fashion-MNIST has no validation set, its ``val`` is the 10,000-image test set, and emoji's
+    ``val`` is its fixed test set, so reports say ``test`` there rather than pass it off as
+    validation); with a ``holdout`` it is that hold-out, and ``train`` the training images less it."""
     if holdout and split in ("val", "validation"):
         return f"hold-out ({holdout:.0%} of train)"
     if holdout and split == "train":
         return f"train less the hold-out ({holdout:.0%})"
-    held_out = str(data) in (FASHION_MNIST_NAME, EMOJI_NAME) and split in ("val", "validation")
-    return "test" if held_out else split
+    return dataset_spec(data).split_report_name(split)
 
 
 def trained_holdout(meta: Mapping[str, Any]) -> float:
@@ -112,7 +106,8 @@ def open_dataset(
     image_size: int | None = None,
     holdout: float = 0.0,
 ) -> LabeledDataset:
-    """One split (``"train"`` or ``"val"``) of a built-in data set or an ImageFolder directory.
+    """One split (``"train"`` or ``"val"``) of a registered data set (:mod:`nhlcli.data.registry`)
+    or an ImageFolder directory.
 
     ``mode`` is the PIL mode handed to ``transform``: ``None`` keeps the data's own ("L" for
     Fashion-MNIST, "RGB" for folders); ``"L"`` or ``"RGB"`` convert. ``val_fraction`` and
@@ -136,18 +131,17 @@ def open_dataset(
         return HeldOutSplit(base, keep, split)
     if mode not in (None, "L", "RGB"):
         raise DataError(f"image mode {mode!r} is not supported; use 'L' (grey) or 'RGB'")
-    if str(spec) == FASHION_MNIST_NAME:
-        dataset = FashionMNISTDataset(split, transform=transform, mode=mode or "L")
-        dataset.skip_bad_images = skip_bad_images  # in-memory arrays always decode; kept for symmetry
+    registered = registered_dataset(spec)
+    if registered is not None:
+        dataset = open_registered(registered, split, transform, mode, image_size)
+        dataset.skip_bad_images = skip_bad_images  # most never fail to decode; kept for symmetry
         return dataset
-    if str(spec) == EMOJI_NAME:
-        return EmojiDataset(split, transform=transform, mode=mode or "RGB", size=image_size or 32)
     path = Path(spec)
     if not path.is_dir():
         what = "is a file, not a directory" if path.is_file() else "does not exist"
         raise DataError(
-            f"data {str(spec)!r} {what}; pass {' or '.join(repr(b) for b in BUILTIN)} or an ImageFolder "
-            "directory (one folder of images per class)"
+            f"data {str(spec)!r} {what}; pass {' or '.join(repr(b) for b in dataset_names())} or an "
+            "ImageFolder directory (one folder of images per class)"
         )
     return ImageFolderDataset(
         path,

@@ -17,13 +17,10 @@ from __future__ import annotations
 import re
 
 from nhlcli.errors import NhlError
+from nhlcli.text import one_line
 
 _WORKER_MARK = "Original Traceback"
 _TYPE_PREFIX = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception): ")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _original_message(text: str) -> str | None:
@@ -44,7 +41,7 @@ class DataError(NhlError):
     def __init__(self, message: str = "") -> None:
         text = str(message)
         original = _original_message(text)
-        super().__init__(_one_line(original if original is not None else text))
+        super().__init__(one_line(original if original is not None else text))
 
 
 class UnreadableImageError(DataError):
@@ -57,7 +54,7 @@ SKIP_HINT = "remove or replace the file, or pass `skip_bad_images` to leave unre
 
 def unreadable_image_error(path: str, exc: BaseException) -> UnreadableImageError:
     """The one-line error for an image file that failed to decode with ``exc``."""
-    reason = _one_line(str(exc)) or type(exc).__name__
+    reason = one_line(exc) or type(exc).__name__
     return UnreadableImageError(f"cannot decode image {path} ({reason}); {SKIP_HINT}")
 
 
@@ -72,15 +69,15 @@ def unreadable_image_message(exc: BaseException) -> str | None:
     text = str(exc)
     original = _original_message(text)
     if isinstance(exc, NhlError):
-        return _one_line(original if original is not None else text)
+        return one_line(original if original is not None else text)
     if original is None:
         return None
     last = [line for line in text.splitlines() if line.strip()][-1].strip()
     kind = last.split(":", 1)[0].rsplit(".", 1)[-1]
     if kind in ("DataError", "UnreadableImageError", "NhlError"):
-        return _one_line(original)
+        return one_line(original)
     if kind in ("UnidentifiedImageError", "DecompressionBombError"):
-        return f"cannot decode an image ({_one_line(original)}); {SKIP_HINT}"
+        return f"cannot decode an image ({one_line(original)}); {SKIP_HINT}"
     return None
 
 
@@ -96,10 +93,10 @@ def unwrap_worker_error(exc: BaseException) -> NhlError:
         if original is None and "\n" not in text:
             return exc
         try:
-            return type(exc)(_one_line(original or text))
+            return type(exc)(one_line(original or text))
         except Exception:  # a subclass with another constructor
-            return NhlError(_one_line(original or text))
+            return NhlError(one_line(original or text))
     if original is not None:
         last = [line for line in text.splitlines() if line.strip()][-1].strip()
-        return NhlError(f"loading data failed in a worker: {_one_line(last)}")
-    return NhlError(f"loading data failed: {type(exc).__name__}: {_one_line(text)}")
+        return NhlError(f"loading data failed in a worker: {one_line(last)}")
+    return NhlError(f"loading data failed: {type(exc).__name__}: {one_line(text)}")

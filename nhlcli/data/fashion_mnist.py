@@ -23,6 +23,7 @@ from PIL import Image
 from nhlcli.data.base import LabeledDataset, check_split
 from nhlcli.data.errors import DataError
 from nhlcli.taxonomy.classes import FASHION_MNIST
+from nhlcli.text import one_line
 
 NAME = "fashion-mnist"
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -111,7 +112,7 @@ def _download(dest: Path) -> Path:
             for base in _ALL_FILES:
                 shutil.move(str(raw / f"{base}.gz"), str(dest / f"{base}.gz"))
     except Exception as exc:  # any network/HTTP/disk failure: the user needs the same advice
-        raise _not_found(" ".join(str(exc).split()) or type(exc).__name__) from exc
+        raise _not_found(one_line(exc) or type(exc).__name__) from exc
     finally:
         socket.setdefaulttimeout(old_timeout)
     return dest
@@ -124,7 +125,7 @@ def _read_bytes(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
-        raise _bad_file(path, " ".join(str(exc).split()) or type(exc).__name__) from exc
+        raise _bad_file(path, one_line(exc) or type(exc).__name__) from exc
 
 
 def _bad_file(path: Path, reason: str) -> DataError:

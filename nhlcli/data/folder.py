@@ -152,9 +152,10 @@ class ImageFolderDataset(LabeledDataset):
         self.mode = mode
         self.transform = transform
         if not self.root.is_dir():
-            raise DataError(
-                f"data directory {self.root} does not exist; pass 'fashion-mnist' or an ImageFolder"
-            )
+            from nhlcli.data.registry import dataset_names
+
+            named = " or ".join(repr(name) for name in dataset_names())
+            raise DataError(f"data directory {self.root} does not exist; pass {named} or an ImageFolder")
         train_root, val_root = split_folders(self.root)
         self.classes = classes_from_image_folder(self.root)
         class_map = {entry.id: i for i, entry in enumerate(self.classes)}

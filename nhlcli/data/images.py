@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from nhlcli.data.errors import SKIP_HINT, UnreadableImageError
-from nhlcli.text import printable
+from nhlcli.text import one_line, printable
 
 # Pillow's own default limit (about 9459 x 9459), fixed here so a changed Pillow global does not move it.
 MAX_IMAGE_PIXELS = 89_478_485
@@ -55,10 +55,6 @@ _UNSAFE_FORMATS = {"EPS"}
 def _formats() -> tuple[str, ...]:
     Image.init()
     return tuple(name for name in Image.OPEN if name not in _UNSAFE_FORMATS)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def file_kind(mode: int) -> str:
@@ -193,5 +189,5 @@ def read_image(path: str | Path, mode: str | None = None, *, hint: str = SKIP_HI
         reason = "not in a format Pillow reads"
         raise UnreadableImageError(f"cannot decode image {printable(path)} ({reason}); {hint}") from exc
     except Exception as exc:  # Pillow raises many types for broken files; all mean "this file"
-        reason = _one_line(str(exc)) or type(exc).__name__
+        reason = one_line(exc) or type(exc).__name__
         raise UnreadableImageError(f"cannot decode image {printable(path)} ({reason}); {hint}") from exc

@@ -21,19 +21,19 @@ from typing import Any
 
 import torch
 from safetensors.torch import load as load_tensor_bytes
-from torch import nn
 
 from nhlcli.errors import NhlError
+from nhlcli.model.contract import NhlModel
 from nhlcli.model.files import OpenModelFile, check_digest, open_model_file, save_model
 from nhlcli.model.loading import FILE_SECTIONS
-from nhlcli.model.nhl import NHLModel
 from nhlcli.model.registry import model_from_config, model_kind
 from nhlcli.model.slicing import SlicePlan, read_sliced_state, slice_state
 from nhlcli.taxonomy.tree import Tree
+from nhlcli.text import one_line
 
 
-def _expert_model(meta: Mapping[str, Any], expert_tree: Tree, state: dict[str, torch.Tensor]) -> NHLModel:
-    model = NHLModel.from_config({**meta, "tree": expert_tree.to_dict()}, skeleton=True)
+def _expert_model(meta: Mapping[str, Any], expert_tree: Tree, state: dict[str, torch.Tensor]) -> NhlModel:
+    model = model_kind(meta).from_config({**meta, "tree": expert_tree.to_dict()}, skeleton=True)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
@@ -48,12 +48,12 @@ def _check_nhl(meta: Mapping[str, Any], source: str) -> None:
         raise NhlError(f"{source} {problem}")
 
 
-def cut_model(model: nn.Module, labels: Sequence[str]) -> NHLModel:
+def cut_model(model: NhlModel, labels: Sequence[str]) -> NhlModel:
     """The expert of an NHL model in memory for ``labels`` (shares no storage with ``model``)."""
     meta = model.config()
     _check_nhl(meta, "this model")
     expert_tree = model.tree.select(labels).subtree(model.tree)
-    plan = SlicePlan.build(model.tree, expert_tree, model.branch_config.single_branch)
+    plan = model_kind(meta).cut_plan(meta, model.tree, expert_tree)
     state = slice_state(model.state_dict(), plan)
     return _expert_model(meta, expert_tree, state).to(next(model.parameters()).device)
 
@@ -62,7 +62,7 @@ def cut_model(model: nn.Module, labels: Sequence[str]) -> NHLModel:
 class Cutout:
     """An expert and where it came from (``lineage`` is the file's ``expert`` section)."""
 
-    model: NHLModel
+    model: NhlModel
     lineage: dict[str, Any]
     seconds: float
     training: dict[str, Any] | None = None  # how the parent was trained, carried along
@@ -100,8 +100,7 @@ def cutout_file(parent: str | Path, labels: Sequence[str]) -> Cutout:
             raise NhlError(f"{parent}: cannot rebuild the model its metadata describes: {exc}") from exc
         selection = parent_tree.select(labels)
         expert_tree = selection.subtree(parent_tree)
-        single = bool(meta["branches"].get("single_branch", False))
-        plan = SlicePlan.build(parent_tree, expert_tree, single)
+        plan = model_kind(meta).cut_plan(meta, parent_tree, expert_tree)
         # hashing the parent (its identity in the lineage, and its data against the recorded
         # digest) overlaps reading and rebuilding: sha256 and file reads release the GIL
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -109,7 +108,7 @@ def cutout_file(parent: str | Path, labels: Sequence[str]) -> Cutout:
             try:
                 model = _expert_model(meta, expert_tree, _sliced_tensors(source, plan))
             except RuntimeError as exc:
-                first = " ".join(str(exc).split())[:300]
+                first = one_line(exc, 300)
                 raise NhlError(
                     f"{parent}: the weights do not fit the model its metadata describes ({first})"
                 ) from exc

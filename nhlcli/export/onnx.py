@@ -26,7 +26,8 @@ from torch import nn
 from nhlcli.atomic import atomic_write
 from nhlcli.errors import NhlError
 from nhlcli.jsonio import loads_json
-from nhlcli.model.gated import GatedModel
+from nhlcli.model.contract import NhlModel
+from nhlcli.text import one_line
 
 OPSET = 18
 # the opsets torch.onnx's exporter writes: it builds opset 18 graphs and converts them upwards (it
@@ -59,21 +60,16 @@ def has_onnxruntime() -> bool:
 class _Exportable(nn.Module):
     """The model's forward with every output an ONNX graph needs (logits, then gate outputs)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: NhlModel) -> None:
         super().__init__()
         self.model = model
-        self.gated = isinstance(model, GatedModel)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if not self.gated:
-            return (self.model(images),)
-        outs, h = self.model.gate_outputs(images)
-        return (self.model.staged.finish(h), *outs)
+        return self.model.export_outputs(images)
 
 
-def output_names(model: nn.Module) -> list[str]:
-    gates = len(model.exits) if isinstance(model, GatedModel) else 0
-    return ["logits", *[f"gate_{g + 1}" for g in range(gates)]]
+def output_names(model: NhlModel) -> list[str]:
+    return model.export_output_names()
 
 
 def onnx_metadata(model: nn.Module, source: str | Path, opset: int) -> dict[str, str]:
@@ -98,15 +94,7 @@ def onnx_metadata(model: nn.Module, source: str | Path, opset: int) -> dict[str,
     file_meta = getattr(model, "metadata", {}) or {}
     if file_meta.get("cost"):
         meta["cost"] = file_meta["cost"]
-    if isinstance(model, GatedModel):
-        meta["gates"] = {
-            "outputs": output_names(model)[1:],
-            "stages": model.spec.stages,
-            "loss": model.spec.loss,
-            "thresholds": model.thresholds,
-            "rule": "exit at the first gate whose score reaches its threshold (null: never); score = max "
-            + ("output (margin)" if model.spec.loss == "hinge" else "softmax probability"),
-        }
+    meta.update(model.export_metadata())
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
@@ -138,10 +126,10 @@ def parity(model: nn.Module, path: str | Path, batches: Sequence[int] = PARITY_B
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own kinds, e.g. for an opset it does not know
-        first = " ".join(str(exc).split())[:200]
+        first = one_line(exc, 200)
         raise NhlError(
             f"onnxruntime {ort.__version__} cannot run the exported graph ({first}); the ONNX file was not "
-            f"written. Export with `opset` {OPSET}, or skip the check with --no-check"
+            f"written. Export with `opset` {OPSET}, or without the parity check (`check` off)"
         ) from exc
     wrapper = _Exportable(model).eval()
     size = tuple(int(v) for v in model.input_config.size)
@@ -212,7 +200,7 @@ def export_onnx(
         except NhlError:
             raise
         except Exception as exc:  # the exporter raises many kinds; one line for the user
-            first = " ".join(str(exc).split())[:300]
+            first = one_line(exc, 300)
             raise NhlError(f"ONNX export of {model_file} failed: {first}") from exc
         proto = onnx.load(str(tmp))
         if written_opset(proto) != opset:
@@ -249,7 +237,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and others
-        raise NhlError(f"{path} is not a readable ONNX file ({' '.join(str(exc).split())[:200]})") from exc
+        raise NhlError(f"{path} is not a readable ONNX file ({one_line(exc, 200)})") from exc
     props = {p.key: p.value for p in proto.metadata_props}
     if props.get("nhl_format") != "nhl-onnx":
         raise NhlError(
@@ -335,7 +323,7 @@ def profile_onnx(
     source = Path(torch_file) if torch_file else path.parent / meta["nhl_source"]
     if torch_file and not source.is_file():
         raise NhlError(
-            f"{source} is not a model file; give --torch the model file {path.name} was exported from"
+            f"{source} is not a model file; give `torch_file` the model file {path.name} was exported from"
         )
     if source.is_file():
         from nhlcli.model.files import read_model_file
@@ -345,8 +333,8 @@ def profile_onnx(
         problem = source_mismatch(meta, model)
         if problem:
             raise NhlError(
-                f"{source} is not the model {path.name} was exported from ({problem}); give --torch the "
-                "model file it was exported from, or leave --torch out to time onnxruntime alone"
+                f"{source} is not the model {path.name} was exported from ({problem}); give `torch_file` "
+                "the model file it was exported from, or leave it out to time onnxruntime alone"
             )
         report["torch_file"] = str(source)
         report["torch"] = [measure_latency(model, b, repeats=repeats) for b in batch_sizes]

@@ -70,14 +70,14 @@ def pooled_features(
     when routing) and the labels, from one pass of the frozen network."""
     wanted = set(gated.spec.stages)
     if gated.route is not None:
-        wanted.add(gated.staged.split)
+        wanted.add(gated.staged().split)
     last = max(wanted)
     chunks: dict[int, list[torch.Tensor]] = {s: [] for s in wanted}
     labels = []
     gated.eval()
     for images, targets in batches:
         h = images.to(device)
-        for s, stage in enumerate(gated.staged.stages[: last + 1]):
+        for s, stage in enumerate(gated.staged().stages[: last + 1]):
             h = stage(h)
             if s in wanted:
                 chunks[s].append(h.float().mean(dim=(2, 3)).cpu())
@@ -169,13 +169,13 @@ def fit_gates(
     if gated.route is not None:
         supers = super_targets(model)[labels]
         weight, bias, acc = train_linear(
-            features[gated.staged.split], supers, gated.route.linear.out_features, config
+            features[gated.staged().split], supers, gated.route.linear.out_features, config
         )
         with torch.no_grad():
             gated.route.linear.weight.copy_(weight)
             gated.route.linear.bias.copy_(bias)
         report["route"] = {
-            "stage": gated.staged.split,
+            "stage": gated.staged().split,
             "outputs": gated.route.linear.out_features,
             "train_top1": acc,
         }

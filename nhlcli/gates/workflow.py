@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,25 +31,14 @@ def data_input(data: str | Path) -> Path | None:
     return path if str(data).strip() and path.exists() else None
 
 
-def _same_path(a: str | Path, b: str | Path) -> bool:
-    """Whether two spellings name one file (``./x``, symlinks, hard links)."""
-    a, b = Path(a), Path(b)
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def check_tune_output(gated_file: str | Path, output: str | Path | None, data: str | Path) -> Path | None:
     """Where ``tune_file`` writes, checked before any work: ``output``, or the gated file itself
     (tuning updates it in place by design, so ``-o`` naming the gated file means the same).
     Returns the output to write, ``None`` for the gated file."""
-    from nhlcli.paths import check_output_file
+    from nhlcli.paths import check_output_file, same_file
 
     inputs = [data_input(data)]
-    if output is not None and not _same_path(output, gated_file):
+    if output is not None and not same_file(output, gated_file):
         return check_output_file(output, inputs, label="`output`")
     check_output_file(gated_file, inputs, label="the gated file")
     return None
@@ -74,9 +62,9 @@ def load_gated(path: str | Path, device: torch.device) -> GatedModel:
     from nhlcli.model.loading import open_model
 
     model = open_model(path, device)
-    if not isinstance(model, GatedModel):
+    if not model.exit_names():
         raise NhlError(
-            f"{path} has no gates; fit them first with 'nhl gates fit {path} -o gated.safetensors'"
+            f"{path} has no gates; fit them first with 'nhl gates fit {path}' and `output` gated.safetensors"
         )
     return model
 
@@ -111,8 +99,8 @@ def fit_file(
     check_output_file(output, [model_file, data_input(data)], label="`output`")
     dev = resolve_device(device)
     model = open_model(model_file, dev)
-    if isinstance(model, GatedModel):
-        raise NhlError(f"{model_file} already has gates; fit on the ungated model it was made from")
+    if model.gating_problem:
+        raise NhlError(f"{model_file} {model.gating_problem}")
     held = model_holdout(model, split, holdout)
     loader = model_loader(model, data, split, batch_size, workers, holdout=held)
     if progress is not None:
@@ -227,3 +215,14 @@ def sweep_file(
     held = model_holdout(gated, split, holdout)
     record = record_file(gated, data, split, part, batch_size, workers, dev, progress, held)
     return sweep(gated, record, *(() if drops is None else (drops,)))
+
+
+def fit_report(gated: GatedModel, output: str | Path) -> dict[str, Any]:
+    """What a gates fit reached (``gated.spec.fit``: loss, images, each gate's stage, features and
+    train top-1, the routing gate's), with the gated file and the GMACs an image costs to leave
+    at each exit."""
+    return {
+        **gated.spec.fit,
+        "output": str(output),
+        "exit_gmacs": [m / 1e9 for m in gated.exit_macs([0.0] * len(gated.exits))],
+    }

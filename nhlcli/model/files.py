@@ -35,18 +35,21 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensor_bytes
 from safetensors.torch import save_file
-from torch import nn
 
 from nhlcli.atomic import atomic_write
 from nhlcli.errors import NhlError
 from nhlcli.jsonio import loads_json
 from nhlcli.taxonomy.tree import tool_stamp
+from nhlcli.text import one_line
+
+if TYPE_CHECKING:  # files.py reads and writes any kind; the contract is only its type
+    from nhlcli.model.contract import NhlModel
 
 MODEL_FORMAT = "nhl-model"
 MODEL_VERSION = 1
@@ -102,15 +105,15 @@ def metadata_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def save_model(model: nn.Module, path: str | Path, **sections: Any) -> Path:
-    """Write ``model`` (an NHL or flat model) atomically with its rebuild metadata.
+def save_model(model: NhlModel, path: str | Path, **sections: Any) -> Path:
+    """Write ``model`` (any model kind, gated or not) atomically with its rebuild metadata.
 
     ``sections`` (e.g. ``cost=...``, ``expert=...``, ``training=...``) are stored beside the
     model's own config.
     """
     meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, **model.config(), "tool": tool_stamp()}
     meta.update({k: v for k, v in sections.items() if v is not None})
-    state = model.file_state() if hasattr(model, "file_state") else model.state_dict()
+    state = model.file_state()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     text = json.dumps(meta, ensure_ascii=False)
     placeholder = secrets.token_hex(32)  # 64 hex characters, as long as the digest
@@ -209,7 +212,7 @@ def parse_header(path: str | Path, header_json: bytes, data_offset: int) -> Mode
     if raw is None:
         raise NhlError(
             f"{path} is a safetensors file without nhl metadata, not an nhl model; train one with "
-            "'nhl train' (plain timm weights go to --pretrained-file)"
+            "'nhl train' (plain timm weights go to `pretrained_file`)"
         )
     if not isinstance(raw, str):
         raise damaged_metadata(path, "the 'nhl' header entry is not a JSON text")
@@ -294,7 +297,7 @@ def read_model_file(path: str | Path, whole_digest: bool = False) -> ModelFileCo
     try:
         tensors = load_tensor_bytes(content)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        reason = " ".join(str(exc).split())[:200]
+        reason = one_line(exc, 200)
         raise NhlError(f"{path}: cannot read the weights ({reason}); the file may be truncated") from exc
     return ModelFileContents(header, tensors, data_sha256, file_sha256)
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from nhlcli.errors import NhlError
+from nhlcli.model.contract import Inference, NhlModel, forward_macs
 from nhlcli.model.stages import StagedNetwork, check_staging
 from nhlcli.taxonomy.tree import Tree
 from nhlcli.text import counted
@@ -112,11 +112,9 @@ class BranchPath(nn.Module):
 
     def __init__(self, model: nn.Module, nodes: Sequence[str]) -> None:
         super().__init__()
-        from nhlcli.model.slicing import sliced_branches
-
         tree: Tree = model.tree
         sub = tree.subtree(list(nodes))
-        self.levels, self.heads = sliced_branches(model, sub)
+        self.levels, self.heads = model.sliced_branches(sub)
         leaf_position = {c: i for i, c in enumerate(sub.level(sub.levels))}
         self.register_buffer(
             "class_to_leaf", torch.tensor([leaf_position[c] for c in sub.classes]), persistent=False
@@ -132,48 +130,47 @@ class BranchPath(nn.Module):
         return self.heads(features).index_select(1, self.class_to_leaf)
 
 
-@dataclass
-class GatedOutput:
-    """Logits (a gate's outputs for samples that left there), the exit of each sample (gate index,
-    or the number of gates for the full network) and the MACs each sample cost."""
-
-    logits: torch.Tensor
-    exits: torch.Tensor
-    macs: torch.Tensor
+# Logits (a gate's outputs for samples that left there), the exit of each sample (gate index, or
+# the number of gates for the full network) and the MACs each sample cost.
+GatedOutput = Inference
 
 
-def _macs(module: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
-    with FlopCounterMode(display=False) as counter, torch.enable_grad():
-        out = module(x)
-    return counter.get_total_flops() // 2, out.detach()
+class GatedModel(NhlModel):
+    """An NHL or flat model with exit gates after chosen stages and an optional routing gate.
 
+    It keeps the contract of the model it wraps (``kind``, classes, config), so a gated file is
+    opened, evaluated, predicted with and exported like any other; what differs is its exits."""
 
-class GatedModel(nn.Module):
-    """An NHL or flat model with exit gates after chosen stages and an optional routing gate."""
+    gating_problem = "already has gates; fit gates on the ungated model it was made from"
+    attention_problem = "top-down attention and gates do not combine; evaluate the ungated model to attend"
+    whole_only_problem = (
+        "a gated file is evaluated whole: `attend`, `attend_truth` and `classes` need the ungated "
+        "model (or cut an expert first and fit gates on it)"
+    )
 
-    def __init__(self, model: nn.Module, spec: GateSpec, check: bool = False) -> None:
+    def __init__(self, model: NhlModel, spec: GateSpec, check: bool = False) -> None:
         super().__init__()
         self.model = model
-        self.staged: StagedNetwork = model.staged()
+        self.chain: StagedNetwork = model.staged()
         if check:
-            check_staging(self.staged, model)
-        last = self.staged.last_exit
+            check_staging(self.chain, model)
+        last = self.chain.last_exit
         for s in spec.stages:
             if not 0 <= s <= last:
                 raise NhlError(
                     f"gate stage {s} is out of range: this model has gate-able stages 0 to {last} "
-                    f"({self.staged.last_exit_name})"
+                    f"({self.chain.last_exit_name})"
                 )
         if len(set(spec.stages)) != len(spec.stages) or list(spec.stages) != sorted(spec.stages):
             raise NhlError(f"gate stages must be distinct and increasing, got {spec.stages}")
-        if spec.route and self.staged.route_problem:
-            raise NhlError(self.staged.route_problem)
+        if spec.route and self.chain.route_problem:
+            raise NhlError(self.chain.route_problem)
         self.spec = spec
         classes = len(model.tree.classes)
-        self.exits = nn.ModuleList(Gate(self.staged.channels[s], classes) for s in spec.stages)
+        self.exits = nn.ModuleList(Gate(self.chain.channels[s], classes) for s in spec.stages)
         self.route: Gate | None = None
         if spec.route:
-            self.route = Gate(self.staged.channels[self.staged.split], len(model.tree.level(1)))
+            self.route = Gate(self.chain.channels[self.chain.split], len(model.tree.level(1)))
         self.route_top_k: int | None = None
         self._paths: dict[tuple[int, ...], BranchPath] = {}
         self._path_macs: dict[tuple[int, ...], int] = {}
@@ -184,22 +181,48 @@ class GatedModel(nn.Module):
         self.setup_seconds = 0.0
         self.metadata: dict[str, Any] = {}
 
-    # -- what the rest of nhl reads from a model ------------------------------------------------
+    # -- the contract, as the wrapped model has it ------------------------------------------------
     @property
-    def kind(self) -> str:
+    def kind(self) -> str:  # type: ignore[override]
         return self.model.kind
 
     @property
-    def tree(self) -> Tree:
+    def tree(self) -> Tree:  # type: ignore[override]
         return self.model.tree
-
-    @property
-    def classes(self) -> list[str]:
-        return self.model.classes
 
     @property
     def input_config(self) -> Any:
         return self.model.input_config
+
+    @property
+    def base_network(self) -> NhlModel:
+        return self.model
+
+    @property
+    def cut_problem(self) -> str | None:  # type: ignore[override]
+        return "is a gated file; cut the expert from the ungated model, then fit gates on the expert"
+
+    @property
+    def route_problem(self) -> str | None:  # type: ignore[override]
+        if self.route is not None:
+            return None
+        return (
+            "needs a gated file with a routing gate; make one with 'nhl gates fit' on an NHL model "
+            "(a flat model or a file fitted with `no_route` has none)"
+        )
+
+    @classmethod
+    def from_config(cls, meta: Mapping[str, Any], skeleton: bool = False) -> GatedModel:
+        """A gated file is opened as its base model plus the ``gates`` section (``open_model``)."""
+        from nhlcli.model.registry import model_from_config
+
+        return cls(model_from_config(meta, skeleton=skeleton), GateSpec.from_dict(meta["gates"]))
+
+    def staged(self) -> StagedNetwork:
+        return self.chain
+
+    def freeze_trunk(self, split: int | None = None) -> list[str]:
+        return self.model.freeze_trunk(split)
 
     def parameter_groups(self) -> dict[str, int]:
         groups = dict(self.model.parameter_groups())
@@ -237,12 +260,8 @@ class GatedModel(nn.Module):
         if k is None:
             self.route_top_k = None
             return
-        if self.route is None:
-            raise NhlError(
-                "needs a routing gate: fit one with 'nhl gates fit' on an NHL model "
-                "(a flat model or a file fitted with `no_route` has none)",
-                "route_top_k",
-            )
+        if self.route_problem:
+            raise NhlError(self.route_problem, "route_top_k")
         supers = len(self.tree.level(1))
         if not 1 <= k <= supers:
             raise NhlError(f"{k}: choose 1 to {supers} (the tree's super-categories)", "route_top_k")
@@ -260,11 +279,11 @@ class GatedModel(nn.Module):
             self.eval()
             x = torch.zeros(1, *self.input_config.size, device=self._device())
             macs = []
-            for stage in self.staged.stages:
-                m, x = _macs(stage, x)
+            for stage in self.chain.stages:
+                m, x = forward_macs(stage, x)
                 macs.append(m)
             self._trunk_shape = tuple(x.shape)
-            macs.append(_macs(self.staged.finish, x)[0])
+            macs.append(forward_macs(self.chain.finish, x)[0])
             self.train(was)
             self._stage_macs = macs
         return self._stage_macs
@@ -299,7 +318,7 @@ class GatedModel(nn.Module):
             started = time.perf_counter()
             stages = self.stage_macs()
             x = torch.zeros(self._trunk_shape, device=self._device())
-            branch = _macs(self._path(key), x)[0]
+            branch = forward_macs(self._path(key), x)[0]
             self._path_macs[key] = sum(stages[:-1]) + self.route_macs() + branch
             self.setup_seconds += time.perf_counter() - started
         return self._path_macs[key]
@@ -341,7 +360,7 @@ class GatedModel(nn.Module):
         index = torch.arange(n)
         gate_at = {s: g for g, s in enumerate(self.spec.stages)}
         h = x
-        for s, stage in enumerate(self.staged.stages):
+        for s, stage in enumerate(self.chain.stages):
             h = stage(h)
             g = gate_at.get(s)
             if g is None or thresholds[g] is None:
@@ -366,7 +385,7 @@ class GatedModel(nn.Module):
             final, final_macs = self._routed(h)
             macs[index] = final_macs + float(exit_macs[-1] - self.base_macs())
         else:
-            final = self.staged.finish(h)
+            final = self.chain.finish(h)
             macs[index] = float(exit_macs[-1])
         if logits is None:
             logits = torch.empty(n, final.shape[1], device=device, dtype=final.dtype)
@@ -374,18 +393,20 @@ class GatedModel(nn.Module):
         return GatedOutput(logits, exits, macs)
 
     def forward(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.infer(x, attention).logits
+
+    def infer(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> Inference:
+        """Gated inference (:meth:`run` at the file's thresholds): the contract's one entry."""
         if attention:
-            raise NhlError(
-                "top-down attention and gates do not combine; evaluate the ungated model to attend"
-            )
-        return self.run(x).logits
+            raise NhlError(self.attention_problem)
+        return self.run(x)
 
     def gate_outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every exit gate's outputs (nobody exits) and the last stage's output."""
         gate_at = {s: g for g, s in enumerate(self.spec.stages)}
         outs: list[torch.Tensor] = []
         h = x
-        for s, stage in enumerate(self.staged.stages):
+        for s, stage in enumerate(self.chain.stages):
             h = stage(h)
             if s in gate_at:
                 outs.append(self.exits[gate_at[s]](h))
@@ -400,8 +421,45 @@ class GatedModel(nn.Module):
         if self.route_top_k is not None:
             final, _ = self._routed(h)
         else:
-            final = self.staged.finish(h)
+            final = self.chain.finish(h)
         return outs, final, route
 
     def exit_names(self) -> list[str]:
         return exit_names(self.spec.stages)
+
+    def exit_report(self) -> dict[str, Any]:
+        """The gates' loss, parameters, thresholds, the GMACs of leaving at each exit (every gate
+        on) and the operating point they were tuned to."""
+        every_gate_on = self.exit_macs([0.0] * len(self.exits))
+        return {
+            "loss": self.spec.loss,
+            "params": self.parameter_groups()["gates"],
+            "thresholds": self.thresholds,
+            "exits": [
+                {"name": name, "gmacs": macs / 1e9}
+                for name, macs in zip(self.exit_names(), every_gate_on, strict=True)
+            ],
+            "tuned": self.spec.tune,
+        }
+
+    # -- export ----------------------------------------------------------------------------------
+    def export_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The full network's logits, then every exit gate's outputs (the runtime applies the rule)."""
+        outs, h = self.gate_outputs(x)
+        return (self.chain.finish(h), *outs)
+
+    def export_output_names(self) -> list[str]:
+        return ["logits", *[f"gate_{g + 1}" for g in range(len(self.exits))]]
+
+    def export_metadata(self) -> dict[str, Any]:
+        rule = "output (margin)" if self.spec.loss == "hinge" else "softmax probability"
+        return {
+            "gates": {
+                "outputs": self.export_output_names()[1:],
+                "stages": self.spec.stages,
+                "loss": self.spec.loss,
+                "thresholds": self.thresholds,
+                "rule": "exit at the first gate whose score reaches its threshold (null: never); score = max "
+                + rule,
+            }
+        }

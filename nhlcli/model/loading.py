@@ -20,9 +20,9 @@ from torch import nn
 from nhlcli.errors import NhlError
 from nhlcli.model.files import ModelFileContents, read_model_file
 from nhlcli.model.gated import GATE_PREFIX, GatedModel, GateSpec
-from nhlcli.model.nhl import FlatModel
 from nhlcli.model.registry import model_from_config
 from nhlcli.taxonomy.classes import ClassEntry
+from nhlcli.text import one_line
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def model_from_contents(contents: ModelFileContents, device: str | torch.device 
             elif sections[key]:
                 raise RuntimeError(f"unexpected {key} tensors {sorted(sections[key])[:3]}")
     except RuntimeError as exc:
-        first = " ".join(str(exc).split())[:300]
+        first = one_line(exc, 300)
         raise NhlError(f"{path}: the weights do not fit the model its metadata describes ({first})") from exc
     model.metadata = meta
     model.file_sha256 = contents.file_sha256
@@ -106,12 +106,13 @@ def classifier_weights(model_file: str | Path) -> tuple[np.ndarray, list[ClassEn
     """A flat model's class weight rows ``[num_classes, features]`` and its classes: what the
     induced tree source clusters (``build_tree("induced", entries, class_weights=...)``)."""
     model = open_model(model_file)
-    if not isinstance(model, FlatModel):
+    rows = model.class_weight_rows()
+    if rows is None:
         raise NhlError(
-            f"{model_file} is an {getattr(model, 'kind', '?')} model; induced trees need a flat model "
-            "(train one with 'nhl train --flat')"
+            f"{model_file} is an {model.kind} model; induced trees need a flat model "
+            "(train one with 'nhl train' and `flat`)"
         )
-    weight = model.classifier().weight.detach().float().cpu().numpy()
+    weight = rows.detach().float().cpu().numpy()
     tree = model.tree
     entries = [
         ClassEntry(c, tree.node(c).name, tree.node(c).wnid, tree.node(c).aliases) for c in tree.classes

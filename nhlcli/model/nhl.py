@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ from torch import nn
 
 from nhlcli.errors import NhlError
 from nhlcli.model.branches import BranchLevel, LeafHeads
+from nhlcli.model.contract import NhlModel
 from nhlcli.model.files import positive_int
+from nhlcli.model.slicing import SlicePlan, slice_state
 from nhlcli.model.stages import HEAD_MODULES, StagedNetwork, stage_channels, stage_segments
 from nhlcli.model.trunk import PretrainedLoad, Trunk, TrunkConfig, create_timm_model, probe_input_size
 from nhlcli.taxonomy.tree import Tree
@@ -217,6 +219,46 @@ def build_branches(
 MAX_BRANCH_PARAMETERS = 2_000_000_000
 
 
+def preset_branches(
+    name: str, preset: Mapping[str, Any], levels: int, given: BranchConfig | None = None
+) -> BranchConfig:
+    """The branch shape a variant preset gives a ``levels``-deep tree; ``given`` settings
+    (widths, blocks, any lean knob) win over the preset's."""
+    branches = given or BranchConfig()
+    if not branches.widths and preset.get("widths"):
+        branches = replace(branches, widths=tuple(preset["widths"]))
+    for flag in ("single_branch", "linear_leaves"):
+        if preset.get(flag):
+            branches = replace(branches, **{flag: True})
+    if preset.get("linear_leaves") and not branches.widths:
+        branches = replace(branches, widths=default_widths(levels)[:-1])
+    branches = branches.resolved(levels)
+    common = preset.get("common_output", 0)
+    if common and branches.widths and not _given(given, "expansions"):
+        out = branches.widths[-1] * common
+        if not _given(given, "widths"):  # the ladder capped at the common output
+            branches = replace(branches, widths=tuple(min(w, out) for w in branches.widths))
+        if any(out % w for w in branches.widths):
+            raise NhlError(
+                f"must each divide {out} in variant {name}, whose levels all output {out} channels "
+                f"({common}x the last width); got {', '.join(map(str, branches.widths))}",
+                "widths",
+            )
+        branches = replace(branches, expansions=tuple(out // w for w in branches.widths))
+    if preset.get("pooled_entry") and not _given(given, "entry_strides") and branches.widths:
+        branches = replace(branches, entry_strides=(2,) + (1,) * (len(branches.widths) - 1))
+        if not _given(given, "pool_min_side"):
+            branches = replace(branches, pool_min_side=preset.get("pool_min_side", 0))
+    if preset.get("group_size") and not _given(given, "group_size"):
+        branches = replace(branches, group_size=preset["group_size"])
+    return branches.resolved(levels)
+
+
+def _given(given: BranchConfig | None, name: str) -> bool:
+    """Whether the caller set ``name`` (a non-default value) in its branch config."""
+    return given is not None and bool(getattr(given, name))
+
+
 def check_branch_size(tree: Tree, config: BranchConfig, in_channels: int) -> None:
     """Refuse branches too large to allocate, counted on unallocated (meta) tensors first, so that
     ``widths=(100000, 100000)`` is a one-line error instead of gigabytes allocated or a crash."""
@@ -239,10 +281,11 @@ def check_branch_size(tree: Tree, config: BranchConfig, in_channels: int) -> Non
     )
 
 
-class NHLModel(nn.Module):
+class NHLModel(NhlModel):
     """Trunk + nested branches; ``forward`` returns one logit per class in ``tree.classes`` order."""
 
     kind = "nhl"
+    branch_shaped = True
     cut_problem: str | None = None  # experts are cut from NHL models
 
     def __init__(
@@ -274,10 +317,6 @@ class NHLModel(nn.Module):
             torch.tensor([leaf_position[c] for c in tree.classes], dtype=torch.long),
             persistent=False,
         )
-
-    @property
-    def classes(self) -> list[str]:
-        return self.tree.classes
 
     @property
     def input_config(self) -> InputConfig:
@@ -379,6 +418,43 @@ class NHLModel(nn.Module):
             init_branches=not skeleton,
         )
 
+    @classmethod
+    def from_variant(
+        cls,
+        name: str,
+        preset: Mapping[str, Any],
+        tree: Tree,
+        trunk: TrunkConfig | None = None,
+        branches: BranchConfig | None = None,
+        **kwargs: Any,
+    ) -> NHLModel:
+        """An NHL model shaped by the preset: the tree depth it needs, the split one stage later,
+        the branch shape (explicit ``branches`` settings win over the preset's)."""
+        levels = preset.get("levels")
+        if levels is not None and tree.levels != levels:
+            raise NhlError(
+                f"variant {name} needs a {levels}-level tree but this tree has {tree.levels}; "
+                "build one with 'nhl hierarchy build' and `source` flat"
+            )
+        trunk = trunk or TrunkConfig()
+        if preset.get("later_split") and trunk.split is None:
+            trunk = replace(trunk, split=-1)  # after the last stage instead of before it
+        return cls(tree, trunk, preset_branches(name, preset, tree.levels, branches), **kwargs)
+
+    @classmethod
+    def cut_plan(cls, meta: Mapping[str, Any], parent: Tree, expert: Tree) -> SlicePlan:
+        """An expert keeps the branches on its classes' paths: their rows of every level."""
+        return SlicePlan.build(parent, expert, bool(meta["branches"].get("single_branch", False)))
+
+    def sliced_branches(self, kept: Tree) -> tuple[nn.ModuleList, nn.Module]:
+        """The branch levels and leaf heads for the classes of ``kept`` only (no trunk): what
+        routing runs for the groups an image is sent to."""
+        plan = SlicePlan.build(self.tree, kept, self.branch_config.single_branch)
+        levels, heads = build_branches(kept, self.branch_config, self.trunk.out_channels, init=False)
+        levels.load_state_dict(slice_state(self.state_dict(), plan, "levels."), assign=True)
+        heads.load_state_dict(slice_state(self.state_dict(), plan, "heads."), assign=True)
+        return levels.train(self.training), heads.train(self.training)
+
     def staged(self) -> StagedNetwork:
         """The trunk's stages up to the split point, then every branch as the last segment:
         exits may follow any of these stages, routing picks among the level-1 branches."""
@@ -397,6 +473,11 @@ class NHLModel(nn.Module):
             else None,
         )
 
+    def freeze_trunk(self, split: int | None = None) -> list[str]:
+        """Freeze the whole trunk (it ends at the split point already): only the branches train."""
+        self.trunk.freeze()
+        return [f"trunk.{name}" for name, _ in self.trunk.named_parameters()]
+
     def parameter_groups(self) -> dict[str, int]:
         """Parameter counts: total, trunk, branches (levels and leaf heads)."""
         trunk = sum(p.numel() for p in self.trunk.parameters())
@@ -406,13 +487,14 @@ class NHLModel(nn.Module):
         return {"total": trunk + branches, "trunk": trunk, "branches": branches}
 
 
-class FlatModel(nn.Module):
+class FlatModel(NhlModel):
     """A plain timm classifier over the tree's classes (the papers' baselines), same file format."""
 
     kind = "flat"
+    keeps_every_stage = True
     cut_problem: str | None = (
-        "is a flat model, which has no per-class branches to cut; train an NHL model (nhl train "
-        "without --flat), or evaluate the flat model on your classes with nhl eval --classes"
+        "is a flat model, which has no per-class branches to cut; train an NHL model ('nhl train' "
+        "without `flat`), or evaluate the flat model on your classes ('nhl eval' with `classes`)"
     )
     attention_problem: str | None = (
         "top-down attention needs an NHL model; a flat model has no per-class branches"
@@ -439,13 +521,14 @@ class FlatModel(nn.Module):
         input config is read from."""
         self.trunk_config = TrunkConfig(trunk.backbone, None, trunk.in_chans)
         self.model = create_timm_model(trunk.backbone, trunk.in_chans, pretrained, pretrained_file)
-        self.pretrained_load: PretrainedLoad | None = getattr(self.model, "nhl_pretrained_load", None)
+        self._pretrained_load: PretrainedLoad | None = getattr(self.model, "nhl_pretrained_load", None)
         self.model.reset_classifier(self.tree.num_classes)
         return self.model
 
     @property
-    def classes(self) -> list[str]:
-        return self.tree.classes
+    def pretrained_load(self) -> PretrainedLoad | None:
+        """What ``pretrained_file`` gave the network (``None`` without one)."""
+        return self._pretrained_load
 
     @property
     def input_config(self) -> InputConfig:
@@ -470,11 +553,6 @@ class FlatModel(nn.Module):
             "tree": self.tree.to_dict(),
             "input": self.input_config.to_dict(),
         }
-
-    @staticmethod
-    def config_problem(meta: Mapping[str, Any]) -> str | None:
-        """A flat model needs nothing beyond the sections every kind has."""
-        return None
 
     @classmethod
     def from_config(cls, meta: Mapping[str, Any], skeleton: bool = False) -> FlatModel:
@@ -527,8 +605,12 @@ class FlatModel(nn.Module):
         return self
 
     def classifier(self) -> nn.Module:
-        """The layer that maps features to class logits (what an induced tree clusters)."""
+        """The layer that maps features to class logits."""
         return self.model.get_classifier()
+
+    def class_weight_rows(self) -> torch.Tensor:
+        """The classifier's weight rows: what an induced tree clusters."""
+        return self.classifier().weight
 
     def parameter_groups(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.model.parameters())
@@ -542,6 +624,7 @@ class TrunkFlatModel(FlatModel):
     how much of them the dropped stages alone give, with no branches."""
 
     kind = "flat-trunk"
+    keeps_every_stage = False
 
     def build_network(
         self, trunk: TrunkConfig, pretrained: bool, pretrained_file: str | Path | None
@@ -551,7 +634,7 @@ class TrunkFlatModel(FlatModel):
 
         self.trunk = Trunk(trunk, pretrained, pretrained_file)
         self.trunk_config = self.trunk.config
-        self.pretrained_load = self.trunk.pretrained_load
+        self._pretrained_load = self.trunk.pretrained_load
         self.head = ClassifierHead(self.trunk.out_channels, self.tree.num_classes, pool_type="avg")
         return self.trunk.model
 

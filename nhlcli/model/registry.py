@@ -3,85 +3,126 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from nhlcli.errors import NhlError
 from nhlcli.model import DEFAULT_VARIANT
+from nhlcli.model.contract import NhlModel
 from nhlcli.model.files import damaged_metadata
-from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, TrunkFlatModel, default_widths
+from nhlcli.model.nhl import BranchConfig, FlatModel, NHLModel, TrunkFlatModel, preset_branches
 from nhlcli.model.trunk import TrunkConfig
 from nhlcli.taxonomy.tree import Tree
 
-MODEL_KINDS: dict[str, type[nn.Module]] = {"nhl": NHLModel, "flat": FlatModel, "flat-trunk": TrunkFlatModel}
+# Model classes by the ``kind`` their files record; each implements the contract (model/contract.py).
+MODEL_KINDS: dict[str, type[NhlModel]] = {}
+
+
+def register_kind(model_class: type[NhlModel]) -> type[NhlModel]:
+    """Make a model class openable from files naming its ``kind`` (usable as a class decorator)."""
+    MODEL_KINDS[model_class.kind] = model_class
+    return model_class
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A named architecture of paper 003: tree depth it needs, branch widths, split point."""
+    """A named architecture: the model kind it builds and the keyword arguments it presets there
+    (as timm registers its models). For the NHL kind the preset keys are ``BranchConfig`` fields,
+    plus ``levels`` (the tree depth it needs), ``later_split`` (split one stage later) and the
+    lean knobs ``common_output`` (every level outputs this many times the last width) and
+    ``pooled_entry`` (level 1 pools the trunk output by 2)."""
 
+    kind: str
     description: str
-    levels: int | None = None  # required tree depth; None = any
-    widths: tuple[int, ...] = ()
-    later_split: bool = False
-    flat: bool = False
-    cut_trunk: bool = False  # flat: on the trunk an NHL model would have, not the whole network
-    single_branch: bool = False
-    common_output: int = 0  # every level outputs this many times the last width (identity shortcuts)
-    pooled_entry: bool = False  # level 1 average-pools the trunk output by 2 ...
-    pool_min_side: int = 0  # ... where that map is at least this many pixels a side
-    group_size: int = 0  # channels per group of the 3x3 convolutions (0: dense)
-    # no leaf-level branches: each leaf is a linear read of its parent; the levels above keep the
-    # widths they have in the tree's ladder (its leaf entry dropped)
-    linear_leaves: bool = False
+    preset: Mapping[str, Any] = field(default_factory=dict)
 
 
-VARIANTS: dict[str, Variant] = {
-    "nhl": Variant("nested branches, one level per tree level (N2HL-N4HL; widths 128/64/32 for 3 levels)"),
-    "nhl-lean": Variant(
-        "NHL whose cost grows gently with the classes: every level outputs 8x the last width "
-        "(identity shortcuts below level 1), level 1 pools the trunk output by 2 where it is 8 px or more",
-        common_output=8,
-        pooled_entry=True,
-        pool_min_side=8,
-    ),
-    "nhl-scale": Variant(
-        "NHL for many classes: the lean levels above the leaves (every level outputs 4x the last "
-        "width, level 1 pools the trunk output by 2 where it is 8 px or more), and each leaf one "
-        "linear read of its parent's pooled features instead of a branch of its own",
-        common_output=4,
-        pooled_entry=True,
-        pool_min_side=8,
-        linear_leaves=True,
-    ),
-    "phl-small": Variant("one level of parallel branches, width 32 (PHL small)", levels=1, widths=(32,)),
-    "phl-big": Variant("one level of parallel branches, width 128 (PHL big)", levels=1, widths=(128,)),
-    "phl-latesp": Variant(
-        "PHL small with the split point one stage later (PHL lateSP)",
-        levels=1,
-        widths=(32,),
-        later_split=True,
-    ),
-    "phl-1branch": Variant(
-        "one sequential branch (width 128) feeding every class logit (PHL 1branch, the sequential control)",
-        levels=1,
-        widths=(128,),
-        single_branch=True,
-    ),
-    "flat": Variant("the plain timm classifier (baseline)", flat=True),
-    "flat-trunk": Variant(
-        "the plain classifier on the NHL's trunk: the stages up to the split point, pooling, one linear "
-        "layer (the control for the stages an NHL drops)",
-        flat=True,
-        cut_trunk=True,
-    ),
-}
+VARIANTS: dict[str, Variant] = {}
 
 
-def model_kind(meta: Mapping[str, Any], path: str | Path = "") -> Any:
+def register_variant(name: str, kind: str, description: str, **preset: Any) -> Variant:
+    """Name a preset of a model kind: ``nhl train --variant NAME`` and ``create_model(tree, NAME)``."""
+    if kind not in MODEL_KINDS:
+        raise NhlError(f"variant {name}: unknown model kind {kind!r}; register the kind first")
+    VARIANTS[name] = Variant(kind, description, dict(preset))
+    return VARIANTS[name]
+
+
+for _kind in (NHLModel, FlatModel, TrunkFlatModel):
+    register_kind(_kind)
+
+register_variant(
+    "nhl", "nhl", "nested branches, one level per tree level (N2HL-N4HL; widths 128/64/32 for 3 levels)"
+)
+register_variant(
+    "nhl-lean",
+    "nhl",
+    "NHL whose cost grows gently with the classes: every level outputs 8x the last width "
+    "(identity shortcuts below level 1), level 1 pools the trunk output by 2 where it is 8 px or more",
+    common_output=8,
+    pooled_entry=True,
+    pool_min_side=8,
+)
+register_variant(
+    "nhl-scale",
+    "nhl",
+    "NHL for many classes: the lean levels above the leaves (every level outputs 4x the last "
+    "width, level 1 pools the trunk output by 2 where it is 8 px or more), and each leaf one "
+    "linear read of its parent's pooled features instead of a branch of its own",
+    common_output=4,
+    pooled_entry=True,
+    pool_min_side=8,
+    linear_leaves=True,
+)
+register_variant(
+    "phl-small", "nhl", "one level of parallel branches, width 32 (PHL small)", levels=1, widths=(32,)
+)
+register_variant(
+    "phl-big", "nhl", "one level of parallel branches, width 128 (PHL big)", levels=1, widths=(128,)
+)
+register_variant(
+    "phl-latesp",
+    "nhl",
+    "PHL small with the split point one stage later (PHL lateSP)",
+    levels=1,
+    widths=(32,),
+    later_split=True,
+)
+register_variant(
+    "phl-1branch",
+    "nhl",
+    "one sequential branch (width 128) feeding every class logit (PHL 1branch, the sequential control)",
+    levels=1,
+    widths=(128,),
+    single_branch=True,
+)
+register_variant("flat", "flat", "the plain timm classifier (baseline)")
+register_variant(
+    "flat-trunk",
+    "flat-trunk",
+    "the plain classifier on the NHL's trunk: the stages up to the split point, pooling, one linear "
+    "layer (the control for the stages an NHL drops)",
+)
+FLAT_VARIANT = "flat"  # what ``flat=True`` (``nhl train --flat``) names
+
+
+def resolve_variant(variant: str | None, flat: bool = False) -> str:
+    """The variant a run builds: ``flat`` names the plain classifier, nothing names the default."""
+    if flat and variant not in (None, FLAT_VARIANT):
+        raise NhlError(f"trains the plain classifier, not `variant` {variant}; give one of the two", "flat")
+    name = FLAT_VARIANT if flat else variant or DEFAULT_VARIANT
+    if name not in VARIANTS:
+        raise NhlError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    return name
+
+
+def variant_class(name: str) -> type[NhlModel]:
+    """The model class a variant builds (its capabilities: ``branch_shaped``, ``keeps_every_stage``)."""
+    return MODEL_KINDS[VARIANTS[resolve_variant(name)].kind]
+
+
+def model_kind(meta: Mapping[str, Any], path: str | Path = "") -> type[NhlModel]:
     """The model class a file's ``kind`` names (its ``from_config``, ``config_problem``, ``cut_problem``)."""
     kind = meta.get("kind")
     if kind not in MODEL_KINDS:
@@ -91,7 +132,7 @@ def model_kind(meta: Mapping[str, Any], path: str | Path = "") -> Any:
     return MODEL_KINDS[kind]
 
 
-def model_from_config(meta: Mapping[str, Any], skeleton: bool = False, path: str | Path = "") -> nn.Module:
+def model_from_config(meta: Mapping[str, Any], skeleton: bool = False, path: str | Path = "") -> NhlModel:
     """Rebuild a model from file metadata (weights are loaded by the caller).
 
     ``skeleton``: leave the large weights unallocated; the caller must then load every weight
@@ -110,60 +151,13 @@ def create_model(
     trunk: TrunkConfig | None = None,
     branches: BranchConfig | None = None,
     **kwargs: Any,
-) -> nn.Module:
+) -> NhlModel:
     """Build a model for ``tree`` from a variant name; explicit configs override the preset."""
-    if variant not in VARIANTS:
-        raise NhlError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    spec = VARIANTS[variant]
-    trunk = trunk or TrunkConfig()
-    if spec.cut_trunk:
-        return TrunkFlatModel(tree, trunk, **kwargs)
-    if spec.flat:
-        return FlatModel(tree, trunk, **kwargs)
-    if spec.levels is not None and tree.levels != spec.levels:
-        raise NhlError(
-            f"variant {variant} needs a {spec.levels}-level tree but this tree has {tree.levels}; "
-            "build one with 'nhl hierarchy build --source flat'"
-        )
-    if spec.later_split and trunk.split is None:
-        trunk = replace(trunk, split=-1)  # after the last stage instead of before it
-    return NHLModel(tree, trunk, variant_branches(variant, tree.levels, branches), **kwargs)
+    spec = VARIANTS[resolve_variant(variant)]
+    return MODEL_KINDS[spec.kind].from_variant(variant, spec.preset, tree, trunk, branches, **kwargs)
 
 
 def variant_branches(variant: str, levels: int, given: BranchConfig | None = None) -> BranchConfig:
-    """The branch shape of a variant for a ``levels``-deep tree; ``given`` settings (widths,
+    """The branch shape of an NHL variant for a ``levels``-deep tree; ``given`` settings (widths,
     blocks, any lean knob) win over the preset's."""
-    spec = VARIANTS[variant]
-    branches = given or BranchConfig()
-    if not branches.widths and spec.widths:
-        branches = replace(branches, widths=spec.widths)
-    if spec.single_branch:
-        branches = replace(branches, single_branch=True)
-    if spec.linear_leaves:
-        branches = replace(branches, linear_leaves=True)
-        if not branches.widths:
-            branches = replace(branches, widths=default_widths(levels)[:-1])
-    branches = branches.resolved(levels)
-    if spec.common_output and branches.widths and not given_field(given, "expansions"):
-        out = branches.widths[-1] * spec.common_output
-        if not given_field(given, "widths"):  # the ladder capped at the common output
-            branches = replace(branches, widths=tuple(min(w, out) for w in branches.widths))
-        if any(out % w for w in branches.widths):
-            raise NhlError(
-                f"must each divide {out} in variant {variant}, whose levels all output {out} channels "
-                f"({spec.common_output}x the last width); got {', '.join(map(str, branches.widths))}",
-                "widths",
-            )
-        branches = replace(branches, expansions=tuple(out // w for w in branches.widths))
-    if spec.pooled_entry and not given_field(given, "entry_strides") and branches.widths:
-        branches = replace(branches, entry_strides=(2,) + (1,) * (len(branches.widths) - 1))
-        if not given_field(given, "pool_min_side"):
-            branches = replace(branches, pool_min_side=spec.pool_min_side)
-    if spec.group_size and not given_field(given, "group_size"):
-        branches = replace(branches, group_size=spec.group_size)
-    return branches.resolved(levels)
-
-
-def given_field(given: BranchConfig | None, name: str) -> bool:
-    """Whether the caller set ``name`` (a non-default value) in its branch config."""
-    return given is not None and bool(getattr(given, name))
+    return preset_branches(variant, VARIANTS[variant].preset, levels, given)

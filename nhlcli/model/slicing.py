@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from torch import nn
 
 from nhlcli.errors import NhlError
 from nhlcli.taxonomy.tree import Tree
+from nhlcli.text import one_line
 
 _LEVEL_KEY = re.compile(r"^levels\.(\d+)\.")
 
@@ -104,18 +104,6 @@ def read_sliced_state(path: str | Path, plan: SlicePlan) -> dict[str, torch.Tens
                 pieces = [part[start:stop] for start, stop in _runs(rows)]
                 state[key] = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     except (SafetensorError, OSError, ValueError) as exc:
-        reason = " ".join(str(exc).split())
+        reason = one_line(exc)
         raise NhlError(f"{path}: cannot read the weights ({reason}); the file may be truncated") from exc
     return state
-
-
-def sliced_branches(model: nn.Module, kept: Tree) -> tuple[nn.ModuleList, nn.Module]:
-    """The branch levels and leaf heads of an NHL ``model`` for the classes of ``kept`` only
-    (no trunk): what routing runs for the groups an image is sent to."""
-    from nhlcli.model.nhl import build_branches
-
-    plan = SlicePlan.build(model.tree, kept, model.branch_config.single_branch)
-    levels, heads = build_branches(kept, model.branch_config, model.trunk.out_channels, init=False)
-    levels.load_state_dict(slice_state(model.state_dict(), plan, "levels."), assign=True)
-    heads.load_state_dict(slice_state(model.state_dict(), plan, "heads."), assign=True)
-    return levels.train(model.training), heads.train(model.training)

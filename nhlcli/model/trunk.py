@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from nhlcli.errors import NhlError
-from nhlcli.text import counted
+from nhlcli.text import counted, one_line
 
 # Which backbones a trunk can be cut from: what this module needs of a timm model.
 CUTTABLE = (
@@ -75,10 +75,14 @@ class PretrainedLoad:
         return {"file": self.file, "loaded": self.loaded, "total": self.total}
 
 
-def read_pretrained_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and header metadata of a ``--pretrained-file`` (safetensors only, never unpickled)."""
+def read_pretrained_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Tensor shapes and header metadata of a ``pretrained_file``, read before any building: only
+    safetensors (nhl never unpickles a file), checked whole by safetensors (a truncated file fails
+    here); no tensor is read."""
+    from timm.models import clean_state_dict
+
     path = Path(path)
-    if path.suffix != ".safetensors":
+    if path.suffix != ".safetensors":  # timm would hand any other file to torch.load
         raise NhlError(
             f"{path}: only .safetensors weights are read (nhl never unpickles "
             "a file); convert it with safetensors.torch.save_file",
@@ -96,79 +100,57 @@ def read_pretrained_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        reason = " ".join(str(exc).split())[:200]
         raise NhlError(
-            f"{path} is not a readable safetensors file ({reason}); it may be truncated or another format",
+            f"{path} is not a readable safetensors file ({one_line(exc, 200)}); it may be truncated or "
+            "another format",
             "pretrained_file",
         ) from exc
-    return tensors, meta
+    return clean_state_dict(shapes), meta  # the names timm loads them under
 
 
-def _adapt_input_conv(model: nn.Module, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
-    """Fit the first convolution of 3-channel weights to the model's input channels, as timm does
-    (grey: the sum over colours)."""
-    from timm.models import adapt_input_conv
-
-    first = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv") or ()
-    for name in (first,) if isinstance(first, str) else first:
-        key = f"{name}.weight"
-        weight, target = state.get(key), own.get(key)
-        if weight is None or target is None or weight.ndim != 4 or target.ndim != 4:
-            continue
-        if weight.shape[1] != target.shape[1]:
-            try:
-                state[key] = adapt_input_conv(int(target.shape[1]), weight, base_chans=int(weight.shape[1]))
-            except (NotImplementedError, ValueError, AssertionError):
-                continue  # left to the shape check below
+def _cfg_names(model: nn.Module, key: str) -> tuple[str, ...]:
+    """Module names timm's ``pretrained_cfg`` gives for ``key`` (``first_conv``, ``classifier``)."""
+    named = model.pretrained_cfg.get(key) or ()
+    return (named,) if isinstance(named, str) else tuple(named)
 
 
-def _is_classifier(model: nn.Module, key: str) -> bool:
-    """Whether ``key`` belongs to the backbone's classifier, which timm weight files carry and a
-    headless trunk leaves out (timm's ``pretrained_cfg['classifier']`` names it)."""
-    named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
-    return any(key.startswith(f"{name}.") for name in ((named,) if isinstance(named, str) else named))
+def _fitting(model: nn.Module, shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """The file's tensors that load into ``model`` by name and shape, as they are or as timm adapts
+    them: the first convolution's input channels (grey: the sum over colours)."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    stems = {f"{name}.weight" for name in _cfg_names(model, "first_conv")}
+
+    def fits(k: str) -> bool:
+        a, b = shapes[k], own[k]
+        return a == b or (k in stems and len(a) == len(b) == 4 and a[:1] + a[2:] == b[:1] + b[2:])
+
+    return [k for k in shapes if k in own and fits(k)]
 
 
-def load_pretrained_tensors(
-    model: nn.Module,
-    backbone: str,
-    path: str | Path,
-    tensors: dict[str, torch.Tensor],
-    meta: Mapping[str, str],
+def _check_fit(
+    model: nn.Module, backbone: str, path: Path, shapes: Mapping[str, tuple[int, ...]]
 ) -> PretrainedLoad:
-    """Load the tensors of a ``--pretrained-file`` (from :func:`read_pretrained_file`) into
-    ``model``; refuse a file that does not fit instead of training from scratch behind a warning.
-
-    The file must hold weights in timm's names for this backbone: at least ``MIN_PRETRAINED_SHARE``
-    of the model's weight tensors by name and shape, no tensor with one of its names but another
-    shape, and no tensor it does not have besides the classifier (weights of another model).
-    """
-    from nhlcli.model.files import METADATA_KEY
-
-    if METADATA_KEY in meta:
-        raise NhlError(
-            f"{path} is an nhl model file, not timm weights for the trunk; give "
-            f"timm weights for {backbone} as .safetensors",
-            "pretrained_file",
-        )
+    """What the file will give ``model``, checked before timm loads it, since timm loads a headless
+    model non-strictly and would leave the rest random behind a log line: no tensor with one of the
+    model's names but another shape, at least ``MIN_PRETRAINED_SHARE`` of its weight tensors, and
+    no tensor it does not have besides the classifier (weights of another model)."""
     own = model.state_dict()
-    _adapt_input_conv(model, tensors, own)
-    compared = [k for k in own if not k.endswith("num_batches_tracked")]
-    wrong = [k for k in tensors if k in own and tuple(tensors[k].shape) != tuple(own[k].shape)]
+    fitting = set(_fitting(model, shapes))
+    wrong = [k for k in shapes if k in own and k not in fitting]
     if wrong:
         k = wrong[0]
         raise NhlError(
             f"{path}: {counted(len(wrong), 'tensor')} have {backbone}'s names but other "
-            f"shapes (e.g. {k}: {tuple(tensors[k].shape)} in the file, {tuple(own[k].shape)} in {backbone}); "
+            f"shapes (e.g. {k}: {shapes[k]} in the file, {tuple(own[k].shape)} in {backbone}); "
             "these are weights of another model",
             "pretrained_file",
         )
-    fits = {k: v for k, v in tensors.items() if k in own}
-    loaded = [k for k in compared if k in fits]
+    compared = [k for k in own if not k.endswith("num_batches_tracked")]
+    loaded = [k for k in compared if k in fitting]
     if len(loaded) < MIN_PRETRAINED_SHARE * len(compared):
-        example = next(iter(tensors), None)
+        example = next(iter(shapes), None)
         named = f" (its tensors are named like {example!r})" if example and not loaded else ""
         raise NhlError(
             f"{path} does not fit {backbone}: only {len(loaded)} of {backbone}'s "
@@ -176,7 +158,8 @@ def load_pretrained_tensors(
             f"for {backbone}",
             "pretrained_file",
         )
-    extra = [k for k in tensors if k not in own and not _is_classifier(model, k)]
+    classifier = tuple(f"{name}." for name in _cfg_names(model, "classifier"))
+    extra = [k for k in shapes if k not in own and not (classifier and k.startswith(classifier))]
     if extra:  # e.g. resnet34 weights: every resnet18 tensor is there, and layers it lacks
         raise NhlError(
             f"{path} holds {counted(len(extra), 'tensor')} that {backbone} does not have (e.g. "
@@ -184,8 +167,35 @@ def load_pretrained_tensors(
             f"give timm weights for {backbone}",
             "pretrained_file",
         )
-    model.load_state_dict(fits, strict=False)
     return PretrainedLoad(str(path), len(loaded), len(compared), frozenset(loaded))
+
+
+def _timm_from_file(backbone: str, in_chans: int, pretrained_file: str | Path) -> nn.Module:
+    """A headless timm model whose weights timm's ``load_pretrained`` reads from ``pretrained_file``
+    (adapting the stem to ``in_chans`` as for hub weights); what it loaded is on it as
+    ``nhl_pretrained_load``."""
+    import timm
+    from timm.models import load_pretrained
+
+    from nhlcli.model.files import METADATA_KEY
+
+    path = Path(pretrained_file)
+    shapes, meta = read_pretrained_header(path)  # a bad file fails before any building
+    if METADATA_KEY in meta:
+        raise NhlError(
+            f"{path} is an nhl model file, not timm weights for the trunk; give "
+            f"timm weights for {backbone} as .safetensors",
+            "pretrained_file",
+        )
+    model = timm.create_model(backbone, num_classes=0, in_chans=in_chans)
+    load = _check_fit(model, backbone, path, shapes)
+    source = {**model.pretrained_cfg, "file": str(path), "custom_load": False}  # never a model's own loader
+    try:
+        load_pretrained(model, pretrained_cfg=source, num_classes=0, in_chans=in_chans)
+    except (RuntimeError, SafetensorError, OSError, KeyError) as exc:  # a stem timm cannot adapt
+        raise NhlError(f"{path} does not fit {backbone} ({one_line(exc, 200)})", "pretrained_file") from exc
+    model.nhl_pretrained_load = load
+    return model
 
 
 def create_timm_model(
@@ -200,18 +210,14 @@ def create_timm_model(
         close = difflib.get_close_matches(backbone, known, n=4, cutoff=0.6)
         hint = f"; closest: {', '.join(close)}" if close else "; see timm.list_models()"
         raise NhlError(f"unknown timm backbone {backbone!r}{hint}")
-    kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans}
     if pretrained_file is not None:
-        tensors, meta = read_pretrained_file(pretrained_file)  # a bad file fails before any building
-        model = timm.create_model(backbone, pretrained=False, **kwargs)
-        model.nhl_pretrained_load = load_pretrained_tensors(model, backbone, pretrained_file, tensors, meta)
-        return model
+        return _timm_from_file(backbone, in_chans, pretrained_file)
     try:
-        return timm.create_model(backbone, pretrained=pretrained, **kwargs)
+        return timm.create_model(backbone, pretrained=pretrained, num_classes=0, in_chans=in_chans)
     except (OSError, RuntimeError, ValueError) as exc:
-        first = " ".join(str(exc).split())[:200]
         raise NhlError(
-            f"could not create {backbone} with pretrained weights from the hub (needs internet): {first}"
+            f"could not create {backbone} with pretrained weights from the hub (needs internet): "
+            f"{one_line(exc, 200)}"
         ) from exc
 
 
@@ -240,8 +246,7 @@ def probe_input_size(net: nn.Module, backbone: str, size: Sequence[int]) -> None
                 f"use `input_size` {fixed[0]}"
             )
         else:
-            first = " ".join(str(exc).split())[:160]
-            why = f"its layers cannot take that size ({first}); use a larger `input_size`"
+            why = f"its layers cannot take that size ({one_line(exc, 160)}); use a larger `input_size`"
         raise NhlError(
             f"backbone {backbone!r} cannot run on {h}x{w} images: {why}, or another backbone: a trunk "
             f"is cut from {CUTTABLE}"
@@ -261,19 +266,23 @@ class Trunk(nn.Module):
     ) -> None:
         super().__init__()
         model = create_timm_model(config.backbone, config.in_chans, pretrained, pretrained_file)
-        info = getattr(model, "feature_info", None)
-        if not hasattr(model, "forward_intermediates") or not info:
-            raise NhlError(
-                f"backbone {config.backbone!r} cannot be cut: timm exposes no stages for it "
-                f"(forward_intermediates/feature_info); a trunk needs {CUTTABLE}"
-            )
+        uncuttable = NhlError(
+            f"backbone {config.backbone!r} cannot be cut: timm exposes no stages for it "
+            f"(forward_intermediates/feature_info); a trunk needs {CUTTABLE}"
+        )
+        info = getattr(model, "feature_info", None)  # timm's list of stage outputs
+        if not info:
+            raise uncuttable
         stages = len(info)
         split = stages - 2 if config.split is None else config.split
         if split < 0:  # counted from the end: -1 is the last stage (lateSP)
             split += stages
         if not 0 <= split < stages:
             raise NhlError(f"split {split} is out of range: {config.backbone} has stages 0 to {stages - 1}")
-        model.prune_intermediate_layers(indices=[split], prune_norm=True, prune_head=True)
+        try:  # timm's intermediate-features API, with forward_intermediates: a model lacks both or neither
+            model.prune_intermediate_layers(indices=[split], prune_norm=True, prune_head=True)
+        except (AttributeError, NotImplementedError) as exc:
+            raise uncuttable from exc
         load = getattr(model, "nhl_pretrained_load", None)
         self.pretrained_load = load.within(model.state_dict()) if load is not None else None
         self.model = model

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nhlcli.errors import NhlError
-from nhlcli.taxonomy.classes import ClassEntry
+from nhlcli.taxonomy.classes import ClassEntry, class_list_path, load_class_list
 from nhlcli.taxonomy.compress import check_levels
 from nhlcli.taxonomy.tree import Tree
 from nhlcli.text import counted
@@ -89,7 +90,7 @@ def _induced(entries, levels, groups, name, inputs):  # noqa: ANN001, ANN202
     if inputs.class_weights is None:
         raise NhlError(
             "the induced source needs a flat model's class weights: a flat model trained with "
-            "'nhl train --flat' (nhlcli.model.loading.classifier_weights reads them from its file)"
+            "'nhl train' and `flat` (nhlcli.model.loading.classifier_weights reads them from its file)"
         )
     return build_induced_tree(
         inputs.class_weights, entries, levels, groups, name=name, origin=inputs.weights_name
@@ -143,6 +144,75 @@ def build_tree(
         raise NhlError(f"group counts apply to the {takes} sources, not {source}")
     inputs = SourceInputs(llm=llm, class_weights=class_weights, weights_name=weights_name)
     return spec.build(entries, levels, groups, name, inputs)
+
+
+def build_tree_for(
+    source: str,
+    classes: str | Path = "fashion-mnist",
+    levels: int | None = None,
+    groups: Sequence[int] | None = None,
+    name: str | None = None,
+    llm: object | None = None,
+    classifier: tuple[np.ndarray, Sequence[ClassEntry]] | None = None,
+    classifier_file: str | Path | None = None,
+) -> Tree:
+    """A named tree for a class list, as ``nhl hierarchy build`` writes it (``tree.save(path)``).
+
+    ``classes``: a preset, a class-list file or an ImageFolder directory. The induced source
+    clusters a flat model's classifier rows instead: ``classifier`` holds them with the model's
+    classes, as :func:`nhlcli.model.loading.classifier_weights` reads them from
+    ``classifier_file``. ``name`` defaults to ``<classes>-<source>-l<levels>``, changed where a
+    shipped tree has that name but other content (:func:`unshipped_name`). ``levels``,
+    ``groups`` and ``llm`` as in :func:`build_tree`.
+    """
+    if source == "induced":
+        if classifier is None:
+            raise NhlError(
+                "the induced source clusters a flat model's classifier rows: give `classifier` "
+                "(nhlcli.model.loading.classifier_weights reads them from a model file)"
+            )
+        weights, entries = classifier
+        label = Path(classifier_file or "model").stem
+    else:
+        weights, entries = None, load_class_list(classes)
+        class_file = class_list_path(classes) if str(classes).strip() else None
+        label = class_file.stem if class_file is not None and class_file.exists() else str(classes)
+    tree = build_tree(
+        source,
+        entries,
+        levels=levels,
+        groups=groups,
+        name="",
+        llm=llm,
+        class_weights=weights,
+        weights_name=Path(classifier_file).name if classifier_file else "",
+    )
+    tree.name = name or unshipped_name(f"{label}-{source}-l{tree.levels}", tree)
+    return tree
+
+
+def llm_settings(
+    model: str | None = None,
+    base_url: str | None = None,
+    cache: str | Path | None = None,
+    max_retries: int = 3,
+    timeout: float = 120.0,
+) -> Any:
+    """The :class:`nhlcli.taxonomy.llm.LLMSettings` of the llm and hybrid sources (``model``
+    defaults to gpt-4o-mini), refusing a timeout or retry count that cannot work."""
+    from nhlcli.taxonomy.llm import LLMSettings
+
+    if timeout <= 0:
+        raise NhlError(f"{timeout:g}: give the seconds to wait for each LLM answer, e.g. 120", "timeout")
+    if max_retries < 0:
+        raise NhlError(f"{max_retries}: give 0 (no retry) or more", "max_retries")
+    return LLMSettings(
+        model=model or "gpt-4o-mini",
+        base_url=base_url,
+        cache=None if cache is None else Path(cache),
+        max_retries=max_retries,
+        timeout=timeout,
+    )
 
 
 def built_groups(tree: Tree) -> list[int]:

@@ -29,7 +29,7 @@ from nhlcli.taxonomy.classes import ClassEntry, flat_nested, leaf_node
 from nhlcli.taxonomy.compress import check_levels, default_group_counts
 from nhlcli.taxonomy.labels import ROOT_ID, name_problem, normalize_label, quoted
 from nhlcli.taxonomy.tree import UTF8_BOM, Tree, check_format_version, tool_stamp
-from nhlcli.text import printable
+from nhlcli.text import one_line, printable
 
 CACHE_FORMAT = "nhl-llm-cache"
 CACHE_VERSION = 1
@@ -231,7 +231,7 @@ BRIEF = 80  # characters of a server's body quoted in a message
 def _brief(text: str, limit: int = BRIEF) -> str:
     """``text`` on one line, cut to ``limit`` characters: enough to recognise, never a whole page;
     control characters escaped, so a server's text cannot drive the terminal."""
-    line = printable(" ".join(str(text).split()))
+    line = printable(one_line(text))
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -262,46 +262,53 @@ class NotChatCompletion(ValueError):
     """A response body that is not an OpenAI chat completion; the message says briefly what it was."""
 
 
-def completion_text(body: str, content_type: str = "") -> str | None:
-    """The answer text in a chat completions response body (``None`` for no choices).
-
-    Parsed here rather than by the openai client, which hands back whatever the server sent (a
-    str for an HTML page, a list, ...) or raises ``JSONDecodeError``; :class:`NotChatCompletion`
-    says what came instead.
-    """
+def _not_a_completion(body: str, content_type: str) -> str:
+    """What a response body that holds no chat completion is, briefly (never the whole page)."""
     text = body.strip()
     if not text:
-        raise NotChatCompletion("an empty body")
+        return "an empty body"
     page = _html_page(text)
     if page or "html" in content_type.lower():
-        raise NotChatCompletion(page or f"an HTML page ({_brief(text)!r})")
+        return page or f"an HTML page ({_brief(text)!r})"
     depth = json_depth(text)
     if depth > MAX_JSON_DEPTH:
-        raise NotChatCompletion(f"a JSON body nested {depth} levels deep")
+        return f"a JSON body nested {depth} levels deep"
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
-        raise NotChatCompletion(f"a body that is not JSON: {_brief(text)!r}") from None
+        return f"a body that is not JSON: {_brief(text)!r}"
     if not isinstance(data, dict):
-        raise NotChatCompletion(f"a JSON {_json_kind(data)} instead of an object: {_brief(text)!r}")
-    if "choices" not in data:
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            raise NotChatCompletion(f"an error: {_brief(error['message'], 160)!r}")
-        if isinstance(error, str):
-            raise NotChatCompletion(f"an error: {_brief(error, 160)!r}")
-        keys = ", ".join(repr(k) for k in list(data)[:6]) or "none"
-        raise NotChatCompletion(f"a JSON object without 'choices' (keys: {keys})")
-    choices = data["choices"]
-    if not isinstance(choices, list):
-        raise NotChatCompletion(f"'choices' that is a JSON {_json_kind(choices)}, not a list")
-    if not choices:
+        return f"a JSON {_json_kind(data)} instead of an object: {_brief(text)!r}"
+    if "choices" in data:
+        return f"'choices' that is a JSON {_json_kind(data['choices'])}, not a list"
+    error = data.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return f"an error: {_brief(error['message'], 160)!r}"
+    if isinstance(error, str):
+        return f"an error: {_brief(error, 160)!r}"
+    keys = ", ".join(repr(k) for k in list(data)[:6]) or "none"
+    return f"a JSON object without 'choices' (keys: {keys})"
+
+
+def completion_text(completion: object, body: str = "", content_type: str = "") -> str | None:
+    """The answer text of the openai client's typed ``ChatCompletion`` (``None`` for no choices).
+
+    The client builds the completion from whatever JSON object the server sent without checking
+    it, and hands back the body itself (a str for an HTML page, a list) for other JSON; then
+    :class:`NotChatCompletion` says what came instead, read from the raw ``body``.
+    """
+    from openai.types.chat import ChatCompletion, ChatCompletionMessage
+    from openai.types.chat.chat_completion import Choice
+
+    if not isinstance(completion, ChatCompletion) or not isinstance(completion.choices, list):
+        raise NotChatCompletion(_not_a_completion(body, content_type))
+    if not completion.choices:
         return None
-    first = choices[0]
-    message = first.get("message") if isinstance(first, dict) else None
-    if not isinstance(message, dict):
+    first = completion.choices[0]
+    message = first.message if isinstance(first, Choice) else None
+    if not isinstance(message, ChatCompletionMessage):
         raise NotChatCompletion("a first choice without a 'message' object")
-    content = message.get("content")
+    content: object = message.content
     if content is None or isinstance(content, str):
         return content
     parts = content if isinstance(content, list) else None
@@ -340,12 +347,6 @@ def _names_model(exc: Any, model: str) -> bool:
     return bool(named or re.search(r"\bmodels?\b", lower))
 
 
-def _one_line(text: str, secret: str | None = None) -> str:
-    if secret:
-        text = text.replace(secret, "***")
-    return printable(" ".join(str(text).split()))
-
-
 class _Chat:
     """The openai client, made on the first request only (a warm cache needs no key)."""
 
@@ -369,9 +370,13 @@ class _Chat:
             api_key=key, base_url=self.settings.base_url, timeout=self.settings.timeout, max_retries=0
         )
 
+    def _shown(self, text: str) -> str:
+        """A server's text for a message: one line, control characters escaped, the API key out."""
+        return printable(one_line(text, secret=self._key))
+
     def _not_found(self, exc: Any, where: str) -> str:
         """The message for HTTP 404: an unknown model, or a base URL without the API under it."""
-        detail = _one_line(_api_message(exc), self._key)
+        detail = self._shown(_api_message(exc))
         if _names_model(exc, self.settings.model):
             return (
                 f"model {self.settings.model!r} was not found at {where} (HTTP 404: {detail}); pick a "
@@ -423,14 +428,17 @@ class _Chat:
                 model=s.model, messages=messages, temperature=0
             )
             response = raw.http_response
-            body = response.text
+            try:
+                completion = raw.parse()  # the typed ChatCompletion, unless the body is no JSON object
+            except (json.JSONDecodeError, RecursionError, openai.APIResponseValidationError):
+                completion = None
         except openai.APITimeoutError as exc:
             raise NhlError(
                 f"the LLM server at {where} did not answer within {s.timeout:g} s; raise "
                 "`timeout` or check that the server is up"
             ) from exc
         except openai.APIConnectionError as exc:
-            cause = _one_line(str(exc.__cause__ or exc), self._key)
+            cause = self._shown(str(exc.__cause__ or exc))
             raise NhlError(
                 f"could not reach the LLM server at {where} ({cause}); check `base_url` and "
                 "that the server is running"
@@ -447,27 +455,26 @@ class _Chat:
             if quota:
                 raise NhlError(
                     f"the LLM server at {where} says the account's quota is used up (HTTP 429: "
-                    f"{_one_line(_api_message(exc), self._key)}); check the plan and billing of the key "
+                    f"{self._shown(_api_message(exc))}); check the plan and billing of the key "
                     f"in {s.api_key_env}"
                 ) from exc
             if exc.status_code == 429 or exc.status_code >= 500:
                 raise _Transient(
-                    where, exc.status_code, _one_line(_api_message(exc), self._key), retry_after(exc.response)
+                    where, exc.status_code, self._shown(_api_message(exc)), retry_after(exc.response)
                 ) from exc
             raise NhlError(
-                f"the LLM server at {where} answered HTTP {exc.status_code}: "
-                f"{_one_line(_api_message(exc), self._key)}"
+                f"the LLM server at {where} answered HTTP {exc.status_code}: {self._shown(_api_message(exc))}"
             ) from exc
         except openai.APIError as exc:
             raise NhlError(
-                f"the LLM server at {where} sent an unusable response: {_one_line(str(exc), self._key)}"
+                f"the LLM server at {where} sent an unusable response: {self._shown(str(exc))}"
             ) from exc
         try:
-            return completion_text(body, response.headers.get("content-type", ""))
+            return completion_text(completion, response.text, response.headers.get("content-type", ""))
         except NotChatCompletion as exc:
             raise NhlError(
                 f"the LLM server at {where} did not answer like an OpenAI-compatible chat completions "
-                f"API (it sent {_one_line(str(exc), self._key)}); check `base_url`: it must be the "
+                f"API (it sent {self._shown(str(exc))}); check `base_url`: it must be the "
                 "API's root, under which POST /chat/completions answers (e.g. http://localhost:8000/v1)"
             ) from exc
 

@@ -49,7 +49,7 @@ def match_classes(tree: Tree, entries: Sequence[ClassEntry], exact: bool = True)
             parts.append(f"in the tree but not in the data: {_preview(missing)}")
         raise NhlError(
             "classes do not match the tree (" + "; ".join(parts) + "); use the tree built for this "
-            "data or rebuild it with 'nhl hierarchy build --classes <data>'"
+            "data or rebuild it with 'nhl hierarchy build' and `classes` <data>"
         )
     return [m for m in matched if m is not None]
 

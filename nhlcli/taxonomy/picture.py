@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from nhlcli.atomic import atomic_write
 from nhlcli.errors import NhlError
@@ -69,15 +70,8 @@ def draw_tree(
     import matplotlib.pyplot as plt
 
     output = Path(output)
-    fmt = (fmt or output.suffix.lstrip(".")).lower()
-    if fmt not in PICTURE_FORMATS:
-        raise NhlError(f"picture format {fmt!r}: choose png or svg (or name the file .png/.svg)")
-    kept = set(highlight or ())
-    unknown = kept - set(tree.iter_nodes())
-    if unknown:
-        raise NhlError(
-            f"the highlighted nodes are not in the tree (e.g. {sorted(unknown)[0]!r}); draw the parent's tree"
-        )
+    fmt = _picture_format(fmt, output)
+    kept = _highlighted(tree, highlight)
     limit = picture_depth(tree) if depth is None else depth
     if limit < 1:
         raise NhlError(f"{depth}: draw at least level 1", "depth")
@@ -93,42 +87,8 @@ def draw_tree(
         warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
         warnings.filterwarnings("ignore", message="Tight layout not applied", category=UserWarning)
         fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=100)
-        for node, (x, y) in pos.items():
-            for kid in tree.children(node):
-                if kid in pos:
-                    on = node in kept and kid in kept
-                    kx, ky = pos[kid]
-                    ax.plot(
-                        [x, x + 0.5, x + 0.5, kx],
-                        [y, y, ky, ky],
-                        color=KEPT if on else "#bbbbbb",
-                        lw=2.0 if on else 0.8,
-                        zorder=1,
-                    )
-        drawn: list[str] = []
-        for node, (x, y) in pos.items():
-            info = tree.node(node)
-            hidden = [k for k in tree.children(node) if k not in pos]
-            count = len(tree.leaves(node))
-            width = LEAF_CHARS if info.is_leaf else 32
-            name = info.name if len(info.name) <= width else info.name[: width - 1] + "…"
-            label = name if info.is_leaf else f"{name} ({count})"
-            if hidden:
-                label += " …"
-            on = node in kept
-            ax.scatter([x], [y], s=12 + 3 * count**0.5, color=KEPT if on else OTHER, zorder=2)
-            style = {
-                "fontsize": 8,
-                "color": KEPT if on else "#222222",
-                "fontweight": "bold" if on else "normal",
-            }
-            if any(k in pos for k in tree.children(node)):  # inner: above its outgoing edge
-                text = ax.text(x - 0.05, y - 0.18, label, va="bottom", ha="left", **style)
-            else:  # a class or a collapsed node: to its right
-                text = ax.text(x + 0.08, y, label, va="center", ha="left", **style)
-            if on and info.is_leaf:
-                text.set_gid(f"kept-class:{info.name}")
-                drawn.append(info.name)
+        _draw_edges(ax, tree, pos, kept)
+        drawn = _draw_nodes(ax, tree, pos, kept)
         ax.set_xlim(-0.2, levels + 1.6)
         ax.set_ylim(rows - 0.5, -0.5)
         ax.axis("off")
@@ -142,3 +102,75 @@ def draw_tree(
         atomic_write(output, lambda tmp: fig.savefig(tmp, format=fmt))
         plt.close(fig)
     return {"output": str(output), "rows": int(rows), "depth": limit, "highlighted_classes": drawn}
+
+
+def _picture_format(fmt: str | None, output: Path) -> str:
+    """``fmt``, else the output's extension: png or svg."""
+    fmt = (fmt or output.suffix.lstrip(".")).lower()
+    if fmt not in PICTURE_FORMATS:
+        raise NhlError(f"picture format {fmt!r}: choose png or svg (or name the file .png/.svg)")
+    return fmt
+
+
+def _highlighted(tree: Tree, highlight: Iterable[str] | None) -> set[str]:
+    """The nodes to draw in colour, all of them nodes of ``tree``."""
+    kept = set(highlight or ())
+    unknown = kept - set(tree.iter_nodes())
+    if unknown:
+        raise NhlError(
+            f"the highlighted nodes are not in the tree (e.g. {sorted(unknown)[0]!r}); draw the parent's tree"
+        )
+    return kept
+
+
+def _draw_edges(ax: Any, tree: Tree, pos: dict[str, tuple[float, float]], kept: set[str]) -> None:
+    """Elbow lines from every drawn node to its drawn children; kept paths in colour."""
+    for node, (x, y) in pos.items():
+        for kid in tree.children(node):
+            if kid in pos:
+                on = node in kept and kid in kept
+                kx, ky = pos[kid]
+                ax.plot(
+                    [x, x + 0.5, x + 0.5, kx],
+                    [y, y, ky, ky],
+                    color=KEPT if on else "#bbbbbb",
+                    lw=2.0 if on else 0.8,
+                    zorder=1,
+                )
+
+
+def _node_label(tree: Tree, node: str, pos: dict[str, tuple[float, float]]) -> str:
+    """A node's name (cut when long), with its class count for inner nodes and an ellipsis where
+    children are collapsed."""
+    info = tree.node(node)
+    width = LEAF_CHARS if info.is_leaf else 32
+    name = info.name if len(info.name) <= width else info.name[: width - 1] + "…"
+    label = name if info.is_leaf else f"{name} ({len(tree.leaves(node))})"
+    if any(k not in pos for k in tree.children(node)):
+        label += " …"
+    return label
+
+
+def _draw_nodes(ax: Any, tree: Tree, pos: dict[str, tuple[float, float]], kept: set[str]) -> list[str]:
+    """A dot and a label per drawn node; returns the kept classes drawn (each SVG label of one
+    carries the id ``kept-class:<name>``)."""
+    drawn: list[str] = []
+    for node, (x, y) in pos.items():
+        info = tree.node(node)
+        count = len(tree.leaves(node))
+        label = _node_label(tree, node, pos)
+        on = node in kept
+        ax.scatter([x], [y], s=12 + 3 * count**0.5, color=KEPT if on else OTHER, zorder=2)
+        style = {
+            "fontsize": 8,
+            "color": KEPT if on else "#222222",
+            "fontweight": "bold" if on else "normal",
+        }
+        if any(k in pos for k in tree.children(node)):  # inner: above its outgoing edge
+            text = ax.text(x - 0.05, y - 0.18, label, va="bottom", ha="left", **style)
+        else:  # a class or a collapsed node: to its right
+            text = ax.text(x + 0.08, y, label, va="center", ha="left", **style)
+        if on and info.is_leaf:
+            text.set_gid(f"kept-class:{info.name}")
+            drawn.append(info.name)
+    return drawn

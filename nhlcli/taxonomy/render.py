@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
 from rich.markup import escape
 from rich.tree import Tree as RichTree
 
-from nhlcli.atomic import dumps_json
+from nhlcli.atomic import atomic_write_text, dumps_json
+from nhlcli.errors import NhlError
 from nhlcli.taxonomy.newick import to_newick
 from nhlcli.taxonomy.tree import Tree
 from nhlcli.text import counted, printable
 
 FORMATS = ("rich", "dot", "mermaid", "json", "newick")
+FILE_FORMATS = ("dot", "mermaid", "json", "newick")  # the text formats a file is written in
 
 
 def default_show_depth(tree: Tree) -> int:
@@ -96,3 +102,55 @@ def render_text(tree: Tree, fmt: str, depth: int | None = None) -> str:
     if fmt == "mermaid":
         return to_mermaid(tree, depth)
     return dumps_json(tree.to_dict())
+
+
+def printable_tree(tree: Tree) -> Tree:
+    """``tree`` with every name and id printable (control characters escaped), for the terminal and
+    drawing tools. Trees loaded from files have no control characters; one built in code or
+    read by an older nhl might."""
+    data = tree.to_dict()
+    escaped = _printable_strings(data)
+    return tree if escaped == data else Tree.from_dict(escaped)
+
+
+def _printable_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {key: _printable_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_printable_strings(item) for item in value]
+    return value
+
+
+def check_show_depth(tree: Tree, depth: int | None) -> None:
+    """Refuse a depth the tree does not have (levels count from 1, the top level)."""
+    if depth is not None and depth > tree.levels:
+        levels = counted(tree.levels, "level")
+        raise NhlError(f"{depth}: the tree has {levels}; give a depth from 1 to {tree.levels}", "depth")
+
+
+def write_tree(
+    tree: Tree,
+    output: str | Path,
+    fmt: str,
+    depth: int | None = None,
+    highlight: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """Write ``tree`` to ``output`` as ``fmt`` (dot, mermaid, json, newick, png or svg), down to
+    ``depth`` (newick and json hold every class). Pictures draw ``highlight`` (node ids, an
+    expert's) in colour. JSON is the data itself; the other formats have names with control
+    characters escaped, for the tools that read them. Returns what was written (for pictures,
+    :func:`nhlcli.taxonomy.picture.draw_tree`'s report)."""
+    from nhlcli.taxonomy.picture import PICTURE_FORMATS, draw_tree
+
+    if fmt not in (*FILE_FORMATS, *PICTURE_FORMATS):
+        raise NhlError(f"{fmt!r}: files are written as {', '.join((*FILE_FORMATS, *PICTURE_FORMATS))}", "fmt")
+    check_show_depth(tree, depth)
+    if fmt != "json":
+        tree = printable_tree(tree)
+    if fmt in PICTURE_FORMATS:
+        kept = None if highlight is None else [printable(n) for n in highlight]
+        return draw_tree(tree, output, fmt, depth, kept)
+    atomic_write_text(output, render_text(tree, fmt, depth))
+    return {"output": str(output)}

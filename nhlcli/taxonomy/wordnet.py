@@ -24,8 +24,8 @@ from nhlcli.taxonomy.labels import quoted
 
 MISSING_WORDNET = (
     "WordNet data for nltk was not found: run 'python -m nltk.downloader wordnet' (online), or "
-    "'nhl hierarchy setup-wordnet --from /usr/share/wordnet' to use a WordNet 3.0 dict directory "
-    "such as Debian's wordnet-base package"
+    "'nhl hierarchy setup-wordnet' to use a WordNet 3.0 dict directory such as Debian's "
+    "wordnet-base package (it reads /usr/share/wordnet unless told another)"
 )
 
 # The 45 lexicographer files of WordNet 3.0 (lexnames(5WN)); nltk's reader needs this file and

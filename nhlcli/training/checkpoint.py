@@ -39,6 +39,7 @@ from nhlcli.atomic import dumps_json, file_mode
 from nhlcli.errors import NhlError
 from nhlcli.jsonio import loads_json
 from nhlcli.taxonomy.tree import tool_stamp
+from nhlcli.text import one_line
 
 CHECKPOINT_FORMAT = "nhl-checkpoint"
 CHECKPOINT_VERSION = 2
@@ -546,7 +547,7 @@ def restore(
             scheduler.load_state_dict(checkpoint.meta["scheduler"])
         _restore_rng(checkpoint.meta["rng"], checkpoint.tensors)
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError, OverflowError) as exc:
-        reason = " ".join(str(exc).split())[:200]
+        reason = one_line(exc, 200)
         raise NhlError(
             f"checkpoint {where} does not fit this run ({reason}); `resume` cannot "
             "continue it (delete it, or pass `overwrite` to start over)"

@@ -36,7 +36,7 @@ from nhlcli.data import (
 )
 from nhlcli.devices import autocast_for, bf16_unsafe_convolutions, cpu_has_fast_bf16
 from nhlcli.distributed import DistInfo, all_sum, barrier, setup, teardown
-from nhlcli.errors import NhlError
+from nhlcli.errors import NhlError, with_flags
 from nhlcli.evaluation import evaluate
 from nhlcli.model.files import save_model
 from nhlcli.progress import SilentProgress, TrainingProgress
@@ -81,8 +81,8 @@ RUNTIME_FIELDS = ("epochs", "workers", "amp", "device", "skip_bad_images")
 
 
 def option_name(field_name: str) -> str:
-    """The ``nhl train`` option that sets a :class:`TrainConfig` field."""
-    return "--" + field_name.replace("_", "-")
+    """The ``nhl train`` option that sets a :class:`TrainConfig` field, as the CLI spells it."""
+    return with_flags(f"`{field_name}`")
 
 
 SEED_LIMIT = 2**63  # torch.manual_seed takes 64 bits; one is kept back so seed + rank still fits
@@ -96,7 +96,7 @@ def _valid_seed(seed: object) -> bool:
 def check_seed(seed: object) -> int:
     """``seed`` if torch, numpy and Python can all be seeded with it, else a one-line error."""
     if not _valid_seed(seed):
-        raise NhlError(f"{option_name('seed')} must be {SEED_NEED}, got {seed}")
+        raise NhlError(f"must be {SEED_NEED}, got {seed}", "seed")
     return seed  # type: ignore[return-value]
 
 
@@ -119,7 +119,7 @@ def validate_config(config: TrainConfig) -> None:
     ]  # fmt: skip
     for ok, name, need in checks:
         if not ok:
-            raise NhlError(f"{option_name(name)} must be {need}, got {getattr(config, name)}")
+            raise NhlError(f"must be {need}, got {getattr(config, name)}", name)
     if config.warmup_epochs > config.epochs:
         raise NhlError(
             f"{config.warmup_epochs:g} is longer than the run ({config.epochs} epochs); shorten the warmup",
@@ -336,35 +336,36 @@ def check_outputs(
     would remove it, or it would replace the checkpoint), a TensorBoard directory there (nhl refuses
     a checkpoint directory holding files it did not write), and outputs inside the data folder (a
     checkpoint directory there becomes a class folder, breaking every later run on the data)."""
-    ckdir = Path(checkpoint_dir).resolve()
     if tensorboard is not None:
-        board = Path(tensorboard).resolve()
-        if board == ckdir or ckdir in board.parents:
+        if _at_or_inside(tensorboard, checkpoint_dir):
             raise NhlError(
                 f"{tensorboard} is the checkpoint directory {checkpoint_dir} or inside it, which holds "
                 "nhl's files alone; write TensorBoard's events elsewhere",
                 "tensorboard",
             )
-        if board.exists() and not board.is_dir():
+        if Path(tensorboard).exists() and not Path(tensorboard).is_dir():
             raise NhlError(f"{tensorboard} is a file, not a directory; choose another path", "tensorboard")
-    if output is not None:
-        target = Path(output).resolve()
-        if target == ckdir or ckdir in target.parents:
-            raise NhlError(
-                f"{output} is inside the checkpoint directory {checkpoint_dir}, whose files the run "
-                "replaces and removes; write the model outside it",
-                "output",
-            )
+    if output is not None and _at_or_inside(output, checkpoint_dir):
+        raise NhlError(
+            f"{output} is inside the checkpoint directory {checkpoint_dir}, whose files the run "
+            "replaces and removes; write the model outside it",
+            "output",
+        )
     if data is not None and str(data).strip() and Path(data).is_dir():
-        root = Path(data).resolve()
         outputs = (("output", output), ("checkpoint_dir", checkpoint_dir), ("tensorboard", tensorboard))
         for label, path in outputs:
-            if path is not None and (Path(path).resolve() == root or root in Path(path).resolve().parents):
+            if path is not None and _at_or_inside(path, data):
                 raise NhlError(
                     f"{path} is inside the data folder {data}; it would become part of the data set "
                     "(a class folder or an image): choose a path outside it",
                     label,
                 )
+
+
+def _at_or_inside(path: str | Path, directory: str | Path) -> bool:
+    """Whether ``path`` is ``directory`` or lies inside it, judged on resolved paths."""
+    target, folder = Path(path).resolve(), Path(directory).resolve()
+    return target == folder or folder in target.parents
 
 
 def checkpoint_dir_for(output: str | Path | None, checkpoint_dir: str | Path | None) -> Path:
@@ -437,7 +438,7 @@ def resume_changes(stored: Mapping[str, Any], config: TrainConfig) -> dict[str, 
     differ = [k for k in now if k in stored and stored[k] != now[k]]
     recipe = [k for k in differ if k in RECIPE_FIELDS]
     if recipe:
-        listed = ", ".join(f"{option_name(k)} {now[k]} (the run's: {stored[k]})" for k in recipe)
+        listed = ", ".join(f"`{k}` {now[k]} (the run's: {stored[k]})" for k in recipe)
         raise NhlError(
             f"`resume` continues the run with the recipe it started with, and {listed} would change it; "
             "drop the option, or start a new run with `overwrite`",
@@ -539,39 +540,110 @@ def _train(
     options: Mapping[str, Any] | None = None,
     log: RunLog | None = None,
 ) -> TrainResult:
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
+    """Set the run up, train the epochs left with the progress bar and the log, save the model;
+    Ctrl-C stops at the checkpoint of the last whole epoch."""
+    run = _start_run(model, data, output, config, checkpoint_dir, resume, loaders, info, options)
+    epochs = run.config.epochs
+    bar = progress if progress is not None and info.is_main and run.start_epoch < epochs else SilentProgress()
+    bar.begin(epochs, run.steps_per_epoch, run.start_epoch, split_name(data, "val", config.holdout))
+    log = log or RunLog(checkpoint_dir)
+    if info.is_main:
+        log.start(run.result.history)  # a resumed run continues the log of the epochs its checkpoint holds
+    try:
+        with contextlib.closing(bar):
+            run.train_epochs(bar, log, on_epoch)
+    except KeyboardInterrupt:
+        return run.interrupted()
+    finally:  # hand back the model laid out as a loaded one is, so both give identical logits
+        _set_trunk_memory_format(model, torch.contiguous_format)
+        log.close()
+    return run.finish(output)
 
+
+def _start_run(
+    model: nn.Module,
+    data: str | Path,
+    output: str | Path | None,
+    config: TrainConfig,
+    checkpoint_dir: Path,
+    resume: bool,
+    loaders: tuple[Any, Any] | None,
+    info: DistInfo,
+    options: Mapping[str, Any] | None,
+) -> _Run:
+    """Everything before the first step: the model on its device, the checkpoint to resume (checked
+    against the model and the config), the loaders, the optimizer and schedule, and the budget."""
     seed_everything(config.seed)  # the data order and augmentation are seeded per epoch and rank
-    device = info.device
-    model.to(device)
+    model.to(info.device)
     # oneDNN and cuDNN convolutions run faster channels-last; the branches already are
     channels_last = _set_trunk_memory_format(model, torch.channels_last)
+    state = _checkpoint_to_resume(checkpoint_dir, resume, info)
+    changes = {} if state is None else _checked_resume(state, model, config, checkpoint_dir)
+    train_loader, val_loader = loaders or _make_loaders(model, data, config, info)
+    steps_per_epoch = _steps_per_epoch(train_loader, config, data)
+    optimizer, scheduler = _optimizer_and_scheduler(model, config, steps_per_epoch)
+    result = TrainResult(str(output) if output else None, str(checkpoint_dir), 0, resumed_changes=changes)
+    run = _Run(
+        model, config, info, checkpoint_dir, train_loader, val_loader, steps_per_epoch, optimizer,
+        scheduler, result, options, channels_last,
+    )  # fmt: skip
+    if state is not None:
+        run.restore(state, changes)
+    run.config, run.budget = _time_budget(config, state, steps_per_epoch, changes)
+    run.amp, result.precision_note = _training_precision(model, info.device, config.amp)
+    run.scaler = torch.amp.GradScaler("cuda") if info.device.type == "cuda" and run.amp else None
+    run.use_scaler = run.scaler is not None and not torch.cuda.is_bf16_supported()
+    run.net = _parallel(model, info)
+    return run
+
+
+def _checkpoint_to_resume(checkpoint_dir: Path, resume: bool, info: DistInfo) -> ckpt.Checkpoint | None:
+    """The checkpoint a resumed run continues (``None`` for a fresh run, whose start discards the
+    old one: a crash of this run must not resume the one it replaces)."""
     state = ckpt.load_checkpoint(checkpoint_dir) if resume else None
     if info.is_main:  # holding the directory's lock: what a crash left half-made is nobody's
         ckpt.clean_stale(checkpoint_dir)
         if state is None:
-            ckpt.discard(checkpoint_dir)  # a crash of this run must not resume the one it replaces
-    changes: dict[str, list[Any]] = {}
-    if state is not None:
-        difference = ckpt.model_difference(state.meta["model"], model.config())
-        if difference:
-            raise NhlError(
-                f"the checkpoint in {checkpoint_dir} is for another model: {difference}; resume with the "
-                "run's options (or leave them out), or start over with `overwrite`"
-            )
-        changes = resume_changes(state.meta.get("extra", {}).get("config", {}), config)
-        if config.epochs < state.epoch:
-            raise NhlError(
-                f"the run in {checkpoint_dir} has already trained {state.epoch} epochs; `epochs` "
-                f"{config.epochs} cannot undo them (give {state.epoch} or more)"
-            )
-    train_loader, val_loader = loaders or _make_loaders(model, data, config, info)
-    steps_per_epoch = len(train_loader)
+            ckpt.discard(checkpoint_dir)
+    return state
+
+
+def _checked_resume(
+    state: ckpt.Checkpoint, model: nn.Module, config: TrainConfig, checkpoint_dir: Path
+) -> dict[str, list[Any]]:
+    """The runtime options a resume changes, after refusing another model, another recipe, or
+    fewer epochs than the checkpoint already holds."""
+    difference = ckpt.model_difference(state.meta["model"], model.config())
+    if difference:
+        raise NhlError(
+            f"the checkpoint in {checkpoint_dir} is for another model: {difference}; resume with the "
+            "run's options (or leave them out), or start over with `overwrite`"
+        )
+    changes = resume_changes(state.meta.get("extra", {}).get("config", {}), config)
+    if config.epochs < state.epoch:
+        raise NhlError(
+            f"{config.epochs} cannot undo the run in {checkpoint_dir}, which has already trained "
+            f"{state.epoch} epochs; give {state.epoch} or more",
+            "epochs",
+        )
+    return changes
+
+
+def _steps_per_epoch(train_loader: Any, config: TrainConfig, data: str | Path) -> int:
+    """Training steps in one epoch: the loader's batches, at most ``max_steps_per_epoch``."""
+    steps = len(train_loader)
     if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    if steps_per_epoch == 0:
+        steps = min(steps, config.max_steps_per_epoch)
+    if steps == 0:
         raise NhlError(f"{data}: the training split holds no images")
+    return steps
+
+
+def _optimizer_and_scheduler(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
+    """timm's optimizer for ``config.optimizer`` and its cosine schedule with warmup, stepped per step."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
     try:
         optimizer = create_optimizer_v2(
             model,
@@ -590,206 +662,318 @@ def _train(
         lr_min=config.lr * 1e-3,
         t_in_epochs=False,
     )
-    start_epoch, step, history, resumes = 0, 0, [], []
-    if state is not None:
-        ckpt.restore(state, model, optimizer, scheduler)
-        scheduler.t_initial = max(config.epochs * steps_per_epoch, 2)  # a changed epoch count stretches it
-        start_epoch, step = state.epoch, state.step
+    return optimizer, scheduler
+
+
+def _time_budget(
+    config: TrainConfig, state: ckpt.Checkpoint | None, steps_per_epoch: int, changes: dict[str, list[Any]]
+) -> tuple[TrainConfig, _TimeBudget | None]:
+    """The run's config and its time budget (``None`` without one). A resumed run whose budget is
+    spent trains nothing more: its epoch count becomes the epochs it holds."""
+    if config.time_budget_s is None:
+        return config, None
+    spent, ended = _budget_spent(state)
+    if state is not None and (ended or spent >= config.time_budget_s):  # nothing left to train
+        config = replace(config, epochs=state.epoch)
+        changes.pop("epochs", None)
+    budget = _TimeBudget(config.time_budget_s, config.epochs * steps_per_epoch, spent)
+    budget.ended = ended
+    return config, budget
+
+
+def _training_precision(model: nn.Module, device: torch.device, amp: bool) -> tuple[bool, str | None]:
+    """Whether to train in mixed precision, and why not where ``amp`` was asked for but CPU
+    bfloat16 would give wrong gradients (recorded in the summary)."""
+    if device.type != "cpu" or not amp or not cpu_has_fast_bf16():
+        return amp, None
+    unsafe = bf16_unsafe_convolutions(model, tuple(model.input_config.size))
+    if not unsafe:
+        return amp, None
+    # oneDNN's bf16 backward is wrong there: train in float32
+    return False, (
+        f"trained in float32: at {model.input_config.size[1]} px the convolution {unsafe[0]} "
+        "strides past its whole input map, where CPU bfloat16 gradients are wrong"
+    )
+
+
+def _parallel(model: nn.Module, info: DistInfo) -> nn.Module:
+    """``model`` as the steps run it: wrapped in DDP under torchrun."""
+    if not info.enabled:
+        return model
+    device = info.device
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
+    )
+
+
+@dataclass
+class _EpochTally:
+    """What one rank's training steps of an epoch saw."""
+
+    seen: int = 0
+    loss_sum: float = 0.0
+    hits: int = 0
+    seconds: float = 0.0
+
+    def add(self, seen: int, loss_sum: float, hits: int) -> None:
+        self.seen += seen
+        self.loss_sum += loss_sum
+        self.hits += hits
+
+
+@dataclass(eq=False)
+class _Run:
+    """One run in progress: the parts the steps use, and what they update that the checkpoint keeps."""
+
+    model: nn.Module
+    config: TrainConfig
+    info: DistInfo
+    checkpoint_dir: Path
+    train_loader: Any
+    val_loader: Any
+    steps_per_epoch: int
+    optimizer: Any
+    scheduler: Any
+    result: TrainResult
+    options: Mapping[str, Any] | None = None
+    channels_last: bool = False
+    net: nn.Module | None = None  # the model as the steps run it (DDP under torchrun)
+    amp: bool = True
+    scaler: Any = None
+    use_scaler: bool = False
+    budget: _TimeBudget | None = None
+    start_epoch: int = 0
+    resumed: bool = False
+    step: int = 0
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    bad_names: list[str] = field(default_factory=list)
+    bad_indices: set[int] = field(default_factory=set)
+    epoch: int = 0  # the epoch in progress, and its steps done (what Ctrl-C reports)
+    steps_done: int = 0
+
+    def restore(self, state: ckpt.Checkpoint, changes: dict[str, list[Any]]) -> None:
+        """Continue from ``state``: weights, optimizer, schedule (stretched to a changed epoch
+        count), step, history and the files left out so far."""
+        ckpt.restore(state, self.model, self.optimizer, self.scheduler)
+        self.scheduler.t_initial = max(self.config.epochs * self.steps_per_epoch, 2)
+        self.start_epoch, self.step, self.resumed = state.epoch, state.step, True
+        self.epoch = self.result.epochs_done = state.epoch
         extra = state.meta.get("extra", {})
         try:
-            history = [EpochRecord(**h) for h in extra.get("history", [])]
+            self.result.history = [EpochRecord(**h) for h in extra.get("history", [])]
         except TypeError as exc:
             raise NhlError(
-                f"the checkpoint in {checkpoint_dir} is damaged: its history does not read ({exc}); "
+                f"the checkpoint in {self.checkpoint_dir} is damaged: its history does not read ({exc}); "
                 "`resume` cannot continue it (delete the directory, or pass `overwrite` to start over)"
             ) from None
-        resumes = [*extra.get("resumes", []), {"at_epoch": start_epoch, "changed": changes}]
-    result = TrainResult(str(output) if output else None, str(checkpoint_dir), start_epoch, history)
-    result.resumed_changes = changes
-    budget = None
-    if config.time_budget_s is not None:
-        spent, ended = _budget_spent(state)
-        if state is not None and (ended or spent >= config.time_budget_s):  # nothing left to train
-            config = replace(config, epochs=state.epoch)
-            changes.pop("epochs", None)
-        budget = _TimeBudget(config.time_budget_s, config.epochs * steps_per_epoch, spent)
-        budget.ended = ended
-    amp = config.amp
-    if device.type == "cpu" and amp and cpu_has_fast_bf16():
-        unsafe = bf16_unsafe_convolutions(model, tuple(model.input_config.size))
-        if unsafe:  # oneDNN's bf16 backward is wrong there: train in float32 (recorded in the summary)
-            amp = False
-            result.precision_note = (
-                f"trained in float32: at {model.input_config.size[1]} px the convolution {unsafe[0]} "
-                "strides past its whole input map, where CPU bfloat16 gradients are wrong"
-            )
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and amp else None
-    use_scaler = scaler is not None and not torch.cuda.is_bf16_supported()
-    net: nn.Module = model
-    if info.enabled:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
-        )
+        self.resumes = [*extra.get("resumes", []), {"at_epoch": state.epoch, "changed": changes}]
+        self.bad_names = list(extra.get("bad_images", []))
 
-    def run_record() -> dict[str, Any]:
+    def train_epochs(
+        self, bar: TrainingProgress, log: RunLog, on_epoch: Callable[[EpochRecord], None] | None
+    ) -> None:
+        """Train from the first epoch not done to the last, each one validated and checkpointed."""
+        for epoch in range(self.start_epoch, self.config.epochs):
+            self.epoch = epoch
+            if epoch >= self.config.epochs:  # a time budget shortened the run
+                break
+            tally = self.train_epoch(epoch, bar)
+            self.end_epoch(epoch, tally, bar, log, on_epoch)
+
+    def train_epoch(self, epoch: int, bar: TrainingProgress) -> _EpochTally:
+        """One epoch's training steps (fewer where the time budget runs out)."""
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        seed_epoch(self.config.seed, epoch, self.info.rank, self.train_loader)
+        self.net.train()
+        tally, started, self.steps_done = _EpochTally(), time.perf_counter(), 0
+        for i, (images, targets) in enumerate(_batches(self.train_loader), start=1):
+            if i > self.steps_per_epoch:
+                break
+            counts = self.train_step(images, targets)
+            if counts is None:
+                continue
+            tally.add(*counts)
+            self.step += 1
+            self.steps_done = i
+            finished = self.advance_schedule(i)
+            rate = tally.seen * self.info.world_size / (time.perf_counter() - started)
+            bar.step(epoch, i, tally.loss_sum / max(tally.seen, 1), tally.hits / max(tally.seen, 1), rate)
+            if finished:
+                self.budget.ended = self.step < self.config.epochs * self.steps_per_epoch
+                break
+        tally.seconds = time.perf_counter() - started
+        return tally
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[int, float, int] | None:
+        """One optimizer step: images, summed loss and hits trained on (``None``: a step skipped)."""
+        if self.config.skip_bad_images:
+            images, targets, bad = split_bad(images, targets)
+            self.bad_indices.update(bad)
+        device = self.info.device
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if not (targets.numel() or self.info.enabled):  # under DDP every rank joins every backward
+            return 0, 0.0, 0
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_for(device, self.amp, training=True):
+            logits = self._forward(images, targets)
+            if logits is None:
+                return None
+            if targets.numel():
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.config.label_smoothing)
+            else:
+                loss = logits.float().sum() * 0.0
+        if not math.isfinite(loss.item()):
+            raise NhlError(f"the loss became {loss.item()} at step {self.step}; lower `lr`")
+        self._backward(loss)
+        count = targets.numel()
+        return count, loss.item() * count, int((logits.argmax(1) == targets).sum())
+
+    def _forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """The logits; ``None`` for a lone image BatchNorm cannot train on that unreadable images
+        left of a batch (skipped), a one-line error where the batch size itself is the cause."""
+        try:
+            return self.net(images)
+        except ValueError as exc:
+            if "more than 1 value per channel" not in str(exc):
+                raise
+            if targets.numel() == 1 and self.config.batch_size > 1 and not self.info.enabled:
+                return None
+            raise NhlError(
+                "BatchNorm cannot train on one image whose feature map is 1 pixel "
+                f"(a step of {targets.numel()} image); give `batch_size` 2 or more, "
+                "or a larger input size"
+            ) from None
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.use_scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+    def advance_schedule(self, steps_in_epoch: int) -> bool:
+        """Set the learning rate for the next step; True when the time budget is spent."""
+        budget = self.budget
+        if budget is None:
+            self.scheduler.step_update(self.step)
+            return False
+        if steps_in_epoch == budget.WARMUP_STEPS and budget.val_s is None:
+            budget.val_s = len(self.val_loader) * _time_validation(
+                self.model, self.val_loader, self.info.device, self.config.amp, budget.VAL_PROBE_BATCHES
+            )
+        done = budget.progress(self.step)
+        if self.info.enabled:  # every rank the same learning rate and the same last step
+            done = all_sum(self.info, done)[0] / self.info.world_size
+        self.scheduler.step_update(done * self.scheduler.t_initial)  # timm takes fractional steps
+        return done >= 1.0
+
+    def end_epoch(
+        self,
+        epoch: int,
+        tally: _EpochTally,
+        bar: TrainingProgress,
+        log: RunLog,
+        on_epoch: Callable[[EpochRecord], None] | None,
+    ) -> None:
+        """Validate, then record the epoch: history, files left out, checkpoint, log row."""
+        seen_all, loss_all, hits_all = all_sum(self.info, tally.seen, tally.loss_sum, tally.hits)
+        if seen_all == 0:
+            raise unreadable_split_error(self.train_loader.dataset, sorted(self.bad_indices))
+        val_bad: set[int] = set()
+        val = self.validate(epoch, bar, val_bad)
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        record = EpochRecord(
+            epoch=epoch + 1,
+            train_loss=loss_all / seen_all,
+            train_top1=hits_all / seen_all,
+            val_loss=val["loss"],
+            val_top1=val["top1"],
+            val_top5=val["top5"],
+            images_per_s=seen_all / tally.seconds if tally.seconds > 0 else 0.0,
+            seconds=tally.seconds,
+            lr=sum(lrs) / len(lrs),
+        )
+        self.result.history.append(record)
+        self.result.epochs_done = epoch + 1
+        if self.config.skip_bad_images:
+            named = bad_image_names(self.train_loader.dataset, _gather(self.info, self.bad_indices))
+            named += bad_image_names(self.val_loader.dataset, _gather(self.info, val_bad))
+            self.bad_names = sorted(set(self.bad_names) | set(named))
+        bar.epoch_done(record)
+        if self.info.is_main:
+            self.save_checkpoint(epoch + 1)
+            log.epoch(self.result.history)  # after the checkpoint: the log never runs ahead of it
+            if on_epoch:
+                on_epoch(record)
+        barrier(self.info)
+
+    def validate(self, epoch: int, bar: TrainingProgress, bad_indices: set[int]) -> dict[str, Any]:
+        """The epoch's validation metrics; with a budget, its time, and the run's end if spent."""
+        started = time.perf_counter()
+        val = evaluate(
+            self.model, _batches(self.val_loader), self.info.device, self.info, amp=self.config.amp,
+            bad_indices=bad_indices,
+        )  # fmt: skip
+        if self.budget is not None:
+            self.budget.val_s = time.perf_counter() - started
+            if self.budget.ended:  # the run is over: its length is what ran, so resume sees it done
+                self.config = replace(self.config, epochs=epoch + 1)
+                bar.set_epochs(epoch + 1)
+        return val
+
+    def run_record(self) -> dict[str, Any]:
         """What ran, as the checkpoint and the model file keep it."""
         return {
-            "config": asdict(config),
-            "history": [asdict(h) for h in history],
-            **({"resumes": resumes} if resumes else {}),
-            **({"bad_images": bad_names} if bad_names else {}),
-            **({"time_budget": budget_record()} if budget is not None else {}),
+            "config": asdict(self.config),
+            "history": [asdict(h) for h in self.result.history],
+            **({"resumes": self.resumes} if self.resumes else {}),
+            **({"bad_images": self.bad_names} if self.bad_names else {}),
+            **({"time_budget": self.budget_record()} if self.budget is not None else {}),
         }
 
-    def budget_record() -> dict[str, Any]:
-        assert budget is not None
-        return budget.record(result.epochs_done, step, float(optimizer.param_groups[0]["lr"]))
+    def budget_record(self) -> dict[str, Any]:
+        assert self.budget is not None
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        return self.budget.record(self.result.epochs_done, self.step, lr)
 
-    def save_state(epochs_done: int) -> None:
-        extra = {**run_record(), **({"options": dict(options)} if options else {})}
-        ckpt.save_checkpoint(checkpoint_dir, model, optimizer, scheduler, epochs_done, step, extra=extra)
+    def save_checkpoint(self, epochs_done: int) -> None:
+        options = {"options": dict(self.options)} if self.options else {}
+        ckpt.save_checkpoint(
+            self.checkpoint_dir, self.model, self.optimizer, self.scheduler, epochs_done, self.step,
+            extra={**self.run_record(), **options},
+        )  # fmt: skip
 
-    bad_indices: set[int] = set()
-    bad_names: list[str] = list(state.meta.get("extra", {}).get("bad_images", [])) if state else []
-    epochs = config.epochs
-    bar = progress if progress is not None and info.is_main and start_epoch < epochs else SilentProgress()
-    bar.begin(epochs, steps_per_epoch, start_epoch, split_name(data, "val", config.holdout))
-    epoch, steps_done = start_epoch, 0
-    log = log or RunLog(checkpoint_dir)
-    if info.is_main:
-        log.start(history)  # a resumed run continues the log of the epochs its checkpoint holds
-    try:
-        with contextlib.closing(bar):
-            for epoch in range(start_epoch, epochs):
-                if epoch >= config.epochs:  # a time budget shortened the run
-                    break
-                sampler = getattr(train_loader, "sampler", None)
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(epoch)
-                seed_epoch(config.seed, epoch, info.rank, train_loader)
-                net.train()
-                started, seen, loss_sum, hits, steps_done = time.perf_counter(), 0, 0.0, 0, 0
-                for i, (images, targets) in enumerate(_batches(train_loader), start=1):
-                    if i > steps_per_epoch:
-                        break
-                    if config.skip_bad_images:
-                        images, targets, bad = split_bad(images, targets)
-                        bad_indices.update(bad)
-                    images, targets = (
-                        images.to(device, non_blocking=True),
-                        targets.to(device, non_blocking=True),
-                    )
-                    if targets.numel() or info.enabled:  # under DDP every rank joins every backward
-                        if channels_last:
-                            images = images.contiguous(memory_format=torch.channels_last)
-                        with autocast_for(device, amp, training=True):
-                            try:
-                                logits = net(images)
-                            except ValueError as exc:
-                                if "more than 1 value per channel" not in str(exc):
-                                    raise
-                                if targets.numel() == 1 and config.batch_size > 1 and not info.enabled:
-                                    continue  # unreadable images left one: BatchNorm cannot train on it
-                                raise NhlError(
-                                    "BatchNorm cannot train on one image whose feature map is 1 pixel "
-                                    f"(a step of {targets.numel()} image); give `batch_size` 2 or more, "
-                                    "or a larger input size"
-                                ) from None
-                            loss = (
-                                F.cross_entropy(
-                                    logits.float(), targets, label_smoothing=config.label_smoothing
-                                )
-                                if targets.numel()
-                                else logits.float().sum() * 0.0
-                            )
-                        if not math.isfinite(loss.item()):
-                            raise NhlError(f"the loss became {loss.item()} at step {step}; lower `lr`")
-                        optimizer.zero_grad(set_to_none=True)
-                        if use_scaler:
-                            scaler.scale(loss).backward()
-                            scaler.step(optimizer)
-                            scaler.update()
-                        else:
-                            loss.backward()
-                            optimizer.step()
-                        seen += targets.numel()
-                        loss_sum += loss.item() * targets.numel()
-                        hits += int((logits.argmax(1) == targets).sum())
-                    step += 1
-                    steps_done = i
-                    if budget is None:
-                        scheduler.step_update(step)
-                    else:
-                        if i == budget.WARMUP_STEPS and budget.val_s is None:
-                            budget.val_s = len(val_loader) * _time_validation(
-                                model, val_loader, device, config.amp, budget.VAL_PROBE_BATCHES
-                            )
-                        done = budget.progress(step)
-                        if info.enabled:  # every rank the same learning rate and the same last step
-                            done = all_sum(info, done)[0] / info.world_size
-                        scheduler.step_update(done * scheduler.t_initial)  # timm takes fractional steps
-                    rate = seen * info.world_size / (time.perf_counter() - started)
-                    bar.step(epoch, i, loss_sum / max(seen, 1), hits / max(seen, 1), rate)
-                    if budget is not None and done >= 1.0:
-                        budget.ended = step < config.epochs * steps_per_epoch
-                        break
-                seconds = time.perf_counter() - started
-                seen_all, loss_all, hits_all = all_sum(info, seen, loss_sum, hits)
-                if seen_all == 0:
-                    raise unreadable_split_error(train_loader.dataset, sorted(bad_indices))
-                val_bad: set[int] = set()
-                val_started = time.perf_counter()
-                val = evaluate(model, _batches(val_loader), device, info, amp=config.amp, bad_indices=val_bad)
-                if budget is not None:
-                    budget.val_s = time.perf_counter() - val_started
-                    if budget.ended:  # the run is over: its length is what ran, so resume sees it done
-                        config = replace(config, epochs=epoch + 1)
-                        bar.set_epochs(epoch + 1)
-                epoch_record = EpochRecord(
-                    epoch=epoch + 1,
-                    train_loss=loss_all / seen_all,
-                    train_top1=hits_all / seen_all,
-                    val_loss=val["loss"],
-                    val_top1=val["top1"],
-                    val_top5=val["top5"],
-                    images_per_s=seen_all / seconds if seconds > 0 else 0.0,
-                    seconds=seconds,
-                    lr=sum(g["lr"] for g in optimizer.param_groups) / len(optimizer.param_groups),
-                )
-                history.append(epoch_record)
-                result.epochs_done = epoch + 1
-                if config.skip_bad_images:
-                    named = bad_image_names(train_loader.dataset, _gather(info, bad_indices))
-                    named += bad_image_names(val_loader.dataset, _gather(info, val_bad))
-                    bad_names = sorted(set(bad_names) | set(named))
-                bar.epoch_done(epoch_record)
-                if info.is_main:
-                    save_state(epoch + 1)
-                    log.epoch(history)  # after the checkpoint: the log never runs ahead of it
-                    if on_epoch:
-                        on_epoch(epoch_record)
-                barrier(info)
-    except KeyboardInterrupt:
-        # the checkpoint on disk is the end of the last whole epoch: weights from the middle of an
-        # epoch saved as a whole one would make --resume train part of that epoch twice
-        result.interrupted = True
-        result.interrupted_at = {"epoch": epoch + 1, "steps_done": steps_done, "steps": steps_per_epoch}
+    def interrupted(self) -> TrainResult:
+        """The result of a run Ctrl-C stopped. The checkpoint on disk is the end of the last whole
+        epoch: weights from the middle of an epoch saved as a whole one would make a resume train
+        part of that epoch twice."""
+        self.result.interrupted = True
+        self.result.interrupted_at = {
+            "epoch": self.epoch + 1, "steps_done": self.steps_done, "steps": self.steps_per_epoch
+        }  # fmt: skip
+        return self.result
+
+    def finish(self, output: str | Path | None) -> TrainResult:
+        """The result of a run that trained to its end, and the model file (rank 0 writes)."""
+        result = self.result
+        result.bad_images = self.bad_names
+        if self.budget is not None:
+            result.time_budget = self.budget_record()
+        result.already_done = self.resumed and self.start_epoch >= self.config.epochs
+        if output is not None and self.info.is_main:
+            from nhlcli.profiling import cost_report
+
+            record = self.run_record()  # the model file keeps the config's fields at the top of its section
+            training = {**record.pop("config"), **record}
+            save_model(self.model, output, training=training, cost=cost_report(self.model, latency=False))
+        barrier(self.info)
         return result
-    finally:  # hand back the model laid out as a loaded one is, so both give identical logits
-        _set_trunk_memory_format(model, torch.contiguous_format)
-        log.close()
-    result.bad_images = bad_names
-    if budget is not None:
-        result.time_budget = budget_record()
-    result.already_done = state is not None and start_epoch >= config.epochs
-    if output is not None and info.is_main:
-        from nhlcli.profiling import cost_report
-
-        record = run_record()  # the model file keeps the config's fields at the top of its section
-        training = {**record.pop("config"), **record}
-        save_model(model, output, training=training, cost=cost_report(model, latency=False))
-    barrier(info)
-    return result
 
 
 def _gather(info: DistInfo, indices: set[int]) -> list[int]:
