@@ -32,6 +32,26 @@ def same_file(first: PathLike, second: PathLike) -> bool:
         return False
 
 
+def check_not_among(path: PathLike, files: Iterable[PathLike], label: str = "output") -> None:
+    """Refuse an output that is one of many input files (``nhl predict -o`` over a folder): one
+    ``stat`` each, where :func:`check_output_file` resolves every spelling. An output that does
+    not exist yet cannot be an existing file."""
+    try:
+        own = os.stat(path)
+    except OSError:
+        return
+    for given in files:
+        try:
+            other = os.stat(given)
+        except OSError:
+            continue
+        if (own.st_dev, own.st_ino) == (other.st_dev, other.st_ino):
+            raise NhlError(
+                f"{label} {path} is also an input of this command ({given}); writing it would destroy "
+                "the input: choose another output path"
+            )
+
+
 def _inside(path: Path, directory: Path) -> bool:
     try:
         path.resolve().relative_to(directory.resolve())

@@ -284,7 +284,8 @@ class _Rows:
         classes = self.model.tree.classes
         # exits compare scores with thresholds at full precision, as nhl eval does
         with torch.no_grad(), autocast_for(self.device, self.amp and not self.exit_names):
-            out = self.model.infer(batch.to(self.device, non_blocking=True), attention)
+            batch = batch.to(self.device, non_blocking=True)
+            out = self.model.infer(batch, attention, count_macs=bool(self.exit_names))  # gated rows: cost
             values, indices = out.logits.float().softmax(dim=1).topk(self.top_k, dim=1)
         rows = []
         for row, (file, row_p, row_i) in enumerate(
@@ -334,7 +335,7 @@ def predict_files(
     )
     from nhlcli.model.attention import class_attention
     from nhlcli.model.loading import open_model
-    from nhlcli.paths import check_output_file
+    from nhlcli.paths import check_not_among, check_output_file
 
     check_top_k(top_k, 1)
     if workers is not None and workers < 0:
@@ -344,7 +345,10 @@ def predict_files(
     pairs = attend_pairs(attend)
     check_attention_options(pairs, attend_level, None)
     files = expand_inputs(images)
-    check_output_file(output, [model_file, *files], "`output`")
+    given = [Path(p) for p in images if Path(p).exists()]  # files and folders as named; not patterns
+    check_output_file(output, [model_file, *given], "`output`")
+    if output is not None:
+        check_not_among(output, files, "`output`")  # a link to one of the images, say
     if workers is None:  # one core for the model, the rest decode
         cores = usable_cores()
         workers = 0 if cores <= 2 else min(MAX_WORKERS, cores - 1)

@@ -235,3 +235,9 @@ def test_an_output_that_is_an_input_is_refused(setup, tmp_path):
     assert named_csv.read_bytes() == data
     (tmp_path / "folder.jsonl").mkdir()
     assert_one_line_error(cli(setup, shot, "-o", tmp_path / "folder.jsonl"), "--output", "is a directory")
+    # a hard link to an image found inside a folder given as input is that image
+    os.link(write_png(tmp_path / "imgs" / "deep" / "y.png", 4), tmp_path / "linked.csv")
+    before = (tmp_path / "linked.csv").read_bytes()
+    run = cli(setup, tmp_path / "imgs", "-o", tmp_path / "linked.csv")
+    assert_one_line_error(run, "--output", "also an input")
+    assert (tmp_path / "linked.csv").read_bytes() == before

@@ -32,7 +32,7 @@ class Inference:
 
     logits: torch.Tensor
     exits: torch.Tensor
-    macs: torch.Tensor
+    macs: torch.Tensor | None  # None where the caller did not ask (``count_macs=False``)
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -164,11 +164,17 @@ class NhlModel(nn.Module, metaclass=ABCMeta):
         return []
 
     @torch.no_grad()
-    def infer(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> Inference:
-        """Logits, exits and per-sample MACs of a batch: one entry for every kind."""
+    def infer(
+        self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None, count_macs: bool = True
+    ) -> Inference:
+        """Logits, exits and per-sample MACs of a batch: one entry for every kind. Without gates
+        every sample costs the same, counted once per input shape; ``count_macs=False`` skips
+        that count (a gated model knows its costs anyway)."""
         logits = self(x, attention)
         n = x.shape[0]
-        macs = torch.full((n,), float(self.macs_per_image(tuple(x.shape[1:]))), dtype=torch.float64)
+        macs = None
+        if count_macs:
+            macs = torch.full((n,), float(self.macs_per_image(tuple(x.shape[1:]))), dtype=torch.float64)
         return Inference(logits, torch.zeros(n, dtype=torch.long), macs)
 
     def macs_per_image(self, shape: tuple[int, ...]) -> int:

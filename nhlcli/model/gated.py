@@ -395,7 +395,9 @@ class GatedModel(NhlModel):
     def forward(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
         return self.infer(x, attention).logits
 
-    def infer(self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None) -> Inference:
+    def infer(
+        self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None, count_macs: bool = True
+    ) -> Inference:
         """Gated inference (:meth:`run` at the file's thresholds): the contract's one entry."""
         if attention:
             raise NhlError(self.attention_problem)
