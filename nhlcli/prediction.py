@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from nhlcli.data.errors import UnreadableImageError
 from nhlcli.data.images import image_file_problem, read_image
 from nhlcli.errors import NhlError
-from nhlcli.model.contract import NhlModel
+from nhlcli.model.contract import NhlModel, module_device
 from nhlcli.progress import ImageProgress
 from nhlcli.text import one_line, printable
 
@@ -132,12 +132,6 @@ def eval_transform(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:
         interpolation=inp.interpolation,
         crop_pct=inp.crop_pct,
     )
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def check_top_k(top_k: int, num_classes: int) -> int:
@@ -252,7 +246,7 @@ class _Rows:
         self.model = model
         self.top_k = top_k
         self.amp = amp
-        self.device = _model_device(model)
+        self.device = module_device(model)
         self.names = [model.tree.node(c).name for c in model.tree.classes]
         self.exit_names = model.exit_names()  # a gated model says where each image left; others have none
 

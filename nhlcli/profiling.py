@@ -20,19 +20,14 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
 
 from nhlcli.errors import NhlError
+from nhlcli.model.contract import forward_macs, module_device
 
 
 def input_shape(model: nn.Module) -> tuple[int, int, int]:
     """``(C, H, W)`` the model was built for (its file's input section)."""
     return tuple(int(v) for v in model.input_config.size)  # type: ignore[return-value]
-
-
-def _device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -42,15 +37,13 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 def count_macs(model: nn.Module, size: Sequence[int] | None = None) -> int:
     """Multiply-accumulates of one image's forward pass."""
-    x = torch.zeros(1, *(size or input_shape(model)), device=_device(model))
+    x = torch.zeros(1, *(size or input_shape(model)), device=module_device(model))
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter, torch.enable_grad():
-            model(x)
+        return forward_macs(model, x)[0]
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2
 
 
 class _LiveTensorBytes(TorchDispatchMode):
@@ -96,7 +89,7 @@ def weight_bytes(model: nn.Module) -> int:
 
 def peak_memory(model: nn.Module, batch: int, size: Sequence[int] | None = None) -> int:
     """Peak bytes of one inference forward at ``batch``: weights plus the activations alive at once."""
-    device = _device(model)
+    device = module_device(model)
     x = torch.randn(batch, *(size or input_shape(model)), device=device)
     model.eval()
     with torch.inference_mode():
@@ -154,7 +147,7 @@ def measure_latency(
     budget_s: float = 5.0,
 ) -> dict[str, Any]:
     """Median wall time of a forward pass at ``batch`` (see :func:`timed_runs`)."""
-    device = _device(model)
+    device = module_device(model)
     x = torch.randn(batch, *(size or input_shape(model)), device=device)
     model.eval()
 
@@ -194,7 +187,7 @@ def cost_report(
         if threads < 1:
             raise NhlError(f"must be at least 1, got {threads}", "threads")
         torch.set_num_threads(threads)
-    device = _device(model)
+    device = module_device(model)
     report: dict[str, Any] = {
         "params": parameter_counts(model),
         "gmacs": round(count_macs(model) / 1e9, 6),

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from nhlcli.errors import NhlError
-from nhlcli.model.contract import Inference, NhlModel, forward_macs
+from nhlcli.model.contract import Inference, NhlModel, forward_macs, module_device
 from nhlcli.model.stages import StagedNetwork, check_staging
 from nhlcli.taxonomy.tree import Tree
 from nhlcli.text import counted
@@ -268,16 +268,13 @@ class GatedModel(NhlModel):
         self.route_top_k = k
 
     # -- cost ----------------------------------------------------------------------------------
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     @torch.no_grad()
     def stage_macs(self) -> list[int]:
         """MACs of each stage for one image, then of the rest of the network (last entry)."""
         if self._stage_macs is None:
             was = self.training
             self.eval()
-            x = torch.zeros(1, *self.input_config.size, device=self._device())
+            x = torch.zeros(1, *self.input_config.size, device=module_device(self.model))
             macs = []
             for stage in self.chain.stages:
                 m, x = forward_macs(stage, x)
@@ -317,7 +314,7 @@ class GatedModel(NhlModel):
         if key not in self._path_macs:
             started = time.perf_counter()
             stages = self.stage_macs()
-            x = torch.zeros(self._trunk_shape, device=self._device())
+            x = torch.zeros(self._trunk_shape, device=module_device(self.model))
             branch = forward_macs(self._path(key), x)[0]
             self._path_macs[key] = sum(stages[:-1]) + self.route_macs() + branch
             self.setup_seconds += time.perf_counter() - started
@@ -328,7 +325,7 @@ class GatedModel(NhlModel):
         if key not in self._paths:
             started = time.perf_counter()
             supers = self.tree.level(1)
-            self._paths[key] = BranchPath(self.model, [supers[i] for i in key]).to(self._device())
+            self._paths[key] = BranchPath(self.model, [supers[i] for i in key]).to(module_device(self.model))
             self.setup_seconds += time.perf_counter() - started
         return self._paths[key]
 
