@@ -21,6 +21,7 @@ from nhlcli.data.loaders import model_holdout, model_loader
 from nhlcli.devices import autocast_for, resolve_device
 from nhlcli.distributed import DistInfo, all_sum
 from nhlcli.errors import NhlError
+from nhlcli.metrics import HierarchyTally, paired_differences
 from nhlcli.model.attention import TruthAttention, attention_levels, check_attend, class_attention
 from nhlcli.model.contract import NhlModel
 from nhlcli.progress import ImageProgress
@@ -34,12 +35,13 @@ class Tally:
     """Running counts of one evaluation: per-class hits, top-5 hits and summed loss, so that
     several evaluations can share one pass over the data (and DDP ranks sum them at the end)."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, hierarchy: HierarchyTally | None = None) -> None:
         self.correct = torch.zeros(num_classes, dtype=torch.float64)
         self.total = torch.zeros(num_classes, dtype=torch.float64)
         self.top5_hits = 0.0
         self.loss_sum = 0.0
         self.k = min(5, num_classes)
+        self.hierarchy = hierarchy
 
     def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         logits = logits.float()
@@ -50,21 +52,26 @@ class Tally:
         t = targets.cpu()
         self.correct.index_add_(0, t, hit1)
         self.total.index_add_(0, t, torch.ones_like(hit1))
+        if self.hierarchy is not None:
+            self.hierarchy.add(logits, targets)
 
     def report(self, classes: list[str], info: DistInfo) -> dict[str, Any]:
         """Top-1, top-5, mean loss and per-class accuracy, summed over DDP ranks."""
         num_classes = len(classes)
-        counts = all_sum(info, self.top5_hits, self.loss_sum, *self.correct.tolist(), *self.total.tolist())
+        shared = self.hierarchy.counts() if self.hierarchy is not None else []
+        counts = all_sum(
+            info, self.top5_hits, self.loss_sum, *self.correct.tolist(), *self.total.tolist(), *shared
+        )
         top5_hits, loss_sum = counts[0], counts[1]
         correct = torch.tensor(counts[2 : 2 + num_classes])
-        total = torch.tensor(counts[2 + num_classes :])
+        total = torch.tensor(counts[2 + num_classes : 2 + 2 * num_classes])
         n = float(total.sum())
         if n == 0:
             raise NhlError("the evaluation data holds no images")
         per_class = {
             c: (float(correct[i] / total[i]) if total[i] > 0 else None) for i, c in enumerate(classes)
         }
-        return {
+        report = {
             "images": int(n),
             "top1": float(correct.sum() / n),
             "top5": top5_hits / n,
@@ -72,6 +79,9 @@ class Tally:
             "loss": loss_sum / n,
             "per_class": per_class,
         }
+        if self.hierarchy is not None:
+            report["hierarchy"] = self.hierarchy.report(counts[2 + 2 * num_classes :])
+        return report
 
 
 @torch.no_grad()
@@ -83,8 +93,11 @@ def evaluate(
     attention: Scales | Callable[[torch.Tensor], Scales] | None = None,
     amp: bool = True,
     bad_indices: set[int] | None = None,
+    hierarchy: Tree | HierarchyTally | None = None,
 ) -> dict[str, Any]:
-    """Top-1, top-5, mean loss and per-class accuracy over ``loader`` (summed over DDP ranks).
+    """Top-1, top-5, mean loss and per-class accuracy over ``loader`` (summed over DDP ranks);
+    with ``hierarchy``, also the hierarchical metrics and calibration of :mod:`nhlcli.metrics`
+    measured on that tree (it must hold the model's classes), or into that tally.
 
     ``attention``: per-level node scales for every batch, or a callable giving them from each
     batch's targets (per-sample attention, e.g. :class:`~nhlcli.model.attention.TruthAttention`).
@@ -93,7 +106,10 @@ def evaluate(
     """
     info = info or DistInfo(device=device)
     model.eval()
-    tally = Tally(len(model.classes))
+    classes = list(model.classes)
+    if isinstance(hierarchy, Tree):
+        hierarchy = HierarchyTally(hierarchy, classes)
+    tally = Tally(len(classes), hierarchy)
     for batch_images, batch_targets in loader:
         images, targets, bad = split_bad(batch_images, batch_targets)
         if bad_indices is not None:
@@ -105,7 +121,7 @@ def evaluate(
         with autocast_for(device, amp):
             logits = model(images, scales) if scales else model(images)
         tally.add(logits, targets)
-    return tally.report(list(model.classes), info)
+    return tally.report(classes, info)
 
 
 class ClassSubset(nn.Module):
@@ -221,8 +237,14 @@ def evaluate_file(
     part: str | None = None,
     progress: ImageProgress | None = None,
     holdout: float | None = None,
+    hierarchy: str | Path | Tree | None = None,
 ) -> dict[str, Any]:
-    """Load a model file and report top-1, top-5, loss and per-class accuracy on ``data``.
+    """Load a model file and report top-1, top-5, loss, per-class accuracy, the hierarchical
+    metrics and the calibration error (:mod:`nhlcli.metrics`) on ``data``.
+
+    ``hierarchy``: the tree the hierarchical metrics are measured on (a tree file or a
+    :class:`Tree` over the model's classes); default the tree recorded in the model file, so that
+    two models, a flat one too, are measured on the same tree when given the same one.
 
     A gated file (``nhl gates fit``) reports gated inference instead: top-1, average GMACs, the
     fraction leaving at each exit and measured throughput; ``route_top_k`` routes through the
@@ -239,6 +261,7 @@ def evaluate_file(
     dev = resolve_device(device)
     pairs = attend_pairs(attend)
     check_attention_options(pairs, attend_level, attend_truth)
+    metric_tree = Tree.load(hierarchy) if isinstance(hierarchy, str | Path) else hierarchy
     model = _load_for_eval(model_file, dev, ungated_only=bool(pairs or attend_truth is not None or classes))
     held = model_holdout(model, split, holdout)
     if model.exit_names() or route_top_k is not None:
@@ -266,7 +289,8 @@ def evaluate_file(
         model, data, split, batch_size, workers, tree=net.tree, subset=bool(labels), part=part, holdout=held
     )
     tree = net.tree  # the model's tree, or the subtree of the requested classes
-    report = evaluate(net, loader, dev, attention=attention)
+    metric_tree = metric_tree if metric_tree is not None else tree
+    report = evaluate(net, loader, dev, attention=attention, hierarchy=metric_tree)
     report["per_class"] = {tree.node(c).name: acc for c, acc in report["per_class"].items()}
     report["num_classes"] = len(tree.classes)
     report["model"] = str(model_file)
@@ -275,6 +299,60 @@ def evaluate_file(
     report["holdout"] = held
     report["attention"] = attention_summary(model.tree, pairs, attend_level, attend_truth)
     return report
+
+
+def compare_files(
+    model_a: str | Path,
+    model_b: str | Path,
+    data: str | Path,
+    split: str = "val",
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str | None = None,
+    hierarchy: str | Path | Tree | None = None,
+    holdout: float | None = None,
+) -> dict[str, Any]:
+    """``nhl eval A --compare B``: two models over the same classes on the same images, both
+    measured on one tree (``hierarchy``, default A's), with B minus A and its 95% paired-bootstrap
+    interval for top-1, hierarchical distance @1 and mistake severity.
+
+    The question it answers first: when a nested model is wrong, is it less wrong than a flat one?
+    """
+    resolve_holdout(holdout, split)
+    dev = resolve_device(device)
+    files = (model_a, model_b)
+    models = [_load_for_eval(path, dev, ungated_only=True) for path in files]
+    if set(models[0].classes) != set(models[1].classes):
+        raise NhlError(
+            f"{model_a} and {model_b} know different classes; compare models trained on the same classes"
+        )
+    held = {model_holdout(model, split, holdout) for model in models}
+    if len(held) > 1:
+        fractions = " and ".join(map(str, sorted(held)))
+        raise NhlError(
+            f"the two models were trained without different hold-outs ({fractions}), so their "
+            f"{split!r} images differ; pick one for both with `holdout`"
+        )
+    tree = Tree.load(hierarchy) if isinstance(hierarchy, str | Path) else hierarchy
+    tree = tree if tree is not None else models[0].tree
+    reports, depths = [], []
+    for path, model in zip(files, models, strict=True):
+        tally = HierarchyTally(tree, list(model.classes), per_image=True)
+        loader = model_loader(model, data, split, batch_size, workers, holdout=min(held))
+        report = evaluate(model, loader, dev, hierarchy=tally)
+        report["per_class"] = {model.tree.node(c).name: acc for c, acc in report["per_class"].items()}
+        reports.append({"model": str(path), **report})
+        depths.append(torch.cat(tally.per_image))
+    return {
+        "a": reports[0],
+        "b": reports[1],
+        "data": str(data),
+        "split": split_name(data, split, min(held)),
+        "holdout": min(held),
+        "images": reports[0]["images"],
+        "tree": {"name": tree.name, "levels": tree.levels, "from": "hierarchy" if hierarchy else "a"},
+        "differences": paired_differences(depths[0], depths[1], tree.levels),
+    }
 
 
 def _load_for_eval(model_file: str | Path, device: torch.device, ungated_only: bool) -> NhlModel:

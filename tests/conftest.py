@@ -1,11 +1,19 @@
-"""Shared test helpers: run the real ``nhl`` command in a subprocess; tiny trees, models and batches."""
+"""Shared test helpers: run the real ``nhl`` command as a process of its own; tiny trees, models and
+batches."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib.util
+import json
+import locale
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +66,21 @@ class Run:
 
 
 def run_nhl(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> Run:
-    """Run ``python -m nhlcli ARGS`` as a user would, capturing exit status and both streams."""
+    """Run ``python -m nhlcli ARGS`` as a user would, capturing exit status and both streams.
+
+    The command is a process of its own either way: forked from this worker's warm starter
+    (``tests/nhl_zygote.py``, which has torch and timm imported already) where it can stand in
+    faithfully, else a fresh ``subprocess``. ``NHL_TESTS_FRESH_PROCESSES=1`` forces the latter."""
+    args = tuple(map(str, args))
+    environment = dict(os.environ if env is None else env)
+    starter = _STARTER.get(environment)
+    if starter is not None:
+        try:
+            return starter.run(args, cwd=Path(cwd or os.getcwd()), environment=environment, timeout=timeout)
+        finally:
+            starter.busy.release()
     proc = subprocess.run(
-        [sys.executable, "-m", "nhlcli", *map(str, args)],
+        [sys.executable, "-m", "nhlcli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -68,6 +88,93 @@ def run_nhl(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         timeout=timeout,
     )
     return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+class _Starter:
+    """This worker's ``nhl_zygote.py`` process: one command at a time, in this worker's environment."""
+
+    def __init__(self) -> None:
+        self.environment = _comparable(os.environ)
+        self.busy = threading.Lock()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "nhl_zygote.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO,
+        )
+        hello = self.proc.stdout.readline()
+        self.ready = bool(hello) and json.loads(hello).get("ready", False)
+        if not self.ready:
+            self.close()
+
+    def get(self, environment: dict) -> _Starter | None:
+        """This starter, locked for one command, when it can run one in ``environment``."""
+        if not self.ready or _comparable(environment) != self.environment:
+            return None
+        if not self.busy.acquire(blocking=False):
+            return None
+        return self
+
+    def run(self, args: tuple[str, ...], cwd: Path, environment: dict, timeout: float) -> Run:
+        with tempfile.TemporaryDirectory(prefix="nhl-run-") as tmp:
+            out, err = Path(tmp, "out"), Path(tmp, "err")
+            out.touch()
+            err.touch()
+            umask = os.umask(0o022)
+            os.umask(umask)
+            request = {"args": args, "cwd": str(cwd), "env": environment, "umask": umask, "out": str(out),
+                       "err": str(err), "timeout": timeout}  # fmt: skip
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+            child = json.loads(self.proc.stdout.readline())["pid"]
+            try:
+                reply = json.loads(self.proc.stdout.readline())
+            except BaseException:
+                # interrupted (a test's alarm, Ctrl-C): kill the command as subprocess.run would, and
+                # this starter, whose next reply would belong to the killed command
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child, signal.SIGKILL)
+                self.proc.kill()
+                self.ready = False
+                raise
+            if reply.get("timeout"):
+                raise subprocess.TimeoutExpired([sys.executable, "-m", "nhlcli", *args], timeout)
+            return Run(reply["code"], _as_text(out.read_bytes()), _as_text(err.read_bytes()))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def _comparable(environment) -> dict:
+    """The environment less what pytest changes per test (``PYTEST_CURRENT_TEST``), which no
+    import reads; the child still gets it."""
+    return {key: value for key, value in environment.items() if key != "PYTEST_CURRENT_TEST"}
+
+
+def _as_text(data: bytes) -> str:
+    """Bytes decoded as ``subprocess.run(text=True)`` decodes them (locale encoding, universal newlines)."""
+    text = data.decode(locale.getpreferredencoding(False))
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+class _LazyStarter:
+    """The starter, launched at the first ``run_nhl`` that can use it and closed when the worker ends."""
+
+    def __init__(self) -> None:
+        self.starter: _Starter | None = None
+
+    def get(self, environment: dict) -> _Starter | None:
+        if os.environ.get("NHL_TESTS_FRESH_PROCESSES") == "1":
+            return None
+        if self.starter is None:
+            self.starter = _Starter()
+            atexit.register(self.starter.close)
+        return self.starter.get(environment)
+
+
+_STARTER = _LazyStarter()
 
 
 def assert_one_line_error(run: Run, *fragments: str) -> None:

@@ -19,7 +19,7 @@ LAYERS = [  # docs/architecture.md's table, row by row
     ["taxonomy"],
     ["model", "profiling"],
     ["data"],
-    ["evaluation"],
+    ["evaluation", "metrics"],
     ["training"],
     ["experts"],
     ["gates"],

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from nhlcli.cli.common import (
@@ -166,6 +167,18 @@ def tune_command(
     thresholds: str | None = typer.Option(
         None, "--thresholds", metavar="t1,t2,...", help="Set the thresholds yourself (inf: never exit)."
     ),
+    delta: float | None = typer.Option(
+        None,
+        "--delta",
+        metavar="RISK",
+        help="Guarantee the budget on new images: with probability at least 1-RISK (e.g. 0.1), images "
+        "from the same data lose at most --max-drop points (or stay above --target-accuracy). "
+        "Learn-then-Test on the tuning images; on too few, every gate stays closed and the report says "
+        "why. Without it, the budget is met on the tuning images only.",
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="With --delta: how the tuning images are split into ordering and testing halves."
+    ),
     route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write here instead of updating the file."
@@ -175,7 +188,8 @@ def tune_command(
     device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Set the exit thresholds: the lowest average GMACs that reaches a target top-1 on held-out data."""
+    """Set the exit thresholds: the lowest average GMACs that reaches a target top-1 on held-out data
+    (with --delta, one that holds on new images with a stated probability)."""
     from nhlcli.gates.workflow import tune_file
     from nhlcli.model.files import read_metadata
     from nhlcli.model.gated import exit_names
@@ -197,6 +211,8 @@ def tune_command(
             device,
             progress,
             holdout=holdout,
+            delta=delta,
+            seed=seed,
         )
     if as_json:
         print_json(result)
@@ -217,6 +233,12 @@ def tune_command(
         f"{result['gmacs']:.4f} GMACs per image on average against {result['full_gmacs']:.4f} "
         f"({saved:.1f}% fewer)"
     )
+    if result["guarantee"] is not None:
+        from nhlcli.gates.guarantee import guarantee_sentence
+
+        console.print(escape(guarantee_sentence(result["guarantee"])))
+    elif given is None:
+        console.print("met on these images only: on new ones the loss can exceed it (--delta guarantees it)")
     console.print(f"wrote the thresholds into {shown(output or gated_file)}")
 
 

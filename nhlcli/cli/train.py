@@ -351,6 +351,22 @@ EVAL_OPTIONS: dict[str, Any] = {
     "route_top_k": typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
     "part": typer.Option(None, "--part", metavar="i/k", help=PART_HELP),
     "holdout": typer.Option(None, "--holdout", metavar="FRACTION", help=HOLDOUT_HELP),
+    "hierarchy": typer.Option(
+        None,
+        "--hierarchy",
+        "-H",
+        metavar="TREE.json",
+        help="Measure the hierarchical metrics (per-level top-1, mistake severity, hierarchical "
+        "distance, hF1; docs/metrics.md) on this tree [default: the tree in the model file]. Give the "
+        "same tree to compare a flat model with a nested one.",
+    ),
+    "compare": typer.Option(
+        None,
+        "--compare",
+        metavar="OTHER.safetensors",
+        help="Evaluate a second model over the same classes on the same images and show both side by "
+        "side, with the difference (other minus first) and its 95% paired-bootstrap interval.",
+    ),
     "as_json": typer.Option(False, "--json", help="Print the results as JSON."),
 }
 
@@ -369,21 +385,33 @@ def eval_command(
     route_top_k: int | None = EVAL_OPTIONS["route_top_k"],
     part: str | None = EVAL_OPTIONS["part"],
     holdout: float | None = EVAL_OPTIONS["holdout"],
+    hierarchy: Path | None = EVAL_OPTIONS["hierarchy"],
+    compare: Path | None = EVAL_OPTIONS["compare"],
     as_json: bool = EVAL_OPTIONS["as_json"],
 ) -> None:
-    """Top-1, top-5 and per-class accuracy of a model file on a dataset.
+    """Top-1, top-5, per-class accuracy, per-level top-1, mistake severity, hierarchical distance,
+    hierarchical F1 and calibration error of a model file on a dataset.
 
     For a gated file (nhl gates): top-1, average GMACs per image, where images left the network,
-    and measured throughput against the ungated model on the same batches.
+    and measured throughput against the ungated model on the same batches. With --compare, two
+    models side by side on the same images.
     """
     from nhlcli.cli.common import ImageProgress
     from nhlcli.data import default_workers
-    from nhlcli.evaluation import attention_curve_file, evaluate_file
 
     if workers is None:
         workers = default_workers(data)
     elif workers < 0:
         raise NhlError(f"--workers must be 0 or more, got {workers}")
+    if compare is not None:
+        _refuse_with_compare(
+            classes=classes, attend=attend, attend_level=attend_level, attend_truth=attend_truth,
+            route_top_k=route_top_k, part=part,
+        )  # fmt: skip
+        _compare(model_file, compare, data, split, batch_size, workers, device, hierarchy, holdout, as_json)
+        return
+    from nhlcli.evaluation import attention_curve_file, evaluate_file
+
     scales = (
         unique(parse_list(attend_truth, "--attend-truth", number, "0.5,1,2"))
         if attend_truth is not None
@@ -403,8 +431,9 @@ def eval_command(
         else:
             truth = scales[0] if scales else None
             report = evaluate_file(
-                model_file, data, attend=pairs, attend_truth=truth, route_top_k=route_top_k, **common
-            )
+                model_file, data, attend=pairs, attend_truth=truth, route_top_k=route_top_k,
+                hierarchy=hierarchy, **common,
+            )  # fmt: skip
     if as_json:
         print_json(report)
     else:
@@ -444,6 +473,86 @@ def _print_eval_report(report: dict[str, Any], model_file: Path, data: str) -> N
     )
     if report["attention"]:
         console.print(f"attention: {escape(describe_attention(report['attention']))}")
+    if "hierarchy" in report:
+        console.print(hierarchy_lines(report["hierarchy"]))
+
+
+def hierarchy_lines(metrics: dict[str, Any]) -> str:
+    """The hierarchical metrics and calibration error for people, two lines."""
+    levels = "  ".join(f"L{row['level']} {row['top1']:.2%}" for row in metrics["levels"])
+    severity = metrics["mistake_severity"]
+    return (
+        f"per level: {levels}\n"
+        f"{counted(metrics['mistakes'], 'mistake')}, mean LCA height "
+        f"{'-' if severity is None else f'{severity:.3f}'} of {len(metrics['levels'])}  "
+        f"hdist@1 {metrics['hdist_at_1']:.3f}  hdist@{metrics['hdist_k']} {metrics['hdist_at_k']:.3f}  "
+        f"hF1 {metrics['hf1']:.2%}  ECE {metrics['ece']:.2%}"
+    )
+
+
+def _refuse_with_compare(**options: Any) -> None:
+    """``--compare`` measures two whole models: options that restrict or steer one make no sense."""
+    given = [name for name, value in options.items() if value]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise NhlError(f"{flag} does not go with --compare, which measures both whole models; drop one")
+
+
+def _compare(
+    model_file: Path, other: Path, data: str, split: str, batch_size: int, workers: int,
+    device: str | None, hierarchy: Path | None, holdout: float | None, as_json: bool,
+) -> None:  # fmt: skip
+    from nhlcli.evaluation import compare_files
+
+    report = compare_files(
+        model_file, other, data, split=split, batch_size=batch_size, workers=workers, device=device,
+        hierarchy=hierarchy, holdout=holdout,
+    )  # fmt: skip
+    if as_json:
+        print_json(report)
+        return
+    console.print(compare_table(report, shown(model_file.name), shown(other.name), shown(data)))
+
+
+COMPARED = (  # (report key, label, format)
+    ("top1", "top-1", "{:.2%}"),
+    ("top5", "top-5", "{:.2%}"),
+    ("hdist_at_1", "hierarchical distance @1", "{:.4f}"),
+    ("hdist_at_k", "hierarchical distance @{k}", "{:.4f}"),
+    ("mistake_severity", "mistake severity (mean LCA height)", "{:.4f}"),
+    ("hf1", "hierarchical F1", "{:.2%}"),
+    ("ece", "expected calibration error", "{:.2%}"),
+)
+
+
+def compare_table(report: dict[str, Any], name_a: str, name_b: str, data: str) -> Table:
+    """``nhl eval A --compare B`` for people: one row a metric, B minus A with its interval."""
+    tree = report["tree"]
+    table = Table(
+        title=f"{name_a} against {name_b} on {data} ({report['split']}, {report['images']} images), "
+        f"measured on the {tree['levels']}-level tree {shown(tree['name'] or '')}".rstrip()
+    )
+    for column in ("metric", name_a, name_b, f"{name_b} - {name_a} (95% interval)"):
+        table.add_column(column, justify="right")
+    for key, label, fmt in COMPARED:
+        values = [_metric(report[side], key) for side in ("a", "b")]
+        cells = ["-" if v is None else fmt.format(v) for v in values]
+        difference = report["differences"].get(key)
+        if difference is not None:
+            low, high = difference["ci95"]
+            verdict = "" if difference["detectable"] else ", no detectable difference"
+            delta = fmt.replace(":", ":+").format(difference["b_minus_a"])
+            cells.append(f"{delta} [{fmt.format(low)}, {fmt.format(high)}]{verdict}")
+        elif None not in values:
+            cells.append(fmt.replace(":", ":+").format(values[1] - values[0]))
+        else:
+            cells.append("-")
+        table.add_row(label.format(k=report["a"]["hierarchy"]["hdist_k"]), *cells)
+    return table
+
+
+def _metric(report: dict[str, Any], key: str) -> float | None:
+    return report[key] if key in report else report["hierarchy"][key]
 
 
 def attention_curve_table(report: dict[str, Any], name: str, data: str) -> Table:

@@ -40,6 +40,12 @@ class ExitRecord:
     def full_accuracy(self) -> float:
         return float((self.final == self.labels).double().mean())
 
+    def subset(self, rows: torch.Tensor) -> ExitRecord:
+        """The record of some of its images (``rows``: their indices)."""
+        return ExitRecord(
+            self.scores[rows], self.preds[rows], self.final[rows], self.final_macs[rows], self.labels[rows]
+        )
+
 
 @torch.no_grad()
 def collect_exits(
@@ -76,11 +82,9 @@ def collect_exits(
     )
 
 
-def simulate(gated: GatedModel, record: ExitRecord, thresholds: Sequence[float | None]) -> dict[str, Any]:
-    """Accuracy, average GMACs and exit fractions the gated model gives with ``thresholds``."""
+def exits_taken(record: ExitRecord, thresholds: Sequence[float | None]) -> torch.Tensor:
+    """Per image, the exit it leaves at with ``thresholds`` (the number of gates: the end)."""
     n, gates = len(record.labels), record.scores.shape[1]
-    exit_macs = gated.exit_macs(thresholds)
-    gate_overhead = exit_macs[-1] - gated.base_macs()
     exits = torch.full((n,), gates, dtype=torch.long)
     open_rows = torch.ones(n, dtype=torch.bool)
     for g, t in enumerate(thresholds):
@@ -89,12 +93,29 @@ def simulate(gated: GatedModel, record: ExitRecord, thresholds: Sequence[float |
         leave = open_rows & (record.scores[:, g] >= t)
         exits[leave] = g
         open_rows &= ~leave
+    return exits
+
+
+def simulate_answers(record: ExitRecord, thresholds: Sequence[float | None]) -> torch.Tensor:
+    """Per image, the class the gated model answers with ``thresholds``."""
+    exits = exits_taken(record, thresholds)
     pred = record.final.clone()
-    macs = record.final_macs + gate_overhead
-    for g in range(gates):
+    for g in range(record.scores.shape[1]):
         rows = exits == g
         pred[rows] = record.preds[rows, g]
-        macs[rows] = float(exit_macs[g])
+    return pred
+
+
+def simulate(gated: GatedModel, record: ExitRecord, thresholds: Sequence[float | None]) -> dict[str, Any]:
+    """Accuracy, average GMACs and exit fractions the gated model gives with ``thresholds``."""
+    gates = record.scores.shape[1]
+    exit_macs = gated.exit_macs(thresholds)
+    gate_overhead = exit_macs[-1] - gated.base_macs()
+    exits = exits_taken(record, thresholds)
+    pred = simulate_answers(record, thresholds)
+    macs = record.final_macs + gate_overhead
+    for g in range(gates):
+        macs[exits == g] = float(exit_macs[g])
     correct = pred == record.labels
     return {
         "thresholds": list(thresholds),
@@ -125,10 +146,23 @@ def tune_thresholds(gated: GatedModel, record: ExitRecord, target: float) -> dic
             f"a top-1 of {target:.2%} cannot be reached on this data: the full network (no exits) reaches "
             f"{full:.2%}; ask for at most that, or use `max_drop`"
         )
+    current = simulate(gated, record, threshold_path(gated, record, target)[-1])
+    current["target_top1"] = target
+    current["full_top1"] = full
+    return current
+
+
+def threshold_path(
+    gated: GatedModel, record: ExitRecord, target: float = float("-inf")
+) -> list[list[float | None]]:
+    """The greedy search's thresholds step by step, from every gate closed to the cheapest that
+    still reaches ``target`` top-1 (no target: until no step saves MACs). Each step lowers the one
+    threshold that saves the most MACs per accuracy point lost; risk grows along the path."""
     gates = record.scores.shape[1]
     cands = [_candidates(record.scores[:, g]) for g in range(gates)]
     pos = [-1] * gates
     thresholds: list[float | None] = [None] * gates
+    path = [list(thresholds)]
     current = simulate(gated, record, thresholds)
     while True:
         best: tuple[float, float, int, int] | None = None
@@ -145,14 +179,12 @@ def tune_thresholds(gated: GatedModel, record: ExitRecord, target: float) -> dic
                 if best is None or (gain, saved) > (best[0], best[1]):
                     best = (gain, saved, g, p)
         if best is None:
-            break
+            return path
         _, _, g, p = best
         pos[g] = p
         thresholds[g] = cands[g][p]
+        path.append(list(thresholds))
         current = simulate(gated, record, thresholds)
-    current["target_top1"] = target
-    current["full_top1"] = full
-    return current
 
 
 def check_target(target_accuracy: float | None, max_drop: float | None) -> None:

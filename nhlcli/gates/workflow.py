@@ -145,15 +145,23 @@ def tune_file(
     device: str | torch.device | None = None,
     progress: ImageProgress | None = None,
     holdout: float | None = None,
+    delta: float | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Set a gated file's thresholds (tuned for a target, or given) and write them into the file
     (or into ``output``).
+
+    ``delta``: choose thresholds whose budget (``max_drop`` points lost, or ``target_accuracy``)
+    holds on new images from the same data with probability at least ``1 - delta``
+    (:mod:`nhlcli.gates.guarantee`; ``seed`` splits the tuning images); without it, thresholds
+    only meet the budget on the tuning images themselves.
 
     ``holdout``: tune on that stratified hold-out of the training images (``split="val"``)
     instead of the data's own val split (Fashion-MNIST's test set); ``None`` takes the hold-out
     the model was trained without (none for a model trained on every training image), ``0``
     none."""
     from nhlcli.data.loaders import model_holdout
+    from nhlcli.gates.guarantee import check_delta, guaranteed_thresholds
     from nhlcli.model.files import save_model
 
     resolve_holdout(holdout, split)  # a bad fraction or split: before the file is read
@@ -162,6 +170,13 @@ def tune_file(
         check_target(target_accuracy, max_drop)  # before the file is read or an image scored
     elif target_accuracy is not None or max_drop is not None:
         raise NhlError("give exactly one of `target_accuracy`, `max_drop` or `thresholds`")
+    if delta is not None:
+        if thresholds is not None:
+            raise NhlError(
+                "guarantees the budget that thresholds are tuned for; thresholds given by hand have none",
+                "delta",
+            )
+        check_delta(delta)
     dev = resolve_device(device)
     gated = load_gated(gated_file, dev)
     if thresholds is not None:
@@ -169,10 +184,19 @@ def tune_file(
     gated.set_route_top_k(route_top_k)
     held = model_holdout(gated, split, holdout)
     record = record_file(gated, data, split, part, batch_size, workers, dev, progress, held)
+    guarantee = None
     if thresholds is not None:
         result = simulate(gated, record, thresholds)
+    elif delta is not None:
+        if max_drop is not None:
+            risk, budget = "drop", max_drop / 100
+        else:
+            risk, budget = "error", 1 - target_accuracy / 100
+        chosen = guaranteed_thresholds(gated, record, budget, delta, risk, seed)
+        result, guarantee = simulate(gated, record, chosen["thresholds"]), chosen["guarantee"]
     else:
         result = tune_thresholds(gated, record, target_from(record, target_accuracy, max_drop))
+    result["guarantee"] = guarantee
     gated.set_thresholds(result["thresholds"])
     result.update(
         {

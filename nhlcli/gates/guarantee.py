@@ -1,0 +1,136 @@
+"""Thresholds whose accuracy budget holds on new images: Learn-then-Test (Angelopoulos, Bates,
+Candès, Jordan and Lei, 2021) with fixed-sequence testing.
+
+Tuning on some images and trusting the result on others loses more than the budget: thresholds
+picked where the budget is just met sit, on new images, above it about half the time. Here the
+tuning images are split in two. The first part only orders candidate thresholds, from every gate
+closed to the cheapest: the greedy path of :func:`nhlcli.gates.tune.threshold_path`. The second
+part tests them in that order. For each candidate the null hypothesis is "on new images from the
+same data its risk exceeds the budget"; its loss per image is 0 or 1, so the exact binomial tail
+is a valid p-value. Testing in a fixed order and stopping at the first p-value above ``delta``
+controls the family-wise error at ``delta`` (no correction for the number of candidates), so with
+probability at least ``1 - delta`` over the draw of the tuning images, the candidate taken, the
+cheapest one rejected, keeps its risk within the budget.
+
+Two risks, both per image and 0 or 1:
+- ``drop`` (``max_drop``): the image is harmed, the full network right and the gated one wrong.
+  The accuracy lost to the gates is at most the harm rate (images they happen to fix only help).
+- ``error`` (``target_accuracy``): the gated network is wrong; its accuracy is at least
+  ``1 - budget``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from scipy.stats import binom
+
+from nhlcli.errors import NhlError
+from nhlcli.gates.tune import ExitRecord, simulate_answers, threshold_path
+
+PATH_SHARE = 0.5  # of the tuning images, the share that orders the candidates; the rest test them
+
+
+def check_delta(delta: float) -> None:
+    """A risk level is a probability strictly between 0 and 1 (NaN refused too)."""
+    if not 0 < delta < 1:
+        raise NhlError(f"{delta}: give the chance of missing the budget, between 0 and 1, e.g. 0.1", "delta")
+
+
+def binomial_p_value(losses: int, images: int, budget: float) -> float:
+    """P(Binomial(images, budget) <= losses): how likely so few losses are if the risk were the
+    budget; small values reject "the risk exceeds the budget"."""
+    return float(binom.cdf(losses, images, budget))
+
+
+def images_needed(budget: float, delta: float) -> int:
+    """The fewest test images on which even zero losses reject at ``delta``: below this, no saving
+    can be guaranteed at this budget, whatever the gates do."""
+    if budget <= 0:
+        return math.inf  # type: ignore[return-value]
+    if budget >= 1:
+        return 1
+    return math.ceil(math.log(delta) / math.log1p(-budget))
+
+
+def split_record(record: ExitRecord, share: float, seed: int) -> tuple[ExitRecord, ExitRecord]:
+    """The record's images in two random parts, ``share`` of them in the first."""
+    n = len(record.labels)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    cut = round(n * share)
+    return record.subset(order[:cut]), record.subset(order[cut:])
+
+
+def image_losses(record: ExitRecord, thresholds: Sequence[float | None], risk: str) -> torch.Tensor:
+    """Per image, 1 where the gated answer counts against the budget (see the module docstring)."""
+    gated_right = simulate_answers(record, thresholds) == record.labels
+    if risk == "error":
+        return ~gated_right
+    return (record.final == record.labels) & ~gated_right
+
+
+def guaranteed_thresholds(
+    gated: Any,
+    record: ExitRecord,
+    budget: float,
+    delta: float,
+    risk: str = "drop",
+    seed: int = 0,
+    path_share: float = PATH_SHARE,
+) -> dict[str, Any]:
+    """The cheapest thresholds on the greedy path whose risk stays within ``budget`` (a fraction)
+    with probability at least ``1 - delta``; every gate closed when none can be guaranteed."""
+    check_delta(delta)
+    ordering, testing = split_record(record, path_share, seed)
+    if not len(ordering.labels) or not len(testing.labels):
+        raise NhlError("too few images to tune with a guarantee: give at least 2")
+    path = threshold_path(gated, ordering)
+    chosen: list[float | None] = [None] * record.scores.shape[1]
+    chosen_p, losses_at = None, 0
+    for thresholds in path[1:]:  # path[0]: every gate closed, nothing to test
+        losses = int(image_losses(testing, thresholds, risk).sum())
+        p_value = binomial_p_value(losses, len(testing.labels), budget)
+        if p_value > delta:
+            break
+        chosen, chosen_p, losses_at = list(thresholds), p_value, losses
+    needed = images_needed(budget, delta)
+    return {
+        "thresholds": chosen,
+        "guarantee": {
+            "risk": risk,
+            "budget": budget,
+            "delta": delta,
+            "method": "learn-then-test, fixed-sequence binomial tests",
+            "ordering_images": len(ordering.labels),
+            "testing_images": len(testing.labels),
+            "testing_losses": losses_at,
+            "p_value": chosen_p,
+            "candidates": len(path) - 1,
+            "guaranteed_saving": any(t is not None for t in chosen),
+            "images_needed": needed,
+            "seed": seed,
+        },
+    }
+
+
+def guarantee_sentence(guarantee: dict[str, Any]) -> str:
+    """What was promised, in one sentence for people."""
+    what = "accuracy lost to the gates" if guarantee["risk"] == "drop" else "error of the gated network"
+    bound = f"{what} at most {guarantee['budget']:.2%} with probability at least {1 - guarantee['delta']:.0%}"
+    tested = guarantee["testing_images"]
+    if not guarantee["guaranteed_saving"]:
+        reason = (
+            f"{tested} test images are too few: even with no loss on them, "
+            f"{guarantee['images_needed']} are needed"
+            if tested < guarantee["images_needed"]
+            else "every cheaper candidate lost too much on the test images"
+        )
+        return f"no saving can be guaranteed with {bound} ({reason}); every gate stays closed"
+    return (
+        f"guaranteed on new images from the same data: {bound} (tested on {tested} images the "
+        f"ordering never saw, {guarantee['testing_losses']} counted against the budget, "
+        f"p = {guarantee['p_value']:.3g})"
+    )
