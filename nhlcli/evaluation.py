@@ -466,8 +466,10 @@ def attention_curve_file(
 
 
 def check_gated_options(model: NhlModel, route_top_k: int | None, attend: Sequence[Any]) -> None:
-    """Options a gated file takes (routing) and refuses (attention); sets the routing."""
-    model.set_route_top_k(route_top_k)  # refused, in one line, by a model without a routing gate
+    """Options a gated file takes (routing) and refuses (attention); sets the routing (``None``:
+    the routing width tuned into the file, if any)."""
+    if route_top_k is not None:
+        model.set_route_top_k(route_top_k)  # refused, in one line, by a model without a routing gate
     if attend and model.attention_problem:
         raise NhlError(model.attention_problem)
 

@@ -23,9 +23,10 @@ from conftest import (
 
 from nhlcli.errors import NhlError
 from nhlcli.gates import fit_gates
-from nhlcli.gates.guarantee import binomial_p_value, guaranteed_thresholds, images_needed
+from nhlcli.gates.guarantee import binomial_p_value, guaranteed_thresholds, images_needed, route_width
 from nhlcli.gates.tune import ExitRecord, tune_thresholds
 from nhlcli.model.files import save_model
+from nhlcli.model.loading import open_model
 
 FULL_MACS = 1e9
 
@@ -145,3 +146,46 @@ def test_bad_risk_levels_get_one_line_errors(gated_file, tmp_path, args, fragmen
     run = run_nhl("gates", "tune", path, "--data", data, "-o", tmp_path / "t.safetensors", *args)
     assert_one_line_error(run, *fragments)
     assert not (tmp_path / "t.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------ routing width
+def width_records(n: int, harmed: dict[int, int]) -> dict[int, ExitRecord]:
+    """One record per routing width over ``n`` images the full network gets right; at each
+    width, the first ``harmed[width]`` images are answered wrong."""
+    labels = torch.zeros(n, dtype=torch.long)
+    records = {}
+    for width, wrong in harmed.items():
+        final = labels.clone()
+        final[:wrong] = 1
+        records[width] = ExitRecord(torch.zeros(n, 0), torch.zeros(n, 0, dtype=torch.long), final,
+                                    torch.full((n,), float(width)), labels.clone())  # fmt: skip
+    return records
+
+
+def test_the_routing_width_is_the_narrowest_the_binomial_tests_accept_widest_first():
+    records = width_records(1000, {4: 0, 3: 0, 2: 3, 1: 40})
+    # 3 of 1000 harmed against a 2% budget: P(Bin(1000, 0.02) <= 3) is tiny; 40 of 1000 is not
+    width, guarantee = route_width(records, "drop", 0.02, 0.1)
+    assert width == 2 and guarantee["guaranteed_saving"] and guarantee["testing_losses"] == 3
+    assert guarantee["p_value"] == pytest.approx(binomial_p_value(3, 1000, 0.02))
+    assert route_width(records, "drop", 0.05, None)[0] == 1  # 4 points lost meets 5 on these images
+    few = width_records(50, {4: 0, 3: 0, 2: 0, 1: 0})
+    width, guarantee = route_width(few, "drop", 0.02, 0.1)
+    assert width == 4 and not guarantee["guaranteed_saving"]  # 50 images: 114 are needed at 2%
+
+
+def test_nhl_gates_tune_route_keeps_the_width_in_the_file_and_eval_routes_with_it(gated_file, tmp_path):
+    path, data = gated_file
+    out = tmp_path / "routed.safetensors"
+    run = run_nhl("gates", "tune", path, "--data", data, "--workers", "0", "--tune-route",
+                  "--max-drop", "100", "-o", out, "--json")  # fmt: skip
+    assert run.code == 0, run.err
+    tuned = json.loads(run.out)
+    assert tuned["route_top_k"] == 1  # losing everything is allowed: one super-category is enough
+    assert open_model(out).route_top_k == 1
+    run = run_nhl("eval", out, "--data", data, "--workers", "0", "--json")
+    assert run.code == 0, run.err
+    assert json.loads(run.out)["route_top_k"] == 1
+    run = run_nhl("gates", "tune", path, "--data", data, "--tune-route", "--route-top-k", "1",
+                  "--max-drop", "1", "-o", out)  # fmt: skip
+    assert_one_line_error(run, "--route-top-k does not go with --tune-route")

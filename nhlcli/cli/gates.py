@@ -180,6 +180,13 @@ def tune_command(
         0, "--seed", help="With --delta: how the tuning images are split into ordering and testing halves."
     ),
     route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
+    tune_route: bool = typer.Option(
+        False,
+        "--tune-route",
+        help="Choose the routing width instead of thresholds: the fewest super-categories whose branches "
+        "each image runs (K) within the budget (and with --delta, guaranteed), exit gates closed. The "
+        "file keeps K; eval and predict route with it.",
+    ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write here instead of updating the file."
     ),
@@ -190,11 +197,35 @@ def tune_command(
 ) -> None:
     """Set the exit thresholds: the lowest average GMACs that reaches a target top-1 on held-out data
     (with --delta, one that holds on new images with a stated probability)."""
-    from nhlcli.gates.workflow import tune_file
-    from nhlcli.model.files import read_metadata
-    from nhlcli.model.gated import exit_names
+    from nhlcli.gates.workflow import tune_route_file
 
+    if tune_route and (thresholds is not None or route_top_k is not None):
+        flag = "--thresholds" if thresholds is not None else "--route-top-k"
+        raise NhlError(f"{flag} does not go with --tune-route, which chooses the width, every gate closed")
     given = parse_list(thresholds, "--thresholds", threshold, "1.5,2,inf") if thresholds is not None else None
+    if tune_route:
+        with ImageProgress(not as_json) as progress:
+            result = tune_route_file(
+                gated_file, data, split, part, target_accuracy, max_drop, delta, output, batch_size, workers,
+                device, progress, holdout=holdout,
+            )  # fmt: skip
+    else:
+        result = _tune(gated_file, data, split, part, target_accuracy, max_drop, given, route_top_k, output,
+                       batch_size, workers, device, holdout, delta, seed, as_json)  # fmt: skip
+    if as_json:
+        print_json(result)
+        return
+    _print_tuned(result, gated_file, output, data, part, given)
+
+
+def _tune(
+    gated_file: Path, data: str, split: str, part: str | None, target_accuracy: float | None,
+    max_drop: float | None, given: list[float | None] | None, route_top_k: int | None, output: Path | None,
+    batch_size: int, workers: int, device: str | None, holdout: float | None, delta: float | None, seed: int,
+    as_json: bool,
+) -> dict[str, Any]:  # fmt: skip
+    from nhlcli.gates.workflow import tune_file
+
     with ImageProgress(not as_json) as progress:
         result = tune_file(
             gated_file,
@@ -214,9 +245,16 @@ def tune_command(
             delta=delta,
             seed=seed,
         )
-    if as_json:
-        print_json(result)
-        return
+    return result
+
+
+def _print_tuned(
+    result: dict[str, Any], gated_file: Path, output: Path | None, data: str, part: str | None,
+    given: list[float | None] | None,
+) -> None:  # fmt: skip
+    from nhlcli.model.files import read_metadata
+    from nhlcli.model.gated import exit_names
+
     names = exit_names(read_metadata(output or gated_file)["gates"]["stages"])
     console.print(
         _exits_table(
@@ -233,6 +271,9 @@ def tune_command(
         f"{result['gmacs']:.4f} GMACs per image on average against {result['full_gmacs']:.4f} "
         f"({saved:.1f}% fewer)"
     )
+    if result.get("route_top_k") is not None:
+        best = counted(result["route_top_k"], "best super-category", "best super-categories")
+        console.print(f"each image runs the branches of its {best}")
     if result["guarantee"] is not None:
         from nhlcli.gates.guarantee import guarantee_sentence
 

@@ -40,6 +40,14 @@ def check_delta(delta: float) -> None:
         raise NhlError(f"{delta}: give the chance of missing the budget, between 0 and 1, e.g. 0.1", "delta")
 
 
+def budget_of(target_accuracy: float | None, max_drop: float | None) -> tuple[str, float]:
+    """The risk and its budget (a fraction) from ``max_drop`` or ``target_accuracy`` (percent)."""
+    if max_drop is not None:
+        return "drop", max_drop / 100
+    assert target_accuracy is not None
+    return "error", 1 - target_accuracy / 100
+
+
 def binomial_p_value(losses: int, images: int, budget: float) -> float:
     """P(Binomial(images, budget) <= losses): how likely so few losses are if the risk were the
     budget; small values reject "the risk exceeds the budget"."""
@@ -104,6 +112,7 @@ def guaranteed_thresholds(
             "budget": budget,
             "delta": delta,
             "method": "learn-then-test, fixed-sequence binomial tests",
+            "choice": "thresholds",
             "ordering_images": len(ordering.labels),
             "testing_images": len(testing.labels),
             "testing_losses": losses_at,
@@ -118,19 +127,70 @@ def guaranteed_thresholds(
 
 def guarantee_sentence(guarantee: dict[str, Any]) -> str:
     """What was promised, in one sentence for people."""
-    what = "accuracy lost to the gates" if guarantee["risk"] == "drop" else "error of the gated network"
+    what = "accuracy lost" if guarantee["risk"] == "drop" else "error"
     bound = f"{what} at most {guarantee['budget']:.2%} with probability at least {1 - guarantee['delta']:.0%}"
     tested = guarantee["testing_images"]
     if not guarantee["guaranteed_saving"]:
+        kept = "every gate stays closed"
+        if guarantee["choice"] == "route_top_k":
+            kept = "every image keeps every branch"
         reason = (
             f"{tested} test images are too few: even with no loss on them, "
             f"{guarantee['images_needed']} are needed"
             if tested < guarantee["images_needed"]
             else "every cheaper candidate lost too much on the test images"
         )
-        return f"no saving can be guaranteed with {bound} ({reason}); every gate stays closed"
+        return f"no saving can be guaranteed with {bound} ({reason}); {kept}"
+    unseen = " the ordering never saw" if guarantee["ordering_images"] else ""
     return (
-        f"guaranteed on new images from the same data: {bound} (tested on {tested} images the "
-        f"ordering never saw, {guarantee['testing_losses']} counted against the budget, "
-        f"p = {guarantee['p_value']:.3g})"
+        f"guaranteed on new images from the same data: {bound} (tested on {tested} images{unseen}, "
+        f"{guarantee['testing_losses']} counted against the budget, p = {guarantee['p_value']:.3g})"
     )
+
+
+def route_width(
+    records: dict[int, ExitRecord], risk: str, budget: float, delta: float | None
+) -> tuple[int, dict[str, Any] | None]:
+    """The fewest super-categories (``route_top_k``) within ``budget``, from one record per width
+    (gates closed). Widths are tested from the widest down, an order fixed before any image is
+    seen, so every image tests (no ordering half). With ``delta``: binomial tests, stopping at the
+    first width not accepted; without: the budget met on these images only.
+
+    The widest width is the whole network, the reference the loss is counted against."""
+    widths = sorted(records, reverse=True)
+    full = records[widths[0]]
+    chosen, p_chosen, losses_chosen = widths[0], None, 0
+    for width in widths[1:]:
+        routed = records[width]
+        wrong = routed.final != routed.labels
+        losses = wrong if risk == "error" else (full.final == full.labels) & wrong
+        if delta is None:
+            if risk == "error":
+                within = float(wrong.double().mean()) <= budget + 1e-12
+            else:
+                within = full.full_accuracy - routed.full_accuracy <= budget + 1e-12
+            p_value = None
+        else:
+            p_value = binomial_p_value(int(losses.sum()), len(routed.labels), budget)
+            within = p_value <= delta
+        if not within:
+            break
+        chosen, p_chosen, losses_chosen = width, p_value, int(losses.sum())
+    if delta is None:
+        return chosen, None
+    n = len(full.labels)
+    return chosen, {
+        "risk": risk,
+        "budget": budget,
+        "delta": delta,
+        "method": "fixed-sequence binomial tests over routing widths, widest first",
+        "choice": "route_top_k",
+        "ordering_images": 0,
+        "testing_images": n,
+        "testing_losses": losses_chosen,
+        "p_value": p_chosen,
+        "candidates": len(widths) - 1,
+        "guaranteed_saving": chosen != widths[0],
+        "images_needed": images_needed(budget, delta),
+        "seed": None,
+    }

@@ -161,7 +161,7 @@ def tune_file(
     the model was trained without (none for a model trained on every training image), ``0``
     none."""
     from nhlcli.data.loaders import model_holdout
-    from nhlcli.gates.guarantee import check_delta, guaranteed_thresholds
+    from nhlcli.gates.guarantee import budget_of, check_delta, guaranteed_thresholds
     from nhlcli.model.files import save_model
 
     resolve_holdout(holdout, split)  # a bad fraction or split: before the file is read
@@ -181,17 +181,15 @@ def tune_file(
     gated = load_gated(gated_file, dev)
     if thresholds is not None:
         check_thresholds(thresholds, len(gated.exits))
-    gated.set_route_top_k(route_top_k)
+    if route_top_k is not None:  # else the width tuned into the file, if any
+        gated.set_route_top_k(route_top_k)
     held = model_holdout(gated, split, holdout)
     record = record_file(gated, data, split, part, batch_size, workers, dev, progress, held)
     guarantee = None
     if thresholds is not None:
         result = simulate(gated, record, thresholds)
     elif delta is not None:
-        if max_drop is not None:
-            risk, budget = "drop", max_drop / 100
-        else:
-            risk, budget = "error", 1 - target_accuracy / 100
+        risk, budget = budget_of(target_accuracy, max_drop)
         chosen = guaranteed_thresholds(gated, record, budget, delta, risk, seed)
         result, guarantee = simulate(gated, record, chosen["thresholds"]), chosen["guarantee"]
     else:
@@ -207,7 +205,61 @@ def tune_file(
             "images": len(record.labels),
         }
     )
-    result["route_top_k"] = route_top_k
+    result["route_top_k"] = gated.route_top_k
+    gated.spec.route_top_k = gated.route_top_k  # eval and predict route as the thresholds were tuned
+    gated.spec.tune = result
+    save_model(gated, output or gated_file, **carried_sections(gated.metadata))
+    return result
+
+
+def tune_route_file(
+    gated_file: str | Path,
+    data: str | Path = "fashion-mnist",
+    split: str = "val",
+    part: str | None = None,
+    target_accuracy: float | None = None,
+    max_drop: float | None = None,
+    delta: float | None = None,
+    output: str | Path | None = None,
+    batch_size: int = 128,
+    workers: int = 2,
+    device: str | torch.device | None = None,
+    progress: ImageProgress | None = None,
+    holdout: float | None = None,
+) -> dict[str, Any]:
+    """Choose the routing width tuned into a gated file: the fewest super-categories each image's
+    branches run under (``route_top_k``) within the budget, with the exit gates closed; with
+    ``delta``, a width whose budget holds on new images with probability at least ``1 - delta``
+    (:func:`nhlcli.gates.guarantee.route_width`). ``eval``, ``predict`` and ``export`` then route
+    with it unless told otherwise. ``holdout`` as in :func:`tune_file`."""
+    from nhlcli.data.loaders import model_holdout
+    from nhlcli.gates.guarantee import budget_of, check_delta, route_width
+    from nhlcli.model.files import save_model
+
+    resolve_holdout(holdout, split)
+    output = check_tune_output(gated_file, output, data)
+    check_target(target_accuracy, max_drop)
+    if delta is not None:
+        check_delta(delta)
+    dev = resolve_device(device)
+    gated = load_gated(gated_file, dev)
+    if gated.route_problem:
+        raise NhlError(gated.route_problem)
+    held = model_holdout(gated, split, holdout)
+    closed: list[float | None] = [None] * len(gated.exits)
+    gated.set_thresholds(closed)
+    records = {}
+    for width in range(len(gated.tree.level(1)), 0, -1):
+        gated.set_route_top_k(width)
+        records[width] = record_file(gated, data, split, part, batch_size, workers, dev, progress, held)
+    width, guarantee = route_width(records, *budget_of(target_accuracy, max_drop), delta)
+    gated.set_route_top_k(width)
+    gated.spec.route_top_k = width
+    result = simulate(gated, records[width], closed)
+    result.update(
+        {"route_top_k": width, "guarantee": guarantee, "data": str(data), "holdout": held, "part": part,
+         "split": split_name(data, split, held), "images": len(records[width].labels)}
+    )  # fmt: skip
     gated.spec.tune = result
     save_model(gated, output or gated_file, **carried_sections(gated.metadata))
     return result
@@ -235,7 +287,8 @@ def sweep_file(
     resolve_holdout(holdout, split)
     dev = resolve_device(device)
     gated = load_gated(gated_file, dev)
-    gated.set_route_top_k(route_top_k)
+    if route_top_k is not None:
+        gated.set_route_top_k(route_top_k)
     held = model_holdout(gated, split, holdout)
     record = record_file(gated, data, split, part, batch_size, workers, dev, progress, held)
     return sweep(gated, record, *(() if drops is None else (drops,)))

@@ -52,6 +52,7 @@ class GateSpec:
     route: bool = False
     fit: dict[str, Any] = field(default_factory=dict)
     tune: dict[str, Any] | None = None
+    route_top_k: int | None = None  # the routing width tuned into the file (None: every super-category)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -73,6 +74,7 @@ class GateSpec:
                 route=bool(data.get("route", False)),
                 fit=dict(data.get("fit", {})),
                 tune=data.get("tune"),
+                route_top_k=None if data.get("route_top_k") is None else int(data["route_top_k"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise NhlError(
@@ -172,6 +174,8 @@ class GatedModel(NhlModel):
         if spec.route:
             self.route = Gate(self.chain.channels[self.chain.split], len(model.tree.level(1)))
         self.route_top_k: int | None = None
+        if spec.route_top_k is not None:
+            self.set_route_top_k(spec.route_top_k)
         self._paths: dict[tuple[int, ...], BranchPath] = {}
         self._path_macs: dict[tuple[int, ...], int] = {}
         self._stage_macs: list[int] | None = None
