@@ -298,6 +298,8 @@ def evaluate_file(
     report["split"] = split_name(data, split, held)
     report["holdout"] = held
     report["attention"] = attention_summary(model.tree, pairs, attend_level, attend_truth)
+    if model.has_other and not labels:  # the expert's own classes above; every image here
+        report["other"] = other_report(model, data, split, batch_size, workers, dev, part, held)
     return report
 
 
@@ -565,3 +567,76 @@ def evaluate_gated(
         report["ungated_images_per_s"] = n / base_s if base_s else None
         report["speedup"] = base_s / gated_s if gated_s else None
     return report
+
+
+@torch.no_grad()
+def collect_other(
+    model: NhlModel, loader: Any, mine: torch.Tensor, device: torch.device, limit: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Per image of ``loader`` (labelled by the parent's tree): the other head's input features,
+    whether the image is one of the expert's classes
+    (``mine[label]``), the expert's answer and the baselines' scores: the largest softmax
+    probability, the largest logit and the energy (log-sum-exp) of the expert's logits.
+
+    ``limit``: stop after that many images."""
+    model.eval()
+    columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("features", "mine", "label", "answer", "msp",
+                                                               "max_logit", "energy")}  # fmt: skip
+    seen = 0
+    for batch_images, batch_targets in loader:
+        images, targets, _ = split_bad(batch_images, batch_targets)
+        if not targets.numel():
+            continue
+        logits, features = model.other_features(images.to(device))
+        logits = logits.float().cpu()
+        columns["features"].append(features.cpu())
+        columns["mine"].append(mine[targets])
+        columns["label"].append(targets)
+        columns["answer"].append(logits.argmax(1))
+        columns["msp"].append(logits.softmax(1).amax(1))
+        columns["max_logit"].append(logits.amax(1))
+        columns["energy"].append(logits.logsumexp(1))
+        seen += len(targets)
+        if limit is not None and seen >= limit:
+            break
+    if not seen:
+        raise NhlError("the data holds no images for the other head; give the data the parent was trained on")
+    return {k: torch.cat(v) for k, v in columns.items()}
+
+
+@torch.no_grad()
+def other_report(
+    model: NhlModel, data: str | Path, split: str, batch_size: int, workers: int, device: torch.device,
+    part: str | None = None, holdout: float = 0.0,
+) -> dict[str, Any]:  # fmt: skip
+    """What an expert with an other head does on every image of ``data``: on its own classes, the
+    top-1 with "other" counted wrong and the share sent to "other"; on the rest, the share sent to
+    "other"; and how well its score and the baselines' separate the two (AUROC)."""
+    from nhlcli.metrics import separation
+
+    parent = Tree.from_dict(model.metadata["expert"]["parent_tree"])
+    mine = torch.tensor([c in set(model.tree.classes) for c in parent.classes])
+    loader = model_loader(model, data, split, batch_size, workers, tree=parent, subset=True, part=part,
+                          holdout=holdout)  # fmt: skip
+    seen = collect_other(model, loader, mine, device)
+    scores, own = model.other(seen["features"].to(device)).cpu(), seen["mine"]
+    if not own.any() or own.all():
+        raise NhlError(
+            f"the {split} split needs images of the expert's classes and of others to measure the other "
+            "head; give the data the parent was trained on"
+        )
+    threshold = model.other.spec.threshold
+    rejected = scores < threshold if threshold is not None else torch.zeros_like(own)
+    expert_index = torch.tensor([model.tree.class_index(c) if c in set(model.tree.classes) else -1
+                                 for c in parent.classes])  # fmt: skip
+    right = (expert_index[seen["label"]] == seen["answer"]) & ~rejected
+    return {
+        "threshold": threshold,
+        "images_mine": int(own.sum()),
+        "images_other": int((~own).sum()),
+        "top1_mine_with_other": float(right[own].double().mean()),
+        "rejected_mine": float(rejected[own].double().mean()),
+        "rejected_other": float(rejected[~own].double().mean()),
+        "auroc": separation(own, {"other head": scores, "max softmax": seen["msp"],
+                                  "max logit": seen["max_logit"], "energy": seen["energy"]}),  # fmt: skip
+    }

@@ -184,3 +184,12 @@ def _depth_statistics(depths: torch.Tensor, levels: int) -> dict[str, torch.Tens
         "hdist_at_1": heights.mean(-1),
         "mistake_severity": (heights * wrong).sum(-1) / wrong.sum(-1),  # NaN: no mistakes
     }
+
+
+def separation(mine: torch.Tensor, scores: dict[str, torch.Tensor]) -> dict[str, float]:
+    """AUROC of each score at telling an expert's own images (``mine``) from the rest: the chance
+    that a random own image scores above a random other one (1: perfect, 0.5: chance)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = mine.numpy().astype(int)
+    return {name: float(roc_auc_score(labels, v.detach().double().numpy())) for name, v in scores.items()}

@@ -249,6 +249,7 @@ class _Rows:
         self.device = module_device(model)
         self.names = [model.tree.node(c).name for c in model.tree.classes]
         self.exit_names = model.exit_names()  # a gated model says where each image left; others have none
+        self.other = model.has_other  # an expert with an other head says whether it is one of its classes
 
     def of_batch(
         self,
@@ -267,6 +268,8 @@ class _Rows:
                 rows[j] = {"file": str(files[j]), "top": []}
                 if self.exit_names:
                     rows[j].update(exit=None, gmacs=None)
+                if self.other:
+                    rows[j]["other"] = None
                 rows[j]["error"] = error
         return [rows[j] for j in range(len(errors))]
 
@@ -293,6 +296,8 @@ class _Rows:
             if self.exit_names:
                 result["exit"] = self.exit_names[int(out.exits[row])]
                 result["gmacs"] = float(out.macs[row]) / 1e9
+            if self.other:  # True: none of the expert's classes (its top classes are shown anyway)
+                result["other"] = None if out.other is None else bool(out.other[row])
             result["error"] = None
             rows.append(result)
         return rows
@@ -355,7 +360,7 @@ def predict_files(
         bad_images="report", progress=progress,
     )  # fmt: skip
     if output is not None:
-        write_predictions(output, results, k, gated=bool(model.exit_names()))
+        write_predictions(output, results, k, gated=bool(model.exit_names()), other=model.has_other)
     return {
         "model": str(model_file),
         "num_classes": len(model.tree.classes),
@@ -375,13 +380,14 @@ def output_format(path: str | Path, label: str = "output") -> str:
     return kind
 
 
-def csv_columns(top_k: int, gated: bool) -> list[str]:
+def csv_columns(top_k: int, gated: bool, other: bool = False) -> list[str]:
     """The columns of the CSV output: the file, ``top1_id``, ``top1_name``, ``top1_probability``
-    and so on to ``top_k``, a gated model's ``exit`` and ``gmacs``, and ``error``."""
+    and so on to ``top_k``, a gated model's ``exit`` and ``gmacs``, an expert's ``other`` (true:
+    none of its classes), and ``error``."""
     columns = ["file"]
     for rank in range(1, top_k + 1):
         columns += [f"top{rank}_id", f"top{rank}_name", f"top{rank}_probability"]
-    return [*columns, *(["exit", "gmacs"] if gated else []), "error"]
+    return [*columns, *(["exit", "gmacs"] if gated else []), *(["other"] if other else []), "error"]
 
 
 def _csv_row(result: Mapping[str, Any], columns: Sequence[str]) -> list[Any]:
@@ -389,13 +395,17 @@ def _csv_row(result: Mapping[str, Any], columns: Sequence[str]) -> list[Any]:
     for rank, entry in enumerate(result["top"], start=1):
         for key in ("id", "name", "probability"):
             cells[f"top{rank}_{key}"] = entry[key]
-    for key in ("exit", "gmacs", "error"):
+    for key in ("exit", "gmacs", "other", "error"):
         cells[key] = result.get(key)
     return ["" if cells.get(c) is None else cells[c] for c in columns]
 
 
 def write_predictions(
-    path: str | Path, results: Sequence[Mapping[str, Any]], top_k: int, gated: bool = False
+    path: str | Path,
+    results: Sequence[Mapping[str, Any]],
+    top_k: int,
+    gated: bool = False,
+    other: bool = False,
 ) -> Path:
     """Write :func:`predict_images`' results to ``path``, one row per image, atomically (a
     temporary file renamed into place): CSV with :func:`csv_columns`, or JSON lines with the
@@ -408,7 +418,7 @@ def write_predictions(
     def write(tmp: Path) -> None:
         if kind == "csv":
             with tmp.open("w", encoding="utf-8", errors="surrogateescape", newline="") as file:
-                columns = csv_columns(top_k, gated)
+                columns = csv_columns(top_k, gated, other)
                 writer = csv.writer(file)
                 writer.writerow(columns)
                 writer.writerows(_csv_row(r, columns) for r in results)

@@ -19,7 +19,7 @@ LAYERS = [  # docs/architecture.md's table, row by row
     ["taxonomy"],
     ["model", "profiling"],
     ["data"],
-    ["evaluation", "metrics"],
+    ["evaluation", "metrics", "risk"],
     ["training"],
     ["experts"],
     ["gates"],

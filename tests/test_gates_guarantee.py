@@ -23,10 +23,11 @@ from conftest import (
 
 from nhlcli.errors import NhlError
 from nhlcli.gates import fit_gates
-from nhlcli.gates.guarantee import binomial_p_value, guaranteed_thresholds, images_needed, route_width
+from nhlcli.gates.guarantee import guaranteed_thresholds, route_width
 from nhlcli.gates.tune import ExitRecord, tune_thresholds
 from nhlcli.model.files import save_model
 from nhlcli.model.loading import open_model
+from nhlcli.risk import binomial_p_value, images_needed
 
 FULL_MACS = 1e9
 

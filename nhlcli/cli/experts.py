@@ -105,13 +105,43 @@ def cutout_command(
     ),
     batch_size: int = typer.Option(16, "--batch-size", help=BATCH_HELP),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP),
+    other: bool = typer.Option(
+        False,
+        "--other",
+        help="Let the expert answer 'none of my classes': fit a linear test on the features its own "
+        "branches compute (needs --data, the data the parent was trained on) and set its threshold so "
+        "that at most --other-budget of its own images answer other, guaranteed with probability "
+        "1-DELTA on new images.",
+    ),
+    data: str | None = typer.Option(
+        None, "--data", "-d", help="With --other: the parent's data (ImageFolder, fashion-mnist or emoji)."
+    ),
+    other_budget: float = typer.Option(
+        0.05, "--other-budget", metavar="SHARE",
+        help="With --other: the share of own images allowed to answer other.",
+    ),
+    delta: float = typer.Option(
+        0.1, "--delta", metavar="RISK", help="With --other: the chance the budget is exceeded on new images."
+    ),
+    part: str | None = typer.Option(
+        None, "--part", metavar="i/k", help="With --other: the part of the val split setting the threshold."
+    ),
+    holdout: float | None = typer.Option(
+        None, "--holdout", metavar="FRACTION",
+        help="With --other: as nhl train --holdout (default: the parent's).",
+    ),
+    other_images: int = typer.Option(
+        20000, "--other-images", metavar="N", help="With --other: training images to fit on, at most."
+    ),
+    workers: int = typer.Option(2, "--workers", help="With --other: data loading processes."),
     as_json: bool = typer.Option(False, "--json", help="Print the cost report as JSON instead of a table."),
 ) -> None:
     """Cut an expert for just the classes a task needs out of an NHL model.
 
     The expert keeps the trunk and only the branches on the paths to the kept classes. Its
     logits equal the parent's logits for those classes; its softmax runs over them alone. It
-    loads without the parent file. The cost report compares parent and expert.
+    loads without the parent file. The cost report compares parent and expert. With --other it
+    can also answer "none of my classes".
     """
     from nhlcli.experts import compare, cutout_with_cost, save_expert
     from nhlcli.paths import check_distinct_outputs, check_output_file
@@ -123,7 +153,8 @@ def cutout_command(
     labels = parse_names(classes)
     batches = _batches(batch_size)
     check_threads(threads)
-    cut, parent_cost, expert_cost = cutout_with_cost(model_file, labels, batches, latency, threads)
+    request = _other_request(other, data, other_budget, delta, part, holdout, other_images, workers)
+    cut, parent_cost, expert_cost = cutout_with_cost(model_file, labels, batches, latency, threads, request)
     save_expert(cut, output, cost=expert_cost)
     summary = {
         "parent": str(model_file),
@@ -136,6 +167,8 @@ def cutout_command(
         "expert_cost": expert_cost,
         "reduction_percent": compare(parent_cost, expert_cost),
     }
+    if cut.other is not None:
+        summary["other"] = cut.other
     if report is not None:
         atomic_write_json(report, summary)
     if as_json:
@@ -149,7 +182,53 @@ def cutout_command(
     console.print(f"kept classes: {shown(listed)}")
     for note in cut.notes:
         console.print(shown(note))
+    if cut.other is not None:
+        console.print(other_lines(cut.other))
     console.print(f"wrote [bold]{shown(output)}[/] (cut in {cut.seconds:.2f} s)")
+
+
+def _other_request(
+    other: bool, data: str | None, budget: float, delta: float, part: str | None, holdout: float | None,
+    images: int, workers: int,
+) -> Any:  # fmt: skip
+    """``--other``'s request, checked before anything is read; its options alone are refused."""
+    if not other:
+        given = {"--data": data, "--part": part, "--holdout": holdout}
+        named = [flag for flag, value in given.items() if value is not None]
+        if named:
+            raise NhlError(f"{named[0]} goes with --other (fitting the expert's other answer); add "
+                           "--other or drop it")
+        return None
+    if data is None:
+        raise NhlError("--other needs --data: the data the parent was trained on, which holds the other "
+                       "classes too")
+    from nhlcli.experts.other import OtherRequest
+
+    request = OtherRequest(data=data, budget=budget, delta=delta, part=part, holdout=holdout,
+                           max_images=images, workers=workers)  # fmt: skip
+    request.check()
+    return request
+
+
+def other_lines(record: Mapping[str, Any]) -> str:
+    """What the other head does, for people: its threshold's promise and how well it separates."""
+    calibration = record["calibration"]
+    share = f"{calibration['budget']:.0%}"
+    if calibration.get("delta") is None:
+        promise = f"at most {share} of the calibration images' own classes answer other (no guarantee)"
+    elif calibration["guaranteed"]:
+        promise = (f"at most {share} of its own images answer other, with probability at least "
+                   f"{1 - calibration['delta']:.0%} on new images ({calibration['images_mine']} own "
+                   "images tested)")  # fmt: skip
+    else:
+        promise = (f"no threshold can be guaranteed: {calibration['images_mine']} own calibration "
+                   f"images, {calibration['images_needed']} needed; it never answers other")  # fmt: skip
+    lines = [f"other: {promise}"]
+    if "auroc" in calibration:
+        scores = "  ".join(f"{name} {value:.3f}" for name, value in calibration["auroc"].items())
+        lines.append(f"own against other classes (AUROC, calibration images): {scores}")
+    lines.append(f"the other test adds {record['extra_macs_percent']:.3g}% MACs per image")
+    return "\n".join(lines)
 
 
 def profile_command(

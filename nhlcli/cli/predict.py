@@ -121,6 +121,8 @@ def prediction_table(result: dict) -> Table | str:
         table.add_row(str(rank), shown(row["name"]), shown(row["id"]), f"{row['probability']:.2%}")
     if result.get("exit") is not None:
         table.caption = f"left at {result['exit']}, {result['gmacs'] * 1e3:.2f} MMACs"
+    if result.get("other"):
+        table.title = f"{shown(result['file'])}: [bold]other[/] (none of the expert's classes; nearest below)"
     return table
 
 

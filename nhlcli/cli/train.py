@@ -271,11 +271,9 @@ def _report_training(
 ) -> None:
     """What ``nhl train`` prints at the end: the run's notes, then where the model went and how it
     scored (or the JSON summary); exit 130 after a Ctrl-C."""
-    from nhlcli.training.loop import option_name
-
     result = run.result
     for key, (before, now) in result.resumed_changes.items():
-        say(f"resumed with {option_name(key)} {now} (the run had {before})")
+        say(f"resumed with {with_flags(f'`{key}`')} {now} (the run had {before})")
     if result.precision_note:
         say(result.precision_note)
     if result.bad_images:
@@ -475,6 +473,16 @@ def _print_eval_report(report: dict[str, Any], model_file: Path, data: str) -> N
         console.print(f"attention: {escape(describe_attention(report['attention']))}")
     if "hierarchy" in report:
         console.print(hierarchy_lines(report["hierarchy"]))
+    if "other" in report:
+        other = report["other"]
+        scores = "  ".join(f"{name} {value:.3f}" for name, value in other["auroc"].items())
+        console.print(
+            f"with other: top-1 {other['top1_mine_with_other']:.2%} on its {other['images_mine']} own "
+            f"images, {other['rejected_mine']:.2%} of them sent to other; "
+            f"{other['rejected_other']:.2%} of the {other['images_other']} images of other classes sent to "
+            "other\n"
+            f"own against other classes (AUROC): {scores}"
+        )
 
 
 def hierarchy_lines(metrics: dict[str, Any]) -> str:

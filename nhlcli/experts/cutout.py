@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load as load_tensor_bytes
 
 from nhlcli.errors import NhlError
+from nhlcli.experts.other import OtherRequest
 from nhlcli.model.contract import NhlModel
 from nhlcli.model.files import OpenModelFile, check_digest, open_model_file, save_model
 from nhlcli.model.loading import FILE_SECTIONS
@@ -68,6 +69,7 @@ class Cutout:
     training: dict[str, Any] | None = None  # how the parent was trained, carried along
     notes: tuple[str, ...] = ()  # how the names resolved, where a person should know (overlaps, senses)
     parent_meta: dict[str, Any] | None = None  # the parent's metadata, from the same read as the rows
+    other: dict[str, Any] | None = None  # how the other head was fitted and calibrated (``--other``)
 
 
 def _sliced_tensors(source: OpenModelFile, plan: SlicePlan) -> dict[str, torch.Tensor]:
@@ -140,22 +142,47 @@ def save_expert(cutout: Cutout, output: str | Path, cost: Mapping[str, Any] | No
     )
 
 
+def _fit_other(cut: Cutout, request: OtherRequest) -> dict[str, Any]:
+    """Fit and calibrate the cut expert's other head, and count what it adds per image."""
+    from nhlcli.experts.other import add_other_head
+
+    model = cut.model
+    model.metadata = {"training": cut.training or {}, "expert": cut.lineage}  # its hold-out, its parent
+    parent = Tree.from_dict(cut.lineage["parent_tree"])
+    calibration = add_other_head(model, parent, request, torch.device("cpu"))
+    shape = tuple(model.input_config.size)
+    plain, with_other = model.macs_per_image(shape), model.other_macs_per_image(shape)
+    return {
+        "calibration": calibration,
+        "fit": model.other.spec.fit,
+        "threshold": model.other.spec.threshold,
+        "extra_macs": with_other - plain,
+        "extra_macs_percent": 100 * (with_other - plain) / plain,
+    }
+
+
 def cutout_with_cost(
     parent: str | Path,
     labels: Sequence[str],
     batch_sizes: Sequence[int] = (1, 16),
     latency: bool = True,
     threads: int | None = None,
+    other: OtherRequest | None = None,
 ) -> tuple[Cutout, dict[str, Any], dict[str, Any]]:
     """Cut an expert and measure parent and expert side by side (what ``nhl cutout`` reports).
 
     Only the expert's rows of the parent file are read; the parent is costed as a skeleton.
+    ``other``: also fit the expert's "none of my classes" head (:mod:`nhlcli.experts.other`).
 
     The parent's report goes into the expert's lineage, so ``save_expert`` records both.
     """
     from nhlcli.profiling import cost_report
 
+    if other is not None:
+        other.check()
     cut = cutout_file(parent, labels)
+    if other is not None:
+        cut.other = _fit_other(cut, other)
     # the parent's cost from a skeleton of the same shape (fresh weights): params, MACs and
     # latency do not depend on the values, and the parent's weights are never read whole
     full = model_from_config(cut.parent_meta or {}, path=parent).eval()

@@ -21,47 +21,16 @@ Two risks, both per image and 0 or 1:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from scipy.stats import binom
 
 from nhlcli.errors import NhlError
 from nhlcli.gates.tune import ExitRecord, simulate_answers, threshold_path
+from nhlcli.risk import binomial_p_value, check_delta, images_needed
 
 PATH_SHARE = 0.5  # of the tuning images, the share that orders the candidates; the rest test them
-
-
-def check_delta(delta: float) -> None:
-    """A risk level is a probability strictly between 0 and 1 (NaN refused too)."""
-    if not 0 < delta < 1:
-        raise NhlError(f"{delta}: give the chance of missing the budget, between 0 and 1, e.g. 0.1", "delta")
-
-
-def budget_of(target_accuracy: float | None, max_drop: float | None) -> tuple[str, float]:
-    """The risk and its budget (a fraction) from ``max_drop`` or ``target_accuracy`` (percent)."""
-    if max_drop is not None:
-        return "drop", max_drop / 100
-    assert target_accuracy is not None
-    return "error", 1 - target_accuracy / 100
-
-
-def binomial_p_value(losses: int, images: int, budget: float) -> float:
-    """P(Binomial(images, budget) <= losses): how likely so few losses are if the risk were the
-    budget; small values reject "the risk exceeds the budget"."""
-    return float(binom.cdf(losses, images, budget))
-
-
-def images_needed(budget: float, delta: float) -> int:
-    """The fewest test images on which even zero losses reject at ``delta``: below this, no saving
-    can be guaranteed at this budget, whatever the gates do."""
-    if budget <= 0:
-        return math.inf  # type: ignore[return-value]
-    if budget >= 1:
-        return 1
-    return math.ceil(math.log(delta) / math.log1p(-budget))
 
 
 def split_record(record: ExitRecord, share: float, seed: int) -> tuple[ExitRecord, ExitRecord]:

@@ -161,8 +161,9 @@ def tune_file(
     the model was trained without (none for a model trained on every training image), ``0``
     none."""
     from nhlcli.data.loaders import model_holdout
-    from nhlcli.gates.guarantee import budget_of, check_delta, guaranteed_thresholds
+    from nhlcli.gates.guarantee import guaranteed_thresholds
     from nhlcli.model.files import save_model
+    from nhlcli.risk import budget_of, check_delta
 
     resolve_holdout(holdout, split)  # a bad fraction or split: before the file is read
     output = check_tune_output(gated_file, output, data)
@@ -233,8 +234,9 @@ def tune_route_file(
     (:func:`nhlcli.gates.guarantee.route_width`). ``eval``, ``predict`` and ``export`` then route
     with it unless told otherwise. ``holdout`` as in :func:`tune_file`."""
     from nhlcli.data.loaders import model_holdout
-    from nhlcli.gates.guarantee import budget_of, check_delta, route_width
+    from nhlcli.gates.guarantee import route_width
     from nhlcli.model.files import save_model
+    from nhlcli.risk import budget_of, check_delta
 
     resolve_holdout(holdout, split)
     output = check_tune_output(gated_file, output, data)

@@ -33,6 +33,7 @@ class Inference:
     logits: torch.Tensor
     exits: torch.Tensor
     macs: torch.Tensor | None  # None where the caller did not ask (``count_macs=False``)
+    other: torch.Tensor | None = None  # per sample, True: "none of my classes" (an expert's other head)
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -192,6 +193,15 @@ class NhlModel(nn.Module, metaclass=ABCMeta):
     def exit_report(self) -> dict[str, Any] | None:
         """What a profile says of the exits (gates, thresholds, GMACs at each); ``None`` without."""
         return None
+
+    @property
+    def has_other(self) -> bool:
+        """Whether it can answer "none of my classes" (an expert cut with an other head)."""
+        return False
+
+    def attach_other(self, head: Any) -> None:
+        """Give an expert its "none of my classes" head (model/other.py): NHL experts only."""
+        raise NhlError(f"a {self.kind} model takes no other head; cut an expert from an NHL model")
 
     # -- export ----------------------------------------------------------------------------------
     def export_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -20,6 +20,7 @@ from torch import nn
 from nhlcli.errors import NhlError
 from nhlcli.model.files import ModelFileContents, read_model_file
 from nhlcli.model.gated import GATE_PREFIX, GatedModel, GateSpec
+from nhlcli.model.other import OTHER_PREFIX, OtherHead, OtherSpec
 from nhlcli.model.registry import model_from_config
 from nhlcli.taxonomy.classes import ClassEntry
 from nhlcli.text import one_line
@@ -40,8 +41,27 @@ def _with_gates(model: nn.Module, section: Any, tensors: dict[str, torch.Tensor]
     return gated
 
 
+def _with_other(model: nn.Module, section: Any, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    head = OtherHead(OtherSpec.from_dict(section))
+    try:
+        head.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise NhlError(
+            f"the file's other head does not match its section ({one_line(str(exc))[:200]}); cut the "
+            "expert again with `other`"
+        ) from exc
+    model.attach_other(head)
+    return model
+
+
 # Sections by metadata key, applied in this order on top of the base model.
 FILE_SECTIONS: dict[str, FileSection] = {
+    "other": FileSection(
+        OTHER_PREFIX,
+        _with_other,
+        "is an expert with an other head; cut from the model it was cut from (an expert of an expert is "
+        "that model's expert for fewer classes)",
+    ),
     "gates": FileSection(
         GATE_PREFIX,
         _with_gates,

@@ -22,8 +22,9 @@ from torch import nn
 
 from nhlcli.errors import NhlError
 from nhlcli.model.branches import BranchLevel, LeafHeads
-from nhlcli.model.contract import NhlModel
+from nhlcli.model.contract import Inference, NhlModel, forward_macs, module_device
 from nhlcli.model.files import positive_int
+from nhlcli.model.other import OtherHead, head_features
 from nhlcli.model.slicing import SlicePlan, slice_state
 from nhlcli.model.stages import HEAD_MODULES, StagedNetwork, stage_channels, stage_segments
 from nhlcli.model.trunk import PretrainedLoad, Trunk, TrunkConfig, create_timm_model, probe_input_size
@@ -317,6 +318,7 @@ class NHLModel(NhlModel):
             torch.tensor([leaf_position[c] for c in tree.classes], dtype=torch.long),
             persistent=False,
         )
+        self.other: OtherHead | None = None  # an expert's "none of my classes" test (model/other.py)
 
     @property
     def input_config(self) -> InputConfig:
@@ -350,24 +352,109 @@ class NHLModel(NhlModel):
         return self.forward_branches(self.trunk(x), attention)
 
     def forward_branches(
-        self, features: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None
+        self,
+        features: torch.Tensor,
+        attention: Mapping[int, torch.Tensor] | None = None,
+        pooled: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Trunk output -> logits: every branch level, then the leaf heads in class order."""
+        """Trunk output -> logits: every branch level, then the leaf heads in class order.
+        ``pooled`` collects the globally pooled trunk output and every level's (the other head's
+        input)."""
+        if pooled is not None:
+            pooled.append(features.mean(dim=(2, 3)))
         for depth, level in enumerate(self.levels, start=1):
             scale = attention.get(depth) if attention else None
             features = level(features, scale=scale)
+            if pooled is not None:
+                pooled.append(features.mean(dim=(2, 3)))
         leaf_scale = None  # linear leaves: the leaf level's attention scales each leaf's read
         if attention and self.branch_config.linear_leaves:
             leaf_scale = attention.get(self.tree.levels)
         return self.heads(features, leaf_scale).index_select(1, self.class_to_leaf)
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "kind": self.kind,
             "trunk": self.trunk.config.to_dict(),
             "branches": self.branch_config.to_dict(),
             "tree": self.tree.to_dict(),
             "input": self.input_config.to_dict(),
+        }
+        if self.other is not None:
+            config["other"] = self.other.spec.to_dict()
+        return config
+
+    # -- the "other" answer (model/other.py) ------------------------------------------------------
+    def attach_other(self, head: OtherHead | None) -> None:
+        self.other = head
+
+    @property
+    def has_other(self) -> bool:
+        return self.other is not None
+
+    def other_features(
+        self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and, in the same pass, the other head's input features."""
+        pooled: list[torch.Tensor] = []
+        logits = self.forward_branches(self.trunk(x), attention, pooled)
+        return logits, head_features(pooled, logits)
+
+    def other_scores(
+        self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and each image's "one of mine" score (higher: more likely)."""
+        if self.other is None:
+            raise NhlError("this model has no other head; cut the expert with `other`")
+        logits, features = self.other_features(x, attention)
+        return logits, self.other(features)
+
+    @property
+    def gating_problem(self) -> str | None:  # type: ignore[override]
+        if self.other is not None:
+            return (
+                "has an other head, which gated inference would skip; fit gates on the expert cut "
+                "without `other`"
+            )
+        return None
+
+    def infer(
+        self, x: torch.Tensor, attention: Mapping[int, torch.Tensor] | None = None, count_macs: bool = True
+    ) -> Inference:
+        """As every kind's, plus, with an other head, which images answer "other"."""
+        if self.other is None:
+            return super().infer(x, attention, count_macs)
+        logits, scores = self.other_scores(x, attention)
+        n = x.shape[0]
+        macs = None
+        if count_macs:
+            per_image = self.other_macs_per_image(tuple(x.shape[1:]))
+            macs = torch.full((n,), float(per_image), dtype=torch.float64)
+        return Inference(logits, torch.zeros(n, dtype=torch.long, device=logits.device), macs,
+                         other=self.other.rejects(scores))  # fmt: skip
+
+    def other_macs_per_image(self, shape: tuple[int, ...]) -> int:
+        """MACs of one image through the network and the other head (logits and score)."""
+        cache: dict[tuple[int, ...], int] = self.__dict__.setdefault("_other_macs_per_shape", {})
+        if shape not in cache:
+            probe = torch.zeros(1, *shape, device=module_device(self))
+            cache[shape] = forward_macs(lambda t: self.other_scores(t)[1], probe)[0]
+        return cache[shape]
+
+    def export_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.other is None:
+            return super().export_outputs(x)
+        return self.other_scores(x)
+
+    def export_output_names(self) -> list[str]:
+        return ["logits"] if self.other is None else ["logits", "mine_score"]
+
+    def export_metadata(self) -> dict[str, Any]:
+        if self.other is None:
+            return {}
+        return {
+            "other_threshold": self.other.spec.threshold,
+            "other": "an image whose mine_score is below other_threshold is none of the classes",
         }
 
     @staticmethod

@@ -36,7 +36,7 @@ from nhlcli.data import (
 )
 from nhlcli.devices import autocast_for, bf16_unsafe_convolutions, cpu_has_fast_bf16
 from nhlcli.distributed import DistInfo, all_sum, barrier, setup, teardown
-from nhlcli.errors import NhlError, with_flags
+from nhlcli.errors import NhlError
 from nhlcli.evaluation import evaluate
 from nhlcli.model.files import save_model
 from nhlcli.progress import SilentProgress, TrainingProgress
@@ -78,11 +78,6 @@ RECIPE_FIELDS = (
 # What a resumed run may change (applied from the resume on, reported, and recorded): where and how
 # fast it runs, and how long (more or fewer epochs: the cosine schedule is stretched to the new end).
 RUNTIME_FIELDS = ("epochs", "workers", "amp", "device", "skip_bad_images")
-
-
-def option_name(field_name: str) -> str:
-    """The ``nhl train`` option that sets a :class:`TrainConfig` field, as the CLI spells it."""
-    return with_flags(f"`{field_name}`")
 
 
 SEED_LIMIT = 2**63  # torch.manual_seed takes 64 bits; one is kept back so seed + rank still fits
