@@ -15,36 +15,41 @@ GMACs saved on the evaluation half.
 
     python benchmarks/bench_guarantee.py --gated gated.safetensors --results
 
-Without ``--gated`` it trains what it needs in ``--workdir`` first: the default NHL for
-``--epochs`` on Fashion-MNIST, then its hinge gates (``nhl train``, ``nhl gates fit``).
+Without ``--gated`` it trains what it needs in ``--workdir`` first: the default NHL with the demo's recipe
+for ``--epochs`` on Fashion-MNIST, then its hinge gates (``nhl train``, ``nhl gates fit``).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from nhlcli.data.loaders import model_loader
+from nhlcli.demo import recipe_args
 from nhlcli.gates import collect_exits, simulate, tune_thresholds
 from nhlcli.gates.guarantee import guaranteed_thresholds, split_record
 from nhlcli.gates.workflow import fit_file, load_gated
 from nhlcli.memory import keep_freed_cpu_memory
+from nhlcli.model.files import read_metadata
 
 BUDGETS = (0.25, 0.5, 1.0)  # points of top-1
 
 
 def prepare(workdir: Path, data: str, epochs: int, workers: int) -> Path:
-    """Train the default NHL and fit its gates (skipped when the files are there already)."""
-    from nhlcli.training.run import TrainRequest, run_training
-
+    """Train the default NHL with the demo's recipe and fit its gates (``nhl train``, ``nhl gates
+    fit``; each skipped when its file is there already)."""
     model, gated = workdir / "nhl.safetensors", workdir / "gated.safetensors"
     workdir.mkdir(parents=True, exist_ok=True)
+    nhl = [sys.executable, "-m", "nhlcli"]
     if not model.exists():
-        run_training(TrainRequest(model, data=data, config={"epochs": epochs, "seed": 0, "workers": workers}))
+        subprocess.run([*nhl, "train", "--data", data, *recipe_args(epochs), "--seed", "0", "--workers",
+                        str(workers), "-o", str(model)], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     if not gated.exists():
         fit_file(model, gated, data, "train", workers=workers)
     return gated
@@ -124,6 +129,7 @@ def main() -> None:
     if args.results:
         from results_store import invoked_command, write_results
 
+        meta = read_metadata(gated_file)
         write_results(
             args.name,
             title=f"Gate budgets on new images: tuned against guaranteed (δ={args.delta}), "
@@ -132,6 +138,8 @@ def main() -> None:
             setup={
                 "data": args.data,
                 "gated_file": gated_file.name,
+                "model_training": {k: meta["training"].get(k) for k in ("epochs", "seed")},
+                "gates": meta["gates"]["loss"] + " gates fitted on the training images",
                 "images": len(record.labels),
                 "full_top1": record.full_accuracy,
                 "calibration": "a random half of the split; the other half measures",

@@ -94,6 +94,13 @@ def main() -> None:
                 "recipe": " ".join(recipe_args(args.epochs)),
                 "arms": {arm: {"label": arm, "options": " ".join(opts)} for arm, opts in ARMS.items()},
                 "per_seed_bootstrap": bootstrap,
+                "table": {"columns": [
+                    ["model", "model", "{}"], ["seed", "seed", "{}"], ["top-1", "top1", "{:.2%}"],
+                    ["level-1 top-1", "level1_top1", "{:.2%}"],
+                    ["mistake severity", "mistake_severity", "{:.3f}"],
+                    ["hdist@1", "hdist_at_1", "{:.4f}"], ["hdist@5", "hdist_at_k", "{:.3f}"],
+                    ["hF1", "hf1", "{:.2%}"], ["ECE", "ece", "{:.2%}"],
+                ]},  # fmt: skip
                 "paired_t_n2hl_minus_flat": verdicts,
             },
             runs=runs,

@@ -111,6 +111,16 @@ def main() -> None:
 
         setup = {
             "data": args.data,
+            "table": {"columns": [
+                ["expert", "model", "{}"], ["classes", "classes", "{}"],
+                ["AUROC other head", "auroc_other_head", "**{:.3f}**"],
+                ["max softmax", "auroc_max_softmax", "{:.3f}"],
+                ["max logit", "auroc_max_logit", "{:.3f}"], ["energy", "auroc_energy", "{:.3f}"],
+                ["budget", "budget", "{:.0%}"], ["halvings over budget", "exceeded_share", "**{:.0%}**"],
+                ["own sent to other (mean)", "rejected_own_mean", "{:.2%}"],
+                ["others caught (mean)", "rejected_other_mean", "{:.2%}"],
+                ["extra MACs", "extra_macs_percent", "{:.3f}%"],
+            ]},  # fmt: skip
             f"per_split {run['model']}": rows,
             "fit": "head fitted on training images; threshold on a random half of the test split, "
             "measured on the other half",

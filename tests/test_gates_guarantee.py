@@ -27,7 +27,7 @@ from nhlcli.gates.guarantee import guaranteed_thresholds, route_width
 from nhlcli.gates.tune import ExitRecord, tune_thresholds
 from nhlcli.model.files import save_model
 from nhlcli.model.loading import open_model
-from nhlcli.risk import binomial_p_value, images_needed
+from nhlcli.risk import betting_p_value, binomial_p_value, images_needed
 
 FULL_MACS = 1e9
 
@@ -163,12 +163,17 @@ def width_records(n: int, harmed: dict[int, int]) -> dict[int, ExitRecord]:
     return records
 
 
-def test_the_routing_width_is_the_narrowest_the_binomial_tests_accept_widest_first():
+def test_the_routing_width_is_the_narrowest_the_tests_accept_widest_first():
     records = width_records(1000, {4: 0, 3: 0, 2: 3, 1: 40})
-    # 3 of 1000 harmed against a 2% budget: P(Bin(1000, 0.02) <= 3) is tiny; 40 of 1000 is not
+    # 3 of 1000 harmed against a 2% budget is far below it; 40 of 1000 is above
     width, guarantee = route_width(records, "drop", 0.02, 0.1)
     assert width == 2 and guarantee["guaranteed_saving"] and guarantee["testing_losses"] == 3
-    assert guarantee["p_value"] == pytest.approx(binomial_p_value(3, 1000, 0.02))
+    harmed = torch.zeros(1000, dtype=torch.float64)
+    harmed[:3] = 1
+    assert guarantee["p_value"] == pytest.approx(betting_p_value(harmed, 0.02, 0.1))
+    assert guarantee["p_value"] <= 0.1
+    width, guarantee = route_width(records, "error", 0.02, 0.1)  # the same answers, 0/1 losses
+    assert width == 2 and guarantee["p_value"] == pytest.approx(binomial_p_value(3, 1000, 0.02))
     assert route_width(records, "drop", 0.05, None)[0] == 1  # 4 points lost meets 5 on these images
     few = width_records(50, {4: 0, 3: 0, 2: 0, 1: 0})
     width, guarantee = route_width(few, "drop", 0.02, 0.1)
@@ -190,3 +195,25 @@ def test_nhl_gates_tune_route_keeps_the_width_in_the_file_and_eval_routes_with_i
     run = run_nhl("gates", "tune", path, "--data", data, "--tune-route", "--route-top-k", "1",
                   "--max-drop", "1", "-o", out)  # fmt: skip
     assert_one_line_error(run, "--route-top-k does not go with --tune-route")
+
+
+# ------------------------------------------------------------------------------ the betting test
+def test_the_betting_test_rejects_a_true_null_in_at_most_about_delta_of_draws():
+    """Net losses of -1, 0 or 1 whose mean is exactly the budget (the null at its edge)."""
+    budget, delta, draws = 0.01, 0.1, 300
+    generator = torch.Generator().manual_seed(3)
+    rejected = 0
+    for draw in range(draws):
+        u = torch.rand(2000, generator=generator)
+        losses = (u < 0.03).double() - ((u >= 0.03) & (u < 0.05)).double()  # mean 0.03 - 0.02
+        rejected += betting_p_value(losses, budget, delta, seed=draw) <= delta
+    assert rejected <= draws * delta + 3 * (draws * delta * (1 - delta)) ** 0.5, rejected
+
+
+def test_the_betting_test_sees_a_loss_well_below_the_budget_where_the_harm_alone_cannot():
+    """2% harmed and 2% fixed: the net loss is 0, far below a 1-point budget, but the harm alone
+    (2%) is above it: only the net test can promise the budget."""
+    losses = torch.zeros(2500, dtype=torch.float64)
+    losses[:50], losses[50:100] = 1, -1
+    assert betting_p_value(losses, 0.01, 0.1) <= 0.1  # accepted at delta 0.1
+    assert binomial_p_value(50, 2500, 0.01) > 0.5

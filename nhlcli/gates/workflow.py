@@ -162,7 +162,6 @@ def tune_file(
     none."""
     from nhlcli.data.loaders import model_holdout
     from nhlcli.gates.guarantee import guaranteed_thresholds
-    from nhlcli.model.files import save_model
     from nhlcli.risk import budget_of, check_delta
 
     resolve_holdout(holdout, split)  # a bad fraction or split: before the file is read
@@ -197,19 +196,22 @@ def tune_file(
         result = tune_thresholds(gated, record, target_from(record, target_accuracy, max_drop))
     result["guarantee"] = guarantee
     gated.set_thresholds(result["thresholds"])
-    result.update(
-        {
-            "data": str(data),
-            "split": split_name(data, split, held),
-            "holdout": held,
-            "part": part,
-            "images": len(record.labels),
-        }
-    )
-    result["route_top_k"] = gated.route_top_k
-    gated.spec.route_top_k = gated.route_top_k  # eval and predict route as the thresholds were tuned
+    return _keep_tuning(gated, result, output or gated_file, data, split, held, part, len(record.labels))
+
+
+def _keep_tuning(
+    gated: GatedModel, result: dict[str, Any], output: str | Path, data: str | Path, split: str,
+    held: float, part: str | None, images: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Record what a tuning chose and on which images, with the routing width it was tuned at (eval
+    and predict route with it), in the gated file written to ``output``."""
+    from nhlcli.model.files import save_model
+
+    result.update({"data": str(data), "split": split_name(data, split, held), "holdout": held, "part": part,
+                   "images": images, "route_top_k": gated.route_top_k})  # fmt: skip
+    gated.spec.route_top_k = gated.route_top_k
     gated.spec.tune = result
-    save_model(gated, output or gated_file, **carried_sections(gated.metadata))
+    save_model(gated, output, **carried_sections(gated.metadata))
     return result
 
 
@@ -235,7 +237,6 @@ def tune_route_file(
     with it unless told otherwise. ``holdout`` as in :func:`tune_file`."""
     from nhlcli.data.loaders import model_holdout
     from nhlcli.gates.guarantee import route_width
-    from nhlcli.model.files import save_model
     from nhlcli.risk import budget_of, check_delta
 
     resolve_holdout(holdout, split)
@@ -256,15 +257,9 @@ def tune_route_file(
         records[width] = record_file(gated, data, split, part, batch_size, workers, dev, progress, held)
     width, guarantee = route_width(records, *budget_of(target_accuracy, max_drop), delta)
     gated.set_route_top_k(width)
-    gated.spec.route_top_k = width
-    result = simulate(gated, records[width], closed)
-    result.update(
-        {"route_top_k": width, "guarantee": guarantee, "data": str(data), "holdout": held, "part": part,
-         "split": split_name(data, split, held), "images": len(records[width].labels)}
-    )  # fmt: skip
-    gated.spec.tune = result
-    save_model(gated, output or gated_file, **carried_sections(gated.metadata))
-    return result
+    result = {**simulate(gated, records[width], closed), "guarantee": guarantee}
+    images = len(records[width].labels)
+    return _keep_tuning(gated, result, output or gated_file, data, split, held, part, images)
 
 
 def sweep_file(
