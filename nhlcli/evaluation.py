@@ -299,7 +299,13 @@ def evaluate_file(
     report["holdout"] = held
     report["attention"] = attention_summary(model.tree, pairs, attend_level, attend_truth)
     if model.has_other and not labels:  # the expert's own classes above; every image here
-        report["other"] = other_report(model, data, split, batch_size, workers, dev, part, held)
+        try:
+            report["other"] = other_report(model, data, split, batch_size, workers, dev, part, held)
+        except NhlError:  # data without the parent's other classes: the rest still stands
+            report["other"] = {
+                "skipped": "this data does not hold the parent's other classes; give the data the parent was "
+                "trained on to measure what goes to other"
+            }
     return report
 
 

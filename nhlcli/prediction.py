@@ -279,8 +279,8 @@ class _Rows:
         from nhlcli.devices import autocast_for
 
         classes = self.model.tree.classes
-        # exits compare scores with thresholds at full precision, as nhl eval does
-        with torch.no_grad(), autocast_for(self.device, self.amp and not self.exit_names):
+        # exits and the other head compare scores with thresholds at full precision, as nhl eval does
+        with torch.no_grad(), autocast_for(self.device, self.amp and not self.exit_names and not self.other):
             batch = batch.to(self.device, non_blocking=True)
             out = self.model.infer(batch, attention, count_macs=bool(self.exit_names))  # gated rows: cost
             values, indices = out.logits.float().softmax(dim=1).topk(self.top_k, dim=1)

@@ -137,3 +137,32 @@ def test_the_threshold_keeps_own_images_within_budget_on_new_draws():
     few, record = threshold_for(torch.randn(20, generator=generator), budget, delta)
     assert few is None and not record["guaranteed"]
     assert record["images_needed"] == images_needed(budget, delta)
+
+
+def test_eval_on_data_with_only_the_experts_classes_skips_the_other_figures_and_says_why(files, tmp_path):
+    root, _ = files
+    make_tiny_data.make_image_folder(tmp_path / "fruit", FRUIT, per_class=3, size=32)
+    run = run_nhl("eval", root / "fruit.safetensors", "--data", tmp_path / "fruit", "--workers", "0",
+                  "--json")  # fmt: skip
+    assert run.code == 0, run.err
+    report = json.loads(run.out)
+    assert report["images"] > 0 and "skipped" in report["other"]
+
+
+@pytest.mark.slow
+def test_an_exported_expert_gives_its_other_score_and_threshold_to_the_runtime(files, tmp_path):
+    import onnxruntime
+
+    root, _ = files
+    run = run_nhl("export", root / "fruit.safetensors", "-o", tmp_path / "fruit.onnx")
+    assert run.code == 0, run.err
+    session = onnxruntime.InferenceSession(str(tmp_path / "fruit.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "mine_score"]
+    meta = session.get_modelmeta().custom_metadata_map
+    expert = open_model(root / "fruit.safetensors")
+    assert float(meta["other_threshold"]) == pytest.approx(expert.other.spec.threshold)
+    images = torch.randn(3, 3, 32, 32)
+    logits, score = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    with torch.no_grad():
+        expected = expert.other_scores(images)
+    assert torch.allclose(torch.from_numpy(score), expected[1], atol=1e-4)

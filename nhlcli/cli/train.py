@@ -473,7 +473,9 @@ def _print_eval_report(report: dict[str, Any], model_file: Path, data: str) -> N
         console.print(f"attention: {escape(describe_attention(report['attention']))}")
     if "hierarchy" in report:
         console.print(hierarchy_lines(report["hierarchy"]))
-    if "other" in report:
+    if "other" in report and "skipped" in report["other"]:
+        console.print(f"other: not measured ({shown(report['other']['skipped'])})")
+    elif "other" in report:
         other = report["other"]
         scores = "  ".join(f"{name} {value:.3f}" for name, value in other["auroc"].items())
         console.print(
