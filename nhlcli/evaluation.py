@@ -265,6 +265,11 @@ def evaluate_file(
     model = _load_for_eval(model_file, dev, ungated_only=bool(pairs or attend_truth is not None or classes))
     held = model_holdout(model, split, holdout)
     if model.exit_names() or route_top_k is not None:
+        if hierarchy is not None:
+            raise NhlError(
+                "measures the hierarchical metrics of an ungated model; evaluate the model the gates were "
+                "fitted on", "hierarchy",
+            )
         report = evaluate_gated_model(
             model, data, split, batch_size, workers, dev, route_top_k, part, progress, held
         )

@@ -217,3 +217,17 @@ def test_the_betting_test_sees_a_loss_well_below_the_budget_where_the_harm_alone
     losses[:50], losses[50:100] = 1, -1
     assert betting_p_value(losses, 0.01, 0.1) <= 0.1  # accepted at delta 0.1
     assert binomial_p_value(50, 2500, 0.01) > 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("--max-drop", "1", "--seed", "3"), ["--seed splits the tuning images for --delta"]),
+        (("--max-drop", "1", "--delta", "0.1", "--tune-route", "--seed", "3"),
+         ["--seed does not go with --tune-route"]),
+    ],
+)
+def test_a_seed_without_a_split_to_make_is_refused(gated_file, tmp_path, args, fragments):
+    path, data = gated_file
+    run = run_nhl("gates", "tune", path, "--data", data, "-o", tmp_path / "t.safetensors", *args)
+    assert_one_line_error(run, *fragments)

@@ -176,8 +176,10 @@ def tune_command(
         "Learn-then-Test on the tuning images; on too few, every gate stays closed and the report says "
         "why. Without it, the budget is met on the tuning images only.",
     ),
-    seed: int = typer.Option(
-        0, "--seed", help="With --delta: how the tuning images are split into ordering and testing halves."
+    seed: int | None = typer.Option(
+        None,
+        "--seed",
+        help="With --delta: how the tuning images are split into ordering and testing halves [default: 0].",
     ),
     route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
     tune_route: bool = typer.Option(
@@ -199,9 +201,12 @@ def tune_command(
     (with --delta, one that holds on new images with a stated probability)."""
     from nhlcli.gates.workflow import tune_route_file
 
-    if tune_route and (thresholds is not None or route_top_k is not None):
-        flag = "--thresholds" if thresholds is not None else "--route-top-k"
+    clashing = {"--thresholds": thresholds, "--route-top-k": route_top_k, "--seed": seed}
+    flag = next((flag for flag, value in clashing.items() if value is not None), None)
+    if tune_route and flag is not None:
         raise NhlError(f"{flag} does not go with --tune-route, which chooses the width, every gate closed")
+    if seed is not None and delta is None:
+        raise NhlError("--seed splits the tuning images for --delta; give --delta or drop --seed")
     given = parse_list(thresholds, "--thresholds", threshold, "1.5,2,inf") if thresholds is not None else None
     if tune_route:
         with ImageProgress(not as_json) as progress:
@@ -211,7 +216,7 @@ def tune_command(
             )  # fmt: skip
     else:
         result = _tune(gated_file, data, split, part, target_accuracy, max_drop, given, route_top_k, output,
-                       batch_size, workers, device, holdout, delta, seed, as_json)  # fmt: skip
+                       batch_size, workers, device, holdout, delta, seed or 0, as_json)  # fmt: skip
     if as_json:
         print_json(result)
         return
@@ -280,7 +285,8 @@ def _print_tuned(
         console.print(escape(guarantee_sentence(result["guarantee"])))
     elif given is None:
         console.print("met on these images only: on new ones the loss can exceed it (--delta guarantees it)")
-    console.print(f"wrote the thresholds into {shown(output or gated_file)}")
+    chose = "thresholds" if result.get("route_top_k") is None else "thresholds and routing width"
+    console.print(f"wrote the {chose} into {shown(output or gated_file)}")
 
 
 def sweep_command(

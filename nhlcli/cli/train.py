@@ -423,8 +423,10 @@ def eval_command(
             attend_level=attend_level, part=part, progress=progress, holdout=holdout,
         )  # fmt: skip
         if len(scales) > 1:
-            if pairs or route_top_k is not None:
-                raise NhlError("several --attend-truth scales go without --attend and --route-top-k")
+            if pairs or route_top_k is not None or hierarchy is not None:
+                raise NhlError(
+                    "several --attend-truth scales go without --attend, --route-top-k and --hierarchy"
+                )
             report = attention_curve_file(model_file, data, scales, **common)
         else:
             truth = scales[0] if scales else None
