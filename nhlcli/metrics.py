@@ -169,8 +169,10 @@ def paired_differences(
         values = torch.cat(chunks)
         values = values[~values.isnan()]
         point = float(observed[name][1, 0] - observed[name][0, 0])
-        low, high = (torch.quantile(values, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-                     if len(values) else (float("nan"), float("nan")))
+        if point != point or not len(values):  # NaN: a model without mistakes has no severity
+            out[name] = {"b_minus_a": None, "ci95": None, "detectable": None}
+            continue
+        low, high = torch.quantile(values, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
         out[name] = {"b_minus_a": point, "ci95": [low, high], "detectable": not low <= 0 <= high}
     return out
 

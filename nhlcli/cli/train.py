@@ -550,7 +550,7 @@ def compare_table(report: dict[str, Any], name_a: str, name_b: str, data: str) -
         values = [_metric(report[side], key) for side in ("a", "b")]
         cells = ["-" if v is None else fmt.format(v) for v in values]
         difference = report["differences"].get(key)
-        if difference is not None:
+        if difference is not None and difference["b_minus_a"] is not None:
             low, high = difference["ci95"]
             verdict = "" if difference["detectable"] else ", no detectable difference"
             delta = fmt.replace(":", ":+").format(difference["b_minus_a"])
