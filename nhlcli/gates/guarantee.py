@@ -128,9 +128,11 @@ def guarantee_sentence(guarantee: dict[str, Any]) -> str:
         )
         return f"no saving can be guaranteed with {bound} ({reason}); {kept}"
     unseen = " the ordering never saw" if guarantee["ordering_images"] else ""
+    losses = round(guarantee["testing_losses"])
+    counted = f"net {losses:+d} right answers lost" if guarantee["risk"] == "drop" else f"{losses} wrong"
     return (
         f"guaranteed on new images from the same data: {bound} (tested on {tested} images{unseen}, "
-        f"{guarantee['testing_losses']} counted against the budget, p = {guarantee['p_value']:.3g})"
+        f"{counted}, p = {guarantee['p_value']:.3g})"
     )
 
 
