@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from nhlcli.data.loaders import model_loader
-from nhlcli.evaluation import collect_other
+from nhlcli.evaluation import collect_other, own_classes
 from nhlcli.experts.cutout import cutout_file
 from nhlcli.experts.other import OtherRequest, add_other_head, threshold_for
 from nhlcli.memory import keep_freed_cpu_memory
@@ -59,7 +59,7 @@ def main() -> None:
                            workers=args.workers, part="1/2")  # fmt: skip
     add_other_head(expert, parent, request, device)
     fit_s = time.perf_counter() - started
-    mine = torch.tensor([c in set(expert.tree.classes) for c in parent.classes])
+    mine = own_classes(expert.tree, parent)
     loader = model_loader(expert, args.data, "val", 256, args.workers, tree=parent, subset=True)
     seen = collect_other(expert, loader, mine, device)
     with torch.no_grad():

@@ -580,6 +580,12 @@ def evaluate_gated(
     return report
 
 
+def own_classes(expert: Tree, parent: Tree) -> torch.Tensor:
+    """Per class of the parent's tree, whether the expert keeps it (labels by the parent's tree)."""
+    kept = set(expert.classes)
+    return torch.tensor([c in kept for c in parent.classes])
+
+
 @torch.no_grad()
 def collect_other(
     model: NhlModel, loader: Any, mine: torch.Tensor, device: torch.device, limit: int | None = None
@@ -626,7 +632,7 @@ def other_report(
     from nhlcli.metrics import separation
 
     parent = Tree.from_dict(model.metadata["expert"]["parent_tree"])
-    mine = torch.tensor([c in set(model.tree.classes) for c in parent.classes])
+    mine = own_classes(model.tree, parent)
     loader = model_loader(model, data, split, batch_size, workers, tree=parent, subset=True, part=part,
                           holdout=holdout)  # fmt: skip
     seen = collect_other(model, loader, mine, device)
@@ -638,8 +644,8 @@ def other_report(
         )
     threshold = model.other.spec.threshold
     rejected = scores < threshold if threshold is not None else torch.zeros_like(own)
-    expert_index = torch.tensor([model.tree.class_index(c) if c in set(model.tree.classes) else -1
-                                 for c in parent.classes])  # fmt: skip
+    expert_index = torch.tensor([model.tree.class_index(c) if own else -1
+                                 for c, own in zip(parent.classes, mine.tolist(), strict=True)])  # fmt: skip
     right = (expert_index[seen["label"]] == seen["answer"]) & ~rejected
     return {
         "threshold": threshold,

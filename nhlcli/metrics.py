@@ -37,7 +37,8 @@ ECE_BINS = 15
 def ancestor_rows(tree: Tree, classes: Sequence[str]) -> torch.Tensor:
     """``[len(classes), L]``: row ``i`` holds the ids of ``classes[i]``'s ancestors at depths
     1..L in ``tree`` (the class itself last), so two rows agree exactly on their common path."""
-    missing = [c for c in classes if c not in set(tree.classes)]
+    known = set(tree.classes)
+    missing = [c for c in classes if c not in known]
     if missing:
         raise NhlError(
             f"the tree {tree.name or ''} lacks {len(missing)} of the model's classes "

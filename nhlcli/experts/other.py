@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Subset
 
 from nhlcli.data.loaders import model_holdout, model_loader
 from nhlcli.errors import NhlError
-from nhlcli.evaluation import collect_other
+from nhlcli.evaluation import collect_other, own_classes
 from nhlcli.metrics import separation
 from nhlcli.model.contract import NhlModel
 from nhlcli.model.other import OtherHead, OtherSpec
@@ -129,7 +129,7 @@ def add_other_head(
 ) -> dict[str, Any]:
     """Fit the expert's other head and set its threshold; returns what was measured doing so."""
     request.check()
-    mine = torch.tensor([c in set(expert.tree.classes) for c in parent.classes])
+    mine = own_classes(expert.tree, parent)
     fit_held = model_holdout(expert, request.fit_split, request.holdout)
     fit = collect_other(expert, _fit_loader(expert, parent, request, fit_held), mine, device)
     head, fit_record = fit_head(fit["features"], fit["mine"], request.seed)
