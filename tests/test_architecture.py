@@ -21,7 +21,7 @@ LAYERS = [  # docs/architecture.md's table, row by row
     ["data"],
     ["evaluation", "metrics", "risk"],
     ["training"],
-    ["experts"],
+    ["experts", "graft"],
     ["gates"],
     ["export", "prediction", "demo"],
     ["cli", "__main__", "__init__"],

@@ -18,6 +18,7 @@ from nhlcli.cli.demo import register as register_demo
 from nhlcli.cli.experts import register as register_experts
 from nhlcli.cli.export import register as register_export
 from nhlcli.cli.gates import register as register_gates
+from nhlcli.cli.graft import register as register_graft
 from nhlcli.cli.hierarchy import hierarchy_app
 from nhlcli.cli.predict import register as register_predict
 from nhlcli.cli.train import register as register_training
@@ -38,6 +39,7 @@ app = typer.Typer(
 app.add_typer(hierarchy_app, name="hierarchy")
 register_training(app)
 register_experts(app)
+register_graft(app)
 register_demo(app)
 register_predict(app)
 register_gates(app)

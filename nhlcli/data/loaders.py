@@ -297,7 +297,7 @@ def model_loader(
     classes (``nhl train --classes``), is restricted to the model's classes. ``holdout``: see
     :func:`create_eval_loader` (:func:`model_holdout` resolves a user's choice against the model)."""
     meta = getattr(model, "metadata", {})
-    is_expert = bool(meta.get("expert")) or bool((meta.get("training") or {}).get("classes"))
+    is_expert = bool(meta.get("expert") or meta.get("graft") or (meta.get("training") or {}).get("classes"))
     inp = model.input_config
     return create_eval_loader(
         data,

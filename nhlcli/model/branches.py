@@ -501,7 +501,7 @@ class LeafHeads(nn.Module):
         self.num_inputs = (max(parent_index) + 1) if parent_index else (1 if shared else num_leaves)
         self.weight = nn.Parameter(torch.empty(num_leaves, in_channels))
         self.bias = nn.Parameter(torch.empty(num_leaves))
-        self._layout = _chunk_layout(parent_index) if parent_index and self.num_inputs > 1 else None
+        self._layout = _chunk_layout(parent_index) if parent_index else None
         self._index_cache: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         self.reset_parameters()
 
@@ -561,8 +561,6 @@ class LeafHeads(nn.Module):
         pooled = self._pool(x)
         if self.shared:
             logits = F.linear(pooled, self.weight)
-        elif self.parent_index is not None and self.num_inputs == 1:
-            logits = F.linear(pooled, self.weight)  # every leaf reads the one input (the trunk)
         else:
             pooled = pooled.view(b, self.num_inputs, self.in_channels)
             if self.parent_index is not None:
@@ -585,17 +583,21 @@ class LeafHeads(nn.Module):
 
 
 # Siblings per chunk of a linear-leaf read: small enough that padding wastes little (a parent of
-# 17 leaves pads 15 rows), large enough that a batched matmul has work per chunk.
+# 17 leaves pads 15 rows), large enough that a batched matmul has work per chunk. Fixed, whatever
+# the fan-out: every chunk is then the same [C, 16] matmul, so a leaf's logit does not depend on
+# how many siblings it has or how many chunks there are (BLAS picks other kernels, and other
+# roundings, for other shapes), which is what keeps old logits bit-identical when classes are
+# grafted (nhlcli.graft).
 _CHUNK = 16
 
 
 def _chunk_layout(parent_index: Sequence[int]) -> tuple[int, list[int], list[int], list[int]]:
-    """Leaves in chunks of up to ``_CHUNK`` siblings: (chunk size, each chunk's parent, each
+    """Leaves in chunks of ``_CHUNK`` slots, siblings only: (chunk size, each chunk's parent, each
     slot's leaf (``len(parent_index)``: a padding slot), each leaf's slot)."""
     children: dict[int, list[int]] = {}
     for leaf, parent in enumerate(parent_index):
         children.setdefault(parent, []).append(leaf)
-    size = min(_CHUNK, max(len(c) for c in children.values()))
+    size = _CHUNK
     chunk_parent: list[int] = []
     slot_leaf: list[int] = []
     for parent in sorted(children):

@@ -135,6 +135,11 @@ class NhlModel(nn.Module, metaclass=ABCMeta):
     cut_problem: str | None = None  # cutting experts
     attention_problem: str | None = None  # top-down attention
     gating_problem: str | None = None  # fitting exit gates on it
+    # growing it by new classes (nhl graft): only per-class branches can be added to
+    graft_problem: str | None = (
+        "has no per-class branches to add new classes to; grafting needs an NHL model (train one with "
+        "'nhl train')"
+    )
     # early exits and routing (a model without gates has neither)
     route_problem: str | None = (
         "needs a gated file with a routing gate; make one with 'nhl gates fit MODEL -o gated.safetensors'"

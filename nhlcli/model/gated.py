@@ -144,6 +144,10 @@ class GatedModel(NhlModel):
     opened, evaluated, predicted with and exported like any other; what differs is its exits."""
 
     gating_problem = "already has gates; fit gates on the ungated model it was made from"
+    graft_problem = (
+        "is a gated file: its gates were fitted to the old classes. Graft onto the ungated model, then fit "
+        "gates on the grown one with 'nhl gates fit GROWN -o gated.safetensors'"
+    )
     attention_problem = "top-down attention and gates do not combine; evaluate the ungated model to attend"
     whole_only_problem = (
         "a gated file is evaluated whole: `attend`, `attend_truth` and `classes` need the ungated "

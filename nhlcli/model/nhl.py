@@ -410,6 +410,20 @@ class NHLModel(NhlModel):
         return logits, self.other(features)
 
     @property
+    def graft_problem(self) -> str | None:  # type: ignore[override]
+        if self.branch_config.single_branch:
+            return (
+                "is a phl-1branch model, whose classes share one branch; grafting needs per-class "
+                "branches (any other variant)"
+            )
+        if self.other is not None:
+            return (
+                "has an other head fitted to its old classes; graft onto the model the expert was cut "
+                "from, then cut the expert again with `other`"
+            )
+        return None
+
+    @property
     def gating_problem(self) -> str | None:  # type: ignore[override]
         if self.other is not None:
             return (
