@@ -65,11 +65,16 @@ def train_one(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tree = resolve_tree("emoji-unicode-l3")
+    keep: tuple[str, ...] = ()
+    if getattr(args, "keep", None):  # train on these classes only (a file of class ids, one a line)
+        keep = tuple(line.strip() for line in args.keep.read_text().splitlines() if line.strip())
+        tree = tree.select(keep).subtree(tree)
     model = create_model(tree, args.variant, TrunkConfig("resnet18", None, 3))
     model.input_config = with_input_size(model.input_config, 32)
     inp = model.input_config
     common = dict(input_size=32, in_chans=3, mean=inp.mean, std=inp.std, interpolation=inp.interpolation,
-                  crop_pct=inp.crop_pct, batch_size=RECIPE["batch_size"], workers=0)  # fmt: skip
+                  crop_pct=inp.crop_pct, batch_size=RECIPE["batch_size"], workers=0,
+                  subset=bool(keep))  # fmt: skip
     train_loader, _ = create_loaders(
         "emoji", tree, augment=None, scale=RECIPE["crop_scale"], seed=args.seed, **common
     )
@@ -78,7 +83,7 @@ def train_one(args: argparse.Namespace) -> dict:
         epochs=args.max_epochs, batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
         warmup_epochs=RECIPE["warmup_epochs"], label_smoothing=RECIPE["label_smoothing"], augment=None,
         crop_scale=RECIPE["crop_scale"], workers=0, seed=args.seed, time_budget_s=args.minutes * 60,
-        max_steps_per_epoch=args.steps_per_epoch,
+        max_steps_per_epoch=args.steps_per_epoch, classes=keep,
     )  # fmt: skip
     rss_before = peak_rss_mb()
     started = time.perf_counter()
@@ -109,6 +114,7 @@ def train_one(args: argparse.Namespace) -> dict:
         "peak_rss_mb_training": round(rss_train, 1),
         "peak_rss_mb_per_image": round((rss_train - rss_before) / RECIPE["batch_size"], 2),
         "model": str(args.output),
+        "classes": tree.num_classes,
     }
 
 
@@ -321,6 +327,7 @@ def main() -> None:
     t.add_argument("--max-epochs", type=int, default=200)
     t.add_argument("--val-part", default="1/32", help="the part of the test split each epoch validates on")
     t.add_argument("--eval-threads", type=int, default=2, help="threads for the final whole-test evaluation")
+    t.add_argument("--keep", type=Path, help="train on the classes this file lists (ids, one a line) only")
     t.add_argument("-o", "--output", type=Path, required=True)
     t.add_argument("--results", help="add the run to benchmarks/results/NAME.json (replacing its own seed's)")
     e = sub.add_parser("experts")

@@ -57,14 +57,14 @@ def graft_command(
         "set's shipped tree.",
     ),
     save_tree: Path | None = typer.Option(None, "--save-tree", help="Also write the grown tree (JSON) here."),
-    epochs: int = typer.Option(10, "--epochs", help="Epochs over the new classes' images."),
+    epochs: int = typer.Option(15, "--epochs", help="Epochs over the new classes' images."),
     negatives: float = typer.Option(
         1.0,
         "--negatives",
         metavar="MULTIPLE",
         help="Old classes' images drawn afresh each epoch, as a multiple of the new classes' images.",
     ),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate [default: the model's own recipe]."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate of the new branches [default: 0.03]."),
     batch_size: int | None = typer.Option(
         None, "--batch-size", help="Batch size [default: the model's own]."
     ),

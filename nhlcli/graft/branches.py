@@ -91,6 +91,9 @@ class GraftBranches(nn.Module):
             self.heads = LeafHeads(len(new_leaves), in_channels, parent_index=index)
         else:  # each new leaf reads its own branch (the leaf level above)
             self.heads = LeafHeads(len(new_leaves), in_channels)
+        with torch.no_grad():  # new classes start neutral: every image scores them as an average class
+            self.heads.weight.zero_()
+            self.heads.bias.fill_(float(model.heads.bias.mean()))
         order = {n: i for i, n in enumerate(new_leaves)}
         self.register_buffer(
             "class_to_leaf",

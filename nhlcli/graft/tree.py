@@ -64,7 +64,7 @@ class GrownTree:
 
 def _inner_anchor(tree: Tree, node: str, what: str) -> str:
     """``node`` resolved in ``tree`` if new classes can hang below it (not a class)."""
-    anchor = tree.resolve(node)
+    anchor = tree.root if node == "root" and "root" not in tree.graph else tree.resolve(node)
     if anchor in set(tree.classes):
         raise NhlError(
             f"{node!r} is a class of the model, and classes cannot have children; name the group "
