@@ -9,6 +9,9 @@ top-1 of the grafted classes and of the old ones (before the graft, after it, an
 retrain), the training times side by side, and how many test images' old logits differ from the
 parent's (0: bit-identical).
 
+``emoji-holdout``: the graft's learning rate and epochs chosen on a hold-out of the training
+images (``--holdout``), grafting onto the same parent: the test split is never looked at.
+
 ``fm``: per seed, ``nhl train`` (the demo's recipe, ``--epochs``) of the default NHL on the 7
 Fashion-MNIST classes that are not footwear, of the same NHL on all 10, and of flat ResNet18 on
 the 7; then ``nhl graft`` of the footwear classes onto the 7-class NHL, and, for the same steps
@@ -17,6 +20,7 @@ kept). On the test split: top-1 of new and old classes, and the share of old-cla
 answer changed (to anything, and to another old class).
 
     python benchmarks/bench_graft.py emoji --minutes 10 --results emoji1861-graft
+    python benchmarks/bench_graft.py emoji-holdout --results emoji1861-graft-holdout
     python benchmarks/bench_graft.py fm --epochs 2 --seeds 0,1,2 --results fm-graft
 
 Models go to ``--workdir`` and are not retrained when there already.
@@ -200,6 +204,31 @@ def emoji(args: argparse.Namespace) -> dict:
     row["gap_new_points"] = 100 * (row["graft_new"] - row["full_new"])
     row["classes_text"] = f"{len(new)} / {len(order) - len(new)}"
     return row
+
+
+def emoji_holdout(args: argparse.Namespace) -> list[dict]:
+    """The graft's learning rate and epochs, chosen on a hold-out of the training images: the
+    emoji parent above grafted with ``--holdout`` (its new classes' held-out images are new to it;
+    its old ones it trained on, which every setting shares), for each setting."""
+    from nhlcli.graft import GraftRequest, graft_model
+    from nhlcli.model.loading import open_model
+
+    torch.set_num_threads(2)
+    classes = (args.workdir / "new.txt").read_text().split()
+    rows = []
+    for setting in args.settings:
+        lr, epochs = (float(v) for v in setting.split("x"))
+        request = GraftRequest(data="emoji", classes=classes, reference="emoji-unicode-l3", workers=0,
+                               holdout=args.holdout, lr=lr, epochs=int(epochs), seed=args.seed)  # fmt: skip
+        result = graft_model(open_model(args.workdir / "parent.safetensors"), request)
+        measured = result.record["measured"]
+        seconds = result.record["train_seconds"]
+        row = {"model": "nhl-scale", "lr": lr, "epochs": int(epochs), "seconds": seconds,
+               **{k: measured[k] for k in ("images_new", "images_old", "top1_new", "top1_old_before",
+                                           "top1_old_after", "old_changed")}}  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST
@@ -436,6 +465,12 @@ EMOJI_COLUMNS = [
     ["retrain training", "full_train_seconds", "{:.0f} s"],
     ["graft / retrain time", "time_share", "{:.1%}"],
 ]
+HOLDOUT_COLUMNS = [
+    ["learning rate", "lr", "{:g}"], ["epochs", "epochs", "{}"], ["new top-1", "top1_new", PCT],
+    ["new images", "images_new", "{}"], ["old top-1 before", "top1_old_before", PCT],
+    ["old top-1 after", "top1_old_after", PCT], ["old images answering a new class", "old_changed", PCT],
+    ["graft training", "seconds", "{:.0f} s"],
+]
 FM_COLUMNS = [
     ["seed", "seed", "{}"],
     ["footwear top-1: graft", "graft_new", PCT],
@@ -470,6 +505,13 @@ def main() -> None:
     e.add_argument("--graft-epochs", type=int, default=15)
     e.add_argument("--workdir", type=Path, default=Path("graft-emoji"))
     e.add_argument("--results", help="store the figures as benchmarks/results/NAME.json")
+    h = sub.add_parser("emoji-holdout")
+    h.add_argument("--settings", nargs="+", default=["0.003x10", "0.01x10", "0.03x10", "0.01x20", "0.03x15"],
+                   help="learning rate x epochs")  # fmt: skip
+    h.add_argument("--holdout", type=float, default=0.2)
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--workdir", type=Path, default=Path("graft-emoji"))
+    h.add_argument("--results", help="store the figures as benchmarks/results/NAME.json")
     f = sub.add_parser("fm")
     f.add_argument("--epochs", type=int, default=2)
     f.add_argument("--graft-epochs", type=int, default=2)
@@ -478,6 +520,14 @@ def main() -> None:
     f.add_argument("--workdir", type=Path, default=Path("graft-fm"))
     f.add_argument("--results", help="store the figures as benchmarks/results/NAME.json")
     args = parser.parse_args()
+    if args.what == "emoji-holdout":
+        rows = emoji_holdout(args)
+        if args.results:
+            setup = {"data": "emoji", "evaluated_on": f"a {args.holdout:.0%} hold-out of the training images",
+                     "table": {"columns": HOLDOUT_COLUMNS}}  # fmt: skip
+            write_results(args.results, title="The graft's learning rate and epochs on a training hold-out",
+                          command=invoked_command(), setup=setup, runs=rows)  # fmt: skip
+        return
     if args.what == "emoji":
         row = emoji(args)
         print(json.dumps(row), flush=True)

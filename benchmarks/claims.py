@@ -34,6 +34,7 @@ class Arm:
     metric: str = "top1"
     where: dict[str, Any] = field(default_factory=dict)
     label: str = ""  # how the evidence names the arm, where the results file's label is not enough
+    scale: float = 1.0  # 100 where the results file stores the figure as a fraction, not in points
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,30 @@ def _latency_tracks_gmacs(results: dict[str, Any]) -> tuple[str, str]:
         f"the full 1,861-class model against flat ResNet18: {gmacs:.2f}x the GMACs, {latency[0]:.1f}x the "
         f"latency at batch 1 and {latency[1]:.1f}x at batch 64 (one median each, 2 threads): its small "
         "grouped convolutions and the leaf matmul do less per MAC than ResNet18's layer4"
+    )
+
+
+def _graft_keeps_old_logits(results: dict[str, Any]) -> tuple[str, str]:
+    runs = [(name, r) for name in ("emoji1861-graft", "fm-graft") for r in results[name]["runs"]]
+    differ = sum(r["old_logits_differ_images"] for _, r in runs)
+    images = sum(r["images_new"] + r["images_old"] for _, r in runs)
+    verdict = "held (exact)" if differ == 0 else "did not hold"
+    return verdict, (
+        f"test images whose old-class logits differ from the parent's, grown against parent: {differ:,} of "
+        f"{images:,} ({len(runs)} grafts: 1,861 emoji classes, and Fashion-MNIST footwear x "
+        f"{sum(n == 'fm-graft' for n, _ in runs)} seeds)"
+    )
+
+
+def _graft_emoji_goal(results: dict[str, Any]) -> tuple[str, str]:
+    (run,) = results["emoji1861-graft"]["runs"]
+    gap, share = run["gap_new_points"], run["time_share"]
+    met = gap >= -5 and share <= 0.10
+    return ("held" if met else "did not hold"), (
+        f"{run['new_classes']} grafted classes: top-1 {100 * run['graft_new']:.2f}% against "
+        f"{100 * run['full_new']:.2f}% retrained on all classes ({gap:+.1f} points, bound -5), training "
+        f"{run['graft_train_seconds']:.0f} s against {run['full_train_seconds']:.0f} s ({share:.1%}, "
+        "bound 10%); one run each"
     )
 
 
@@ -788,5 +813,42 @@ CLAIMS: list[Claim] = [
         "exact",
         check=_emoji_experts_below_base,
         experiments=("emoji1861-experts",),
+    ),
+    Claim(
+        "graft-emoji",
+        "issue 39",
+        "classes grafted onto a 1,799-class emoji NHL score within 5 points of a retrain on all 1,861 "
+        "classes, at <= 10% of its training time",
+        "bound",
+        check=_graft_emoji_goal,
+        experiments=("emoji1861-graft",),
+    ),
+    Claim(
+        "graft-keeps-old-logits",
+        "issue 39",
+        "after a graft every old class's logit is bit-identical to the parent's, on every test image",
+        "exact",
+        check=_graft_keeps_old_logits,
+        experiments=("emoji1861-graft", "fm-graft"),
+    ),
+    Claim(
+        "graft-fm-not-worse",
+        "issue 39",
+        "footwear grafted onto a 7-class Fashion-MNIST NHL is not worse on footwear than the 10-class NHL "
+        "trained with the same recipe, by more than 5 points",
+        "not-worse",
+        Arm("fm-graft", "nhl-scale", "full_new", label="10-class NHL", scale=100),
+        Arm("fm-graft", "nhl-scale", "graft_new", label="grafted footwear", scale=100),
+        margin=5.0,
+        test_images=3000,
+    ),
+    Claim(
+        "graft-fm-old-answers",
+        "issue 39",
+        "fine-tuning flat ResNet18 with a new head for the graft's steps changes more old-class test "
+        "answers than the graft does",
+        "better",
+        Arm("fm-graft", "nhl-scale", "graft_changed", label="graft", scale=100),
+        Arm("fm-graft", "nhl-scale", "flat_ft_changed", label="flat fine-tuned", scale=100),
     ),
 ]

@@ -61,6 +61,8 @@ def arm_runs(results: dict[str, Any], arm: Arm) -> list[dict[str, Any]]:
     ]
     if not runs:
         raise ReportError(f"{arm.experiment}.json has no runs of {arm.model} {arm.where or ''}".rstrip())
+    if arm.scale != 1:  # a figure stored as a fraction: in points
+        runs = [{**r, arm.metric: r[arm.metric] * arm.scale} for r in runs]
     return runs
 
 

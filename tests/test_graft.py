@@ -5,6 +5,7 @@ the file growing with the classes, and one-line refusals of what would break tho
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -120,6 +121,14 @@ def test_placement_by_a_reference_tree_reuses_existing_groups_and_brings_new_one
     assert grown.tree.parent("rose") == "flower" and grown.new_groups == ["flower"]  # the reference's
 
 
+def test_new_classes_start_neutral():
+    tree = two_level_tree()
+    model = tiny_model(tree, variant="nhl-scale", seed=0)
+    graft = GraftBranches(model, grow_tree(tree, place_under(tree, NEW_ENTRIES, "fruit")).tree)
+    assert not graft.heads.weight.any()
+    assert torch.allclose(graft.heads.bias, model.heads.bias.mean().expand(len(NEW)))
+
+
 def test_names_that_cannot_be_grafted_are_refused():
     tree = two_level_tree()
     with pytest.raises(NhlError, match="already in the model"):
@@ -164,6 +173,8 @@ def test_training_moves_only_the_new_rows_and_repeats_with_its_seed(files):
     again = graft_model(open_model(files / "m.safetensors"), _request(files), measure=False)
     assert _same_state(first.model, again.model)
     assert len(first.history) == 2 and first.record["images"]["new"] == 12
+    # 12 of the 36 old training images an epoch: the old logits trained shifted by log(12/36)
+    assert first.record["images"]["old_logit_shift"] == pytest.approx(math.log(12 / 36), abs=1e-4)
 
 
 def test_nhl_graft_writes_a_grown_model_that_answers_old_classes_as_before(files, tmp_path):
