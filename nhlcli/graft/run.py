@@ -53,7 +53,7 @@ __all__ = ["GraftRequest", "GraftResult", "graft_file", "graft_model", "grow_pla
 RECIPE_KEYS = ("weight_decay", "batch_size", "augment", "crop_scale", "label_smoothing")
 # New branches on frozen features learn at a higher rate than a whole network does. Chosen on a
 # hold-out of the emoji training images (62 classes grafted onto 1,799; docs/benchmarks.md): new-class
-# top-1 4.8% at the training recipe's 3e-3, 26% at 1e-2, 43% at 3e-2 after 10 epochs, 47% after 15.
+# top-1 4% at the training recipe's 3e-3, 26% at 1e-2, 43% at 3e-2 after 10 epochs, 47% after 15.
 GRAFT_LR = 3e-2
 GRAFT_EPOCHS = 15
 
