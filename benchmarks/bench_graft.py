@@ -56,6 +56,35 @@ def run_json(command: list[str]) -> tuple[dict, float]:
     return json.loads(text[start:]), wall
 
 
+def run_graft(
+    parent: Path, data: str, classes: str, grown: Path, epochs: int, seed: int, options: list[str]
+) -> dict:
+    """``nhl graft`` as a user runs it: its JSON record and the process's wall seconds."""
+    record, wall = run_json(
+        [
+            sys.executable,
+            "-m",
+            "nhlcli",
+            "graft",
+            str(parent),
+            "--data",
+            data,
+            "--classes",
+            classes,
+            "-o",
+            str(grown),
+            "--epochs",
+            str(epochs),
+            "--seed",
+            str(seed),
+            *options,
+            "--no-measure",
+            "--json",
+        ]
+    )
+    return {**record, "wall_seconds": round(wall, 1)}
+
+
 def cached(path: Path, info: Path, make) -> dict:  # noqa: ANN001
     """``make()``'s record, kept beside its model so a rerun reuses both."""
     if path.exists() and info.exists():
@@ -147,32 +176,10 @@ def emoji(args: argparse.Namespace) -> dict:
     )
 
     def graft() -> dict:
-        record, wall = run_json(
-            [
-                sys.executable,
-                "-m",
-                "nhlcli",
-                "graft",
-                str(parent),
-                "--data",
-                "emoji",
-                "--classes",
-                f"@{work / 'new.txt'}",
-                "--tree",
-                "emoji-unicode-l3",
-                "-o",
-                str(grown),
-                "--epochs",
-                str(args.graft_epochs),
-                "--workers",
-                "0",
-                "--seed",
-                str(args.seed),
-                "--no-measure",
-                "--json",
-            ]
+        options = ["--tree", "emoji-unicode-l3", "--workers", "0"]
+        return run_graft(
+            parent, "emoji", f"@{work / 'new.txt'}", grown, args.graft_epochs, args.seed, options
         )
-        return {**record, "wall_seconds": round(wall, 1)}
 
     graft_run = cached(grown, work / "graft.json", graft)
     full_run = cached(full, work / "full.json", lambda: run_json([*scale, "-o", str(full)])[0])
@@ -218,14 +225,36 @@ def emoji_holdout(args: argparse.Namespace) -> list[dict]:
     rows = []
     for setting in args.settings:
         lr, epochs = (float(v) for v in setting.split("x"))
-        request = GraftRequest(data="emoji", classes=classes, reference="emoji-unicode-l3", workers=0,
-                               holdout=args.holdout, lr=lr, epochs=int(epochs), seed=args.seed)  # fmt: skip
+        request = GraftRequest(
+            data="emoji",
+            classes=classes,
+            reference="emoji-unicode-l3",
+            workers=0,
+            holdout=args.holdout,
+            lr=lr,
+            epochs=int(epochs),
+            seed=args.seed,
+        )
         result = graft_model(open_model(args.workdir / "parent.safetensors"), request)
         measured = result.record["measured"]
         seconds = result.record["train_seconds"]
-        row = {"model": "nhl-scale", "lr": lr, "epochs": int(epochs), "seconds": seconds,
-               **{k: measured[k] for k in ("images_new", "images_old", "top1_new", "top1_old_before",
-                                           "top1_old_after", "old_changed")}}  # fmt: skip
+        row = {
+            "model": "nhl-scale",
+            "lr": lr,
+            "epochs": int(epochs),
+            "seconds": seconds,
+            **{
+                k: measured[k]
+                for k in (
+                    "images_new",
+                    "images_old",
+                    "top1_new",
+                    "top1_old_before",
+                    "top1_old_after",
+                    "old_changed",
+                )
+            },
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -355,30 +384,10 @@ def fm(args: argparse.Namespace) -> list[dict]:
         grown = args.workdir / f"graft-e{args.epochs}-s{seed}.safetensors"
 
         def graft(parent: Path = parent, grown: Path = grown, seed: int = seed) -> dict:
-            record, wall = run_json(
-                [
-                    sys.executable,
-                    "-m",
-                    "nhlcli",
-                    "graft",
-                    str(parent),
-                    "--data",
-                    "fashion-mnist",
-                    "--classes",
-                    ",".join(FOOTWEAR),
-                    "-o",
-                    str(grown),
-                    "--epochs",
-                    str(args.graft_epochs),
-                    "--workers",
-                    str(args.workers),
-                    "--seed",
-                    str(seed),
-                    "--no-measure",
-                    "--json",
-                ]
+            options = ["--workers", str(args.workers)]
+            return run_graft(
+                parent, "fashion-mnist", ",".join(FOOTWEAR), grown, args.graft_epochs, seed, options
             )
-            return {**record, "wall_seconds": round(wall, 1)}
 
         graft_run = cached(grown, grown.with_suffix(".json"), graft)
         tuned = args.workdir / f"flat-ft-e{args.epochs}-s{seed}.safetensors"
@@ -466,9 +475,13 @@ EMOJI_COLUMNS = [
     ["graft / retrain time", "time_share", "{:.1%}"],
 ]
 HOLDOUT_COLUMNS = [
-    ["learning rate", "lr", "{:g}"], ["epochs", "epochs", "{}"], ["new top-1", "top1_new", PCT],
-    ["new images", "images_new", "{}"], ["old top-1 before", "top1_old_before", PCT],
-    ["old top-1 after", "top1_old_after", PCT], ["old images answering a new class", "old_changed", PCT],
+    ["learning rate", "lr", "{:g}"],
+    ["epochs", "epochs", "{}"],
+    ["new top-1", "top1_new", PCT],
+    ["new images", "images_new", "{}"],
+    ["old top-1 before", "top1_old_before", PCT],
+    ["old top-1 after", "top1_old_after", PCT],
+    ["old images answering a new class", "old_changed", PCT],
     ["graft training", "seconds", "{:.0f} s"],
 ]
 FM_COLUMNS = [
@@ -506,8 +519,12 @@ def main() -> None:
     e.add_argument("--workdir", type=Path, default=Path("graft-emoji"))
     e.add_argument("--results", help="store the figures as benchmarks/results/NAME.json")
     h = sub.add_parser("emoji-holdout")
-    h.add_argument("--settings", nargs="+", default=["0.003x10", "0.01x10", "0.03x10", "0.01x20", "0.03x15"],
-                   help="learning rate x epochs")  # fmt: skip
+    h.add_argument(
+        "--settings",
+        nargs="+",
+        default=["0.003x10", "0.01x10", "0.03x10", "0.01x20", "0.03x15"],
+        help="learning rate x epochs",
+    )
     h.add_argument("--holdout", type=float, default=0.2)
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--workdir", type=Path, default=Path("graft-emoji"))
@@ -523,10 +540,18 @@ def main() -> None:
     if args.what == "emoji-holdout":
         rows = emoji_holdout(args)
         if args.results:
-            setup = {"data": "emoji", "evaluated_on": f"a {args.holdout:.0%} hold-out of the training images",
-                     "table": {"columns": HOLDOUT_COLUMNS}}  # fmt: skip
-            write_results(args.results, title="The graft's learning rate and epochs on a training hold-out",
-                          command=invoked_command(), setup=setup, runs=rows)  # fmt: skip
+            setup = {
+                "data": "emoji",
+                "evaluated_on": f"a {args.holdout:.0%} hold-out of the training images",
+                "table": {"columns": HOLDOUT_COLUMNS},
+            }
+            write_results(
+                args.results,
+                title="The graft's learning rate and epochs on a training hold-out",
+                command=invoked_command(),
+                setup=setup,
+                runs=rows,
+            )
         return
     if args.what == "emoji":
         row = emoji(args)

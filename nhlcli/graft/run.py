@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from nhlcli.data.datasets import TreeDataset, dataset_for_tree, trained_holdout
-from nhlcli.data.loaders import build_transform, create_eval_loader
+from nhlcli.data.loaders import build_transform, model_loader
 from nhlcli.data.registry import dataset_spec
 from nhlcli.devices import autocast_for, cpu_has_fast_bf16
 from nhlcli.errors import NhlError
@@ -437,33 +437,11 @@ def graft_model(
         "train_seconds": round(train_seconds, 2),
     }
     if measure:
-        record["measured"] = {
-            **_measure(
-                model, result_model, _eval_loader(result_model, request, holdout), model.tree.num_classes
-            ),
-            "split": "val",
-            "holdout": holdout,
-        }
+        loader = model_loader(result_model, request.data, "val", 128, request.workers, subset=True,
+                              holdout=holdout)  # fmt: skip
+        measured = _measure(model, result_model, loader, model.tree.num_classes)
+        record["measured"] = {**measured, "split": "val", "holdout": holdout}
     return GraftResult(result_model, grown, record, history)
-
-
-def _eval_loader(model: NHLModel, request: GraftRequest, holdout: float) -> DataLoader:
-    inp = model.input_config
-    return create_eval_loader(
-        request.data,
-        model.tree,
-        input_size=inp.size[1],
-        mean=inp.mean,
-        std=inp.std,
-        in_chans=inp.size[0],
-        interpolation=inp.interpolation,
-        crop_pct=inp.crop_pct,
-        split="val",
-        batch_size=128,
-        workers=request.workers,
-        subset=True,
-        holdout=holdout,
-    )
 
 
 def graft_file(
