@@ -254,3 +254,14 @@ def test_gated_and_flat_models_are_refused(files, tmp_path):
                   "--under", "fruit", "-o", out)  # fmt: skip
     assert_one_line_error(run, "has no per-class branches", "needs an NHL model")
     assert not out.exists()
+
+
+def test_the_command_line_defaults_are_the_librarys():
+    import inspect
+
+    from nhlcli.cli.graft import graft_command
+    from nhlcli.graft.run import GRAFT_EPOCHS, GRAFT_LR
+
+    options = inspect.signature(graft_command).parameters
+    assert options["epochs"].default.default == GRAFT_EPOCHS == GraftRequest(data="d", classes=["c"]).epochs
+    assert f"{GRAFT_LR:g}" in options["lr"].default.help

@@ -293,8 +293,9 @@ def model_loader(
     holdout: float = 0.0,
 ) -> Any:
     """A loader over ``data`` through the model's own evaluation transform, labelled by ``tree``
-    (default the model's); the data of an expert, or of a model trained on some of the data's
-    classes (``nhl train --classes``), is restricted to the model's classes. ``holdout``: see
+    (default the model's); the data of an expert, of a grown model (``nhl graft``), or of a model
+    trained on some of the data's classes (``nhl train --classes``), is restricted to the model's
+    classes. ``holdout``: see
     :func:`create_eval_loader` (:func:`model_holdout` resolves a user's choice against the model)."""
     meta = getattr(model, "metadata", {})
     is_expert = bool(meta.get("expert") or meta.get("graft") or (meta.get("training") or {}).get("classes"))
