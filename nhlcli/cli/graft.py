@@ -111,7 +111,6 @@ def graft_command(
         workers=workers,
         holdout=holdout,
     )
-    request.check()
     bar = Progress(
         TextColumn("[bold]graft epoch"),
         BarColumn(),

@@ -63,7 +63,8 @@ class GraftBranches(nn.Module):
         self._reads: dict[int, tuple[list[int], list[int] | None]] = {}
         in_channels = model.trunk.out_channels
         for depth, width in enumerate(config.widths, start=1):
-            new_nodes = [n for n in grown.level(depth) if n not in set(old.level(depth))]
+            old_level = set(old.level(depth))
+            new_nodes = [n for n in grown.level(depth) if n not in old_level]
             if new_nodes:
                 old_read, index = ([], None) if depth == 1 else _parents(old, grown, depth, new_nodes)
                 self._reads[depth] = (old_read, index)
@@ -80,7 +81,8 @@ class GraftBranches(nn.Module):
                 )
             in_channels = width * config.expansions[depth - 1]
         leaves = grown.levels
-        new_leaves = [n for n in grown.level(leaves) if n not in set(old.classes)]
+        old_classes = set(old.classes)
+        new_leaves = [n for n in grown.level(leaves) if n not in old_classes]
         self._leaf_reads: tuple[list[int], list[int]] | None = None
         if config.linear_leaves:  # each new leaf reads its parent's pooled features
             if leaves == 1:
@@ -139,13 +141,9 @@ class GraftBranches(nn.Module):
 
 def frozen_forward(model: NHLModel, x: Tensor) -> tuple[list[Tensor], Tensor]:
     """The model's trunk output and every level's output, and its logits (eval, no autograd)."""
+    maps: list[Tensor] = []
     with torch.no_grad():
-        features = model.trunk(x)
-        maps = [features]
-        for level in model.levels:
-            features = level(features)
-            maps.append(features)
-        logits = model.heads(features).index_select(1, model.class_to_leaf)
+        logits = model.forward_branches(model.trunk(x), maps=maps)
     return maps, logits
 
 
@@ -154,6 +152,7 @@ def merge(model: NHLModel, grown: Tree, graft: GraftBranches) -> NHLModel:
     result = NHLModel(grown, model.trunk.config, model.branch_config, model.input_config, init_branches=False)
     old_state, new_state = model.state_dict(), graft.state_dict()
     state: dict[str, Tensor] = {}
+    rows: dict[int, tuple[list[int], list[int]]] = {}  # per depth: where the old and new rows go
     for key, target in result.state_dict().items():
         if not key.startswith(("levels.", "heads.")):
             state[key] = old_state[key].clone()
@@ -164,7 +163,9 @@ def merge(model: NHLModel, grown: Tree, graft: GraftBranches) -> NHLModel:
             new_key = f"levels.{depth}.{rest}"
         else:
             depth, new_key = grown.levels, key
-        old_rows, new_rows = level_rows(model.tree, grown, depth)
+        if depth not in rows:
+            rows[depth] = level_rows(model.tree, grown, depth)
+        old_rows, new_rows = rows[depth]
         merged = torch.empty(target.shape, dtype=old_state[key].dtype)
         merged[old_rows] = old_state[key]
         if new_rows:

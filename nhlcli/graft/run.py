@@ -297,24 +297,6 @@ def _training_data(
     return dataset, np.flatnonzero(targets >= old_count), np.flatnonzero(targets < old_count)
 
 
-def _optimizer(
-    graft: GraftBranches, recipe: dict[str, Any], request: GraftRequest, steps: int
-) -> tuple[Any, Any]:
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-
-    optimizer = create_optimizer_v2(graft, opt="adamw", lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=max(request.epochs * steps, 2),
-        warmup_t=int(request.warmup_epochs * steps),
-        warmup_lr_init=recipe["lr"] * 0.01,
-        lr_min=recipe["lr"] * 1e-3,
-        t_in_epochs=False,
-    )
-    return optimizer, scheduler
-
-
 def _measure(model: NHLModel, grown: NHLModel, loader: DataLoader, old_count: int) -> dict[str, Any]:
     """Top-1 of the new and old classes, and how many old images changed answer."""
     tally = np.zeros(6, dtype=np.int64)  # new seen, new right, old seen, old right before, after, changed
@@ -352,7 +334,7 @@ def graft_model(
     measure: bool = True,
 ) -> GraftResult:
     """Graft ``request.classes`` onto ``model`` (in memory); the model itself is not changed."""
-    from nhlcli.training.loop import seed_everything
+    from nhlcli.training.loop import TrainConfig, optimizer_and_scheduler, seed_everything
 
     request.check()
     model = graftable(model, "this model")
@@ -381,7 +363,9 @@ def graft_model(
         drop_last=len(sampler) > recipe["batch_size"],
     )
     steps = len(loader)
-    optimizer, scheduler = _optimizer(graft, recipe, request, steps)
+    config = TrainConfig(epochs=request.epochs, lr=recipe["lr"], weight_decay=recipe["weight_decay"],
+                         warmup_epochs=request.warmup_epochs, optimizer="adamw")  # fmt: skip
+    optimizer, scheduler = optimizer_and_scheduler(graft, config, steps)
     device = torch.device("cpu")
     amp = request.amp and cpu_has_fast_bf16()
     history, step = [], 0

@@ -356,17 +356,23 @@ class NHLModel(NhlModel):
         features: torch.Tensor,
         attention: Mapping[int, torch.Tensor] | None = None,
         pooled: list[torch.Tensor] | None = None,
+        maps: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Trunk output -> logits: every branch level, then the leaf heads in class order.
         ``pooled`` collects the globally pooled trunk output and every level's (the other head's
-        input)."""
+        input); ``maps`` the trunk output and every level's output themselves (what grafted
+        branches read)."""
         if pooled is not None:
             pooled.append(features.mean(dim=(2, 3)))
+        if maps is not None:
+            maps.append(features)
         for depth, level in enumerate(self.levels, start=1):
             scale = attention.get(depth) if attention else None
             features = level(features, scale=scale)
             if pooled is not None:
                 pooled.append(features.mean(dim=(2, 3)))
+            if maps is not None:
+                maps.append(features)
         leaf_scale = None  # linear leaves: the leaf level's attention scales each leaf's read
         if attention and self.branch_config.linear_leaves:
             leaf_scale = attention.get(self.tree.levels)

@@ -576,7 +576,7 @@ def _start_run(
     changes = {} if state is None else _checked_resume(state, model, config, checkpoint_dir)
     train_loader, val_loader = loaders or _make_loaders(model, data, config, info)
     steps_per_epoch = _steps_per_epoch(train_loader, config, data)
-    optimizer, scheduler = _optimizer_and_scheduler(model, config, steps_per_epoch)
+    optimizer, scheduler = optimizer_and_scheduler(model, config, steps_per_epoch)
     result = TrainResult(str(output) if output else None, str(checkpoint_dir), 0, resumed_changes=changes)
     run = _Run(
         model, config, info, checkpoint_dir, train_loader, val_loader, steps_per_epoch, optimizer,
@@ -634,7 +634,7 @@ def _steps_per_epoch(train_loader: Any, config: TrainConfig, data: str | Path) -
     return steps
 
 
-def _optimizer_and_scheduler(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
+def optimizer_and_scheduler(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
     """timm's optimizer for ``config.optimizer`` and its cosine schedule with warmup, stepped per step."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
