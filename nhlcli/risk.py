@@ -7,14 +7,22 @@ For a choice whose per-image loss is 0 or 1, "the risk on new images from the sa
 exact, valid whatever the images are, as long as they are exchangeable with the new ones. A loss
 that can also be negative (an image a gate harms counts 1, one it fixes -1) takes the betting test
 of :func:`betting_p_value` instead.
+
+Those guarantee the rate over all new images. A user who measures on one test set of ``m`` images
+sees that rate plus the test set's own sampling error, so a choice just inside the budget reads
+above it there about half the time. A guarantee "on a test set of ``m`` new images" splits
+``delta`` in two: half bounds how far ``m`` images can stray from the rate, exactly (binomial for
+0/1 losses, :func:`batch_budget`; a binomial mixture for net losses, :func:`net_batch_budget`),
+half tests the rate against the budget tightened by that much.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
-from scipy.stats import binom
+from scipy.stats import betabinom, binom
 
 from nhlcli.errors import NhlError
 
@@ -49,6 +57,88 @@ def images_needed(budget: float, delta: float) -> int:
     return math.ceil(math.log(delta) / math.log1p(-budget))
 
 
+
+def batch_budget(budget: float, images: int, delta: float) -> float:
+    """The highest rate of a 0/1 loss at which ``images`` new images still show at most ``budget``
+    of losses with probability at least ``1 - delta``: the largest ``p`` with
+    ``P(Binomial(images, p) > budget * images) <= delta`` (bisection; 0 when none)."""
+    allowed = math.floor(budget * images + 1e-9)
+    low, high = 0.0, budget
+    if binom.sf(allowed, images, high) <= delta:
+        return high
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if binom.sf(allowed, images, middle) <= delta else (low, middle)
+    return low
+
+
+def net_tail(mean: float, changed: float, images: int, allowed: int) -> float:
+    """P(harmed - fixed > ``allowed``) on ``images`` new images when a share ``changed`` of answers
+    change, ``(changed + mean) / 2`` for the worse and the rest for the better: exact, as a mixture
+    over how many change (binomial) of how many of those are harmed (binomial)."""
+    if changed <= 0:
+        return 0.0 if allowed >= 0 else 1.0
+    spread = 12 * math.sqrt(images * changed * (1 - changed)) + 12
+    low = max(0, math.floor(images * changed - spread))
+    high = min(images, math.ceil(images * changed + spread))
+    count = np.arange(low, high + 1)
+    harmed_share = min(max((changed + mean) / (2 * changed), 0.0), 1.0)
+    tail = binom.sf(np.floor((allowed + count) / 2), count, harmed_share)
+    return float(np.sum(binom.pmf(count, images, changed) * tail))
+
+
+def net_batch_budget(budget: float, images: int, changed: float, delta: float) -> float | None:
+    """The highest net loss rate (harmed minus fixed, per image) at which ``images`` new images
+    still show a net loss of at most ``budget`` with probability at least ``1 - delta``, whatever
+    share up to ``changed`` of answers change (the tail is taken at its worst over that share);
+    None when even a rate of ``-changed`` (every change a fix) cannot."""
+    allowed = math.floor(budget * images + 1e-9)
+    shares = np.linspace(0, 1, 6)
+
+    def within(mean: float) -> bool:
+        lowest = abs(mean)
+        return all(
+            net_tail(mean, lowest + (changed - lowest) * share, images, allowed) <= delta for share in shares
+        )
+
+    low, high = -changed, min(changed, budget)
+    if not within(low):
+        return None
+    if within(high):
+        return high
+    for _ in range(30):
+        middle = (low + high) / 2
+        low, high = (middle, high) if within(middle) else (low, middle)
+    return low
+
+
+def order_statistic_batch_p_value(below: int, images: int, budget: float, test_images: int) -> float:
+    """For a threshold at the ``below + 1``-th smallest of ``images`` calibration scores: the chance
+    that more than ``budget`` of ``test_images`` new scores fall below it. The share of new scores
+    below that order statistic is Beta(below + 1, images - below) whatever the scores' law, so the
+    count among ``test_images`` is beta-binomial (Angelopoulos and Bates 2021, section 3.2); exact
+    for exchangeable scores without ties."""
+    allowed = math.floor(budget * test_images + 1e-9)
+    return float(betabinom.sf(allowed, test_images, below + 1, images - below))
+
+
+def batch_images_needed(budget: float, delta: float, test_images: int) -> int | None:
+    """The fewest calibration images with which even the lowest threshold (nothing below it) keeps
+    more than ``budget`` of ``test_images`` new scores below it with chance at most ``delta``
+    (doubling, then bisection; None beyond ten million)."""
+    def passes(images: int) -> bool:
+        return order_statistic_batch_p_value(0, images, budget, test_images) <= delta
+
+    high = 1
+    while not passes(high):
+        if high > 10_000_000:
+            return None
+        high *= 2
+    low = high // 2  # fails (or is 0)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if passes(middle) else (middle, high)
+    return high
 
 
 def betting_p_value(

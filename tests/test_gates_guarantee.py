@@ -20,14 +20,22 @@ from conftest import (
     tiny_model,
     two_level_tree,
 )
+from scipy.stats import binom
 
 from nhlcli.errors import NhlError
 from nhlcli.gates import fit_gates
 from nhlcli.gates.guarantee import guaranteed_thresholds, route_width
-from nhlcli.gates.tune import ExitRecord, tune_thresholds
+from nhlcli.gates.tune import ExitRecord, simulate, tune_thresholds
 from nhlcli.model.files import save_model
 from nhlcli.model.loading import open_model
-from nhlcli.risk import betting_p_value, binomial_p_value, images_needed
+from nhlcli.risk import (
+    batch_budget,
+    betting_p_value,
+    binomial_p_value,
+    images_needed,
+    net_batch_budget,
+    net_tail,
+)
 
 FULL_MACS = 1e9
 
@@ -74,6 +82,44 @@ def test_guaranteed_thresholds_exceed_the_budget_in_at_most_about_delta_of_the_d
     assert guaranteed <= 20, guaranteed
     assert tuned >= 15, tuned
     assert sum(saving) >= draws * 0.8  # and the guarantee still saves on most draws
+
+
+def test_on_a_test_set_of_a_given_size_the_drop_stays_within_budget():
+    """A user measures the drop on one test set of 300 new images, which strays from the rate.
+    Thresholds guaranteed for the rate read above the budget there more often than delta; those
+    guaranteed for a test set of 300 (``test_images``) in at most about delta of the draws, and
+    still save on most."""
+    budget, delta, draws, test = 0.05, 0.1, 60, 300
+    generator = torch.Generator().manual_seed(4)
+    over, saving = {"rate": 0, "test set": 0}, 0
+    for draw in range(draws):
+        record = drawn_record(2000, generator)
+        measured = drawn_record(test, generator)
+        for name, images in (("rate", None), ("test set", test)):
+            chosen = guaranteed_thresholds(OneGateCosts(), record, budget, delta, "drop", seed=draw,
+                                           test_images=images)  # fmt: skip
+            answers = simulate(OneGateCosts(), measured, chosen["thresholds"])
+            over[name] += measured.full_accuracy - answers["top1"] > budget
+            if images is not None:
+                assert chosen["guarantee"]["test_images"] == test
+                saving += chosen["guarantee"]["guaranteed_saving"]
+    assert over["test set"] <= 12, over  # binomial(60, 0.1) exceeds 12 with probability below 0.5%
+    assert over["rate"] > over["test set"], over
+    assert saving >= draws * 0.8
+
+
+def test_the_test_set_margins_are_where_their_tails_reach_delta():
+    p = batch_budget(0.05, 600, 0.1)
+    assert binom.sf(30, 600, p) <= 0.1 < binom.sf(30, 600, p + 1e-4)
+    # net losses: 600 images where 4% of answers change; the highest net rate allowed for a 3%
+    # budget (18 net losses) puts the tail at delta, for the worst share changed up to 4%
+    rate = net_batch_budget(0.03, 600, 0.04, 0.1)
+    shares = (0, 0.2, 0.4, 0.6, 0.8, 1)
+    worst = max(net_tail(rate, abs(rate) + (0.04 - abs(rate)) * share, 600, 18) for share in shares)
+    assert worst <= 0.1
+    assert max(net_tail(rate + 1e-3, c, 600, 18) for c in (0.04, abs(rate) + 1e-3)) > 0.1
+    # the tail itself: 2 images, each harmed with probability 0.3, fixed 0.1: P(net > 0) by hand
+    assert net_tail(0.2, 0.4, 2, 0) == pytest.approx(0.3**2 + 2 * 0.3 * 0.6)
 
 
 def test_on_too_few_images_no_saving_is_promised():
@@ -135,11 +181,26 @@ def test_nhl_gates_tune_delta_reports_what_it_guarantees(gated_file, tmp_path):
     assert "no saving can be guaranteed" in people.out and "too few" in people.out
 
 
+def test_nhl_gates_tune_test_images_guarantees_a_test_set_at_half_the_risk_level(gated_file, tmp_path):
+    path, data = gated_file
+    out = tmp_path / "tuned.safetensors"
+    run = run_nhl("gates", "tune", path, "--data", data, "--workers", "0", "--max-drop", "20",
+                  "--delta", "0.2", "--test-images", "1000", "-o", out, "--json")  # fmt: skip
+    assert run.code == 0, run.err
+    guarantee = json.loads(run.out)["guarantee"]
+    assert guarantee["test_images"] == 1000
+    assert guarantee["images_needed"] == images_needed(0.2, 0.1)  # no loss at all, tested at delta / 2
+    if guarantee["guaranteed_saving"]:
+        assert guarantee["p_value"] <= 0.1
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
         (("--max-drop", "1", "--delta", "1.5"), ["--delta 1.5", "between 0 and 1"]),
         (("--thresholds", "1,1,1,inf", "--delta", "0.1"), ["--delta", "thresholds given by hand"]),
+        (("--max-drop", "1", "--test-images", "100"), ["--test-images", "give --delta too"]),
+        (("--max-drop", "1", "--delta", "0.1", "--test-images", "0"), ["--test-images 0", "at least 1"]),
     ],
 )
 def test_bad_risk_levels_get_one_line_errors(gated_file, tmp_path, args, fragments):
@@ -178,6 +239,17 @@ def test_the_routing_width_is_the_narrowest_the_tests_accept_widest_first():
     few = width_records(50, {4: 0, 3: 0, 2: 0, 1: 0})
     width, guarantee = route_width(few, "drop", 0.02, 0.1)
     assert width == 4 and not guarantee["guaranteed_saving"]  # 50 images: 114 are needed at 2%
+
+
+def test_a_routing_width_for_a_test_set_is_tested_against_the_tightened_budget():
+    records = width_records(1000, {4: 0, 3: 0, 2: 3, 1: 40})
+    width, guarantee = route_width(records, "error", 0.02, 0.1, test_images=1000)
+    assert width == 2 and guarantee["test_images"] == 1000
+    assert guarantee["p_value"] == pytest.approx(binomial_p_value(3, 1000, batch_budget(0.02, 1000, 0.05)))
+    width, guarantee = route_width(records, "drop", 0.02, 0.1, test_images=10)
+    assert width == 4 and not guarantee["guaranteed_saving"]  # one change in 10 images is 10%
+    with pytest.raises(NhlError, match="give --delta too"):
+        route_width(records, "drop", 0.02, None, test_images=100)
 
 
 def test_nhl_gates_tune_route_keeps_the_width_in_the_file_and_eval_routes_with_it(gated_file, tmp_path):

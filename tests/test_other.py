@@ -15,7 +15,7 @@ from nhlcli.experts import cut_model
 from nhlcli.experts.other import threshold_for
 from nhlcli.model.files import save_model
 from nhlcli.model.loading import open_model
-from nhlcli.risk import images_needed
+from nhlcli.risk import batch_images_needed, images_needed, order_statistic_batch_p_value
 
 FRUIT = ["apple", "banana", "cherry", "fig"]  # the tiny tree's "fruit" node
 
@@ -74,6 +74,21 @@ def test_the_cutout_report_says_what_the_threshold_promises_and_costs(files):
     assert 0 <= summary["other"]["extra_macs_percent"] < 10
 
 
+def test_nhl_cutout_other_test_images_promises_the_share_on_a_test_set(files, tmp_path):
+    root, _ = files
+    run = run_nhl("cutout", root / "m.safetensors", "--classes", "fruit", "-o", tmp_path / "f.safetensors",
+                  "--other", "--data", root / "data", "--other-budget", "0.5", "--test-images", "20",
+                  "--workers", "0", "--no-latency")  # fmt: skip
+    assert run.code == 0, run.err
+    calibration = open_model(tmp_path / "f.safetensors").other.spec.calibration
+    assert calibration["test_images"] == 20 and "beta-binomial" in calibration["method"]
+    assert calibration["images_needed"] == batch_images_needed(0.5, 0.1, 20)
+    assert calibration["guaranteed"] and calibration["images_mine"] >= calibration["images_needed"]
+    assert "on a test set of 20 new own images" in " ".join(run.out.split())
+    below, images = calibration["rejected"], calibration["images_mine"]
+    assert order_statistic_batch_p_value(below, images, 0.5, 20) <= 0.1
+
+
 def test_nhl_eval_reports_own_class_accuracy_and_what_goes_to_other(files):
     root, _ = files
     run = run_nhl("eval", root / "fruit.safetensors", "--data", root / "data", "--workers", "0", "--json")
@@ -114,6 +129,8 @@ def test_an_expert_with_an_other_head_is_neither_cut_again_nor_gated(files, tmp_
         (("--other",), ["--other needs --data"]),
         (("--other", "--data", "data", "--other-budget", "1.5"), ["--other-budget 1.5", "between 0 and 1"]),
         (("--other", "--data", "data", "--delta", "0"), ["--delta 0", "between 0 and 1"]),
+        (("--test-images", "100"), ["--test-images goes with --other"]),
+        (("--other", "--data", "data", "--test-images", "0"), ["--test-images 0", "at least 1"]),
     ],
 )
 def test_other_options_that_make_no_sense_are_refused(files, tmp_path, extra, fragments):
@@ -137,6 +154,41 @@ def test_the_threshold_keeps_own_images_within_budget_on_new_draws():
     few, record = threshold_for(torch.randn(20, generator=generator), budget, delta)
     assert few is None and not record["guaranteed"]
     assert record["images_needed"] == images_needed(budget, delta)
+
+
+def test_on_a_test_set_of_a_given_size_the_share_sent_to_other_stays_within_budget():
+    """The share a user measures on one test set of 100 own images strays from the rate. A
+    threshold guaranteed for the rate reads above the budget there far more often than delta; one
+    guaranteed for a test set of 100 (``test_images``) does so in at most about delta of draws."""
+    budget, delta, draws, test = 0.05, 0.1, 200, 100
+    generator = torch.Generator().manual_seed(3)
+    over = {"rate": 0, "test set": 0}
+    for _ in range(draws):
+        calibration = torch.randn(2000, generator=generator)
+        measured = torch.randn(test, generator=generator)
+        for name, images in (("rate", None), ("test set", test)):
+            threshold, record = threshold_for(calibration, budget, delta, images)
+            assert record["guaranteed"] and record["test_images"] == images
+            over[name] += int((measured < threshold).sum()) > budget * test
+    limit = draws * delta + 3 * (draws * delta * (1 - delta)) ** 0.5
+    assert over["test set"] <= limit, over
+    assert over["rate"] > over["test set"] + 20, over  # the rate's guarantee does not cover this
+
+
+def test_the_test_set_tail_is_the_beta_binomial_of_an_order_statistic():
+    # one calibration score, one new one: below it half the time
+    assert order_statistic_batch_p_value(0, 1, 0.0, 1) == pytest.approx(0.5)
+    # below the lowest of 9: 1 chance in 10
+    assert order_statistic_batch_p_value(0, 9, 0.0, 1) == pytest.approx(0.1)
+    # against simulation: 2 of 30 calibration scores below the threshold, 20 new, more than 3 below
+    generator = torch.Generator().manual_seed(0)
+    calibration = torch.rand(20000, 30, generator=generator).sort(dim=1).values[:, 2]
+    below = (torch.rand(20000, 20, generator=generator) < calibration[:, None]).sum(1)
+    assert float((below > 3).double().mean()) == pytest.approx(order_statistic_batch_p_value(2, 30, 0.15, 20),
+                                                               abs=0.01)  # fmt: skip
+    needed = batch_images_needed(0.05, 0.1, 10)  # no new image may fall below: 1/(n+1) <= 0.1 ... of 10
+    assert order_statistic_batch_p_value(0, needed, 0.05, 10) <= 0.1
+    assert order_statistic_batch_p_value(0, needed - 1, 0.05, 10) > 0.1
 
 
 def test_eval_on_data_with_only_the_experts_classes_skips_the_other_figures_and_says_why(files, tmp_path):

@@ -123,6 +123,11 @@ def cutout_command(
     delta: float = typer.Option(
         0.1, "--delta", metavar="RISK", help="With --other: the chance the budget is exceeded on new images."
     ),
+    test_images: int | None = typer.Option(
+        None, "--test-images", metavar="N",
+        help="With --other: guarantee the share on a test set of N new own images, not only as a rate "
+        "over all new images (a finite test set strays from the rate, so the threshold is set lower).",
+    ),
     part: str | None = typer.Option(
         None, "--part", metavar="i/k", help="With --other: the part of the val split setting the threshold."
     ),
@@ -153,7 +158,9 @@ def cutout_command(
     labels = parse_names(classes)
     batches = _batches(batch_size)
     check_threads(threads)
-    request = _other_request(other, data, other_budget, delta, part, holdout, other_images, workers)
+    request = _other_request(
+        other, data, other_budget, delta, part, holdout, other_images, workers, test_images
+    )
     cut, parent_cost, expert_cost = cutout_with_cost(model_file, labels, batches, latency, threads, request)
     save_expert(cut, output, cost=expert_cost)
     summary = {
@@ -189,11 +196,11 @@ def cutout_command(
 
 def _other_request(
     other: bool, data: str | None, budget: float, delta: float, part: str | None, holdout: float | None,
-    images: int, workers: int,
+    images: int, workers: int, test_images: int | None = None,
 ) -> Any:  # fmt: skip
     """``--other``'s request, checked before anything is read; its options alone are refused."""
     if not other:
-        given = {"--data": data, "--part": part, "--holdout": holdout}
+        given = {"--data": data, "--part": part, "--holdout": holdout, "--test-images": test_images}
         named = [flag for flag, value in given.items() if value is not None]
         if named:
             raise NhlError(f"{named[0]} goes with --other (fitting the expert's other answer); add "
@@ -205,7 +212,7 @@ def _other_request(
     from nhlcli.experts.other import OtherRequest
 
     request = OtherRequest(data=data, budget=budget, delta=delta, part=part, holdout=holdout,
-                           max_images=images, workers=workers)  # fmt: skip
+                           max_images=images, workers=workers, test_images=test_images)  # fmt: skip
     request.check()
     return request
 
@@ -217,8 +224,11 @@ def other_lines(record: Mapping[str, Any]) -> str:
     if calibration.get("delta") is None:
         promise = f"at most {share} of the calibration images' own classes answer other (no guarantee)"
     elif calibration["guaranteed"]:
+        where = "new images"
+        if calibration.get("test_images") is not None:
+            where = f"a test set of {calibration['test_images']} new own images"
         promise = (f"at most {share} of its own images answer other, with probability at least "
-                   f"{1 - calibration['delta']:.0%} on new images ({calibration['images_mine']} own "
+                   f"{1 - calibration['delta']:.0%} on {where} ({calibration['images_mine']} own "
                    "images tested)")  # fmt: skip
     else:
         promise = (f"no threshold can be guaranteed: {calibration['images_mine']} own calibration "

@@ -181,6 +181,14 @@ def tune_command(
         "--seed",
         help="With --delta: how the tuning images are split into ordering and testing halves [default: 0].",
     ),
+    test_images: int | None = typer.Option(
+        None,
+        "--test-images",
+        metavar="N",
+        help="With --delta: guarantee the loss measured on a test set of N new images, not only the rate "
+        "over all new images. A finite test set strays from the rate by its own sampling error, so "
+        "less can be saved.",
+    ),
     route_top_k: int | None = typer.Option(None, "--route-top-k", metavar="K", help=ROUTE_HELP),
     tune_route: bool = typer.Option(
         False,
@@ -212,11 +220,12 @@ def tune_command(
         with ImageProgress(not as_json) as progress:
             result = tune_route_file(
                 gated_file, data, split, part, target_accuracy, max_drop, delta, output, batch_size, workers,
-                device, progress, holdout=holdout,
+                device, progress, holdout=holdout, test_images=test_images,
             )  # fmt: skip
     else:
         result = _tune(gated_file, data, split, part, target_accuracy, max_drop, given, route_top_k, output,
-                       batch_size, workers, device, holdout, delta, seed or 0, as_json)  # fmt: skip
+                       batch_size, workers, device, holdout, delta, seed or 0, as_json,
+                       test_images)  # fmt: skip
     if as_json:
         print_json(result)
         return
@@ -227,7 +236,7 @@ def _tune(
     gated_file: Path, data: str, split: str, part: str | None, target_accuracy: float | None,
     max_drop: float | None, given: list[float | None] | None, route_top_k: int | None, output: Path | None,
     batch_size: int, workers: int, device: str | None, holdout: float | None, delta: float | None, seed: int,
-    as_json: bool,
+    as_json: bool, test_images: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     from nhlcli.gates.workflow import tune_file
 
@@ -249,6 +258,7 @@ def _tune(
             holdout=holdout,
             delta=delta,
             seed=seed,
+            test_images=test_images,
         )
     return result
 

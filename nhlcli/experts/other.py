@@ -9,6 +9,8 @@ with a guarantee (``nhl cutout --other``; the head is described in :mod:`nhlcli.
    probability at least ``1 - delta``. Thresholds are tested from the lowest up, an order fixed
    before any image is seen, with the exact binomial tail (:mod:`nhlcli.risk`); without
    ``delta``, the ``budget`` quantile of the own images' scores (met on those images only).
+   With ``test_images``, the share is guaranteed on a test set of that many new own images, not
+   only as a rate: the count there is beta-binomial, exactly, so the threshold is set lower.
 
 The calibration images must be new to the parent as well: the parent's own hold-out when it was
 trained with one (``val`` then is that hold-out), otherwise a part of the test split that the
@@ -30,7 +32,13 @@ from nhlcli.evaluation import collect_other, own_classes
 from nhlcli.metrics import separation
 from nhlcli.model.contract import NhlModel
 from nhlcli.model.other import OtherHead, OtherSpec
-from nhlcli.risk import binomial_p_value, check_delta, images_needed
+from nhlcli.risk import (
+    batch_images_needed,
+    binomial_p_value,
+    check_delta,
+    images_needed,
+    order_statistic_batch_p_value,
+)
 from nhlcli.taxonomy.tree import Tree
 
 
@@ -41,6 +49,7 @@ class OtherRequest:
     data: str | Path
     budget: float = 0.05  # share of the expert's own images allowed to answer "other"
     delta: float | None = 0.1  # None: no guarantee, the budget met on the calibration images only
+    test_images: int | None = None  # guarantee the share on this many new own images, not the rate
     fit_split: str = "train"
     calibration_split: str = "val"
     part: str | None = None  # of the calibration split
@@ -57,6 +66,13 @@ class OtherRequest:
                            "between 0 and 1, e.g. 0.05", "other_budget")  # fmt: skip
         if self.delta is not None:
             check_delta(self.delta)
+        if self.test_images is not None:
+            if self.delta is None:
+                raise NhlError("a guarantee on a test set needs a risk level; give --delta too",
+                               "test_images")  # fmt: skip
+            if self.test_images < 1:
+                raise NhlError(f"{self.test_images}: give the number of own images the share is measured "
+                               "on, at least 1", "test_images")  # fmt: skip
         if self.max_images < 2:
             raise NhlError(f"{self.max_images}: give at least 2 images to fit on", "other_images")
 
@@ -99,28 +115,35 @@ def fit_head(features: torch.Tensor, mine: torch.Tensor, seed: int = 0) -> tuple
 
 
 def threshold_for(
-    scores: torch.Tensor, budget: float, delta: float | None
+    scores: torch.Tensor, budget: float, delta: float | None, test_images: int | None = None
 ) -> tuple[float | None, dict[str, Any]]:
     """The threshold on the own images' ``scores`` (see the module docstring), and its record."""
     ordered = scores.double().sort().values
     n = len(ordered)
-    record: dict[str, Any] = {"budget": budget, "delta": delta, "images_mine": n}
+    record: dict[str, Any] = {"budget": budget, "delta": delta, "images_mine": n, "test_images": test_images}
     if delta is None:
         at = min(int(budget * n), n - 1)
         record.update({"rejected": at, "guaranteed": False})
         return float(ordered[at]), record
-    needed = images_needed(budget, delta)
-    record["images_needed"] = needed
+    if test_images is None:
+        record["images_needed"] = images_needed(budget, delta)
+        method = "fixed-sequence binomial tests, lowest threshold first"
+    else:
+        record["images_needed"] = batch_images_needed(budget, delta, test_images)
+        method = f"beta-binomial tail on {test_images} new own images, lowest threshold first"
     threshold, rejected, p_chosen = None, 0, None
     for k in range(n):  # threshold at the k-th smallest score: the k below it answer "other"
         if k and ordered[k] == ordered[k - 1]:
             continue
-        p_value = binomial_p_value(k, n, budget)
+        if test_images is None:
+            p_value = binomial_p_value(k, n, budget)
+        else:
+            p_value = order_statistic_batch_p_value(k, n, budget, test_images)
         if p_value > delta:
             break
         threshold, rejected, p_chosen = float(ordered[k]), k, p_value
     record.update({"rejected": rejected, "p_value": p_chosen, "guaranteed": threshold is not None,
-                   "method": "fixed-sequence binomial tests, lowest threshold first"})  # fmt: skip
+                   "method": method})  # fmt: skip
     return threshold, record
 
 
@@ -144,7 +167,7 @@ def add_other_head(
     own = calibration["mine"]
     if not own.any():
         raise NhlError(f"the {request.calibration_split} split holds no image of the expert's classes")
-    threshold, record = threshold_for(scores[own], request.budget, request.delta)
+    threshold, record = threshold_for(scores[own], request.budget, request.delta, request.test_images)
     head.spec.threshold = threshold
     head.spec.fit = {**fit_record, "data": str(request.data), "split": request.fit_split, "holdout": fit_held}
     record.update({"data": str(request.data), "split": request.calibration_split, "part": request.part,

@@ -18,6 +18,14 @@ Two risks:
   little; the net loss is tested with the betting p-value of :func:`nhlcli.risk.betting_p_value`.
 - ``error`` (``target_accuracy``): the gated network is wrong (0 or 1), tested with the exact
   binomial tail; its accuracy is then at least ``1 - budget``.
+
+With ``test_images``, the promise is for the loss a user measures on a test set of that many new
+images, which strays from the rate by its own sampling error (:mod:`nhlcli.risk`). Half of
+``delta`` covers that straying, the other half tests the rate against the budget tightened by it.
+For ``error`` the tightened budget is exact (binomial). For ``drop`` it is exact too, at the worst
+share of changed answers up to a bound taken from the ordering images; that bound is itself
+tested, and the p-value is the larger of the two tests', valid whichever of "the rate is too high"
+and "more answers change than bounded" is the case.
 """
 
 from __future__ import annotations
@@ -26,10 +34,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from scipy.stats import beta
 
 from nhlcli.errors import NhlError
 from nhlcli.gates.tune import ExitRecord, simulate_answers, threshold_path
-from nhlcli.risk import betting_p_value, binomial_p_value, check_delta, images_needed
+from nhlcli.risk import (
+    batch_budget,
+    betting_p_value,
+    binomial_p_value,
+    check_delta,
+    images_needed,
+    net_batch_budget,
+)
 
 PATH_SHARE = 0.5  # of the tuning images, the share that orders the candidates; the rest test them
 
@@ -66,6 +82,50 @@ def p_value(losses: torch.Tensor, budget: float, delta: float, risk: str, seed: 
     return betting_p_value(losses, budget, delta, seed=seed)
 
 
+def check_test_images(test_images: int | None) -> None:
+    """A test set holds at least one image."""
+    if test_images is not None and test_images < 1:
+        raise NhlError(f"{test_images}: give the number of new images the loss is measured on, at least 1",
+                       "test_images")  # fmt: skip
+
+
+def needed_for(budget: float, delta: float, risk: str, test_images: int | None) -> int | None:
+    """The fewest testing images on which a choice with no loss at all is accepted: for a test set
+    of ``test_images``, at half of ``delta`` and (``error``) against the budget tightened for that
+    test set's sampling error; None when that error alone exceeds the budget."""
+    if test_images is None:
+        return images_needed(budget, delta)
+    tightened = batch_budget(budget, test_images, delta / 2) if risk == "error" else budget
+    return images_needed(tightened, delta / 2) if tightened > 0 else None
+
+
+def changed_bound(changed: int, images: int) -> float:
+    """An upper bound on the share of answers a choice changes, fixed before the testing images
+    are seen: the one-sided 99.9% Clopper-Pearson bound from ``changed`` of ``images`` ordering
+    images. Generous, so that the testing images rarely contradict it."""
+    return 1.0 if changed >= images else float(beta.ppf(0.999, changed + 1, images - changed))
+
+
+def batch_p_value(
+    losses: torch.Tensor, budget: float, delta: float, risk: str, test_images: int, changed: float = 1.0,
+    seed: int = 0,
+) -> float:  # fmt: skip
+    """The p-value, to compare with ``delta / 2``, of "the loss on ``test_images`` new images
+    exceeds ``budget`` with chance above ``delta``" (see the module docstring); ``changed`` bounds
+    the share of answers changed (``drop`` only)."""
+    if risk == "error":
+        return p_value(losses, batch_budget(budget, test_images, delta / 2), delta / 2, risk, seed)
+    tightened = net_batch_budget(budget, test_images, changed, delta / 2)
+    if tightened is None:
+        rate = 1.0
+    elif tightened >= changed:  # the net rate is at most the share changed: no rate needs testing
+        rate = 0.0
+    else:
+        rate = p_value(losses, tightened, delta / 2, risk, seed)
+    more_changed = binomial_p_value(int(losses.abs().sum()), len(losses), changed) if changed < 1 else 0.0
+    return max(rate, more_changed)
+
+
 def guaranteed_thresholds(
     gated: Any,
     record: ExitRecord,
@@ -74,29 +134,38 @@ def guaranteed_thresholds(
     risk: str = "drop",
     seed: int = 0,
     path_share: float = PATH_SHARE,
+    test_images: int | None = None,
 ) -> dict[str, Any]:
     """The cheapest thresholds on the greedy path whose risk stays within ``budget`` (a fraction)
-    with probability at least ``1 - delta``; every gate closed when none can be guaranteed."""
+    with probability at least ``1 - delta`` (on a test set of ``test_images`` new images, when
+    given); every gate closed when none can be guaranteed."""
     check_delta(delta)
+    check_test_images(test_images)
     ordering, testing = split_record(record, path_share, seed)
     if not len(ordering.labels) or not len(testing.labels):
         raise NhlError("too few images to tune with a guarantee: give at least 2")
     path = threshold_path(gated, ordering)
     chosen: list[float | None] = [None] * record.scores.shape[1]
     chosen_p, losses_at = None, 0
+    level = delta if test_images is None else delta / 2
     for thresholds in path[1:]:  # path[0]: every gate closed, nothing to test
         losses = image_losses(testing, thresholds, risk)
-        p = p_value(losses, budget, delta, risk, seed)
-        if p > delta:
+        if test_images is None:
+            p = p_value(losses, budget, delta, risk, seed)
+        else:
+            changes = int(image_losses(ordering, thresholds, risk).abs().sum())
+            changed = changed_bound(changes, len(ordering.labels))
+            p = batch_p_value(losses, budget, delta, risk, test_images, changed, seed)
+        if p > level:
             break
         chosen, chosen_p, losses_at = list(thresholds), p, float(losses.sum())
-    needed = images_needed(budget, delta)
     return {
         "thresholds": chosen,
         "guarantee": {
             "risk": risk,
             "budget": budget,
             "delta": delta,
+            "test_images": test_images,
             "method": "learn-then-test, fixed-sequence tests",
             "choice": "thresholds",
             "ordering_images": len(ordering.labels),
@@ -105,7 +174,7 @@ def guaranteed_thresholds(
             "p_value": chosen_p,
             "candidates": len(path) - 1,
             "guaranteed_saving": any(t is not None for t in chosen),
-            "images_needed": needed,
+            "images_needed": needed_for(budget, delta, risk, test_images),
             "seed": seed,
         },
     }
@@ -120,60 +189,84 @@ def guarantee_sentence(guarantee: dict[str, Any]) -> str:
         kept = "every gate stays closed"
         if guarantee["choice"] == "route_top_k":
             kept = "every image keeps every branch"
-        reason = (
-            f"{tested} test images are too few: even with no loss on them, "
-            f"{guarantee['images_needed']} are needed"
-            if tested < guarantee["images_needed"]
-            else "every cheaper candidate lost too much on the test images"
-        )
+        needed, test_images = guarantee["images_needed"], guarantee.get("test_images")
+        if needed is None:
+            reason = f"on a test set of {test_images} images, sampling alone can exceed the budget"
+        elif tested < needed:
+            reason = f"{tested} test images are too few: even with no loss on them, {needed} are needed"
+        else:
+            reason = "every cheaper candidate lost too much on the test images"
         return f"no saving can be guaranteed with {bound} ({reason}); {kept}"
     unseen = " the ordering never saw" if guarantee["ordering_images"] else ""
     losses = round(guarantee["testing_losses"])
     counted = f"net {losses:+d} right answers lost" if guarantee["risk"] == "drop" else f"{losses} wrong"
+    where = "new images from the same data"
+    if guarantee.get("test_images") is not None:
+        where = f"a test set of {guarantee['test_images']} new images from the same data"
     return (
-        f"guaranteed on new images from the same data: {bound} (tested on {tested} images{unseen}, "
+        f"guaranteed on {where}: {bound} (tested on {tested} images{unseen}, "
         f"{counted}, p = {guarantee['p_value']:.3g})"
     )
 
 
 def route_width(
-    records: dict[int, ExitRecord], risk: str, budget: float, delta: float | None
-) -> tuple[int, dict[str, Any] | None]:
+    records: dict[int, ExitRecord], risk: str, budget: float, delta: float | None,
+    test_images: int | None = None,
+) -> tuple[int, dict[str, Any] | None]:  # fmt: skip
     """The fewest super-categories (``route_top_k``) within ``budget``, from one record per width
     (gates closed). Widths are tested from the widest down, an order fixed before any image is
     seen, so every image tests (no ordering half). With ``delta``: the tests of :func:`p_value`,
     stopping at the first width not accepted; without: the budget met on these images only.
+    With ``test_images`` (and ``delta``), the loss on a test set of that many new images is
+    guaranteed (:func:`batch_p_value`); for ``drop``, half the images then bound the share of
+    answers each width changes and the other half test.
 
     The widest width is the whole network, the reference the loss is counted against."""
+    check_test_images(test_images)
+    if test_images is not None and delta is None:
+        raise NhlError("a guarantee on a test set needs a risk level; give --delta too", "test_images")
     widths = sorted(records, reverse=True)
     full = records[widths[0]]
+    n = len(full.labels)
+    testing = ordering = torch.arange(n)
+    if test_images is not None and risk == "drop":
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        ordering, testing = order[: round(n * PATH_SHARE)], order[round(n * PATH_SHARE) :]
+        if not len(ordering) or not len(testing):
+            raise NhlError("too few images to tune with a guarantee: give at least 2")
+    level = delta if test_images is None or delta is None else delta / 2
     chosen, p_chosen, losses_chosen = widths[0], None, 0.0
     for width in widths[1:]:
-        losses = answer_losses(records[width].final, full.final, full.labels, risk)
+        every = answer_losses(records[width].final, full.final, full.labels, risk)
+        losses = every[testing]
         if delta is None:
             p = None
             within = float(losses.mean()) <= budget + 1e-12
-        else:
+        elif test_images is None:
             p = p_value(losses, budget, delta, risk)
             within = p <= delta
+        else:
+            changed = changed_bound(int(every[ordering].abs().sum()), len(ordering))
+            p = batch_p_value(losses, budget, delta, risk, test_images, changed)
+            within = p <= level
         if not within:
             break
         chosen, p_chosen, losses_chosen = width, p, float(losses.sum())
     if delta is None:
         return chosen, None
-    n = len(full.labels)
     return chosen, {
         "risk": risk,
         "budget": budget,
         "delta": delta,
+        "test_images": test_images,
         "method": "fixed-sequence tests over routing widths, widest first",
         "choice": "route_top_k",
-        "ordering_images": 0,
-        "testing_images": n,
+        "ordering_images": 0 if testing is ordering else len(ordering),
+        "testing_images": len(testing),
         "testing_losses": losses_chosen,
         "p_value": p_chosen,
         "candidates": len(widths) - 1,
         "guaranteed_saving": chosen != widths[0],
-        "images_needed": images_needed(budget, delta),
+        "images_needed": needed_for(budget, delta, risk, test_images),
         "seed": None,
     }

@@ -130,6 +130,15 @@ def record_file(
     return collect_exits(gated, loader, device, progress.advance if progress else None)
 
 
+def check_test_images_with(test_images: int | None, delta: float | None) -> None:
+    """A guarantee on a test set of ``test_images`` needs ``delta``, and a test set an image."""
+    from nhlcli.gates.guarantee import check_test_images
+
+    if test_images is not None and delta is None:
+        raise NhlError("a guarantee on a test set needs a risk level; give --delta too", "test_images")
+    check_test_images(test_images)
+
+
 def tune_file(
     gated_file: str | Path,
     data: str | Path = "fashion-mnist",
@@ -147,6 +156,7 @@ def tune_file(
     holdout: float | None = None,
     delta: float | None = None,
     seed: int = 0,
+    test_images: int | None = None,
 ) -> dict[str, Any]:
     """Set a gated file's thresholds (tuned for a target, or given) and write them into the file
     (or into ``output``).
@@ -154,7 +164,8 @@ def tune_file(
     ``delta``: choose thresholds whose budget (``max_drop`` points lost, or ``target_accuracy``)
     holds on new images from the same data with probability at least ``1 - delta``
     (:mod:`nhlcli.gates.guarantee`; ``seed`` splits the tuning images); without it, thresholds
-    only meet the budget on the tuning images themselves.
+    only meet the budget on the tuning images themselves. ``test_images``: the budget holds on a
+    test set of that many new images, not only as a rate.
 
     ``holdout``: tune on that stratified hold-out of the training images (``split="val"``)
     instead of the data's own val split (Fashion-MNIST's test set); ``None`` takes the hold-out
@@ -177,6 +188,7 @@ def tune_file(
                 "delta",
             )
         check_delta(delta)
+    check_test_images_with(test_images, delta)
     dev = resolve_device(device)
     gated = load_gated(gated_file, dev)
     if thresholds is not None:
@@ -190,7 +202,7 @@ def tune_file(
         result = simulate(gated, record, thresholds)
     elif delta is not None:
         risk, budget = budget_of(target_accuracy, max_drop)
-        chosen = guaranteed_thresholds(gated, record, budget, delta, risk, seed)
+        chosen = guaranteed_thresholds(gated, record, budget, delta, risk, seed, test_images=test_images)
         result, guarantee = simulate(gated, record, chosen["thresholds"]), chosen["guarantee"]
     else:
         result = tune_thresholds(gated, record, target_from(record, target_accuracy, max_drop))
@@ -229,12 +241,14 @@ def tune_route_file(
     device: str | torch.device | None = None,
     progress: ImageProgress | None = None,
     holdout: float | None = None,
+    test_images: int | None = None,
 ) -> dict[str, Any]:
     """Choose the routing width tuned into a gated file: the fewest super-categories each image's
     branches run under (``route_top_k``) within the budget, with the exit gates closed; with
     ``delta``, a width whose budget holds on new images with probability at least ``1 - delta``
-    (:func:`nhlcli.gates.guarantee.route_width`). ``eval``, ``predict`` and ``export`` then route
-    with it unless told otherwise. ``holdout`` as in :func:`tune_file`."""
+    (:func:`nhlcli.gates.guarantee.route_width`; on a test set of ``test_images``, when given).
+    ``eval``, ``predict`` and ``export`` then route with it unless told otherwise. ``holdout`` as
+    in :func:`tune_file`."""
     from nhlcli.data.loaders import model_holdout
     from nhlcli.gates.guarantee import route_width
     from nhlcli.risk import budget_of, check_delta
@@ -244,6 +258,7 @@ def tune_route_file(
     check_target(target_accuracy, max_drop)
     if delta is not None:
         check_delta(delta)
+    check_test_images_with(test_images, delta)
     dev = resolve_device(device)
     gated = load_gated(gated_file, dev)
     if gated.route_problem:
@@ -255,7 +270,7 @@ def tune_route_file(
     for width in range(len(gated.tree.level(1)), 0, -1):
         gated.set_route_top_k(width)
         records[width] = record_file(gated, data, split, part, batch_size, workers, dev, progress, held)
-    width, guarantee = route_width(records, *budget_of(target_accuracy, max_drop), delta)
+    width, guarantee = route_width(records, *budget_of(target_accuracy, max_drop), delta, test_images)
     gated.set_route_top_k(width)
     result = {**simulate(gated, records[width], closed), "guarantee": guarantee}
     images = len(records[width].labels)
