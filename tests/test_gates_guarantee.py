@@ -24,8 +24,8 @@ from scipy.stats import binom
 
 from nhlcli.errors import NhlError
 from nhlcli.gates import fit_gates
-from nhlcli.gates.guarantee import guaranteed_thresholds, route_width
-from nhlcli.gates.tune import ExitRecord, simulate, tune_thresholds
+from nhlcli.gates.guarantee import guaranteed_route_and_thresholds, guaranteed_thresholds, route_width
+from nhlcli.gates.tune import ExitRecord, joint_path, simulate, tune_thresholds
 from nhlcli.model.files import save_model
 from nhlcli.model.loading import open_model
 from nhlcli.risk import (
@@ -250,6 +250,79 @@ def test_a_routing_width_for_a_test_set_is_tested_against_the_tightened_budget()
     assert width == 4 and not guarantee["guaranteed_saving"]  # one change in 10 images is 10%
     with pytest.raises(NhlError, match="give --delta too"):
         route_width(records, "drop", 0.02, None, test_images=100)
+
+
+def joint_records(n: int, generator: torch.Generator, width_harm: dict[int, float]) -> dict[int, ExitRecord]:
+    """:func:`drawn_record`'s images at three routing widths: the widest (1e9 MACs) is always
+    right, a narrower width costs less and answers wrong a share ``width_harm[width]`` of the
+    images (the same images at every width, whatever their gate score)."""
+    record = drawn_record(n, generator)
+    draw = torch.rand(n, generator=generator)
+    records = {}
+    for width, harm in width_harm.items():
+        final = torch.where(draw < harm, torch.ones_like(record.labels), record.labels)
+        macs = torch.full((n,), FULL_MACS * width / max(width_harm), dtype=torch.float64)
+        records[width] = ExitRecord(record.scores, record.preds, final, macs, record.labels)
+    return records
+
+
+def true_joint_harm(width: int, threshold: float | None, width_harm: dict[int, float]) -> float:
+    """Exits harm ``(1 - t)^2 / 2``; the share ``t`` that stays is harmed by the width."""
+    stays = 1.0 if threshold is None else min(max(threshold, 0.0), 1.0)
+    return true_harm(threshold) + stays * width_harm[width]
+
+
+def test_the_width_and_thresholds_chosen_together_keep_one_budget_for_both():
+    """Routing and exits both lose accuracy; tuned together, their joint loss against the whole
+    network stays within the budget in at most about delta of the draws, and both save."""
+    width_harm = {3: 0.0, 2: 0.004, 1: 0.2}
+    budget, delta, draws = 0.03, 0.2, 40
+    generator = torch.Generator().manual_seed(5)
+    over, narrowed, exits = 0, 0, 0
+    for draw in range(draws):
+        records = joint_records(2000, generator, width_harm)
+        chosen = guaranteed_route_and_thresholds(OneGateCosts(), records, budget, delta, "drop", seed=draw)
+        width, (threshold,) = chosen["route_top_k"], chosen["thresholds"]
+        assert chosen["guarantee"]["choice"] == "route_top_k and thresholds" and width != 1
+        over += true_joint_harm(width, threshold, width_harm) > budget
+        narrowed += width == 2
+        exits += threshold is not None
+    assert over <= 14, over  # binomial(40, 0.2) exceeds 14 with probability below 1%
+    assert narrowed >= 30 and exits >= 30, (narrowed, exits)
+
+
+def test_the_joint_path_narrows_or_lowers_whichever_saves_more_per_point_lost():
+    records = joint_records(1000, torch.Generator().manual_seed(6), {3: 0.0, 2: 0.0, 1: 0.5})
+    path = joint_path(OneGateCosts(), records)
+    assert path[0] == (3, [None])
+    widths = [width for width, _ in path]
+    assert widths == sorted(widths, reverse=True)  # it only narrows
+    # narrowing to 2 loses nothing and saves a third: the first step
+    assert path[1] == (2, [None])
+
+
+def test_nhl_gates_tune_route_and_thresholds_keeps_both_in_the_file(gated_file, tmp_path):
+    path, data = gated_file
+    out = tmp_path / "both.safetensors"
+    run = run_nhl("gates", "tune", path, "--data", data, "--workers", "0", "--tune-route-and-thresholds",
+                  "--max-drop", "100", "-o", out, "--json")  # fmt: skip
+    assert run.code == 0, run.err
+    tuned = json.loads(run.out)
+    routed = open_model(out)
+    assert routed.route_top_k == tuned["route_top_k"] and routed.spec.thresholds == tuned["thresholds"]
+    assert any(t is not None for t in tuned["thresholds"])
+    alone = run_nhl("gates", "tune", path, "--data", data, "--workers", "0", "--tune-route",
+                    "--max-drop", "100", "-o", tmp_path / "alone.safetensors", "--json")  # fmt: skip
+    assert alone.code == 0, alone.err
+    # losing everything is allowed: exits on top of routing cost less than routing alone
+    assert tuned["gmacs"] < json.loads(alone.out)["gmacs"]
+    for args, fragment in (
+        (("--tune-route",), "give one"),
+        (("--route-top-k", "1"), "--route-top-k does not go with --tune-route-and-thresholds"),
+    ):
+        run = run_nhl("gates", "tune", path, "--data", data, "--tune-route-and-thresholds", "--max-drop", "1",
+                      "-o", tmp_path / "x.safetensors", *args)  # fmt: skip
+        assert_one_line_error(run, fragment)
 
 
 def test_nhl_gates_tune_route_keeps_the_width_in_the_file_and_eval_routes_with_it(gated_file, tmp_path):

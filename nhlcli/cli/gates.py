@@ -197,6 +197,12 @@ def tune_command(
         "each image runs (K) within the budget (and with --delta, guaranteed), exit gates closed. The "
         "file keeps K; eval and predict route with it.",
     ),
+    tune_route_and_thresholds: bool = typer.Option(
+        False,
+        "--tune-route-and-thresholds",
+        help="Choose the routing width and the exit thresholds together, one budget for both against the "
+        "whole network (with --delta, one guarantee for both; --seed splits the tuning images).",
+    ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write here instead of updating the file."
     ),
@@ -209,18 +215,14 @@ def tune_command(
     (with --delta, one that holds on new images with a stated probability)."""
     from nhlcli.gates.workflow import tune_route_file
 
-    clashing = {"--thresholds": thresholds, "--route-top-k": route_top_k, "--seed": seed}
-    flag = next((flag for flag, value in clashing.items() if value is not None), None)
-    if tune_route and flag is not None:
-        raise NhlError(f"{flag} does not go with --tune-route, which chooses the width, every gate closed")
-    if seed is not None and delta is None:
-        raise NhlError("--seed splits the tuning images for --delta; give --delta or drop --seed")
+    _check_tune_flags(tune_route, tune_route_and_thresholds, thresholds, route_top_k, seed, delta)
     given = parse_list(thresholds, "--thresholds", threshold, "1.5,2,inf") if thresholds is not None else None
-    if tune_route:
+    if tune_route or tune_route_and_thresholds:
         with ImageProgress(not as_json) as progress:
             result = tune_route_file(
                 gated_file, data, split, part, target_accuracy, max_drop, delta, output, batch_size, workers,
                 device, progress, holdout=holdout, test_images=test_images,
+                with_thresholds=tune_route_and_thresholds, seed=seed or 0,
             )  # fmt: skip
     else:
         result = _tune(gated_file, data, split, part, target_accuracy, max_drop, given, route_top_k, output,
@@ -230,6 +232,25 @@ def tune_command(
         print_json(result)
         return
     _print_tuned(result, gated_file, output, data, part, given)
+
+
+def _check_tune_flags(
+    tune_route: bool, both: bool, thresholds: str | None, route_top_k: int | None, seed: int | None,
+    delta: float | None,
+) -> None:  # fmt: skip
+    """Refuse flags that make no sense together, before any file is read."""
+    if tune_route and both:
+        raise NhlError("--tune-route chooses the width alone, --tune-route-and-thresholds both; give one")
+    clashing = {"--thresholds": thresholds, "--route-top-k": route_top_k}
+    if tune_route:
+        clashing["--seed"] = seed
+    flag = next((flag for flag, value in clashing.items() if value is not None), None)
+    if tune_route and flag is not None:
+        raise NhlError(f"{flag} does not go with --tune-route, which chooses the width, every gate closed")
+    if both and flag is not None:
+        raise NhlError(f"{flag} does not go with --tune-route-and-thresholds, which chooses both")
+    if seed is not None and delta is None:
+        raise NhlError("--seed splits the tuning images for --delta; give --delta or drop --seed")
 
 
 def _tune(

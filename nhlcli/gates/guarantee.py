@@ -30,14 +30,13 @@ and "more answers change than bounded" is the case.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from scipy.stats import beta
 
 from nhlcli.errors import NhlError
-from nhlcli.gates.tune import ExitRecord, simulate_answers, threshold_path
+from nhlcli.gates.tune import ExitRecord, joint_path, simulate_answers
 from nhlcli.risk import (
     batch_budget,
     betting_p_value,
@@ -56,11 +55,6 @@ def split_record(record: ExitRecord, share: float, seed: int) -> tuple[ExitRecor
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     cut = round(n * share)
     return record.subset(order[:cut]), record.subset(order[cut:])
-
-
-def image_losses(record: ExitRecord, thresholds: Sequence[float | None], risk: str) -> torch.Tensor:
-    """Per image, what the gated answers with ``thresholds`` cost (:func:`answer_losses`)."""
-    return answer_losses(simulate_answers(record, thresholds), record.final, record.labels, risk)
 
 
 def answer_losses(answers: torch.Tensor, full: torch.Tensor, labels: torch.Tensor, risk: str) -> torch.Tensor:
@@ -139,27 +133,58 @@ def guaranteed_thresholds(
     """The cheapest thresholds on the greedy path whose risk stays within ``budget`` (a fraction)
     with probability at least ``1 - delta`` (on a test set of ``test_images`` new images, when
     given); every gate closed when none can be guaranteed."""
+    chosen = guaranteed_route_and_thresholds(gated, {0: record}, budget, delta, risk, seed, path_share,
+                                             test_images)  # fmt: skip
+    del chosen["route_top_k"], chosen["guarantee"]["route_top_k"]
+    chosen["guarantee"]["choice"] = "thresholds"
+    return chosen
+
+
+def guaranteed_route_and_thresholds(
+    gated: Any,
+    records: dict[int, ExitRecord],
+    budget: float,
+    delta: float,
+    risk: str = "drop",
+    seed: int = 0,
+    path_share: float = PATH_SHARE,
+    test_images: int | None = None,
+) -> dict[str, Any]:
+    """The routing width and thresholds, chosen together under one budget: the cheapest step of
+    the joint greedy path (:func:`nhlcli.gates.tune.joint_path`, ordered on ``path_share`` of the
+    images) that the fixed-sequence tests accept on the rest. ``records`` holds one record per
+    width, the same images in the same order; the loss is counted against the widest with every
+    gate closed, the whole network. Guaranteed as :func:`guaranteed_thresholds` is."""
     check_delta(delta)
     check_test_images(test_images)
-    ordering, testing = split_record(record, path_share, seed)
-    if not len(ordering.labels) or not len(testing.labels):
+    halves = {width: split_record(record, path_share, seed) for width, record in records.items()}
+    ordering = {width: parts[0] for width, parts in halves.items()}
+    testing = {width: parts[1] for width, parts in halves.items()}
+    widest = max(records)
+    if not len(ordering[widest].labels) or not len(testing[widest].labels):
         raise NhlError("too few images to tune with a guarantee: give at least 2")
-    path = threshold_path(gated, ordering)
-    chosen: list[float | None] = [None] * record.scores.shape[1]
+
+    def losses_of(part: dict[int, ExitRecord], width: int, thresholds: list[float | None]) -> torch.Tensor:
+        answers = simulate_answers(part[width], thresholds)
+        return answer_losses(answers, part[widest].final, part[widest].labels, risk)
+
+    path = joint_path(gated, ordering)
+    chosen_width, chosen = path[0]
     chosen_p, losses_at = None, 0
     level = delta if test_images is None else delta / 2
-    for thresholds in path[1:]:  # path[0]: every gate closed, nothing to test
-        losses = image_losses(testing, thresholds, risk)
+    for width, thresholds in path[1:]:  # path[0]: the whole network, nothing to test
+        losses = losses_of(testing, width, thresholds)
         if test_images is None:
             p = p_value(losses, budget, delta, risk, seed)
         else:
-            changes = int(image_losses(ordering, thresholds, risk).abs().sum())
-            changed = changed_bound(changes, len(ordering.labels))
+            changes = int(losses_of(ordering, width, thresholds).abs().sum())
+            changed = changed_bound(changes, len(ordering[widest].labels))
             p = batch_p_value(losses, budget, delta, risk, test_images, changed, seed)
         if p > level:
             break
-        chosen, chosen_p, losses_at = list(thresholds), p, float(losses.sum())
+        chosen_width, chosen, chosen_p, losses_at = width, list(thresholds), p, float(losses.sum())
     return {
+        "route_top_k": chosen_width,
         "thresholds": chosen,
         "guarantee": {
             "risk": risk,
@@ -167,13 +192,14 @@ def guaranteed_thresholds(
             "delta": delta,
             "test_images": test_images,
             "method": "learn-then-test, fixed-sequence tests",
-            "choice": "thresholds",
-            "ordering_images": len(ordering.labels),
-            "testing_images": len(testing.labels),
+            "choice": "route_top_k and thresholds",
+            "route_top_k": chosen_width,
+            "ordering_images": len(ordering[widest].labels),
+            "testing_images": len(testing[widest].labels),
             "testing_losses": losses_at,
             "p_value": chosen_p,
             "candidates": len(path) - 1,
-            "guaranteed_saving": any(t is not None for t in chosen),
+            "guaranteed_saving": chosen_width != widest or any(t is not None for t in chosen),
             "images_needed": needed_for(budget, delta, risk, test_images),
             "seed": seed,
         },
@@ -186,9 +212,11 @@ def guarantee_sentence(guarantee: dict[str, Any]) -> str:
     bound = f"{what} at most {guarantee['budget']:.2%} with probability at least {1 - guarantee['delta']:.0%}"
     tested = guarantee["testing_images"]
     if not guarantee["guaranteed_saving"]:
-        kept = "every gate stays closed"
-        if guarantee["choice"] == "route_top_k":
-            kept = "every image keeps every branch"
+        kept = {
+            "thresholds": "every gate stays closed",
+            "route_top_k": "every image keeps every branch",
+            "route_top_k and thresholds": "every image keeps every branch and every gate stays closed",
+        }[guarantee["choice"]]
         needed, test_images = guarantee["images_needed"], guarantee.get("test_images")
         if needed is None:
             reason = f"on a test set of {test_images} images, sampling alone can exceed the budget"

@@ -10,7 +10,7 @@ point lost (later gates see the samples earlier gates let go), while the target 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,33 +158,55 @@ def threshold_path(
     """The greedy search's thresholds step by step, from every gate closed to the cheapest that
     still reaches ``target`` top-1 (no target: until no step saves MACs). Each step lowers the one
     threshold that saves the most MACs per accuracy point lost; risk grows along the path."""
-    gates = record.scores.shape[1]
-    cands = [_candidates(record.scores[:, g]) for g in range(gates)]
+    return [thresholds for _, thresholds in joint_path(gated, {0: record}, target)]
+
+
+def joint_path(
+    gated: GatedModel, records: Mapping[int, ExitRecord], target: float = float("-inf")
+) -> list[tuple[int, list[float | None]]]:
+    """:func:`threshold_path` over routing widths too: ``records`` holds one record per width
+    (``route_top_k``; the same images in the same order), and a step either lowers one threshold
+    or narrows the width by one, whichever saves the most MACs per accuracy point lost. Starts at
+    the widest width with every gate closed; returns (width, thresholds) step by step."""
+    widths = sorted(records, reverse=True)
+    at = 0
+    gates = records[widths[0]].scores.shape[1]
+    cands = [_candidates(records[widths[0]].scores[:, g]) for g in range(gates)]
     pos = [-1] * gates
     thresholds: list[float | None] = [None] * gates
-    path = [list(thresholds)]
-    current = simulate(gated, record, thresholds)
+    path = [(widths[0], list(thresholds))]
+    current = simulate(gated, records[widths[0]], thresholds)
     while True:
         best: tuple[float, float, int, int] | None = None
-        for g in range(gates):
-            stop = len(cands[g]) if pos[g] < 0 else min(len(cands[g]), pos[g] + 1 + LOOKAHEAD)
-            for p in range(pos[g] + 1, stop):
-                trial = list(thresholds)
+        trials = [(g, p) for g in range(gates) for p in range(pos[g] + 1, _lookahead_stop(cands[g], pos[g]))]
+        if at + 1 < len(widths):
+            trials.append((-1, at + 1))  # narrow the routing width
+        for g, p in trials:
+            trial = list(thresholds)
+            if g >= 0:
                 trial[g] = cands[g][p]
-                result = simulate(gated, record, trial)
-                saved = current["gmacs"] - result["gmacs"]
-                if result["top1"] < target or saved <= 0:
-                    continue
-                gain = saved / max(current["top1"] - result["top1"], 1e-9)
-                if best is None or (gain, saved) > (best[0], best[1]):
-                    best = (gain, saved, g, p)
+            result = simulate(gated, records[widths[p if g < 0 else at]], trial)
+            saved = current["gmacs"] - result["gmacs"]
+            if result["top1"] < target or saved <= 0:
+                continue
+            gain = saved / max(current["top1"] - result["top1"], 1e-9)
+            if best is None or (gain, saved) > (best[0], best[1]):
+                best = (gain, saved, g, p)
         if best is None:
             return path
         _, _, g, p = best
-        pos[g] = p
-        thresholds[g] = cands[g][p]
-        path.append(list(thresholds))
-        current = simulate(gated, record, thresholds)
+        if g < 0:
+            at = p
+        else:
+            pos[g] = p
+            thresholds[g] = cands[g][p]
+        path.append((widths[at], list(thresholds)))
+        current = simulate(gated, records[widths[at]], thresholds)
+
+
+def _lookahead_stop(candidates: list[float], position: int) -> int:
+    """How far past its current candidate a gate's threshold may step at once."""
+    return len(candidates) if position < 0 else min(len(candidates), position + 1 + LOOKAHEAD)
 
 
 def check_target(target_accuracy: float | None, max_drop: float | None) -> None:

@@ -16,6 +16,7 @@ from nhlcli.gates.tune import (
     ExitRecord,
     check_target,
     collect_exits,
+    joint_path,
     simulate,
     sweep,
     target_from,
@@ -242,13 +243,19 @@ def tune_route_file(
     progress: ImageProgress | None = None,
     holdout: float | None = None,
     test_images: int | None = None,
+    with_thresholds: bool = False,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Choose the routing width tuned into a gated file: the fewest super-categories each image's
     branches run under (``route_top_k``) within the budget, with the exit gates closed; with
     ``delta``, a width whose budget holds on new images with probability at least ``1 - delta``
     (:func:`nhlcli.gates.guarantee.route_width`; on a test set of ``test_images``, when given).
     ``eval``, ``predict`` and ``export`` then route with it unless told otherwise. ``holdout`` as
-    in :func:`tune_file`."""
+    in :func:`tune_file`.
+
+    ``with_thresholds``: choose the width and the exit thresholds together, one budget for both
+    against the whole network (:func:`nhlcli.gates.tune.joint_path`; with ``delta``,
+    :func:`nhlcli.gates.guarantee.guaranteed_route_and_thresholds`, ``seed`` splitting the images)."""
     from nhlcli.data.loaders import model_holdout
     from nhlcli.gates.guarantee import route_width
     from nhlcli.risk import budget_of, check_delta
@@ -270,11 +277,41 @@ def tune_route_file(
     for width in range(len(gated.tree.level(1)), 0, -1):
         gated.set_route_top_k(width)
         records[width] = record_file(gated, data, split, part, batch_size, workers, dev, progress, held)
-    width, guarantee = route_width(records, *budget_of(target_accuracy, max_drop), delta, test_images)
+    if with_thresholds:
+        width, thresholds, guarantee = _route_and_thresholds(
+            gated, records, target_accuracy, max_drop, delta, test_images, seed
+        )
+    else:
+        width, guarantee = route_width(records, *budget_of(target_accuracy, max_drop), delta, test_images)
+        thresholds = closed
     gated.set_route_top_k(width)
-    result = {**simulate(gated, records[width], closed), "guarantee": guarantee}
+    gated.set_thresholds(thresholds)
+    result = {**simulate(gated, records[width], thresholds), "guarantee": guarantee}
+    result["full_top1"] = records[max(records)].full_accuracy  # the whole network's, not the routed one's
     images = len(records[width].labels)
     return _keep_tuning(gated, result, output or gated_file, data, split, held, part, images)
+
+
+def _route_and_thresholds(
+    gated: GatedModel, records: dict[int, ExitRecord], target_accuracy: float | None, max_drop: float | None,
+    delta: float | None, test_images: int | None, seed: int,
+) -> tuple[int, list[float | None], dict[str, Any] | None]:  # fmt: skip
+    """The width and thresholds chosen together (see :func:`tune_route_file`)."""
+    from nhlcli.gates.guarantee import guaranteed_route_and_thresholds
+    from nhlcli.risk import budget_of
+
+    if delta is not None:
+        risk, budget = budget_of(target_accuracy, max_drop)
+        chosen = guaranteed_route_and_thresholds(gated, records, budget, delta, risk, seed,
+                                                 test_images=test_images)  # fmt: skip
+        return chosen["route_top_k"], chosen["thresholds"], chosen["guarantee"]
+    whole = records[max(records)]
+    target = target_from(whole, target_accuracy, max_drop)
+    if target > whole.full_accuracy + 1e-12:
+        raise NhlError(f"a top-1 of {target:.2%} cannot be reached on this data: the whole network reaches "
+                       f"{whole.full_accuracy:.2%}; ask for at most that, or use `max_drop`")  # fmt: skip
+    width, thresholds = joint_path(gated, records, target)[-1]
+    return width, thresholds, None
 
 
 def sweep_file(
