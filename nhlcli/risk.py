@@ -57,6 +57,16 @@ def images_needed(budget: float, delta: float) -> int:
     return math.ceil(math.log(delta) / math.log1p(-budget))
 
 
+def check_test_images(test_images: int | None, delta: float | None) -> None:
+    """A guarantee on a test set needs a risk level, and a test set at least one image."""
+    if test_images is None:
+        return
+    if delta is None:
+        raise NhlError("a guarantee on a test set needs a risk level; give --delta too", "test_images")
+    if test_images < 1:
+        raise NhlError(f"{test_images}: give the number of new images the guarantee is measured on, "
+                       "at least 1", "test_images")  # fmt: skip
+
 
 def batch_budget(budget: float, images: int, delta: float) -> float:
     """The highest rate of a 0/1 loss at which ``images`` new images still show at most ``budget``
@@ -126,6 +136,7 @@ def batch_images_needed(budget: float, delta: float, test_images: int) -> int | 
     """The fewest calibration images with which even the lowest threshold (nothing below it) keeps
     more than ``budget`` of ``test_images`` new scores below it with chance at most ``delta``
     (doubling, then bisection; None beyond ten million)."""
+
     def passes(images: int) -> bool:
         return order_statistic_batch_p_value(0, images, budget, test_images) <= delta
 

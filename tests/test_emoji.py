@@ -14,8 +14,11 @@ from conftest import assert_one_line_error, run_nhl
 
 from nhlcli.data import open_dataset, split_name
 from nhlcli.data.emoji import EmojiDataset
+from nhlcli.experts.cutout import cutout_file
+from nhlcli.experts.other import OtherRequest, add_other_head
 from nhlcli.taxonomy import build_tree, load_class_list, shipped_tree
 from nhlcli.taxonomy.emoji import emoji_test_file, merged_glyphs, parse_emoji_test
+from nhlcli.taxonomy.tree import Tree
 
 
 def test_the_classes_are_unicodes_fully_qualified_emoji_without_skin_tones_identical_glyphs_merged():
@@ -93,6 +96,16 @@ def test_a_subgroup_of_emoji_trains_evaluates_and_cuts(tmp_path):
                   "-o", expert, "--no-latency", "--json")  # fmt: skip
     assert cut.code == 0, cut.err
     assert json.loads(cut.out)["kept_classes"] == ["grinning face", "rolling on the floor laughing"]
+    # training images are drawn anew from torch's state: an other head fitted twice is the same
+    heads = []
+    for state in (1, 2):
+        cut = cutout_file(model, ["grinning face", "rolling on the floor laughing"])
+        parent = Tree.from_dict(cut.lineage["parent_tree"])
+        torch.manual_seed(state)
+        add_other_head(cut.model, parent, OtherRequest("emoji", budget=0.5, workers=0), torch.device("cpu"))
+        heads.append(cut.model.other)
+    assert torch.equal(heads[0].linear.weight, heads[1].linear.weight)
+    assert heads[0].spec.threshold == heads[1].spec.threshold
 
 
 def test_names_with_commas_go_in_double_quotes():

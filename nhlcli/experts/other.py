@@ -36,6 +36,7 @@ from nhlcli.risk import (
     batch_images_needed,
     binomial_p_value,
     check_delta,
+    check_test_images,
     images_needed,
     order_statistic_batch_p_value,
 )
@@ -66,13 +67,7 @@ class OtherRequest:
                            "between 0 and 1, e.g. 0.05", "other_budget")  # fmt: skip
         if self.delta is not None:
             check_delta(self.delta)
-        if self.test_images is not None:
-            if self.delta is None:
-                raise NhlError("a guarantee on a test set needs a risk level; give --delta too",
-                               "test_images")  # fmt: skip
-            if self.test_images < 1:
-                raise NhlError(f"{self.test_images}: give the number of own images the share is measured "
-                               "on, at least 1", "test_images")  # fmt: skip
+        check_test_images(self.test_images, self.delta)
         if self.max_images < 2:
             raise NhlError(f"{self.max_images}: give at least 2 images to fit on", "other_images")
 
@@ -154,7 +149,9 @@ def add_other_head(
     request.check()
     mine = own_classes(expert.tree, parent)
     fit_held = model_holdout(expert, request.fit_split, request.holdout)
-    fit = collect_other(expert, _fit_loader(expert, parent, request, fit_held), mine, device)
+    with torch.random.fork_rng(devices=[]):  # data drawn on the fly (emoji) draws from torch's state
+        torch.manual_seed(request.seed)
+        fit = collect_other(expert, _fit_loader(expert, parent, request, fit_held), mine, device)
     head, fit_record = fit_head(fit["features"], fit["mine"], request.seed)
     expert.attach_other(head.to(device))
     held = model_holdout(expert, request.calibration_split, request.holdout)

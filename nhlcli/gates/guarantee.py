@@ -42,6 +42,7 @@ from nhlcli.risk import (
     betting_p_value,
     binomial_p_value,
     check_delta,
+    check_test_images,
     images_needed,
     net_batch_budget,
 )
@@ -74,13 +75,6 @@ def p_value(losses: torch.Tensor, budget: float, delta: float, risk: str, seed: 
     if risk == "error":
         return binomial_p_value(int(losses.sum()), len(losses), budget)
     return betting_p_value(losses, budget, delta, seed=seed)
-
-
-def check_test_images(test_images: int | None) -> None:
-    """A test set holds at least one image."""
-    if test_images is not None and test_images < 1:
-        raise NhlError(f"{test_images}: give the number of new images the loss is measured on, at least 1",
-                       "test_images")  # fmt: skip
 
 
 def needed_for(budget: float, delta: float, risk: str, test_images: int | None) -> int | None:
@@ -156,7 +150,7 @@ def guaranteed_route_and_thresholds(
     width, the same images in the same order; the loss is counted against the widest with every
     gate closed, the whole network. Guaranteed as :func:`guaranteed_thresholds` is."""
     check_delta(delta)
-    check_test_images(test_images)
+    check_test_images(test_images, delta)
     halves = {width: split_record(record, path_share, seed) for width, record in records.items()}
     ordering = {width: parts[0] for width, parts in halves.items()}
     testing = {width: parts[1] for width, parts in halves.items()}
@@ -250,9 +244,7 @@ def route_width(
     answers each width changes and the other half test.
 
     The widest width is the whole network, the reference the loss is counted against."""
-    check_test_images(test_images)
-    if test_images is not None and delta is None:
-        raise NhlError("a guarantee on a test set needs a risk level; give --delta too", "test_images")
+    check_test_images(test_images, delta)
     widths = sorted(records, reverse=True)
     full = records[widths[0]]
     n = len(full.labels)

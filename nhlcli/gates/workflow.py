@@ -131,15 +131,6 @@ def record_file(
     return collect_exits(gated, loader, device, progress.advance if progress else None)
 
 
-def check_test_images_with(test_images: int | None, delta: float | None) -> None:
-    """A guarantee on a test set of ``test_images`` needs ``delta``, and a test set an image."""
-    from nhlcli.gates.guarantee import check_test_images
-
-    if test_images is not None and delta is None:
-        raise NhlError("a guarantee on a test set needs a risk level; give --delta too", "test_images")
-    check_test_images(test_images)
-
-
 def tune_file(
     gated_file: str | Path,
     data: str | Path = "fashion-mnist",
@@ -174,7 +165,7 @@ def tune_file(
     none."""
     from nhlcli.data.loaders import model_holdout
     from nhlcli.gates.guarantee import guaranteed_thresholds
-    from nhlcli.risk import budget_of, check_delta
+    from nhlcli.risk import budget_of, check_delta, check_test_images
 
     resolve_holdout(holdout, split)  # a bad fraction or split: before the file is read
     output = check_tune_output(gated_file, output, data)
@@ -189,7 +180,7 @@ def tune_file(
                 "delta",
             )
         check_delta(delta)
-    check_test_images_with(test_images, delta)
+    check_test_images(test_images, delta)
     dev = resolve_device(device)
     gated = load_gated(gated_file, dev)
     if thresholds is not None:
@@ -258,14 +249,14 @@ def tune_route_file(
     :func:`nhlcli.gates.guarantee.guaranteed_route_and_thresholds`, ``seed`` splitting the images)."""
     from nhlcli.data.loaders import model_holdout
     from nhlcli.gates.guarantee import route_width
-    from nhlcli.risk import budget_of, check_delta
+    from nhlcli.risk import budget_of, check_delta, check_test_images
 
     resolve_holdout(holdout, split)
     output = check_tune_output(gated_file, output, data)
     check_target(target_accuracy, max_drop)
     if delta is not None:
         check_delta(delta)
-    check_test_images_with(test_images, delta)
+    check_test_images(test_images, delta)
     dev = resolve_device(device)
     gated = load_gated(gated_file, dev)
     if gated.route_problem:
