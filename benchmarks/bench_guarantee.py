@@ -9,7 +9,10 @@ for each of ``--splits`` random halvings of the test split, thresholds are chose
 - ``guaranteed``: ``nhl gates tune --max-drop X --delta D``, Learn-then-Test on the calibration
   half (ordered on half of it, tested on the other half): the rate over new images;
 - ``guaranteed, test set``: ``nhl gates tune --max-drop X --delta D --test-images M`` with ``M``
-  the evaluation half's size: the drop measured on that many new images.
+  the evaluation half's size: the drop measured on that many new images;
+- with ``--with-route``, also ``guaranteed, width and thresholds``: ``nhl gates tune
+  --tune-route-and-thresholds --max-drop X --delta D``, the routing width and the thresholds under
+  one guarantee, the drop counted against the whole network.
 
 For each budget it prints, per method, the share of splits whose accuracy lost on the evaluation
 half exceeds the budget (the guarantee promises at most about ``D``), the mean loss, and the
@@ -35,14 +38,13 @@ import torch
 from nhlcli.data.loaders import model_loader
 from nhlcli.demo import recipe_args
 from nhlcli.gates import collect_exits, simulate, tune_thresholds
-from nhlcli.gates.guarantee import guaranteed_thresholds, split_record
+from nhlcli.gates.guarantee import guaranteed_route_and_thresholds, guaranteed_thresholds, split_record
 from nhlcli.gates.workflow import fit_file, load_gated
 from nhlcli.memory import keep_freed_cpu_memory
 from nhlcli.model.files import read_metadata
 
 BUDGETS = (0.25, 0.5, 1.0)  # points of top-1
-GUARANTEED, ON_TEST_SET = "guaranteed", "guaranteed, test set"
-METHODS = ("tuned", GUARANTEED, ON_TEST_SET)
+GUARANTEED, ON_TEST_SET, JOINT = "guaranteed", "guaranteed, test set", "guaranteed, width and thresholds"
 
 
 def prepare(workdir: Path, data: str, epochs: int, workers: int) -> Path:
@@ -63,8 +65,9 @@ def drop_points(result: dict) -> float:
     return 100 * (result["full_top1"] - result["top1"])
 
 
-def one_split(gated, record, budget: float, delta: float, seed: int) -> dict:
-    """Both methods on one halving: chosen on the calibration half, measured on the other."""
+def one_split(gated, record, budget: float, delta: float, seed: int, widths: dict | None = None) -> dict:
+    """Every method on one halving: chosen on the calibration half, measured on the other
+    (``widths``: one record per routing width, for the joint method)."""
     calibration, evaluation = split_record(record, 0.5, 1000 + seed)
     tuned = tune_thresholds(gated, calibration, calibration.full_accuracy - budget / 100)["thresholds"]
     chosen = guaranteed_thresholds(gated, calibration, budget / 100, delta, "drop", seed)
@@ -80,12 +83,30 @@ def one_split(gated, record, budget: float, delta: float, seed: int) -> dict:
         }
     row[GUARANTEED]["any_saving"] = chosen["guarantee"]["guaranteed_saving"]
     row[ON_TEST_SET]["any_saving"] = on_test_set["guarantee"]["guaranteed_saving"]
+    if widths:
+        row[JOINT] = joint_split(gated, widths, budget, delta, seed)
     return row
+
+
+def joint_split(gated, widths: dict, budget: float, delta: float, seed: int) -> dict:
+    """The width and thresholds chosen together on the calibration half, measured on the other
+    against the whole network (the widest width, every gate closed)."""
+    halves = {width: split_record(record, 0.5, 1000 + seed) for width, record in widths.items()}
+    calibration = {width: parts[0] for width, parts in halves.items()}
+    chosen = guaranteed_route_and_thresholds(gated, calibration, budget / 100, delta, "drop", seed)
+    evaluation = halves[chosen["route_top_k"]][1]
+    measured = simulate(gated, evaluation, chosen["thresholds"])
+    return {
+        "drop_points": 100 * (halves[max(widths)][1].full_accuracy - measured["top1"]),
+        "fewer_gmacs_pct": 100 * (1 - measured["gmacs"] / measured["full_gmacs"]),
+        "any_saving": chosen["guarantee"]["guaranteed_saving"],
+        "route_top_k": chosen["route_top_k"],
+    }
 
 
 def summarise(rows: list[dict], budget: float, delta: float) -> list[dict]:
     runs = []
-    for method in METHODS:
+    for method in [key for key in rows[0] if isinstance(rows[0][key], dict)]:
         drops = [r[method]["drop_points"] for r in rows]
         saved = [r[method]["fewer_gmacs_pct"] for r in rows]
         runs.append({
@@ -115,6 +136,8 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=0.1)
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--with-route", action="store_true",
+                        help="also choose the routing width and thresholds together (scores every width)")
     parser.add_argument("--name", default="gates-guarantee-fm", help="results file name")
     parser.add_argument("--results", action="store_true", help="store benchmarks/results/NAME.json")
     args = parser.parse_args()
@@ -127,9 +150,16 @@ def main() -> None:
     record = collect_exits(gated, loader, torch.device("cpu"))
     print(f"scored {len(record.labels)} images through every gate in {time.perf_counter() - started:.0f} s; "
           f"full top-1 {record.full_accuracy:.2%}")  # fmt: skip
+    widths = {}
+    if args.with_route:
+        for width in range(len(gated.tree.level(1)), 0, -1):
+            gated.set_route_top_k(width)
+            loader = model_loader(gated, args.data, args.split, 256, args.workers)
+            widths[width] = collect_exits(gated, loader, torch.device("cpu"))
+        gated.set_route_top_k(None)
     runs, per_split = [], []
     for budget in (float(b) for b in args.budgets.split(",")):
-        rows = [one_split(gated, record, budget, args.delta, seed) for seed in range(args.splits)]
+        rows = [one_split(gated, record, budget, args.delta, seed, widths) for seed in range(args.splits)]
         per_split += rows
         for run in summarise(rows, budget, args.delta):
             runs.append(run)
