@@ -539,43 +539,28 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "emoji-holdout":
         rows = emoji_holdout(args)
-        if args.results:
-            setup = {
-                "data": "emoji",
-                "evaluated_on": f"a {args.holdout:.0%} hold-out of the training images",
-                "table": {"columns": HOLDOUT_COLUMNS},
-            }
-            write_results(
-                args.results,
-                title="The graft's learning rate and epochs on a training hold-out",
-                command=invoked_command(),
-                setup=setup,
-                runs=rows,
-            )
-        return
-    if args.what == "emoji":
-        row = emoji(args)
-        print(json.dumps(row), flush=True)
-        if args.results:
-            setup = {
-                "data": "emoji",
-                "tree": "emoji-unicode-l3",
-                "evaluated_on": "test",
-                "budget_minutes": args.minutes,
-                "table": {"columns": EMOJI_COLUMNS},
-            }
-            write_results(
-                args.results,
-                title="Grafting classes onto a 1,861-class emoji NHL against retraining",
-                command=invoked_command(),
-                setup=setup,
-                runs=[row],
-            )
-        return
-    rows = fm(args)
-    summary = fm_summary(rows)
-    print(json.dumps(summary), flush=True)
-    if args.results:
+        title = "The graft's learning rate and epochs on a training hold-out"
+        setup = {
+            "data": "emoji",
+            "evaluated_on": f"a {args.holdout:.0%} hold-out of the training images",
+            "table": {"columns": HOLDOUT_COLUMNS},
+        }
+    elif args.what == "emoji":
+        rows = [emoji(args)]
+        print(json.dumps(rows[0]), flush=True)
+        title = "Grafting classes onto a 1,861-class emoji NHL against retraining"
+        setup = {
+            "data": "emoji",
+            "tree": "emoji-unicode-l3",
+            "evaluated_on": "test",
+            "budget_minutes": args.minutes,
+            "table": {"columns": EMOJI_COLUMNS},
+        }
+    else:
+        rows = fm(args)
+        summary = fm_summary(rows)
+        print(json.dumps(summary), flush=True)
+        title = "Grafting footwear onto a 7-class Fashion-MNIST NHL"
         setup = {
             "data": "fashion-mnist",
             "evaluated_on": "test",
@@ -584,14 +569,8 @@ def main() -> None:
             "summary": summary,
             "table": {"columns": FM_COLUMNS},
         }
-        write_results(
-            args.results,
-            title="Grafting footwear onto a 7-class Fashion-MNIST NHL",
-            command=invoked_command(),
-            setup=setup,
-            runs=rows,
-        )
-
+    if args.results:
+        write_results(args.results, title=title, command=invoked_command(), setup=setup, runs=rows)
 
 if __name__ == "__main__":
     main()
