@@ -1,7 +1,7 @@
 """Every claim docs/results.md judges, each declaring its design once, before its runs are read.
 
-A claim compares arm ``b`` against arm ``a`` (``b - a``, in points of top-1) from the per-seed
-figures in ``benchmarks/results/``:
+A claim compares arm ``b`` against arm ``a`` (``b - a``, in points of top-1 or in the claim's
+``unit``) from the per-seed figures in ``benchmarks/results/``:
 
 - ``kind``: ``better`` (b beats a), ``equal`` (b matches a within ``margin``), ``not-worse``
   (b trails a by less than ``margin``: non-inferiority), ``within-model`` (one model scored two
@@ -12,8 +12,10 @@ figures in ``benchmarks/results/``:
   ``welch`` when they do not.
 - ``margin``: points, declared with the claim (0.5 for matches on Fashion-MNIST throughout, the
   goals' own margins elsewhere).
-- ``test_error``: add the test set's binomial sampling error to the seed interval. Declared for
-  every claim scored on fewer than 5,000 test images, where it is as large as the seed spread.
+- ``test_error``: add the test set's sampling error to the seed interval. Declared for every
+  claim scored on fewer than 5,000 test images, where it is as large as the seed spread. For
+  top-1 it is binomial; for another metric (``unit`` other than points) it is read from the
+  per-seed paired bootstraps over the test images that the results file keeps.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Claim:
     check: Callable[[dict[str, Any]], tuple[str, str]] | None = None
     experiments: tuple[str, ...] = ()
     rule: str = "better"  # within-model claims: the verdict rule their one interval is read by
+    unit: str = "points"  # what b - a is counted in: points of top-1, or the metric's own unit ("levels")
 
     @property
     def with_test_error(self) -> bool:
@@ -317,6 +320,66 @@ def _graft_emoji_goal(results: dict[str, Any]) -> tuple[str, str]:
         f"{100 * run['full_new']:.2f}% retrained on all classes ({gap:+.1f} points, bound -5), training "
         f"{run['graft_train_seconds']:.0f} s against {run['full_train_seconds']:.0f} s ({share:.1%}, "
         "bound 10%); one run each"
+    )
+
+
+def _gates_guarantee_holds(experiment: str, model: str) -> Callable[[dict[str, Any]], tuple[str, str]]:
+    """Issue 38's goal for the gates: over the random calibration/evaluation halvings, the share
+    whose measured loss exceeds the budget is at most δ, at every budget; with the GMACs saved
+    beside the unguaranteed tuning's."""
+
+    def check(results: dict[str, Any]) -> tuple[str, str]:
+        runs = _runs(results, experiment, model=model)
+        tuned = {r["budget_points"]: r for r in _runs(results, experiment, model="tuned")}
+        met = all(r["exceeded_share"] <= r["delta"] for r in runs)
+        parts = "; ".join(
+            f"{r['budget_points']:g} pt: {r['exceeded_share']:.1%} over, "
+            f"{r['fewer_gmacs_mean']:.1f}% fewer GMACs (tuned without it: "
+            f"{tuned[r['budget_points']]['exceeded_share']:.1%} over, "
+            f"{tuned[r['budget_points']]['fewer_gmacs_mean']:.1f}%)"
+            for r in runs
+        )
+        return ("held" if met else "did not hold"), (
+            f"{runs[0]['splits']} halvings, δ = {runs[0]['delta']:g}: {parts}"
+        )
+
+    return check
+
+
+def _other_experts(results: dict[str, Any], data: str | None = None) -> list[dict[str, Any]]:
+    names = ("other-experts-fm", "other-experts-emoji")
+    return [r for name in names if data in (None, name) for r in results[name]["runs"]]
+
+
+def _other_rejects_within_budget(results: dict[str, Any]) -> tuple[str, str]:
+    runs = _other_experts(results)
+    met = all(r["exceeded_share_test_set"] <= r["delta"] for r in runs)
+    parts = "; ".join(
+        f"{r['model']}: {r['exceeded_share_test_set']:.1%} over a {r['budget']:.0%} budget, "
+        f"{r['rejected_own_mean_test_set']:.2%} of own images sent to other on average"
+        for r in runs
+    )
+    halvings = f"{runs[0]['splits']} halvings each, δ = {runs[0]['delta']:g}"
+    return ("held" if met else "did not hold"), f"{halvings}: {parts}"
+
+
+def _other_separates(results: dict[str, Any]) -> tuple[str, str]:
+    runs = _other_experts(results, "other-experts-fm")
+    met = all(r["auroc_other_head"] >= 0.95 for r in runs)
+    parts = "; ".join(
+        f"{r['model']}: {r['auroc_other_head']:.3f} (best baseline "
+        f"{max(r['auroc_max_softmax'], r['auroc_max_logit'], r['auroc_energy']):.3f})"
+        for r in runs
+    )
+    return ("held" if met else "did not hold"), f"AUROC of own against other test images, bound 0.95: {parts}"
+
+
+def _other_costs_little(results: dict[str, Any]) -> tuple[str, str]:
+    runs = _other_experts(results)
+    met = all(r["extra_macs_percent"] <= 10 for r in runs)
+    worst = max(r["extra_macs_percent"] for r in runs)
+    return ("held (exact)" if met else "did not hold"), (
+        f"extra MACs over the plain expert, bound 10%: at most {worst:.3f}% over {len(runs)} experts"
     )
 
 
@@ -850,5 +913,80 @@ CLAIMS: list[Claim] = [
         "better",
         Arm("fm-graft", "nhl-scale", "graft_changed", label="graft", scale=100),
         Arm("fm-graft", "nhl-scale", "flat_ft_changed", label="flat fine-tuned", scale=100),
+    ),
+    # --- issue 38: decisions a user can trust -------------------------------------------------
+    Claim(
+        "hierarchy-fm-top1",
+        "issue 38",
+        "at 10 epochs N2HL matches flat ResNet18's top-1 on Fashion-MNIST (the models whose mistakes are "
+        "weighed below)",
+        "equal",
+        Arm("fm-hierarchy-metrics-e10", "flat ResNet18", scale=100),
+        Arm("fm-hierarchy-metrics-e10", "NHL (paper shape)", label="N2HL (paper shape)", scale=100),
+        margin=0.5,
+    ),
+    *[
+        Claim(
+            f"hierarchy-{name}-severity",
+            "issue 38",
+            f"{model} makes less severe mistakes than flat ResNet18 ({where}; mean height of the lowest "
+            "common ancestor of truth and prediction over the mistakes, so flat minus NHL)",
+            "better",
+            Arm(experiment, "NHL (paper shape)", "mistake_severity", label=f"{model} (paper shape)"),
+            Arm(experiment, "flat ResNet18", "mistake_severity"),
+            test_images=images,
+            unit="levels",
+        )
+        for name, model, where, experiment, images in (
+            ("fm", "N2HL", "Fashion-MNIST, 10 epochs", "fm-hierarchy-metrics-e10", 10000),
+            ("emoji", "N3HL", "emoji Animals & Nature, 8 epochs", "emoji-animals-hierarchy-metrics-e8", 608),
+        )
+    ],
+    *[
+        Claim(
+            f"gates-guarantee-{name}",
+            "issue 38",
+            f"gates tuned with `--delta 0.1 --test-images` lose more than their budget on at most 10% of "
+            f"random calibration/evaluation halvings ({where})",
+            "bound",
+            check=_gates_guarantee_holds(f"gates-guarantee-{name}", "guaranteed, test set"),
+            experiments=(f"gates-guarantee-{name}",),
+        )
+        for name, where in (("fm", "Fashion-MNIST"), ("emoji", "emoji, 1,861 classes"))
+    ],
+    Claim(
+        "gates-guarantee-route-fm",
+        "issue 38",
+        "the routing width and thresholds chosen together with `--delta 0.1` lose more than their budget "
+        "on at most 10% of halvings (Fashion-MNIST)",
+        "bound",
+        check=_gates_guarantee_holds("gates-guarantee-route-fm", "guaranteed, width and thresholds"),
+        experiments=("gates-guarantee-route-fm",),
+    ),
+    Claim(
+        "other-separates",
+        "issue 38",
+        'an expert\'s "other" head tells its own classes from the rest with AUROC >= 0.95 '
+        "(Fashion-MNIST, where the full model's top-1 allows it)",
+        "bound",
+        check=_other_separates,
+        experiments=("other-experts-fm",),
+    ),
+    Claim(
+        "other-rejection-guarantee",
+        "issue 38",
+        'an expert\'s share of own images sent to "other" exceeds its budget on at most 10% of halvings '
+        "(`--test-images`, δ = 0.1)",
+        "bound",
+        check=_other_rejects_within_budget,
+        experiments=("other-experts-fm", "other-experts-emoji"),
+    ),
+    Claim(
+        "other-costs-little",
+        "issue 38",
+        'the "other" answer costs at most 10% more MACs than the plain expert',
+        "exact",
+        check=_other_costs_little,
+        experiments=("other-experts-fm", "other-experts-emoji"),
     ),
 ]

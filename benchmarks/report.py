@@ -114,7 +114,11 @@ def compare(results: dict[str, Any], claim: Claim, level: float = LEVEL) -> dict
     seed_interval = result["interval"]
     if claim.with_test_error and seed_interval is not None:
         assert claim.test_images is not None
-        result = widen(result, test_set_error(stats_a[0], stats_b[0], claim.test_images), level)
+        if claim.unit == "points":
+            error = test_set_error(stats_a[0], stats_b[0], claim.test_images)
+        else:
+            error = bootstrap_error(results, claim)
+        result = widen(result, error, level)
     said = verdict(result["interval"], claim.kind, claim.margin)
     return {
         **result,
@@ -124,6 +128,23 @@ def compare(results: dict[str, Any], claim: Claim, level: float = LEVEL) -> dict
         "seeds": sorted(s for s in seeds_b if s is not None),
         "verdict": said,
     }
+
+
+def bootstrap_error(results: dict[str, Any], claim: Claim) -> float:
+    """The test set's sampling error of ``b - a`` for a metric other than top-1: the mean standard
+    error of the per-seed paired bootstraps over the test images that the results file keeps
+    (``setup.per_seed_bootstrap``, each a 95% interval of the difference on one seed's models)."""
+    assert claim.b is not None
+    seeds = results[claim.b.experiment]["setup"].get("per_seed_bootstrap")
+    if not seeds or any(claim.b.metric not in seed for seed in seeds):
+        raise ReportError(
+            f"claim {claim.id} adds the test-set error of {claim.b.metric}, but "
+            f"{claim.b.experiment}.json keeps no per-seed bootstrap of it: rerun its benchmark, or "
+            "declare test_error=False in benchmarks/claims.py"
+        )
+    z = 1.959963984540054
+    halves = [(seed[claim.b.metric]["ci95"][1] - seed[claim.b.metric]["ci95"][0]) / 2 for seed in seeds]
+    return statistics.mean(halves) / z * claim.b.scale
 
 
 def within_model(
@@ -162,30 +183,41 @@ def judge(results: dict[str, Any], claim: Claim) -> dict[str, Any]:
     return {"id": claim.id, **outcome, "evidence": evidence_sentence(results, claim, outcome)}
 
 
-def _mean_sd(stats: tuple[float, float | None, int]) -> str:
+def _figure(value: float, unit: str) -> str:
+    return f"{value:.2f}%" if unit == "points" else f"{value:.3f}"
+
+
+def _change(value: float, unit: str) -> str:
+    return f"{value:+.2f} points" if unit == "points" else f"{value:+.3f} {unit}"
+
+
+def _mean_sd(stats: tuple[float, float | None, int], unit: str = "points") -> str:
     mean, sd, n = stats
     runs = "one run" if n == 1 else f"{n} runs"
-    return f"{mean:.2f}%" + (f" ± {sd:.2f}" if sd is not None else "") + f" ({runs})"
+    spread = "" if sd is None else f" ± {sd:.2f}" if unit == "points" else f" ± {sd:.3f}"
+    return _figure(mean, unit) + spread + f" ({runs})"
 
 
-def _interval(interval: tuple[float, float]) -> str:
-    return f"{interval[0]:+.2f} to {interval[1]:+.2f}"
+def _interval(interval: tuple[float, float], unit: str = "points") -> str:
+    digits = 2 if unit == "points" else 3
+    return f"{interval[0]:+.{digits}f} to {interval[1]:+.{digits}f}"
 
 
 def evidence_sentence(results: dict[str, Any], claim: Claim, outcome: dict[str, Any]) -> str:
     assert claim.a is not None and claim.b is not None
+    unit = claim.unit
     if outcome["test"] == "one model":
         images = f"{claim.test_images:,}"
-        interval = _interval(outcome["interval"])
+        interval = _interval(outcome["interval"], unit)
         return (
-            f"{arm_label(results, claim.b)} {outcome['b'][0]:.2f}% against {arm_label(results, claim.a)} "
-            f"{outcome['a'][0]:.2f}%: {outcome['diff']:+.2f} points, 95% interval {interval} from the "
-            "sampling "
-            f"error of {images} test images (one model)"
+            f"{arm_label(results, claim.b)} {_figure(outcome['b'][0], unit)} against "
+            f"{arm_label(results, claim.a)} {_figure(outcome['a'][0], unit)}: "
+            f"{_change(outcome['diff'], unit)}, "
+            f"95% interval {interval} from the sampling error of {images} test images (one model)"
         )
     text = (
-        f"{arm_label(results, claim.b)} {_mean_sd(outcome['b'])} against {arm_label(results, claim.a)} "
-        f"{_mean_sd(outcome['a'])}: {outcome['diff']:+.2f} points"
+        f"{arm_label(results, claim.b)} {_mean_sd(outcome['b'], unit)} against {arm_label(results, claim.a)} "
+        f"{_mean_sd(outcome['a'], unit)}: {_change(outcome['diff'], unit)}"
     )
     if outcome["seed_interval"] is None:
         return text + ", one run a side, no interval"
@@ -194,12 +226,14 @@ def evidence_sentence(results: dict[str, Any], claim: Claim, outcome: dict[str, 
         ran = (outcome["a"][2], outcome["b"][2])
         both = " (the seeds both arms ran)" if len(outcome["seeds"]) < max(ran) else ""
         test += f", seeds {_seed_list(outcome['seeds'])}{both}"
-    text += f", 95% interval {_interval(outcome['seed_interval'])} ({test})"
+    text += f", 95% interval {_interval(outcome['seed_interval'], unit)} ({test})"
     if "test_error" in outcome:
         half = 1.96 * outcome["test_error"]
         images = f"{claim.test_images:,}"
-        widened = _interval(outcome["interval"])
-        text += f"; with the sampling error of {images} test images (±{half:.2f}) {widened}"
+        widened = _interval(outcome["interval"], unit)
+        shown = f"{half:.2f}" if unit == "points" else f"{half:.3f}"
+        source = "" if unit == "points" else ", from the per-seed bootstraps"
+        text += f"; with the sampling error of {images} test images (±{shown}{source}) {widened}"
     return text
 
 

@@ -241,3 +241,40 @@ def test_a_results_file_can_declare_its_own_table(copy):
     # a block no doc holds is an error, so a stored table cannot go unshown
     run = run_report("--check", "--results", str(results), "--docs", str(docs))
     assert run.returncode == 2 and "bench-x" in run.stderr
+
+
+def test_a_severity_claim_reads_levels_and_widens_by_the_stored_bootstraps(copy):
+    results, _ = copy
+    loaded = load_results(results)
+    claim = next(c for c in claims_module.CLAIMS if c.id == "hierarchy-emoji-severity")
+    assert claim.unit == "levels" and claim.with_test_error  # 608 test images
+    outcome = report.compare(loaded, claim)
+    seed_low, seed_high = outcome["seed_interval"]
+    low, high = outcome["interval"]
+    assert low < seed_low and high > seed_high
+    evidence = report.judge(loaded, claim)["evidence"]
+    means = evidence.split(": ")[0]  # "flat ResNet18 1.697 ± 0.004 (3 runs) against N3HL ..."
+    assert "±" in means and "%" not in means  # levels of the tree, not percentages
+    assert " levels, 95% interval " in evidence
+    assert "from the per-seed bootstraps" in evidence
+    # the test-set error is the bootstraps' own: twice as wide bootstraps widen the verdict's interval
+    for seed in loaded[claim.b.experiment]["setup"]["per_seed_bootstrap"]:
+        lo, hi = seed["mistake_severity"]["ci95"]
+        seed["mistake_severity"]["ci95"] = [2 * lo - hi, 2 * hi - lo]  # about the same centre, wider
+    wider = report.compare(loaded, claim)["interval"]
+    assert wider[0] < low and wider[1] > high
+    # a results file that kept no bootstrap cannot give that error: refused with what to do
+    del loaded[claim.b.experiment]["setup"]["per_seed_bootstrap"]
+    with pytest.raises(report.ReportError, match="per-seed bootstrap"):
+        report.compare(loaded, claim)
+
+
+def test_a_guarantee_holds_only_if_every_budget_stays_within_its_share_of_halvings(copy):
+    results, _ = copy
+    loaded = load_results(results)
+    claim = next(c for c in claims_module.CLAIMS if c.id == "gates-guarantee-fm")
+    assert report.judge(loaded, claim)["verdict"] == "held"
+    guaranteed = [r for r in loaded["gates-guarantee-fm"]["runs"] if r["model"] == "guaranteed, test set"]
+    guaranteed[-1]["exceeded_share"] = guaranteed[-1]["delta"] + 0.025  # one halving too many at one budget
+    outcome = report.judge(loaded, claim)
+    assert outcome["verdict"] == "did not hold" and "12.5% over" in outcome["evidence"]
