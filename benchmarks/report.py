@@ -183,23 +183,28 @@ def judge(results: dict[str, Any], claim: Claim) -> dict[str, Any]:
     return {"id": claim.id, **outcome, "evidence": evidence_sentence(results, claim, outcome)}
 
 
+def _digits(unit: str) -> int:
+    """Points of top-1 read to 0.01; a metric's own unit (levels of the tree) to 0.001."""
+    return 2 if unit == "points" else 3
+
+
 def _figure(value: float, unit: str) -> str:
     return f"{value:.2f}%" if unit == "points" else f"{value:.3f}"
 
 
 def _change(value: float, unit: str) -> str:
-    return f"{value:+.2f} points" if unit == "points" else f"{value:+.3f} {unit}"
+    return f"{value:+.{_digits(unit)}f} {unit}"
 
 
 def _mean_sd(stats: tuple[float, float | None, int], unit: str = "points") -> str:
     mean, sd, n = stats
     runs = "one run" if n == 1 else f"{n} runs"
-    spread = "" if sd is None else f" ± {sd:.2f}" if unit == "points" else f" ± {sd:.3f}"
+    spread = "" if sd is None else f" ± {sd:.{_digits(unit)}f}"
     return _figure(mean, unit) + spread + f" ({runs})"
 
 
 def _interval(interval: tuple[float, float], unit: str = "points") -> str:
-    digits = 2 if unit == "points" else 3
+    digits = _digits(unit)
     return f"{interval[0]:+.{digits}f} to {interval[1]:+.{digits}f}"
 
 
@@ -231,9 +236,9 @@ def evidence_sentence(results: dict[str, Any], claim: Claim, outcome: dict[str, 
         half = 1.96 * outcome["test_error"]
         images = f"{claim.test_images:,}"
         widened = _interval(outcome["interval"], unit)
-        shown = f"{half:.2f}" if unit == "points" else f"{half:.3f}"
         source = "" if unit == "points" else ", from the per-seed bootstraps"
-        text += f"; with the sampling error of {images} test images (±{shown}{source}) {widened}"
+        error = f"±{half:.{_digits(unit)}f}{source}"
+        text += f"; with the sampling error of {images} test images ({error}) {widened}"
     return text
 
 
