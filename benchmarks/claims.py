@@ -950,9 +950,10 @@ CLAIMS: list[Claim] = [
             (
                 "emoji-matched",
                 "N3HL",
-                "emoji Animals & Nature at equal top-1: NHL 8 epochs, flat 12, chosen on a hold-out",
-                "emoji-animals-hierarchy-metrics-matched",
-                608,
+                "emoji Animals & Nature at equal top-1: NHL 8 epochs, flat 12, chosen on a hold-out; "
+                "6,080 drawn test images",
+                "emoji-animals-hierarchy-metrics-matched-test40",
+                6080,
                 " (12 epochs)",
             ),
         )
