@@ -346,9 +346,10 @@ def _gates_guarantee_holds(experiment: str, model: str) -> Callable[[dict[str, A
     return check
 
 
-def _other_experts(results: dict[str, Any], data: str | None = None) -> list[dict[str, Any]]:
+def _other_experts(results: dict[str, Any], experiment: str | None = None) -> list[dict[str, Any]]:
+    """The other-head benchmark's experts: one results file's, or both data sets'."""
     names = ("other-experts-fm", "other-experts-emoji")
-    return [r for name in names if data in (None, name) for r in results[name]["runs"]]
+    return [r for name in names if experiment in (None, name) for r in results[name]["runs"]]
 
 
 def _other_rejects_within_budget(results: dict[str, Any]) -> tuple[str, str]:
@@ -919,7 +920,7 @@ CLAIMS: list[Claim] = [
         "hierarchy-fm-top1",
         "issue 38",
         "at 10 epochs N2HL matches flat ResNet18's top-1 on Fashion-MNIST (the models whose mistakes are "
-        "weighed below)",
+        "weighed next)",
         "equal",
         Arm("fm-hierarchy-metrics-e10", "flat ResNet18", scale=100),
         Arm("fm-hierarchy-metrics-e10", "NHL (paper shape)", label="N2HL (paper shape)", scale=100),
