@@ -35,6 +35,16 @@ def copy(tmp_path: Path) -> tuple[Path, Path]:
     return results, docs
 
 
+@pytest.fixture
+def loaded() -> dict:
+    """The committed results, read afresh, for a test that changes them in memory only."""
+    return load_results(REPO / "benchmarks" / "results")
+
+
+def declared(claim_id: str) -> claims_module.Claim:
+    return next(c for c in claims_module.CLAIMS if c.id == claim_id)
+
+
 def set_figure(results: Path, experiment: str, model: str, seed: int, top1: float) -> float:
     path = results / f"{experiment}.json"
     document = json.loads(path.read_text())
@@ -83,10 +93,8 @@ def test_one_changed_seed_changes_the_verdict_and_the_figure_everywhere(copy):
     assert run_report("--check", "--results", str(results), "--docs", str(docs)).returncode == 0
 
 
-def test_a_small_test_set_widens_the_interval_and_can_withdraw_a_verdict(copy):
-    results, _ = copy
-    loaded = load_results(results)
-    claim = next(c for c in claims_module.CLAIMS if c.id == "lean-not-worse-emoji-e20")
+def test_a_small_test_set_widens_the_interval_and_can_withdraw_a_verdict(loaded):
+    claim = declared("lean-not-worse-emoji-e20")
     assert claim.with_test_error  # 608 test images
     outcome = report.compare(loaded, claim)
     seed_low, seed_high = outcome["seed_interval"]
@@ -97,10 +105,8 @@ def test_a_small_test_set_widens_the_interval_and_can_withdraw_a_verdict(copy):
     assert outcome["verdict"] == "no detectable difference"
 
 
-def test_pairing_follows_the_declared_design_not_the_runs(copy):
-    results, _ = copy
-    loaded = load_results(results)
-    paired = next(c for c in claims_module.CLAIMS if c.id == "nhl-matches-flat-2ep")
+def test_pairing_follows_the_declared_design_not_the_runs(loaded):
+    paired = declared("nhl-matches-flat-2ep")
     assert report.compare(loaded, paired)["test"] == "paired t"
     welch = claims_module.Claim(**{**paired.__dict__, "design": "welch"})
     assert report.compare(loaded, welch)["test"] == "Welch t"
@@ -119,10 +125,8 @@ def test_pairing_follows_the_declared_design_not_the_runs(copy):
         report.compare(loaded, paired)
 
 
-def test_one_run_a_side_gives_no_verdict(copy):
-    results, _ = copy
-    loaded = load_results(results)
-    claim = next(c for c in claims_module.CLAIMS if c.id == "frozen-nhl-beats-flat-head")
+def test_one_run_a_side_gives_no_verdict(loaded):
+    claim = declared("frozen-nhl-beats-flat-head")
     assert report.judge(loaded, claim)["verdict"] == "no verdict (one run)"
 
 
@@ -216,7 +220,7 @@ def test_the_study_stores_its_cached_runs_as_the_results_report_reads(tmp_path):
     stored = load_results(tmp_path / "results")
     table = "\n".join(report.arms_table(stored, "fm-classification"))
     assert "| flat ResNet18 | 2 | 88.91% ± 0.04 | 88.89, 88.94 | 3.61M | 0.0303 | 150 s |" in table
-    paired = next(c for c in claims_module.CLAIMS if c.id == "nhl-matches-flat-2ep")
+    paired = declared("nhl-matches-flat-2ep")
     assert report.compare(stored, paired)["seeds"] == [0, 1]
     footwear = [r for r in stored["fm-cutouts"]["runs"] if r["subset"] == "footwear"]
     assert {r["model"] for r in footwear} == {"expert", "flat-all-10", "flat-subset-only", "cost"}
@@ -243,10 +247,8 @@ def test_a_results_file_can_declare_its_own_table(copy):
     assert run.returncode == 2 and "bench-x" in run.stderr
 
 
-def test_a_severity_claim_reads_levels_and_widens_by_the_stored_bootstraps(copy):
-    results, _ = copy
-    loaded = load_results(results)
-    claim = next(c for c in claims_module.CLAIMS if c.id == "hierarchy-emoji-severity")
+def test_a_severity_claim_reads_levels_and_widens_by_the_stored_bootstraps(loaded):
+    claim = declared("hierarchy-emoji-severity")
     assert claim.unit == "levels" and claim.with_test_error  # 608 test images
     outcome = report.compare(loaded, claim)
     seed_low, seed_high = outcome["seed_interval"]
@@ -269,10 +271,8 @@ def test_a_severity_claim_reads_levels_and_widens_by_the_stored_bootstraps(copy)
         report.compare(loaded, claim)
 
 
-def test_a_guarantee_holds_only_if_every_budget_stays_within_its_share_of_halvings(copy):
-    results, _ = copy
-    loaded = load_results(results)
-    claim = next(c for c in claims_module.CLAIMS if c.id == "gates-guarantee-fm")
+def test_a_guarantee_holds_only_if_every_budget_stays_within_its_share_of_halvings(loaded):
+    claim = declared("gates-guarantee-fm")
     assert report.judge(loaded, claim)["verdict"] == "held"
     guaranteed = [r for r in loaded["gates-guarantee-fm"]["runs"] if r["model"] == "guaranteed, test set"]
     guaranteed[-1]["exceeded_share"] = guaranteed[-1]["delta"] + 0.025  # one halving too many at one budget
