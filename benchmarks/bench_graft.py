@@ -572,5 +572,6 @@ def main() -> None:
     if args.results:
         write_results(args.results, title=title, command=invoked_command(), setup=setup, runs=rows)
 
+
 if __name__ == "__main__":
     main()
